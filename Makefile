@@ -1,0 +1,45 @@
+# medkernels. On a fresh machine:
+#   make test    creates .venv (torch 2.13.0 CPU + build tools), builds, runs the tests
+#   make bench   the same bootstrap, then the default benchmark (medkernels-bench)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.bootstrap-torch-$(TORCH_VERSION)
+BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
+TEST_TOOLS := pytest pytest-benchmark numpy
+
+.PHONY: all venv build dev test test-long bench bench-pytest clean
+
+all: test
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==$(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS)
+	touch $@
+
+venv: $(STAMP)
+
+# Incremental: CMake keeps its build tree under build/, so an unchanged tree rebuilds in seconds.
+build: $(STAMP)
+	$(PIP) install -q --no-build-isolation --no-deps .
+
+# Editable install for development (Python edits apply at once; rerun after C++ edits).
+dev: $(STAMP)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(VENV)/bin/pytest -q tests
+
+test-long: build
+	MEDKERNELS_LONG_TESTS=1 $(VENV)/bin/pytest -q tests
+
+bench: build
+	$(VENV)/bin/medkernels-bench
+
+bench-pytest: build
+	$(VENV)/bin/pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf build dist *.egg-info

@@ -1,0 +1,482 @@
+// Selective scan (Mamba, arXiv 2312.00752) CPU kernel bodies, forward and backward.
+//
+// Compiled once per instruction set by csrc/cpu/isa/selective_scan_<isa>.cpp; no torch header here.
+// Per (batch, channel) row, with dt = softplus?(delta + delta_bias), all in acc precision:
+//   h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t        (state: dstate lanes, in registers)
+//   y_t = <h_t, C_t>,  out_t = (y_t + D * u_t) * silu(z_t)
+// The state runs over the sequence in chunks; the state before each chunk is saved, and the
+// backward recomputes one chunk at a time from it, so no (batch, dim, seqlen, dstate) tensor exists.
+#pragma once
+
+#include "medkernels/cpu/selective_scan.h"
+#include "medkernels/cpu/simd.h"
+
+namespace medkernels::cpu::MK_ISA {
+namespace {
+
+template <class S>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// Carves 64-byte aligned arrays out of one scratch block. Built on address 0 it only measures, so
+// the size the torch side allocates comes from the same code that carves.
+struct Carver {
+  uintptr_t p;
+  template <class T>
+  T* take(int64_t n) {
+    T* r = reinterpret_cast<T*>(p);
+    p += uintptr_t(round_up(n * int64_t(sizeof(T)), 64));
+    return r;
+  }
+};
+
+// Loads an unpadded N-vector (state, gradient) into padded lanes.
+template <class Acc>
+inline void load_state(vec<Acc>* dst, const Acc* src, int64_t n, int nv) {
+  if (n == int64_t(nv) * lanes<Acc>) {
+    for (int v = 0; v < nv; ++v) dst[v] = vload(src + v * lanes<Acc>);
+    return;
+  }
+  Acc tmp[lanes<Acc>];
+  for (int v = 0; v < nv; ++v) {
+    for (int l = 0; l < lanes<Acc>; ++l) {
+      const int64_t k = int64_t(v) * lanes<Acc> + l;
+      tmp[l] = k < n ? src[k] : Acc(0);
+    }
+    dst[v] = vload(tmp);
+  }
+}
+template <class Acc>
+inline void store_state(Acc* dst, const vec<Acc>* src, int64_t n, int nv) {
+  if (n == int64_t(nv) * lanes<Acc>) {
+    for (int v = 0; v < nv; ++v) vstore(dst + v * lanes<Acc>, src[v]);
+    return;
+  }
+  for (int v = 0; v < nv; ++v)
+    for (int l = 0; l < lanes<Acc>; ++l) {
+      const int64_t k = int64_t(v) * lanes<Acc> + l;
+      if (k < n) dst[k] = src[v][l];
+    }
+}
+
+// dt = softplus?(delta + bias) and du = dt * u over a chunk; sg = d softplus / d x when wanted.
+template <class Acc>
+inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, Acc* dt, Acc* du, Acc* sg,
+                     int64_t n) {
+  using V = vec<Acc>;
+  constexpr int W = lanes<Acc>;
+  for (int64_t i = 0; i < n; i += W) {
+    const V raw = vload(dt + i) + bias;
+    V x = raw;
+    if (p.delta_softplus) {
+      V sig;
+      x = vsoftplus(raw, sg ? &sig : nullptr);
+      if (sg) vstore(sg + i, sig);
+    }
+    vstore(dt + i, x);
+    vstore(du + i, x * vload(uf + i));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward: one (batch, channel) row. NV > 0: dstate_pad == NV vectors, state in registers.
+template <class Acc>
+struct FwdBufs {
+  Acc *uf, *dt, *du, *y, *zf, *P;
+  vec<Acc>*h, *A2;  // used when the state does not fit the register-resident variants
+  uintptr_t end;
+  FwdBufs(uintptr_t base, const SelectiveScanFwdParams& p) {
+    constexpr int W = lanes<Acc>;
+    Carver c{base};
+    uf = c.take<Acc>(p.chunk + W);
+    dt = c.take<Acc>(p.chunk + W);
+    du = c.take<Acc>(p.chunk + W);
+    y = c.take<Acc>(p.chunk + W);
+    zf = c.take<Acc>(p.chunk + W);
+    P = c.take<Acc>(p.chunk * W);
+    h = c.take<vec<Acc>>(p.dstate_pad / W);
+    A2 = c.take<vec<Acc>>(p.dstate_pad / W);
+    end = c.p;
+  }
+};
+
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+
+template <class S, int NV>
+void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratch) {
+  using Acc = typename AccOf<S>::type;
+  using V = vec<Acc>;
+  constexpr int W = lanes<Acc>;
+  const int64_t L = p.seqlen, N = p.dstate, Np = p.dstate_pad, T = p.chunk;
+  const int nv = NV > 0 ? NV : int(Np / W);
+
+  FwdBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), p);
+  V hl[NV > 0 ? NV : 1], A2l[NV > 0 ? NV : 1];
+  V* h = NV > 0 ? hl : s.h;
+  V* A2 = NV > 0 ? A2l : s.A2;
+
+  const S* urow = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
+  const S* drow = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
+  const S* zrow = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
+  S* orow = static_cast<S*>(p.out) + (b * p.dim + d) * L;
+  const Acc Dd = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
+  const Acc bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
+
+  // exp(dt * A) = 2^(dt * A * log2 e): the scale goes into A once per row.
+  const Acc* Arow = static_cast<const Acc*>(p.A) + d * Np;
+  for (int v = 0; v < nv; ++v) A2[v] = vload(Arow + v * W) * Acc(kLog2e);
+  const Acc* Bbase = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
+                                : static_cast<const Acc*>(p.B) + d * Np;
+  const Acc* Cbase = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
+                                : static_cast<const Acc*>(p.C) + d * Np;
+  const int64_t Bstep = p.groups_B ? Np : 0, Cstep = p.groups_C ? Np : 0;
+
+  if (p.initial_state)
+    load_state(h, static_cast<const Acc*>(p.initial_state) + (b * p.dim + d) * N, N, nv);
+  else
+    for (int v = 0; v < nv; ++v) h[v] = V{};
+  Acc* ck = static_cast<Acc*>(p.checkpoints) + (b * p.dim + d) * p.n_chunks * N;
+
+  for (int64_t c = 0; c < p.n_chunks; ++c) {
+    const int64_t t0 = c * T, n = (L - t0) < T ? (L - t0) : T, nr = round_up(n, W);
+    store_state(ck + c * N, h, N, nv);
+    load_span(urow + t0, s.uf, n);
+    load_span(drow + t0, s.dt, n);
+    chunk_dt<Acc>(p, bias, s.uf, s.dt, s.du, nullptr, n);
+    const Acc* Bt = Bbase + t0 * Bstep;
+    const Acc* Ct = Cbase + t0 * Cstep;
+    for (int64_t i = 0; i < n; ++i, Bt += Bstep, Ct += Cstep) {
+      const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
+      V acc{};
+      for (int v = 0; v < nv; ++v) {
+        h[v] = vexp2(dtv * A2[v]) * h[v] + duv * vload(Bt + v * W);
+        acc += h[v] * vload(Ct + v * W);
+      }
+      vstore(s.P + i * W, acc);
+    }
+    reduce_lanes(s.P, s.y, n);
+    for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
+    if (zrow) load_span(zrow + t0, s.zf, n);
+    for (int64_t i = 0; i < n; i += W) {
+      V o = vload(s.y + i) + Dd * vload(s.uf + i);
+      if (zrow) {
+        const V zv = vload(s.zf + i);
+        o = o * (zv * vsigmoid(zv));
+      }
+      vstore(s.y + i, o);
+    }
+    store_span(orow + t0, s.y, n);
+  }
+  store_state(static_cast<Acc*>(p.last_state) + (b * p.dim + d) * N, h, N, nv);
+}
+
+template <class S, int NV>
+void fwd_rows(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* scratch) {
+  for (int64_t r = r0; r < r1; ++r) fwd_row<S, NV>(p, r / p.dim, r % p.dim, scratch);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward. A task is one (batch, channel block). It walks the chunks from last to first, and in
+// each chunk every row of the block in turn; a row's carried gradient and accumulators wait in a
+// small per-row record between chunks. So the memory a task touches per chunk (the block's dB/dC
+// partial rows, the group's B/C rows, the recomputed states) is a few KB whatever seqlen is.
+//   g_t = dL/dh_t = gy_t * C_t + exp(dt_{t+1} A) * g_{t+1},   g_{L-1} includes dL/d last_state
+//   dC_t += gy_t h_t, dB_t += g_t dt_t u_t, dA += g_t h_{t-1} dA_t dt_t,
+//   ddt_t = sum_n g_t h_{t-1} dA_t A + u_t <g_t, B_t>,  du_t = gy_t D + dt_t <g_t, B_t>
+inline int64_t max_block_rows(const SelectiveScanBwdParams& q) {
+  int64_t m = 0;
+  for (int64_t k = 0; k < q.n_blocks; ++k) {
+    const int64_t r = q.block_start[k + 1] - q.block_start[k];
+    m = r > m ? r : m;
+  }
+  return m;
+}
+
+template <class Acc>
+struct BwdBufs {
+  Acc *uf, *dt, *du, *sg, *gy, *zf, *y, *gu, *gdt, *sA, *sB;
+  Acc *H, *DA, *P, *PAB, *Bc, *Cc;
+  Acc* rows;  // per row of the block: carry, dA, dB (fixed), dC (fixed) [dstate_pad each], dD, dbias
+  int64_t row_stride;
+  vec<Acc>*h, *A2, *carry, *gA;  // used when the state does not fit the register-resident variants
+  uintptr_t end;
+  BwdBufs(uintptr_t base, const SelectiveScanBwdParams& q) {
+    constexpr int W = lanes<Acc>;
+    const SelectiveScanFwdParams& p = q.fwd;
+    const int64_t T = p.chunk, Np = p.dstate_pad;
+    Carver c{base};
+    Acc** per_step[] = {&uf, &dt, &du, &sg, &gy, &zf, &y, &gu, &gdt, &sA, &sB};
+    for (Acc** a : per_step) *a = c.take<Acc>(T + W);
+    H = c.take<Acc>((T + 1) * Np);  // H[0] is the chunk's starting state, H[i + 1] the state after step i
+    DA = c.take<Acc>(T * Np);
+    P = c.take<Acc>(T * W);
+    PAB = c.take<Acc>(2 * T * W);  // per step: the sA and sB vectors
+    // Per-step gradient rows of a FIXED B or C, summed over the chunk afterwards.
+    Bc = c.take<Acc>(p.groups_B ? 0 : T * Np);
+    Cc = c.take<Acc>(p.groups_C ? 0 : T * Np);
+    row_stride = round_up(4 * Np + 2, 16);
+    rows = c.take<Acc>(max_block_rows(q) * row_stride);
+    vec<Acc>** states[] = {&h, &A2, &carry, &gA};
+    for (vec<Acc>** a : states) *a = c.take<vec<Acc>>(Np / W);
+    end = c.p;
+  }
+};
+
+// One chunk of one row. `st` is the row's record; Bp/Cp are the block's dB/dC rows for this chunk.
+template <class S, int NV>
+void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d,
+               int64_t c, typename AccOf<S>::type* st, typename AccOf<S>::type* Bp, typename AccOf<S>::type* Cp) {
+  using Acc = typename AccOf<S>::type;
+  using V = vec<Acc>;
+  constexpr int W = lanes<Acc>;
+  const SelectiveScanFwdParams& p = q.fwd;
+  const int64_t L = p.seqlen, N = p.dstate, Np = p.dstate_pad, T = p.chunk;
+  const int nv = NV > 0 ? NV : int(Np / W);
+  constexpr int NL = NV > 0 ? NV : 1;
+  const int64_t t0 = c * T, n = (L - t0) < T ? (L - t0) : T, nr = round_up(n, W);
+  Acc* st_carry = st;
+  Acc* st_gA = st + Np;
+
+  const int64_t row = b * p.dim + d;
+  const S* urow = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
+  const S* drow = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
+  const S* zrow = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
+  const S* grow = static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + d * q.grad_out_dim_stride;
+  const Acc Dd = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
+  const Acc bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
+  const Acc* Arow = static_cast<const Acc*>(p.A) + d * Np;
+  const Acc* Bbase = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
+                                : static_cast<const Acc*>(p.B) + d * Np;
+  const Acc* Cbase = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
+                                : static_cast<const Acc*>(p.C) + d * Np;
+  const int64_t Bstep = p.groups_B ? Np : 0, Cstep = p.groups_C ? Np : 0;
+
+  load_span(urow + t0, s.uf, n);
+  load_span(drow + t0, s.dt, n);
+  load_span(grow + t0, s.gy, n);
+  chunk_dt<Acc>(p, bias, s.uf, s.dt, s.du, s.sg, n);
+
+  // Recompute the chunk's states from its checkpoint (and y, for the gate's gradient).
+  V hl[NL], A2l[NL], carryl[NL], gAl[NL];
+  V* h = NV > 0 ? hl : s.h;
+  V* A2 = NV > 0 ? A2l : s.A2;
+  V* carry = NV > 0 ? carryl : s.carry;
+  V* gA = NV > 0 ? gAl : s.gA;
+  for (int v = 0; v < nv; ++v) A2[v] = vload(Arow + v * W) * Acc(kLog2e);
+  {
+    load_state(h, static_cast<const Acc*>(p.checkpoints) + (row * p.n_chunks + c) * N, N, nv);
+    for (int v = 0; v < nv; ++v) vstore(s.H + v * W, h[v]);
+    const Acc* Bt = Bbase + t0 * Bstep;
+    const Acc* Ct = Cbase + t0 * Cstep;
+    Acc* Hn = s.H + Np;
+    Acc* DAi = s.DA;
+    for (int64_t i = 0; i < n; ++i, Bt += Bstep, Ct += Cstep, Hn += Np, DAi += Np) {
+      const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
+      V acc{};
+      for (int v = 0; v < nv; ++v) {
+        const V dA = vexp2(dtv * A2[v]);
+        h[v] = dA * h[v] + duv * vload(Bt + v * W);
+        vstore(Hn + v * W, h[v]);
+        vstore(DAi + v * W, dA);
+        acc += h[v] * vload(Ct + v * W);
+      }
+      vstore(s.P + i * W, acc);
+    }
+  }
+
+  // Through the gate and the skip: gy = dL/dy, gz, dD.
+  if (zrow) {
+    reduce_lanes(s.P, s.y, n);
+    for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
+    load_span(zrow + t0, s.zf, n);
+    for (int64_t i = 0; i < n; i += W) {
+      const V zv = vload(s.zf + i), g = vload(s.gy + i), uv = vload(s.uf + i);
+      const V sz = vsigmoid(zv);
+      const V o = vload(s.y + i) + Dd * uv;
+      vstore(s.gy + i, g * (zv * sz));
+      vstore(s.zf + i, g * o * sz * (Acc(1) + zv * (Acc(1) - sz)));
+    }
+    store_span(static_cast<S*>(q.grad_z) + row * L + t0, s.zf, n);
+  }
+  V gDv{};
+  for (int64_t i = 0; i < n; i += W) gDv += vload(s.gy + i) * vload(s.uf + i);
+
+  // Reverse over the chunk: branch-free whether B/C are variable (Bp/Cp: the block's partial
+  // rows) or fixed (Bp/Cp: per-step rows, summed below).
+  {
+    for (int v = 0; v < nv; ++v) {
+      carry[v] = vload(st_carry + v * W);
+      gA[v] = vload(st_gA + v * W);
+    }
+    const Acc* Bt = Bbase + (t0 + n - 1) * Bstep;
+    const Acc* Ct = Cbase + (t0 + n - 1) * Cstep;
+    for (int64_t i = n - 1; i >= 0; --i, Bt -= Bstep, Ct -= Cstep) {
+      const V gyv = vsplat(s.gy[i]), duv = vsplat(s.du[i]), dtv = vsplat(s.dt[i]);
+      const Acc* Hi = s.H + i * Np;
+      const Acc* DAi = s.DA + i * Np;
+      Acc* Bpi = Bp + i * Np;
+      Acc* Cpi = Cp + i * Np;
+      V sA{}, sB{};
+      for (int v = 0; v < nv; ++v) {
+        const V g = carry[v] + gyv * vload(Ct + v * W);
+        vstore(Cpi + v * W, vload(Cpi + v * W) + gyv * vload(Hi + Np + v * W));
+        vstore(Bpi + v * W, vload(Bpi + v * W) + g * duv);
+        const V dA = vload(DAi + v * W);
+        const V x = g * vload(Hi + v * W) * dA;
+        gA[v] += x * dtv;
+        sA += x * A2[v];
+        sB += g * vload(Bt + v * W);
+        carry[v] = g * dA;
+      }
+      vstore(s.PAB + 2 * i * W, sA);
+      vstore(s.PAB + (2 * i + 1) * W, sB);
+    }
+    for (int v = 0; v < nv; ++v) {
+      vstore(st_carry + v * W, carry[v]);
+      vstore(st_gA + v * W, gA[v]);
+    }
+  }
+  for (int which = 0; which < 2; ++which) {
+    if (which == 0 ? p.groups_B != 0 : p.groups_C != 0) continue;
+    Acc* fix = st + (2 + which) * Np;
+    const Acc* rows = which == 0 ? Bp : Cp;
+    for (int v = 0; v < nv; ++v) {
+      V a = vload(fix + v * W);
+      for (int64_t i = 0; i < n; ++i) a += vload(rows + i * Np + v * W);
+      vstore(fix + v * W, a);
+    }
+  }
+  reduce_lanes_strided(s.PAB, s.sA, n, 2);
+  reduce_lanes_strided(s.PAB + W, s.sB, n, 2);
+  for (int64_t i = n; i < nr; ++i) s.sA[i] = s.sB[i] = Acc(0);
+  V gbv{};
+  for (int64_t i = 0; i < n; i += W) {
+    const V sBs = vload(s.sB + i);
+    // sA summed x * A * log2 e; ln 2 undoes the scale.
+    V gdt = vload(s.sA + i) * Acc(kLn2) + vload(s.uf + i) * sBs;
+    vstore(s.gu + i, vload(s.gy + i) * Dd + vload(s.dt + i) * sBs);
+    if (p.delta_softplus) gdt = gdt * vload(s.sg + i);
+    gbv += gdt;
+    vstore(s.gdt + i, gdt);
+  }
+  store_span(static_cast<S*>(q.grad_u) + row * L + t0, s.gu, n);
+  store_span(static_cast<S*>(q.grad_delta) + row * L + t0, s.gdt, n);
+  st[4 * Np] += hsum<Acc>(gDv);
+  st[4 * Np + 1] += hsum<Acc>(gbv);
+}
+
+template <class S, int NV>
+void bwd_tasks(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* scratch) {
+  using Acc = typename AccOf<S>::type;
+  const SelectiveScanFwdParams& p = q.fwd;
+  const int64_t Np = p.dstate_pad, N = p.dstate, T = p.chunk, L = p.seqlen;
+  BwdBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), q);
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t b = task / q.n_blocks, blk = task % q.n_blocks;
+    const int64_t d0 = q.block_start[blk], d1 = q.block_start[blk + 1];
+    Acc* Bpart = p.groups_B ? static_cast<Acc*>(q.part_B_var) + task * L * Np : nullptr;
+    Acc* Cpart = p.groups_C ? static_cast<Acc*>(q.part_C_var) + task * L * Np : nullptr;
+    for (int64_t d = d0; d < d1; ++d) {
+      Acc* st = s.rows + (d - d0) * s.row_stride;
+      for (int64_t k = 0; k < s.row_stride; ++k) st[k] = Acc(0);
+      if (q.grad_last_state) {
+        const Acc* gl = static_cast<const Acc*>(q.grad_last_state) + (b * p.dim + d) * N;
+        for (int64_t k = 0; k < N; ++k) st[k] = gl[k];
+      }
+    }
+    for (int64_t c = p.n_chunks - 1; c >= 0; --c) {
+      const int64_t c0 = c * T, n = (L - c0) < T ? (L - c0) : T;
+      Acc* Bp = Bpart ? Bpart + c0 * Np : s.Bc;
+      Acc* Cp = Cpart ? Cpart + c0 * Np : s.Cc;
+      for (int64_t d = d0; d < d1; ++d) {
+        // The block's partial rows start at 0; per-step rows of a fixed B/C restart for every row.
+        if (d == d0 || !Bpart)
+          for (int64_t k = 0; k < n * Np; ++k) Bp[k] = Acc(0);
+        if (d == d0 || !Cpart)
+          for (int64_t k = 0; k < n * Np; ++k) Cp[k] = Acc(0);
+        bwd_chunk<S, NV>(q, s, b, d, c, s.rows + (d - d0) * s.row_stride, Bp, Cp);
+      }
+    }
+    for (int64_t d = d0; d < d1; ++d) {
+      const Acc* st = s.rows + (d - d0) * s.row_stride;
+      const int64_t row = b * p.dim + d;
+      if (q.grad_initial_state)
+        for (int64_t k = 0; k < N; ++k) static_cast<Acc*>(q.grad_initial_state)[row * N + k] = st[k];
+      for (int64_t k = 0; k < Np; ++k) {
+        static_cast<Acc*>(q.part_A)[row * Np + k] = st[Np + k];
+        if (!p.groups_B) static_cast<Acc*>(q.part_B_fixed)[row * Np + k] = st[2 * Np + k];
+        if (!p.groups_C) static_cast<Acc*>(q.part_C_fixed)[row * Np + k] = st[3 * Np + k];
+      }
+      if (q.part_D) static_cast<Acc*>(q.part_D)[row] = st[4 * Np];
+      if (q.part_bias) static_cast<Acc*>(q.part_bias)[row] = st[4 * Np + 1];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Entry points: pick the storage type and the register-resident state width.
+template <class S>
+void fwd_dispatch_nv(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* s) {
+  using Acc = typename AccOf<S>::type;
+  if constexpr (__is_same(Acc, float)) {
+    switch (p.dstate_pad / lanes<Acc>) {
+      case 1: return fwd_rows<S, 1>(p, r0, r1, s);
+      case 2: return fwd_rows<S, 2>(p, r0, r1, s);
+      case 4: return fwd_rows<S, 4>(p, r0, r1, s);
+      default: break;
+    }
+  }
+  fwd_rows<S, 0>(p, r0, r1, s);
+}
+template <class S>
+void bwd_dispatch_nv(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* s) {
+  using Acc = typename AccOf<S>::type;
+  if constexpr (__is_same(Acc, float)) {
+    switch (q.fwd.dstate_pad / lanes<Acc>) {
+      case 1: return bwd_tasks<S, 1>(q, t0, t1, s);
+      case 2: return bwd_tasks<S, 2>(q, t0, t1, s);
+      case 4: return bwd_tasks<S, 4>(q, t0, t1, s);
+      default: break;
+    }
+  }
+  bwd_tasks<S, 0>(q, t0, t1, s);
+}
+
+int64_t fwd_scratch_bytes(const SelectiveScanFwdParams& p) {
+  return p.dtype == ScalarKind::Float64 ? int64_t(FwdBufs<double>(0, p).end) : int64_t(FwdBufs<float>(0, p).end);
+}
+int64_t bwd_scratch_bytes(const SelectiveScanBwdParams& q) {
+  return q.fwd.dtype == ScalarKind::Float64 ? int64_t(BwdBufs<double>(0, q).end) : int64_t(BwdBufs<float>(0, q).end);
+}
+
+void fwd_entry(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* s) {
+  switch (p.dtype) {
+    case ScalarKind::Float32: return fwd_dispatch_nv<float>(p, r0, r1, s);
+    case ScalarKind::Float64: return fwd_dispatch_nv<double>(p, r0, r1, s);
+    case ScalarKind::Float16: return fwd_dispatch_nv<f16>(p, r0, r1, s);
+    case ScalarKind::BFloat16: return fwd_dispatch_nv<bf16>(p, r0, r1, s);
+  }
+}
+void bwd_entry(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* s) {
+  switch (q.fwd.dtype) {
+    case ScalarKind::Float32: return bwd_dispatch_nv<float>(q, t0, t1, s);
+    case ScalarKind::Float64: return bwd_dispatch_nv<double>(q, t0, t1, s);
+    case ScalarKind::Float16: return bwd_dispatch_nv<f16>(q, t0, t1, s);
+    case ScalarKind::BFloat16: return bwd_dispatch_nv<bf16>(q, t0, t1, s);
+  }
+}
+
+#define MK_STR2(x) #x
+#define MK_STR(x) MK_STR2(x)
+const SelectiveScanKernelTable kTable{MK_STR(MK_ISA), MK_VEC_BYTES, &fwd_entry, &bwd_entry, &fwd_scratch_bytes,
+                                      &bwd_scratch_bytes};
+#undef MK_STR
+#undef MK_STR2
+
+}  // namespace
+}  // namespace medkernels::cpu::MK_ISA

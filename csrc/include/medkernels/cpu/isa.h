@@ -1,0 +1,20 @@
+// Run-time choice of the CPU instruction set for the kernel bodies.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "medkernels/cpu/selective_scan.h"
+
+namespace medkernels::cpu {
+
+// Instruction sets this build has kernels for AND this CPU can run, widest first.
+std::vector<std::string> supported_isas();
+// The one in use: the widest supported, unless MEDKERNELS_CPU_ISA or set_isa() picked another.
+std::string active_isa();
+// Selects an instruction set by name ("base", "avx2"); throws std::invalid_argument otherwise.
+void set_isa(const std::string& name);
+
+const SelectiveScanKernelTable& selective_scan_kernels();
+
+}  // namespace medkernels::cpu

@@ -1,0 +1,307 @@
+// Portable SIMD for the CPU kernel bodies: GCC/Clang vector extensions, vector exp/log/softplus/
+// sigmoid, and float16/bfloat16 conversions.
+//
+// Included ONLY by the per-instruction-set kernel files (csrc/cpu/isa/*.cpp), which define
+//   MK_ISA        the namespace of this compilation (base, avx2, ...)
+//   MK_VEC_BYTES  the vector width in bytes (16 = SSE2/NEON, 32 = AVX2)
+// Everything lives in an unnamed namespace, so no symbol compiled with wide instructions can be
+// merged by the linker into code that runs on a machine without them.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__AVX2__) && MK_VEC_BYTES == 32
+#include <immintrin.h>
+#endif
+
+#ifndef MK_ISA
+#error "define MK_ISA before including medkernels/cpu/simd.h"
+#endif
+#ifndef MK_VEC_BYTES
+#error "define MK_VEC_BYTES before including medkernels/cpu/simd.h"
+#endif
+
+namespace medkernels::cpu::MK_ISA {
+namespace {
+
+typedef float vf32 __attribute__((vector_size(MK_VEC_BYTES)));
+typedef int32_t vi32 __attribute__((vector_size(MK_VEC_BYTES)));
+typedef double vf64 __attribute__((vector_size(MK_VEC_BYTES)));
+typedef int64_t vi64 __attribute__((vector_size(MK_VEC_BYTES)));
+
+template <class T>
+struct Simd;
+template <>
+struct Simd<float> {
+  using V = vf32;
+  using I = vi32;
+  static constexpr int lanes = MK_VEC_BYTES / 4;
+};
+template <>
+struct Simd<double> {
+  using V = vf64;
+  using I = vi64;
+  static constexpr int lanes = MK_VEC_BYTES / 8;
+};
+template <class T>
+using vec = typename Simd<T>::V;
+template <class T>
+constexpr int lanes = Simd<T>::lanes;
+
+template <class T>
+inline vec<T> vload(const T* p) {
+  vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void vstore(T* p, vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+// A broadcast. GCC lowers a shuffle with an all-zero mask to one vbroadcastss; `vec{} + s` would
+// cost an add and a per-lane loop a chain of inserts.
+template <class T>
+inline vec<T> vsplat(T s) {
+#if defined(__clang__)
+  return vec<T>{} + s;
+#else
+  vec<T> v{};
+  v[0] = s;
+  return __builtin_shuffle(v, typename Simd<T>::I{});
+#endif
+}
+// Lane sum in a fixed order (deterministic).
+template <class T>
+inline T hsum(vec<T> v) {
+  T s = v[0];
+  for (int i = 1; i < lanes<T>; ++i) s += v[i];
+  return s;
+}
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// y[i] = lane sum of the vector stored at P + i * lanes, for i < n. Deferring the horizontal sums
+// of a chunk to here lets the AVX2 path reduce eight vectors with one transpose-add.
+// With `every` > 1 the vectors sit every `every` vectors apart (interleaved buffers).
+template <class T>
+inline void reduce_lanes_strided(const T* P, T* y, int64_t n, int64_t every) {
+  const int64_t st = every * lanes<T>;
+  int64_t i = 0;
+#if defined(__AVX2__) && MK_VEC_BYTES == 32
+  if constexpr (__is_same(T, float)) {
+    for (; i + 8 <= n; i += 8) {
+      const float* r = P + i * st;
+      const __m256 a = _mm256_hadd_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + st));
+      const __m256 b = _mm256_hadd_ps(_mm256_loadu_ps(r + 2 * st), _mm256_loadu_ps(r + 3 * st));
+      const __m256 c = _mm256_hadd_ps(_mm256_loadu_ps(r + 4 * st), _mm256_loadu_ps(r + 5 * st));
+      const __m256 d = _mm256_hadd_ps(_mm256_loadu_ps(r + 6 * st), _mm256_loadu_ps(r + 7 * st));
+      const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+      _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31)));
+    }
+  }
+#endif
+  for (; i < n; ++i) y[i] = hsum<T>(vload(P + i * st));
+}
+template <class T>
+inline void reduce_lanes(const T* P, T* y, int64_t n) {
+  reduce_lanes_strided(P, y, n, 1);
+}
+
+// ---- float32 math -------------------------------------------------------------------------------
+
+// max(lo, x) and min(hi, x) that keep a NaN x (the x86 instructions return their second operand then).
+inline vf32 vmax_nan(vf32 lo, vf32 x) {
+#if defined(__AVX__) && MK_VEC_BYTES == 32
+  return __builtin_ia32_maxps256(lo, x);
+#elif defined(__SSE__) && MK_VEC_BYTES == 16
+  return __builtin_ia32_maxps(lo, x);
+#else
+  return x < lo ? lo : x;
+#endif
+}
+inline vf32 vmin_nan(vf32 hi, vf32 x) {
+#if defined(__AVX__) && MK_VEC_BYTES == 32
+  return __builtin_ia32_minps256(hi, x);
+#elif defined(__SSE__) && MK_VEC_BYTES == 16
+  return __builtin_ia32_minps(hi, x);
+#else
+  return x > hi ? hi : x;
+#endif
+}
+
+// 2^x, within 2 ulp for x >= -125; inf from x >= 128; NaN kept. Results below 2^-125 (~2.4e-38)
+// come out as 2^-125: the kernels use this as a decay factor and sigmoid/softplus term, where a
+// value that small is indistinguishable from 0.
+inline vf32 vexp2(vf32 x) {
+  const vf32 xc = vmin_nan(vsplat(128.0f), vmax_nan(vsplat(-125.0f), x));
+  const vf32 magic = vsplat(12582912.0f);  // 1.5 * 2^23: t's low mantissa bits hold round(xc)
+  const vf32 t = xc + magic;
+  const vf32 f = xc - (t - magic);  // in [-0.5, 0.5], exact
+  vf32 p = vsplat(1.535336196e-04f);  // minimax fit of (2^f - 1) / f, 1.6 ulp in float32
+  p = p * f + 1.339887502e-03f;
+  p = p * f + 9.618436918e-03f;
+  p = p * f + 5.550332367e-02f;
+  p = p * f + 2.402264774e-01f;
+  p = p * f + 6.931471825e-01f;
+  p = p * f + 1.0f;
+  // p in [0.707, 1.414]; adding round(xc) to its exponent cannot leave the normal range, and
+  // xc = 128 gives p = 1 exactly and the bits of inf.
+  return (vf32)((vi32)p + ((vi32)t << 23));
+}
+inline vf32 vexp(vf32 x) { return vexp2(x * 1.44269504088896341f); }
+
+// log(x) for normal positive x (callers pass x in [1, 2]).
+inline vf32 vlog_normal(vf32 x) {
+  const vi32 xi = (vi32)x;
+  vi32 e = ((xi >> 23) & 0xff) - 126;
+  vf32 m = (vf32)((xi & 0x007fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
+  const vi32 small = m < 0.707106781186547524f;
+  e = e + small;  // small is -1 where true
+  m = small ? (m + m) - 1.0f : m - 1.0f;
+  const vf32 fe = __builtin_convertvector(e, vf32);
+  const vf32 z = m * m;
+  vf32 y = vsplat(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y = y + fe * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  return (m + y) + fe * 0.693359375f;
+}
+
+// log1p(y) for y in [0, 1].
+inline vf32 vlog1p_unit(vf32 y) {
+  const vf32 w = y + 1.0f;
+  const vf32 wm1 = w - 1.0f;
+  return wm1 == 0.0f ? y : vlog_normal(w) * (y / (wm1 == 0.0f ? vsplat(1.0f) : wm1));
+}
+
+// torch.nn.functional.softplus(x) with beta 1, threshold 20; with `sig`, also its derivative
+// sigmoid(x) (1 above the threshold), from the same exp.
+inline vf32 vsoftplus(vf32 x, vf32* sig = nullptr) {
+  const vf32 ax = x < 0.0f ? -x : x;
+  const vf32 pos = x > 0.0f ? x : vsplat(0.0f);
+  const vf32 e = vexp(-ax);
+  if (sig) {
+    const vf32 inv = 1.0f / (1.0f + e);
+    *sig = x > 20.0f ? vsplat(1.0f) : (x >= 0.0f ? inv : e * inv);
+  }
+  return x > 20.0f ? x : pos + vlog1p_unit(e);
+}
+inline vf32 vsigmoid(vf32 x) { return 1.0f / (1.0f + vexp(-x)); }
+
+// ---- float64: elementwise libm (the float64 path exists for gradcheck and precision studies) ---
+
+inline vf64 vexp2(vf64 x) {
+  for (int i = 0; i < lanes<double>; ++i) x[i] = __builtin_exp2(x[i]);
+  return x;
+}
+inline vf64 vsoftplus(vf64 x, vf64* sig = nullptr) {
+  for (int i = 0; i < lanes<double>; ++i) {
+    if (sig) (*sig)[i] = x[i] > 20.0 ? 1.0 : 1.0 / (1.0 + __builtin_exp(-x[i]));
+    x[i] = x[i] > 20.0 ? x[i] : __builtin_log1p(__builtin_exp(x[i]));
+  }
+  return x;
+}
+inline vf64 vsigmoid(vf64 x) {
+  for (int i = 0; i < lanes<double>; ++i) x[i] = 1.0 / (1.0 + __builtin_exp(-x[i]));
+  return x;
+}
+
+// ---- storage types ------------------------------------------------------------------------------
+
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
+
+inline float f32_from_bits(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  return u;
+}
+
+inline float to_float(bf16 v) { return f32_from_bits(uint32_t(v.bits) << 16); }
+inline bf16 bf16_from_float(float f) {  // round to nearest even, NaN stays NaN
+  const uint32_t u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{uint16_t((u >> 16) | 0x40)};
+  return bf16{uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+inline float to_float(f16 v) {
+  const uint32_t h = v.bits;
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu;
+  uint32_t m = h & 0x3ffu;
+  if (e == 0x1f) return f32_from_bits(sign | 0x7f800000u | (m << 13));
+  if (e != 0) return f32_from_bits(sign | ((e + 112u) << 23) | (m << 13));
+  if (m == 0) return f32_from_bits(sign);
+  // subnormal half: normalise the mantissa
+  const int shift = __builtin_clz(m) - 21;  // leading zeros within the 11-bit field
+  m = (m << shift) & 0x3ffu;
+  return f32_from_bits(sign | (uint32_t(113 - shift) << 23) | (m << 13));
+}
+inline f16 f16_from_float(float f) {  // round to nearest even, integer arithmetic only
+  uint32_t x = f32_bits(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) return f16{uint16_t(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u))};
+  if (x >= 0x477ff000u) return f16{uint16_t(sign | 0x7c00u)};  // rounds to inf
+  if (x < 0x38800000u) {                                      // below 2^-14: a subnormal half or 0
+    if (x <= 0x33000000u) return f16{sign};                   // <= 2^-25 rounds to 0
+    const uint32_t e = x >> 23, m = (x & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;
+    uint32_t h = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return f16{uint16_t(sign | h)};
+  }
+  uint32_t h = (x >> 13) - (112u << 10);
+  const uint32_t rem = x & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return f16{uint16_t(sign | h)};
+}
+
+template <class Acc, class S>
+inline Acc to_acc(S v) {
+  if constexpr (__is_same(S, bf16) || __is_same(S, f16))
+    return Acc(to_float(v));
+  else
+    return Acc(v);
+}
+template <class S, class Acc>
+inline S from_acc(Acc v) {
+  if constexpr (__is_same(S, bf16))
+    return bf16_from_float(float(v));
+  else if constexpr (__is_same(S, f16))
+    return f16_from_float(float(v));
+  else
+    return S(v);
+}
+
+// n storage values -> acc, zero-filled up to a whole number of vectors.
+template <class S, class Acc>
+inline void load_span(const S* src, Acc* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i < n; ++i) dst[i] = to_acc<Acc>(src[i]);
+  for (const int64_t e = round_up(n, lanes<Acc>); i < e; ++i) dst[i] = Acc(0);
+}
+template <class S, class Acc>
+inline void store_span(S* dst, const Acc* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = from_acc<S>(src[i]);
+}
+
+}  // namespace
+}  // namespace medkernels::cpu::MK_ISA

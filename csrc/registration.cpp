@@ -1,0 +1,54 @@
+// The medkernels op library (every schema lives here) and the medkernels._C Python module.
+//
+// Tensors never cross pybind11: Python reaches the kernels through torch.ops.medkernels.*, and this
+// module only carries build facts and the CPU instruction-set switch.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+
+#include "medkernels/cpu/isa.h"
+
+TORCH_LIBRARY(medkernels, m) {
+  // Selective scan (Mamba). Returns (out, last_state, checkpoints); checkpoints (batch, dim,
+  // ceil(seqlen / chunk_size), dstate) are the states before each chunk, saved for the backward.
+  m.def(
+      "selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+      "Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); the gradient of an
+  // absent optional input is an empty tensor.
+  m.def(
+      "selective_scan_bwd(Tensor grad_out, Tensor? grad_last_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
+      "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor checkpoints, "
+      "bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "medkernels compiled kernels; use medkernels.ops, not this module";
+  m.def("cpu_isas", &medkernels::cpu::supported_isas,
+        "CPU instruction sets this build has kernels for and this CPU runs, widest first");
+  m.def("cpu_isa", &medkernels::cpu::active_isa, "The CPU instruction set the kernels use now");
+  m.def(
+      "set_cpu_isa",
+      [](const std::string& name) {
+        try {
+          medkernels::cpu::set_isa(name);
+        } catch (const std::invalid_argument& e) {
+          throw pybind11::value_error(e.what());
+        }
+      },
+      "Select the CPU instruction set by name (for testing each kernel body)");
+#if defined(MEDKERNELS_WITH_CUDA)
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+#if defined(_OPENMP)
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
+}

@@ -1,0 +1,1 @@
+"""medkernels.bench: the ``medkernels-bench`` command (``python -m medkernels.bench``)."""

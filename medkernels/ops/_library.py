@@ -1,0 +1,63 @@
+"""Loads the compiled extension and records what it provides.
+
+``medkernels._C`` registers the ``torch.ops.medkernels.*`` operators (C++/CUDA kernels). If it
+cannot be loaded (a source checkout that was never built, or a torch upgraded after the build),
+medkernels still imports: the reference backend (and Triton, where present) keep working, and a
+warning says why the compiled kernels are missing and how to rebuild.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch  # noqa: F401  (load torch's libraries before the extension that links them)
+
+try:
+    from .. import _C  # type: ignore[attr-defined]
+
+    LOAD_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _C = None
+    LOAD_ERROR = str(exc)
+    warnings.warn(
+        "medkernels: the compiled kernels (medkernels._C) could not be loaded: "
+        f"{exc}. Only the reference backend is available. Rebuild against the installed torch with "
+        "`pip install --no-build-isolation .` (torch must be installed first).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+HAS_C: bool = _C is not None
+WITH_CUDA: bool = bool(HAS_C and _C.with_cuda)
+HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether ``torch.ops.medkernels.<op>`` has a kernel for ``dispatch_key`` ("CPU", "CUDA")."""
+    if not HAS_C:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"medkernels::{op}", dispatch_key)
+
+
+def cpu_isas() -> list[str]:
+    """CPU instruction sets with compiled kernels that this CPU runs, widest first."""
+    return list(_C.cpu_isas()) if HAS_C else []
+
+
+def cpu_isa() -> str | None:
+    """The CPU instruction set the compiled kernels use now (None without the extension)."""
+    return _C.cpu_isa() if HAS_C else None
+
+
+def set_cpu_isa(name: str) -> None:
+    """Select the CPU kernel bodies ("avx2", "base"); the default is the widest this CPU runs.
+
+    Also settable with the environment variable ``MEDKERNELS_CPU_ISA`` before import.
+
+    Raises:
+        ValueError: unknown name, or an instruction set this CPU or build lacks.
+    """
+    if not HAS_C:
+        raise ValueError(f"medkernels: no compiled kernels to configure ({LOAD_ERROR})")
+    _C.set_cpu_isa(name)

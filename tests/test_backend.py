@@ -1,0 +1,66 @@
+"""The shared backend choice: order, overrides, errors and the debug log."""
+
+import logging
+
+import pytest
+import torch
+
+from medkernels.ops import BackendUnavailableError, choose_backend, selective_scan_fn
+
+
+def _reasons(**blocked):
+    def why(name):
+        return lambda *args: blocked.get(name)
+
+    return {name: why(name) for name in ("cuda", "triton", "cpu", "reference")}
+
+
+def test_auto_takes_the_first_backend_that_can_run_in_order():
+    assert choose_backend("op", _reasons(), None) == "cuda"
+    assert choose_backend("op", _reasons(cuda="no gpu"), "auto") == "triton"
+    assert choose_backend("op", _reasons(cuda="no gpu", triton="no triton"), None) == "cpu"
+    assert choose_backend("op", _reasons(cuda="a", triton="b", cpu="c"), None) == "reference"
+
+
+def test_skipped_backends_are_logged_with_their_reason(caplog):
+    with caplog.at_level(logging.DEBUG, logger="medkernels"):
+        choose_backend("myop", _reasons(cuda="inputs are on cpu", triton="triton is not installed"), None)
+    text = caplog.text
+    assert "myop: skipping backend 'cuda': inputs are on cpu" in text
+    assert "skipping backend 'triton': triton is not installed" in text
+
+
+def test_forced_backend_that_cannot_run_names_the_reason():
+    with pytest.raises(BackendUnavailableError, match=r"myop: backend='cuda' cannot run these inputs: no gpu here"):
+        choose_backend("myop", _reasons(cuda="no gpu here"), "cuda")
+    assert choose_backend("myop", _reasons(cuda="no gpu here"), "CPU") == "cpu"
+
+
+def test_unknown_backend_name_is_a_value_error():
+    with pytest.raises(ValueError, match=r"'fast' is not a backend"):
+        choose_backend("op", _reasons(), "fast")
+
+
+def test_environment_variable_overrides_the_choice(monkeypatch):
+    monkeypatch.setenv("MEDKERNELS_BACKEND", "reference")
+    assert choose_backend("op", _reasons(), None) == "reference"
+    assert choose_backend("op", _reasons(), "cpu") == "cpu", "an explicit argument beats the environment"
+    monkeypatch.setenv("MEDKERNELS_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match=r"MEDKERNELS_BACKEND='cuda' cannot run"):
+        choose_backend("op", _reasons(cuda="no gpu"), None)
+    monkeypatch.setenv("MEDKERNELS_BACKEND", "warp")
+    with pytest.raises(ValueError, match=r"MEDKERNELS_BACKEND='warp' is not a backend"):
+        choose_backend("op", _reasons(), None)
+
+
+def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog):
+    u = torch.randn(1, 4, 8)
+    args = (u, torch.rand(1, 4, 8), -torch.rand(4, 3), torch.randn(4, 3), torch.randn(4, 3))
+    with caplog.at_level(logging.DEBUG, logger="medkernels"):
+        out = selective_scan_fn(*args)
+    assert "selective_scan_fn: skipping backend 'cuda': inputs are on cpu, not cuda" in caplog.text
+    torch.testing.assert_close(out, selective_scan_fn(*args, backend="cpu"), rtol=0, atol=0)
+    with pytest.raises(BackendUnavailableError, match="selective_scan_fn: backend='cuda' cannot run"):
+        selective_scan_fn(*args, backend="cuda")
+    with pytest.raises(BackendUnavailableError, match="selective_scan_fn: backend='triton' cannot run"):
+        selective_scan_fn(*args, backend="triton")
