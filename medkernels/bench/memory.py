@@ -7,10 +7,14 @@ including those inside C++ kernels (workspaces allocated through torch), and not
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+# libkineto prints two log lines per profiling session unless told otherwise (read at first use).
+os.environ.setdefault("KINETO_LOG_LEVEL", "99")
 
 
 def _walk(nodes, out):

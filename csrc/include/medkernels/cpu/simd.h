@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__AVX2__) && MK_VEC_BYTES == 32
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -58,16 +58,22 @@ template <class T>
 inline void vstore(T* p, vec<T> v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
-// A broadcast. GCC lowers a shuffle with an all-zero mask to one vbroadcastss; `vec{} + s` would
-// cost an add and a per-lane loop a chain of inserts.
+// A broadcast: one vbroadcastss/shufps. (`vec{} + s` costs an add; a per-lane loop or a shuffle of
+// a zeroed vector costs inserts.)
 template <class T>
 inline vec<T> vsplat(T s) {
-#if defined(__clang__)
-  return vec<T>{} + s;
+#if defined(__AVX__) && MK_VEC_BYTES == 32
+  if constexpr (__is_same(T, float))
+    return _mm256_set1_ps(s);
+  else
+    return _mm256_set1_pd(s);
+#elif defined(__SSE2__) && MK_VEC_BYTES == 16
+  if constexpr (__is_same(T, float))
+    return _mm_set1_ps(s);
+  else
+    return _mm_set1_pd(s);
 #else
-  vec<T> v{};
-  v[0] = s;
-  return __builtin_shuffle(v, typename Simd<T>::I{});
+  return vec<T>{} + s;
 #endif
 }
 // Lane sum in a fixed order (deterministic).
