@@ -74,7 +74,7 @@ inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, A
     const V raw = vload(dt + i) + bias;
     V x = raw;
     if (p.delta_softplus) {
-      V sig;
+      V sig{};
       x = vsoftplus(raw, sg ? &sig : nullptr);
       if (sg) vstore(sg + i, sig);
     }
@@ -82,6 +82,32 @@ inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, A
     vstore(du + i, x * vload(uf + i));
   }
 }
+
+// One (batch, channel) row of the problem: its sequences, parameters and B/C rows.
+template <class S>
+struct Row {
+  using Acc = typename AccOf<S>::type;
+  int64_t index;                 // b * dim + d
+  const S *u, *delta, *z;        // (seqlen,), unit stride; z may be null
+  const Acc *A, *B, *C;          // A: (dstate_pad,); B/C: the row's group at t = 0, or the fixed row
+  int64_t B_step, C_step;        // dstate_pad for variable B/C, 0 for fixed
+  Acc D, bias;
+  Row(const SelectiveScanFwdParams& p, int64_t b, int64_t d) : index(b * p.dim + d) {
+    const int64_t L = p.seqlen, Np = p.dstate_pad;
+    u = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
+    delta = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
+    z = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
+    A = static_cast<const Acc*>(p.A) + d * Np;
+    B = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
+                   : static_cast<const Acc*>(p.B) + d * Np;
+    C = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
+                   : static_cast<const Acc*>(p.C) + d * Np;
+    B_step = p.groups_B ? Np : 0;
+    C_step = p.groups_C ? Np : 0;
+    D = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
+    bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
+  }
+};
 
 // ------------------------------------------------------------------------------------------------
 // Forward: one (batch, channel) row. NV > 0: dstate_pad == NV vectors, state in registers.
@@ -120,37 +146,27 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
   V* h = NV > 0 ? hl : s.h;
   V* A2 = NV > 0 ? A2l : s.A2;
 
-  const S* urow = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
-  const S* drow = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
-  const S* zrow = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
-  S* orow = static_cast<S*>(p.out) + (b * p.dim + d) * L;
-  const Acc Dd = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
-  const Acc bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
+  const Row<S> r(p, b, d);
+  S* orow = static_cast<S*>(p.out) + r.index * L;
 
   // exp(dt * A) = 2^(dt * A * log2 e): the scale goes into A once per row.
-  const Acc* Arow = static_cast<const Acc*>(p.A) + d * Np;
-  for (int v = 0; v < nv; ++v) A2[v] = vload(Arow + v * W) * Acc(kLog2e);
-  const Acc* Bbase = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
-                                : static_cast<const Acc*>(p.B) + d * Np;
-  const Acc* Cbase = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
-                                : static_cast<const Acc*>(p.C) + d * Np;
-  const int64_t Bstep = p.groups_B ? Np : 0, Cstep = p.groups_C ? Np : 0;
+  for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
 
   if (p.initial_state)
-    load_state(h, static_cast<const Acc*>(p.initial_state) + (b * p.dim + d) * N, N, nv);
+    load_state(h, static_cast<const Acc*>(p.initial_state) + r.index * N, N, nv);
   else
     for (int v = 0; v < nv; ++v) h[v] = V{};
-  Acc* ck = static_cast<Acc*>(p.checkpoints) + (b * p.dim + d) * p.n_chunks * N;
+  Acc* ck = static_cast<Acc*>(p.checkpoints) + r.index * p.n_chunks * N;
 
   for (int64_t c = 0; c < p.n_chunks; ++c) {
     const int64_t t0 = c * T, n = (L - t0) < T ? (L - t0) : T, nr = round_up(n, W);
     store_state(ck + c * N, h, N, nv);
-    load_span(urow + t0, s.uf, n);
-    load_span(drow + t0, s.dt, n);
-    chunk_dt<Acc>(p, bias, s.uf, s.dt, s.du, nullptr, n);
-    const Acc* Bt = Bbase + t0 * Bstep;
-    const Acc* Ct = Cbase + t0 * Cstep;
-    for (int64_t i = 0; i < n; ++i, Bt += Bstep, Ct += Cstep) {
+    load_span(r.u + t0, s.uf, n);
+    load_span(r.delta + t0, s.dt, n);
+    chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, nullptr, n);
+    const Acc* Bt = r.B + t0 * r.B_step;
+    const Acc* Ct = r.C + t0 * r.C_step;
+    for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step) {
       const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
       V acc{};
       for (int v = 0; v < nv; ++v) {
@@ -161,10 +177,10 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
     }
     reduce_lanes(s.P, s.y, n);
     for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
-    if (zrow) load_span(zrow + t0, s.zf, n);
+    if (r.z) load_span(r.z + t0, s.zf, n);
     for (int64_t i = 0; i < n; i += W) {
-      V o = vload(s.y + i) + Dd * vload(s.uf + i);
-      if (zrow) {
+      V o = vload(s.y + i) + r.D * vload(s.uf + i);
+      if (r.z) {
         const V zv = vload(s.zf + i);
         o = o * (zv * vsigmoid(zv));
       }
@@ -172,7 +188,7 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
     }
     store_span(orow + t0, s.y, n);
   }
-  store_state(static_cast<Acc*>(p.last_state) + (b * p.dim + d) * N, h, N, nv);
+  store_state(static_cast<Acc*>(p.last_state) + r.index * N, h, N, nv);
 }
 
 template <class S, int NV>
@@ -242,24 +258,13 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   Acc* st_carry = st;
   Acc* st_gA = st + Np;
 
-  const int64_t row = b * p.dim + d;
-  const S* urow = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
-  const S* drow = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
-  const S* zrow = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
+  const Row<S> r(p, b, d);
+  const int64_t row = r.index;
   const S* grow = static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + d * q.grad_out_dim_stride;
-  const Acc Dd = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
-  const Acc bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
-  const Acc* Arow = static_cast<const Acc*>(p.A) + d * Np;
-  const Acc* Bbase = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
-                                : static_cast<const Acc*>(p.B) + d * Np;
-  const Acc* Cbase = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
-                                : static_cast<const Acc*>(p.C) + d * Np;
-  const int64_t Bstep = p.groups_B ? Np : 0, Cstep = p.groups_C ? Np : 0;
-
-  load_span(urow + t0, s.uf, n);
-  load_span(drow + t0, s.dt, n);
+  load_span(r.u + t0, s.uf, n);
+  load_span(r.delta + t0, s.dt, n);
   load_span(grow + t0, s.gy, n);
-  chunk_dt<Acc>(p, bias, s.uf, s.dt, s.du, s.sg, n);
+  chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, s.sg, n);
 
   // Recompute the chunk's states from its checkpoint (and y, for the gate's gradient).
   V hl[NL], A2l[NL], carryl[NL], gAl[NL];
@@ -267,15 +272,15 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   V* A2 = NV > 0 ? A2l : s.A2;
   V* carry = NV > 0 ? carryl : s.carry;
   V* gA = NV > 0 ? gAl : s.gA;
-  for (int v = 0; v < nv; ++v) A2[v] = vload(Arow + v * W) * Acc(kLog2e);
+  for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
   {
     load_state(h, static_cast<const Acc*>(p.checkpoints) + (row * p.n_chunks + c) * N, N, nv);
     for (int v = 0; v < nv; ++v) vstore(s.H + v * W, h[v]);
-    const Acc* Bt = Bbase + t0 * Bstep;
-    const Acc* Ct = Cbase + t0 * Cstep;
+    const Acc* Bt = r.B + t0 * r.B_step;
+    const Acc* Ct = r.C + t0 * r.C_step;
     Acc* Hn = s.H + Np;
     Acc* DAi = s.DA;
-    for (int64_t i = 0; i < n; ++i, Bt += Bstep, Ct += Cstep, Hn += Np, DAi += Np) {
+    for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step, Hn += Np, DAi += Np) {
       const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
       V acc{};
       for (int v = 0; v < nv; ++v) {
@@ -290,14 +295,14 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   }
 
   // Through the gate and the skip: gy = dL/dy, gz, dD.
-  if (zrow) {
+  if (r.z) {
     reduce_lanes(s.P, s.y, n);
     for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
-    load_span(zrow + t0, s.zf, n);
+    load_span(r.z + t0, s.zf, n);
     for (int64_t i = 0; i < n; i += W) {
       const V zv = vload(s.zf + i), g = vload(s.gy + i), uv = vload(s.uf + i);
       const V sz = vsigmoid(zv);
-      const V o = vload(s.y + i) + Dd * uv;
+      const V o = vload(s.y + i) + r.D * uv;
       vstore(s.gy + i, g * (zv * sz));
       vstore(s.zf + i, g * o * sz * (Acc(1) + zv * (Acc(1) - sz)));
     }
@@ -313,9 +318,9 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
       carry[v] = vload(st_carry + v * W);
       gA[v] = vload(st_gA + v * W);
     }
-    const Acc* Bt = Bbase + (t0 + n - 1) * Bstep;
-    const Acc* Ct = Cbase + (t0 + n - 1) * Cstep;
-    for (int64_t i = n - 1; i >= 0; --i, Bt -= Bstep, Ct -= Cstep) {
+    const Acc* Bt = r.B + (t0 + n - 1) * r.B_step;
+    const Acc* Ct = r.C + (t0 + n - 1) * r.C_step;
+    for (int64_t i = n - 1; i >= 0; --i, Bt -= r.B_step, Ct -= r.C_step) {
       const V gyv = vsplat(s.gy[i]), duv = vsplat(s.du[i]), dtv = vsplat(s.dt[i]);
       const Acc* Hi = s.H + i * Np;
       const Acc* DAi = s.DA + i * Np;
@@ -359,7 +364,7 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
     const V sBs = vload(s.sB + i);
     // sA summed x * A * log2 e; ln 2 undoes the scale.
     V gdt = vload(s.sA + i) * Acc(kLn2) + vload(s.uf + i) * sBs;
-    vstore(s.gu + i, vload(s.gy + i) * Dd + vload(s.dt + i) * sBs);
+    vstore(s.gu + i, vload(s.gy + i) * r.D + vload(s.dt + i) * sBs);
     if (p.delta_softplus) gdt = gdt * vload(s.sg + i);
     gbv += gdt;
     vstore(s.gdt + i, gdt);
