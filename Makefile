@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.bootstrap-torch-$(TORCH_VERSION)
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
-TEST_TOOLS := pytest pytest-benchmark numpy
+TEST_TOOLS := pytest pytest-benchmark numpy triton
 
 .PHONY: all venv build dev test test-long bench bench-pytest clean
 

@@ -24,6 +24,36 @@ TORCH_LIBRARY(medkernels, m) {
       "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor checkpoints, "
       "bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+
+  // Neighborhood attention, fused: heads-last (batch, *spatial, heads, dim), 1-3 spatial dims; per-axis
+  // lists. Returns (out, lse); lse (batch, *spatial, heads) float32 (float64 for float64 inputs).
+  m.def(
+      "na_fwd(Tensor query, Tensor key, Tensor value, int[] kernel_size, int[] stride, int[] dilation, "
+      "bool[] is_causal, float scale, Tensor? rpb, Tensor? additional_keys, Tensor? additional_values) "
+      "-> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Returns (dquery, dkey, dvalue, drpb, dadditional_keys, dadditional_values); absent ones are empty.
+  // grad_lse (optional): the gradient reaching the lse output.
+  m.def(
+      "na_bwd(Tensor grad_out, Tensor? grad_lse, Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, "
+      "int[] kernel_size, "
+      "int[] stride, int[] dilation, bool[] is_causal, float scale, Tensor? rpb, Tensor? additional_keys, "
+      "Tensor? additional_values) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Unfused, heads-first (batch, heads, *spatial, dim): attn (batch, heads, *spatial, prod(kernel_size)).
+  m.def(
+      "na_qk(Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, Tensor? rpb) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "na_qk_bwd(Tensor grad_attn, Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, "
+      "Tensor? rpb) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "na_av_bwd(Tensor grad_out, Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) "
+      "-> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -7,13 +7,20 @@ import os
 import pytest
 import torch
 
-from medkernels import ops
+# Without a GPU, Triton kernels run in its interpreter (set before medkernels imports triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from medkernels import ops  # noqa: E402
+from medkernels.ops import _library  # noqa: E402
 
 # Long sweeps run when MEDKERNELS_LONG_TESTS=1 (the default suite stays fast).
 LONG = os.environ.get("MEDKERNELS_LONG_TESTS", "") not in ("", "0")
 
-# Every test that needs a GPU skips through this one decorator.
+# Every test that needs a GPU skips through this one decorator; Triton tests through the other.
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+requires_triton = pytest.mark.skipif(not _library.HAS_TRITON, reason="needs triton (pip install triton)")
+TEST_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 CPU_ISAS = ops.cpu_isas()
 

@@ -10,7 +10,7 @@ from medkernels.ops import BackendUnavailableError, choose_backend, selective_sc
 
 def _reasons(**blocked):
     def why(name):
-        return lambda *args: blocked.get(name)
+        return lambda *args, forced=False: blocked.get(name)
 
     return {name: why(name) for name in ("cuda", "triton", "cpu", "reference")}
 

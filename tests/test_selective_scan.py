@@ -321,11 +321,6 @@ def opcheck_samples():
     return {"selective_scan_fwd": fwd, "selective_scan_bwd": bwd}
 
 
-def test_every_registered_op_has_opcheck_samples():
-    registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("medkernels::")}
-    assert registered == set(opcheck_samples())
-
-
 @pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
 def test_opcheck(op, index):
     args = opcheck_samples()[op][index]

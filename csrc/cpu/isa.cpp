@@ -75,4 +75,11 @@ const SelectiveScanKernelTable& selective_scan_kernels() {
   return selective_scan_kernels_base();
 }
 
+const NaKernelTable& na_kernels() {
+#if defined(MEDKERNELS_HAVE_AVX2)
+  if (current().load() == kAvx2) return na_kernels_avx2();
+#endif
+  return na_kernels_base();
+}
+
 }  // namespace medkernels::cpu

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common.h"
 #include "medkernels/cpu/isa.h"
 #include "medkernels/cpu/selective_scan.h"
 
@@ -17,17 +18,6 @@ namespace medkernels::cpu {
 namespace {
 
 using at::Tensor;
-
-ScalarKind kind_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return ScalarKind::Float32;
-    case at::kDouble: return ScalarKind::Float64;
-    case at::kHalf: return ScalarKind::Float16;
-    case at::kBFloat16: return ScalarKind::BFloat16;
-    default: TORCH_CHECK(false, "selective_scan: unsupported dtype ", t);
-  }
-  return ScalarKind::Float32;
-}
 
 // The problem, checked, with the padded acc copies the kernels read.
 struct Problem {
@@ -112,7 +102,7 @@ Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tens
   p.dstate_pad = Np;
   p.chunk = chunk_size;
   p.n_chunks = (L + chunk_size - 1) / chunk_size;
-  p.dtype = kind_of(st);
+  p.dtype = kind_of(st, op);
   p.delta_softplus = delta_softplus;
 
   pr.A_pad = at::zeros({dim, Np}, u.options().dtype(acc));
@@ -142,20 +132,6 @@ Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tens
   p.initial_state = initial_state ? pr.init_acc.const_data_ptr() : nullptr;
   return pr;
 }
-
-// Per-thread scratch, allocated through torch so memory profilers see it.
-struct Scratch {
-  Tensor buf;
-  int64_t stride;
-  Scratch(int64_t bytes) : stride((bytes + 127) / 64 * 64) {
-    buf = at::empty({int64_t(at::get_num_threads()) * stride + 64}, at::TensorOptions().dtype(at::kByte));
-  }
-  void* for_thread() {
-    auto base = reinterpret_cast<uintptr_t>(buf.data_ptr<uint8_t>());
-    base = (base + 63) & ~uintptr_t(63);
-    return reinterpret_cast<void*>(base + uintptr_t(at::get_thread_num()) * uintptr_t(stride));
-  }
-};
 
 std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
                                                           const Tensor& B, const Tensor& C,

@@ -23,18 +23,6 @@ struct AccOf<double> {
   using type = double;
 };
 
-// Carves 64-byte aligned arrays out of one scratch block. Built on address 0 it only measures, so
-// the size the torch side allocates comes from the same code that carves.
-struct Carver {
-  uintptr_t p;
-  template <class T>
-  T* take(int64_t n) {
-    T* r = reinterpret_cast<T*>(p);
-    p += uintptr_t(round_up(n * int64_t(sizeof(T)), 64));
-    return r;
-  }
-};
-
 // Loads an unpadded N-vector (state, gradient) into padded lanes.
 template <class Acc>
 inline void load_state(vec<Acc>* dst, const Acc* src, int64_t n, int nv) {

@@ -19,16 +19,26 @@ PROFILES = ("quick", "default", "full", "gpu")
 
 @dataclass(frozen=True)
 class Target:
-    """A ratio a case must reach: ``metric`` of ``backend`` against the reference, per pass."""
+    """A ratio a case must reach: ``metric`` of ``backend`` against ``against`` (the reference or a
+    peer, "peer:<name>"), per pass."""
 
     description: str
     backend: str
     passname: str  # "fwd" or "fwd+bwd"
-    metric: str  # "speedup" (reference time / backend time) or "memory" (backend peak / reference peak)
+    metric: str  # "speedup" (their time / backend time) or "memory" (backend peak / their peak)
     bound: float  # speedup >= bound, or memory <= bound
+    against: str = "reference"
 
     def met(self, value: float) -> bool:
         return value >= self.bound if self.metric == "speedup" else value <= self.bound
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another library's (or plain PyTorch's) way to compute the case, measured in the same run."""
+
+    call: Callable[[dict], object]
+    unavailable: Callable[[torch.device], "str | None"] = lambda device: None
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,7 @@ class Case:
     differentiable: tuple[str, ...]  # inputs that get gradients in the fwd+bwd pass
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)
     reference_backends: tuple[str, ...] = ("reference",)
-    peers: dict[str, Callable[[dict], object]] = field(default_factory=dict)
-    peer_unavailable: dict[str, str] = field(default_factory=dict)
+    peers: dict[str, Peer] = field(default_factory=dict)
     targets: tuple[Target, ...] = ()
 
     def title(self, dtype: torch.dtype) -> str:
@@ -87,14 +96,15 @@ def _mamba_ssm_call(x: dict):
     return peer(**x, delta_softplus=True)
 
 
-def _mamba_ssm_unavailable() -> str | None:
+def _mamba_ssm_unavailable(device: torch.device) -> str | None:
     if importlib.util.find_spec("mamba_ssm") is None:
         return "mamba_ssm is not installed (it needs a CUDA build)"
+    if device.type != "cuda":
+        return "mamba_ssm runs on CUDA only"
     return None
 
 
 def _scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,), targets=()) -> Case:
-    why = _mamba_ssm_unavailable()
     label = f"B={batch} D={dim} N={dstate} L={seqlen} {bc} B/C, D, z, delta_bias, softplus"
     return Case(
         op="selective_scan",
@@ -106,8 +116,7 @@ def _scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,)
         call=_scan_call,
         differentiable=("u", "delta", "A", "B", "C", "D", "z", "delta_bias"),
         dtypes=dtypes,
-        peers={} if why else {"mamba_ssm": _mamba_ssm_call},
-        peer_unavailable={"mamba_ssm": why} if why else {},
+        peers={"mamba_ssm": Peer(_mamba_ssm_call, _mamba_ssm_unavailable)},
         targets=targets,
     )
 
@@ -118,14 +127,86 @@ ISSUE_TARGETS = (
     Target("forward+backward peak memory <= 1/10 of the reference's", "cpu", "fwd+bwd", "memory", 0.1),
 )
 
+# --- neighborhood attention -------------------------------------------------------------------------
+
+
+def _na_inputs(spatial: tuple[int, ...], heads: int, dim: int):
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {name: torch.randn(1, *spatial, heads, dim, generator=g).to(device, dtype)
+                for name in ("query", "key", "value")}
+
+    return make
+
+
+def _na_call(na_dim: int, kernel: int, dilation: int):
+    def call(backend: str, x: dict):
+        fn = getattr(ops, f"na{na_dim}d")
+        return fn(x["query"], x["key"], x["value"], kernel, dilation=dilation, backend=backend)
+
+    return call
+
+
+def _sdpa_call(x: dict):
+    """Dense attention over all tokens (what NA avoids): torch's scaled_dot_product_attention."""
+    q, k, v = (t.flatten(1, -3).transpose(1, 2) for t in (x["query"], x["key"], x["value"]))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def _natten_call(na_dim: int, kernel: int, dilation: int):
+    def call(x: dict):
+        import natten  # type: ignore
+
+        return getattr(natten, f"na{na_dim}d")(x["query"], x["key"], x["value"], kernel_size=kernel, dilation=dilation)
+
+    return call
+
+
+def _natten_unavailable(device: torch.device) -> str | None:
+    return None if importlib.util.find_spec("natten") else "natten is not installed (GPU wheels on a private index)"
+
+
+def _na_case(spatial, kernel, dilation, profiles, targets=(), heads=4, dim=32, dtypes=(torch.float32,)) -> Case:
+    na_dim = len(spatial)
+    return Case(
+        op=f"na{na_dim}d",
+        label=f"B=1 {'x'.join(map(str, spatial))} K={kernel} d={dilation} heads={heads} head_dim={dim}",
+        params={"spatial": list(spatial), "kernel_size": kernel, "dilation": dilation, "heads": heads, "head_dim": dim},
+        profiles=profiles,
+        make_inputs=_na_inputs(spatial, heads, dim),
+        call=_na_call(na_dim, kernel, dilation),
+        differentiable=("query", "key", "value"),
+        dtypes=dtypes,
+        peers={"sdpa": Peer(_sdpa_call),
+               "natten": Peer(_natten_call(na_dim, kernel, dilation), _natten_unavailable)},
+        targets=targets,
+    )
+
+
+def _na_targets(three_d: bool) -> tuple[Target, ...]:
+    if three_d:
+        return (Target("forward >= 5x the gather baseline", "cpu", "fwd", "speedup", 5.0),)
+    return (
+        Target("forward >= 10x the gather baseline", "cpu", "fwd", "speedup", 10.0),
+        Target("forward >= 5x dense SDPA", "cpu", "fwd", "speedup", 5.0, against="peer:sdpa"),
+        Target("forward+backward >= 5x the gather baseline's autograd", "cpu", "fwd+bwd", "speedup", 5.0),
+    )
+
+
 CASES: list[Case] = [
     _scan_case(1, 16, 4, 64, "variable", ("quick",)),
     _scan_case(2, 768, 16, 1024, "variable", ("default", "full"), (torch.float32,), ISSUE_TARGETS),
-    _scan_case(2, 768, 16, 1024, "variable", ("default", "full"), (torch.bfloat16,)),
-    _scan_case(1, 256, 16, 4096, "variable", ("default", "full")),
+    _scan_case(2, 768, 16, 1024, "variable", ("full",), (torch.bfloat16,)),
+    _scan_case(1, 256, 16, 4096, "variable", ("full",)),
     _scan_case(2, 768, 16, 1024, "fixed", ("full",)),
     _scan_case(1, 1536, 64, 2048, "variable", ("full",)),
     _scan_case(8, 1536, 16, 4096, "variable", ("gpu",), (torch.bfloat16, torch.float32)),
+    _na_case((12, 12), 3, 2, ("quick",), heads=2, dim=8),
+    _na_case((64, 64), 7, 1, ("default", "full"), _na_targets(False)),
+    _na_case((64, 64), 7, 2, ("default", "full"), _na_targets(False)),
+    _na_case((16, 16, 16), 5, 1, ("default", "full"), _na_targets(True)),
+    _na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
+    _na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
 ]
 
 

@@ -122,12 +122,21 @@ def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -
 
 
 def check_targets(case, results: list[Result]) -> list[dict]:
+    def row(backend, passname):
+        return next((r for r in results if r.backend == backend and r.passname == passname and not r.error), None)
+
     checked = []
     for t in case.targets:
-        r = next((r for r in results if r.backend == t.backend and r.passname == t.passname and not r.error), None)
-        value = None if r is None else (r.speedup_vs_reference if t.metric == "speedup" else r.memory_vs_reference)
+        mine, theirs = row(t.backend, t.passname), row(t.against, t.passname)
+        value = None
+        if mine is not None and theirs is not None:
+            if t.metric == "speedup":
+                value = theirs.median_ms / mine.median_ms
+            elif theirs.peak_bytes:
+                value = mine.peak_bytes / theirs.peak_bytes
         checked.append({"target": t.description, "backend": t.backend, "pass": t.passname, "metric": t.metric,
-                        "bound": t.bound, "value": value, "met": value is not None and t.met(value)})
+                        "against": t.against, "bound": t.bound, "value": value,
+                        "met": value is not None and t.met(value)})
     return checked
 
 
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         for dt in c.dtypes:
             names = backends_for(c, device, dt, only_backends)
             plan.append((c, dt, names))
-    total = sum(len(PASSES) * (len(names) + (len(c.peers) if device.type == "cuda" else 0)) for c, _, names in plan)
+    total = sum(len(PASSES) * (len(names) + sum(p.unavailable(device) is None for p in c.peers.values()))
+                for c, _, names in plan)
     progress = Progress(total, not args.no_progress)
 
     all_results: list[Result] = []
@@ -191,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for c, dt, names in plan:
         results = list(run_case(c, dt, device, names, args.min_time, on_step=progress.step))
         all_results += results
-        notes = dict(c.peer_unavailable)
-        if device.type != "cuda":
-            notes.update({p: "peers are GPU libraries" for p in c.peers})
+        notes = {name: why for name, spec in c.peers.items() if (why := spec.unavailable(device))}
         checked = check_targets(c, results) if dt == c.dtypes[0] else []
         targets += [{"case": c.label, "dtype": str(dt).replace("torch.", ""), **t} for t in checked]
         progress.close()

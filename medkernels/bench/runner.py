@@ -121,9 +121,9 @@ def run_case(case: Case, dtype: torch.dtype, device: torch.device, backends: lis
     """Measures every backend and available peer of one case, both passes."""
     inputs = case.make_inputs(device, dtype)
     runners: dict[str, Callable[[dict], object]] = {b: (lambda x, b=b: case.call(b, x)) for b in backends}
-    for peer, fn in case.peers.items():
-        if device.type == "cuda":
-            runners[f"peer:{peer}"] = fn
+    for peer, spec in case.peers.items():
+        if spec.unavailable(device) is None:
+            runners[f"peer:{peer}"] = spec.call
     for passname in PASSES:
         measured: list[Result] = []
         for name, runner in runners.items():

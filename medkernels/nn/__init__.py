@@ -1,7 +1,8 @@
 """medkernels.nn: drop-in torch modules built only on :mod:`medkernels.ops`.
 
-Modules arrive with the kernels they use (Mamba, neighborhood attention, ...); each matches the
-constructor and state_dict names of the module it replaces.
+Each matches the constructor and state_dict names of the module it replaces.
 """
 
-__all__: list[str] = []
+from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+__all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]

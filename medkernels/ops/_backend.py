@@ -1,7 +1,8 @@
 """One backend choice for every op (after NATTEN's ``choose_backend``).
 
-Each op names, per backend, a function that returns ``None`` when that backend can run the given
-inputs and otherwise the reason it cannot. ``choose_backend`` walks them in the order
+Each op names, per backend, a function ``reason(*args, forced=False)`` that returns ``None`` when that
+backend can run the given inputs and otherwise the reason it cannot (``forced`` tells it the user
+asked for that backend by name). ``choose_backend`` walks them in the order
 cuda > triton > cpu > reference and takes the first that can run, logging at DEBUG level
 (logger ``"medkernels"``) why each earlier one was skipped. A backend forced by the ``backend``
 argument, or by the ``MEDKERNELS_BACKEND`` environment variable, must be able to run: otherwise
@@ -43,8 +44,8 @@ def choose_backend(op: str, reasons: Mapping[str, Reason], backend: str | None, 
 
     Args:
         op: the public op name, for messages.
-        reasons: for each name in ``BACKENDS``, a function of ``args`` returning ``None`` when that
-            backend can run them, else the reason it cannot.
+        reasons: for each name in ``BACKENDS``, a function of ``args`` (and ``forced``) returning
+            ``None`` when that backend can run them, else the reason it cannot.
         backend: ``None`` or ``"auto"`` to choose, or one of ``BACKENDS`` to force.
         *args: the op's inputs, passed to the reason functions.
 
@@ -60,7 +61,7 @@ def choose_backend(op: str, reasons: Mapping[str, Reason], backend: str | None, 
         raise ValueError(f"{op}: {source}{requested!r} is not a backend; expected one of {('auto', *BACKENDS)}")
     requested = requested.lower()
     if requested != "auto":
-        reason = reasons[requested](*args)
+        reason = reasons[requested](*args, forced=True)
         if reason is not None:
             raise BackendUnavailableError(f"{op}: {source}{requested!r} cannot run these inputs: {reason}")
         return requested
@@ -75,7 +76,7 @@ def choose_backend(op: str, reasons: Mapping[str, Reason], backend: str | None, 
 
 def can_run(op: str, reasons: Mapping[str, Reason], backend: str, *args: Any, raise_error: bool = False) -> bool:
     """Whether ``backend`` can run ``op`` on ``args``; with ``raise_error``, raise the reason instead."""
-    reason = reasons[backend](*args)
+    reason = reasons[backend](*args, forced=True)
     if reason is not None and raise_error:
         raise BackendUnavailableError(f"{op}: backend {backend!r} cannot run these inputs: {reason}")
     return reason is None

@@ -239,7 +239,7 @@ if _library.HAS_C:
 _HAS_CPU_KERNEL = _library.has_kernel("selective_scan_fwd", "CPU")
 
 
-def _why_not_cuda(u, *rest) -> str | None:
+def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
     if u.device.type != "cuda":
         return f"inputs are on {u.device.type}, not cuda"
     if not _library.WITH_CUDA:
@@ -247,7 +247,7 @@ def _why_not_cuda(u, *rest) -> str | None:
     return "no CUDA selective-scan kernel in this version"
 
 
-def _why_not_triton(u, *rest) -> str | None:
+def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
     if u.device.type != "cuda":
         return f"inputs are on {u.device.type}, not cuda"
     if not _library.HAS_TRITON:
@@ -255,7 +255,7 @@ def _why_not_triton(u, *rest) -> str | None:
     return "no Triton selective-scan kernel in this version"
 
 
-def _why_not_cpu(u, *rest) -> str | None:
+def _why_not_cpu(u, *rest, forced: bool = False) -> str | None:
     if u.device.type != "cpu":
         return f"inputs are on {u.device.type}, not cpu"
     if not _HAS_CPU_KERNEL:
@@ -267,7 +267,7 @@ _REASONS: dict[str, Reason] = {
     "cuda": _why_not_cuda,
     "triton": _why_not_triton,
     "cpu": _why_not_cpu,
-    "reference": lambda *args: None,
+    "reference": lambda *args, **kw: None,
 }
 
 

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "medkernels/cpu/neighborhood_attention.h"
 #include "medkernels/cpu/selective_scan.h"
 
 namespace medkernels::cpu {
@@ -16,5 +17,6 @@ std::string active_isa();
 void set_isa(const std::string& name);
 
 const SelectiveScanKernelTable& selective_scan_kernels();
+const NaKernelTable& na_kernels();
 
 }  // namespace medkernels::cpu

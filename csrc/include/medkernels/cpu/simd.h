@@ -85,6 +85,18 @@ inline T hsum(vec<T> v) {
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Carves 64-byte aligned arrays out of one scratch block. Built on address 0 it only measures, so
+// the size the torch side allocates comes from the same code that carves.
+struct Carver {
+  uintptr_t p;
+  template <class T>
+  T* take(int64_t n) {
+    T* r = reinterpret_cast<T*>(p);
+    p += uintptr_t(round_up(n * int64_t(sizeof(T)), 64));
+    return r;
+  }
+};
+
 // y[i] = lane sum of the vector stored at P + i * lanes, for i < n. Deferring the horizontal sums
 // of a chunk to here lets the AVX2 path reduce eight vectors with one transpose-add.
 // With `every` > 1 the vectors sit every `every` vectors apart (interleaved buffers).
@@ -203,6 +215,10 @@ inline vf32 vsigmoid(vf32 x) { return 1.0f / (1.0f + vexp(-x)); }
 
 // ---- float64: elementwise libm (the float64 path exists for gradcheck and precision studies) ---
 
+inline vf64 vexp(vf64 x) {
+  for (int i = 0; i < lanes<double>; ++i) x[i] = __builtin_exp(x[i]);
+  return x;
+}
 inline vf64 vexp2(vf64 x) {
   for (int i = 0; i < lanes<double>; ++i) x[i] = __builtin_exp2(x[i]);
   return x;
