@@ -20,8 +20,11 @@ def test_quick_profile_end_to_end(tmp_path, capsys):
     assert data["machine"]["torch"] == torch.__version__
     assert data["machine"]["cpu_isa"] in ("avx2", "base")
     assert "commit" in data["machine"]
-    rows = {(r["backend"], r["passname"]): r for r in data["results"]}
+    rows = {(r["backend"], r["passname"]): r for r in data["results"] if r["op"] == "selective_scan"}
     assert set(rows) == {("reference", "fwd"), ("reference", "fwd+bwd"), ("cpu", "fwd"), ("cpu", "fwd+bwd")}
+    na_rows = {(r["backend"], r["passname"]) for r in data["results"] if r["op"] == "na2d"}
+    assert ("peer:sdpa", "fwd") in na_rows and ("cpu", "fwd+bwd") in na_rows
+    assert not any(b == "triton" for b, _ in na_rows), "interpreter timings are not benchmarks"
     for r in rows.values():
         assert r["error"] is None and r["median_ms"] > 0 and r["bytes_moved"] > 0 and r["peak_bytes"] > 0
         assert len(r["times_ms"]) >= 3
@@ -36,13 +39,21 @@ def test_list_and_backend_filter(capsys):
 
 
 def test_targets_are_checked_against_the_right_row():
-    case = next(c for c in cases_for("default") if c.targets)
-    rows = [Result("selective_scan", case.label, "float32", "cpu", "fwd", 1.0, [1.0], 1, 1.0, 10,
-                   speedup_vs_reference=25.0, memory_vs_reference=0.5),
-            Result("selective_scan", case.label, "float32", "cpu", "fwd+bwd", 1.0, [1.0], 1, 1.0, 10,
-                   speedup_vs_reference=50.0, memory_vs_reference=0.05)]
-    checked = {c["target"]: c["met"] for c in cli.check_targets(case, rows)}
-    assert list(checked.values()) == [True, False, True]
+    case = next(c for c in cases_for("default") if c.op == "selective_scan" and c.targets)
+
+    def row(backend, passname, ms, peak):
+        return Result("selective_scan", case.label, "float32", backend, passname, ms, [ms], 1, 1.0, peak)
+
+    rows = [row("reference", "fwd", 250.0, 100), row("cpu", "fwd", 10.0, 50),
+            row("reference", "fwd+bwd", 500.0, 1000), row("cpu", "fwd+bwd", 10.0, 50)]
+    checked = cli.check_targets(case, rows)
+    assert [c["met"] for c in checked] == [True, False, True]
+    assert [c["value"] for c in checked] == [25.0, 50.0, 0.05]
+    na_case = next(c for c in cases_for("default") if c.op == "na2d")
+    na_rows = [Result("na2d", na_case.label, "float32", b, "fwd", ms, [ms], 1, 1.0, 1)
+               for b, ms in (("reference", 100.0), ("cpu", 5.0), ("peer:sdpa", 20.0))]
+    vs_sdpa = next(c for c in cli.check_targets(na_case, na_rows) if c["against"] == "peer:sdpa")
+    assert vs_sdpa["value"] == 4.0 and not vs_sdpa["met"]
     assert Target("x", "cpu", "fwd", "memory", 0.1).met(0.1) and not Target("x", "cpu", "fwd", "memory", 0.1).met(0.2)
 
 

@@ -107,6 +107,8 @@ def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set
     for name in ops.BACKENDS:
         if name in names or (only and name not in only):
             continue
+        if name == "triton" and device.type != "cuda":
+            continue  # on CPU tensors Triton only runs in its interpreter: not a timing worth printing
         try:
             with torch.no_grad():
                 case.call(name, probe)
