@@ -112,6 +112,24 @@ def test_window_rules_match_natten_examples():
     assert keys(10, 3, 1, 3, False, 9) == [3, 6, 9]
 
 
+@pytest.mark.parametrize("L,K,d", [(9, 3, 1), (12, 5, 1), (7, 7, 1), (13, 3, 2), (17, 5, 3), (10, 3, 3)])
+def test_bias_index_is_natten_017s(L, K, d):
+    """natten 0.17's legacy RPB start index pb(i) (odd kernels), as given in natten.md."""
+    ns = K // 2
+
+    def pb(i):
+        if d == 1:
+            return ns + (i < ns) * (ns - i) + (i + ns >= L) * (L - i - 1 - ns)
+        if i - ns * d < 0:
+            return K - 1 - i // d
+        if i + ns * d >= L:
+            return (L - i - 1) // d
+        return ns
+
+    _, _, base = na_mod._axis_windows(L, K, 1, d, False)
+    assert base.tolist() == [pb(i) for i in range(L)]
+
+
 # --- agreement with the dense reference ----------------------------------------------------------
 
 SWEEP = list(range(60 if LONG else 24))
