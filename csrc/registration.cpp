@@ -48,6 +48,17 @@ TORCH_LIBRARY(medkernels, m) {
       "na_qk_bwd(Tensor grad_attn, Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, "
       "Tensor? rpb) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  // Causal depthwise conv1d: x (batch, dim, seqlen), weight (dim, width). Returns (out, final_states);
+  // final_states (batch, dim, width - 1) when asked for, else empty.
+  m.def(
+      "causal_conv1d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+      "bool return_final_states, bool silu) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Returns (dx, dweight, dbias, dinitial_states); absent ones are empty.
+  m.def(
+      "causal_conv1d_bwd(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+      "Tensor dout, Tensor? dfinal_states, bool silu) -> (Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
   m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(

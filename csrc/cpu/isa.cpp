@@ -83,3 +83,12 @@ const NaKernelTable& na_kernels() {
 }
 
 }  // namespace medkernels::cpu
+
+namespace medkernels::cpu {
+const ConvKernelTable& conv_kernels() {
+#if defined(MEDKERNELS_HAVE_AVX2)
+  if (current().load() == kAvx2) return conv_kernels_avx2();
+#endif
+  return conv_kernels_base();
+}
+}  // namespace medkernels::cpu

@@ -54,6 +54,7 @@ class Case:
     reference_backends: tuple[str, ...] = ("reference",)
     peers: dict[str, Peer] = field(default_factory=dict)
     targets: tuple[Target, ...] = ()
+    parameters: Callable[[dict], list] | None = None  # module parameters that also get gradients
 
     def title(self, dtype: torch.dtype) -> str:
         return f"{self.op}  {self.label}  {str(dtype).replace('torch.', '')}"
@@ -193,6 +194,71 @@ def _na_targets(three_d: bool) -> tuple[Target, ...]:
     )
 
 
+# --- causal conv1d and the Mamba block ----------------------------------------------------------------
+
+
+def _conv_inputs(batch, dim, seqlen, width):
+    def make(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(batch, dim, seqlen, generator=g).to(device, dtype),
+                "weight": torch.randn(dim, width, generator=g).to(device, dtype),
+                "bias": torch.randn(dim, generator=g).to(device, dtype)}
+
+    return make
+
+
+def _conv_torch(x: dict):
+    """What a model does without causal-conv1d: a padded depthwise nn.functional.conv1d, cropped, SiLU."""
+    w = x["weight"]
+    out = torch.nn.functional.conv1d(x["x"], w[:, None], x["bias"], padding=w.shape[1] - 1, groups=w.shape[0])
+    return torch.nn.functional.silu(out[..., :x["x"].shape[-1]])
+
+
+def _conv_case(batch, dim, seqlen, width, profiles) -> Case:
+    return Case(
+        op="causal_conv1d",
+        label=f"B={batch} D={dim} L={seqlen} W={width} bias, silu",
+        params={"batch": batch, "dim": dim, "seqlen": seqlen, "width": width},
+        profiles=profiles,
+        make_inputs=_conv_inputs(batch, dim, seqlen, width),
+        call=lambda backend, x: ops.causal_conv1d_fn(x["x"], x["weight"], x["bias"], activation="silu",
+                                                     backend=backend),
+        differentiable=("x", "weight", "bias"),
+        peers={"torch_conv1d": Peer(_conv_torch)},
+    )
+
+
+def _mamba_inputs(batch, seqlen, d_model, d_state):
+    def make(device, dtype):
+        from medkernels.nn import Mamba
+
+        torch.manual_seed(0)
+        module = Mamba(d_model, d_state=d_state, device=device, dtype=dtype)
+        return {"hidden_states": torch.randn(batch, seqlen, d_model, device=device, dtype=dtype), "module": module}
+
+    return make
+
+
+def _mamba_call(backend, x):
+    x["module"].backend = backend
+    return x["module"](x["hidden_states"])
+
+
+def _mamba_case(batch, seqlen, d_model, d_state, profiles, targets=(), dtypes=(torch.float32,)) -> Case:
+    return Case(
+        op="mamba_block",
+        label=f"B={batch} L={seqlen} d_model={d_model} d_state={d_state} (medkernels.nn.Mamba)",
+        params={"batch": batch, "seqlen": seqlen, "d_model": d_model, "d_state": d_state},
+        profiles=profiles,
+        make_inputs=_mamba_inputs(batch, seqlen, d_model, d_state),
+        call=_mamba_call,
+        differentiable=("hidden_states",),
+        dtypes=dtypes,
+        parameters=lambda x: list(x["module"].parameters()),
+        targets=targets,
+    )
+
+
 CASES: list[Case] = [
     _scan_case(1, 16, 4, 64, "variable", ("quick",)),
     _scan_case(2, 768, 16, 1024, "variable", ("default", "full"), (torch.float32,), ISSUE_TARGETS),
@@ -202,6 +268,11 @@ CASES: list[Case] = [
     _scan_case(1, 1536, 64, 2048, "variable", ("full",)),
     _scan_case(8, 1536, 16, 4096, "variable", ("gpu",), (torch.bfloat16, torch.float32)),
     _na_case((12, 12), 3, 2, ("quick",), heads=2, dim=8),
+    _conv_case(2, 1536, 4096, 4, ("default", "full")),
+    _conv_case(8, 3072, 8192, 4, ("gpu",)),
+    _mamba_case(2, 1024, 256, 16, ("default", "full"),
+                (Target("forward+backward >= 10x the block on reference ops", "cpu", "fwd+bwd", "speedup", 10.0),)),
+    _mamba_case(8, 2048, 768, 16, ("gpu",), dtypes=(torch.bfloat16,)),
     _na_case((64, 64), 7, 1, ("default", "full"), _na_targets(False)),
     _na_case((64, 64), 7, 2, ("default", "full"), _na_targets(False)),
     _na_case((16, 16, 16), 5, 1, ("default", "full"), _na_targets(True)),

@@ -86,7 +86,7 @@ def _work(case: Case, runner: Callable[[dict], object], inputs: dict, passname: 
         return fwd, _nbytes(inputs) + _nbytes(out)
 
     leaves = {k: (v.detach().requires_grad_(True) if k in case.differentiable else v) for k, v in inputs.items()}
-    diff = [leaves[k] for k in case.differentiable]
+    diff = [leaves[k] for k in case.differentiable] + (case.parameters(inputs) if case.parameters else [])
     with torch.no_grad():
         out = _first_tensor(runner(inputs))
     grad_out = torch.randn_like(out)

@@ -3,6 +3,7 @@
 Each matches the constructor and state_dict names of the module it replaces.
 """
 
+from .mamba import InferenceParams, Mamba
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
-__all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+__all__ = ["InferenceParams", "Mamba", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]

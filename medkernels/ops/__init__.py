@@ -7,6 +7,7 @@ This is the only layer that knows about kernels: every op validates its inputs, 
 
 from ._backend import BACKENDS, BackendUnavailableError, choose_backend
 from ._library import cpu_isa, cpu_isas, set_cpu_isa
+from .causal_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 from .neighborhood_attention import (
     na1d, na1d_av, na1d_av_ref, na1d_qk, na1d_qk_ref, na1d_ref,
     na2d, na2d_av, na2d_av_ref, na2d_qk, na2d_qk_ref, na2d_ref,
@@ -23,6 +24,9 @@ __all__ = [
     "set_cpu_isa",
     "selective_scan_fn",
     "selective_scan_ref",
+    "causal_conv1d_fn",
+    "causal_conv1d_ref",
+    "causal_conv1d_update",
     "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
     "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
     "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",

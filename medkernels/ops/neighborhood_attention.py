@@ -442,9 +442,9 @@ def _why_not_cpu(query, *rest, **kw) -> str | None:
 
 
 def _why_not_triton(query, *rest, forced: bool = False) -> str | None:
-    from medkernels.triton import neighborhood_attention as tna
+    from medkernels.triton import interpreter_or_gpu
 
-    return tna.why_not(query, forced=forced)
+    return interpreter_or_gpu(query, forced)
 
 
 _FUSED_REASONS: dict[str, Reason] = {"cuda": _why_not_cuda, "triton": _why_not_triton, "cpu": _why_not_cpu,

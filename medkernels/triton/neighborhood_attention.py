@@ -11,27 +11,9 @@ causal mix works; they run on CUDA and, for tests, on CPU tensors under ``TRITON
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-AVAILABLE = importlib.util.find_spec("triton") is not None
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def why_not(query: torch.Tensor, forced: bool = False) -> str | None:
-    """Why the Triton backend cannot run on tensors like ``query`` (None when it can)."""
-    if not AVAILABLE:
-        return "triton is not installed"
-    if query.device.type == "cuda":
-        return None
-    if query.device.type == "cpu" and interpreting():
-        return None if forced else "CPU tensors run the Triton interpreter only when backend='triton' is forced"
-    return f"inputs are on {query.device.type}, not cuda"
+from . import AVAILABLE, interpreting
 
 
 if AVAILABLE:

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "medkernels/cpu/causal_conv1d.h"
 #include "medkernels/cpu/neighborhood_attention.h"
 #include "medkernels/cpu/selective_scan.h"
 
@@ -18,5 +19,6 @@ void set_isa(const std::string& name);
 
 const SelectiveScanKernelTable& selective_scan_kernels();
 const NaKernelTable& na_kernels();
+const ConvKernelTable& conv_kernels();
 
 }  // namespace medkernels::cpu

@@ -1,0 +1,327 @@
+"""Causal depthwise conv1d: Mamba's short convolution (causal-conv1d's ``causal_conv1d_fn``).
+
+Gu & Dao, "Mamba" (arXiv 2312.00752), section 3.4: a depthwise causal convolution of width 4
+before the selective scan. ``causal_conv1d_fn`` has causal-conv1d's signature and math:
+``out = act(F.conv1d(x, weight[:, None], bias, padding=W-1, groups=dim)[..., :L])`` with optional
+initial states, final states and ``seq_idx`` (packed sequences do not see each other). Beyond
+causal-conv1d: any width (upstream: 2-4), ``seq_idx`` and initial states in the ordinary
+contiguous layout (upstream: channel-last with dim % 8 == 0 only), CPU kernels, a deterministic
+backward, and torch.compile support.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _library
+from ._backend import Reason, choose_backend
+
+__all__ = ["causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _silu(activation, fn) -> bool:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
+    return activation is not None
+
+
+def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out):
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{fn}: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{fn}: x must be float32, float16 or bfloat16 (or float64), got {x.dtype}")
+    batch, dim, seqlen = x.shape
+    if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(f"{fn}: weight must be (dim, width) with dim={dim}, got {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if weight.dtype not in (x.dtype, torch.float32):
+        raise ValueError(f"{fn}: weight must have x's dtype ({x.dtype}) or float32, got {weight.dtype}")
+    named = {"weight": weight, "bias": bias, "seq_idx": seq_idx, "initial_states": initial_states,
+             "final_states_out": final_states_out}
+    for name, t in named.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    if bias is not None and (bias.shape != (dim,) or bias.dtype not in (x.dtype, torch.float32)):
+        raise ValueError(f"{fn}: bias must be (dim,) = ({dim},) in x's dtype or float32, got {tuple(bias.shape)} "
+                         f"{bias.dtype}")
+    if seq_idx is not None:
+        if seq_idx.shape != (batch, seqlen) or seq_idx.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{fn}: seq_idx must be an int32 (batch, seqlen) = {(batch, seqlen)} tensor, got "
+                             f"{tuple(seq_idx.shape)} {seq_idx.dtype}")
+        if initial_states is not None:
+            raise ValueError(f"{fn}: initial_states must be None if seq_idx is not None")
+        if return_final_states:
+            raise ValueError(f"{fn}: final states are not returned when seq_idx is given")
+    if initial_states is not None and (initial_states.shape != (batch, dim, width - 1)
+                                       or initial_states.dtype != x.dtype):
+        raise ValueError(f"{fn}: initial_states must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in x's "
+                         f"dtype, got {tuple(initial_states.shape)} {initial_states.dtype}")
+    if final_states_out is not None and final_states_out.shape != (batch, dim, width - 1):
+        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)}, "
+                         f"got {tuple(final_states_out.shape)}")
+
+
+def _finish(out, final_states, return_final_states, final_states_out):
+    if not return_final_states:
+        return out
+    if final_states_out is not None:
+        with torch.no_grad():
+            final_states_out.copy_(final_states)
+        return out, final_states_out
+    return out, final_states
+
+
+def causal_conv1d_ref(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                      final_states_out=None, activation=None):
+    """Pure-PyTorch :func:`causal_conv1d_fn` (the oracle): taps as shifted copies, computed in float32
+    (float64 for float64 inputs). Arguments as :func:`causal_conv1d_fn`."""
+    fn = "causal_conv1d_ref"
+    silu = _silu(activation, fn)
+    _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    left = initial_states.to(acc) if initial_states is not None else x.new_zeros(batch, dim, width - 1, dtype=acc)
+    ext = torch.cat([left, x.to(acc)], dim=-1)  # (batch, dim, W-1+L)
+    out = torch.zeros(batch, dim, seqlen, dtype=acc, device=x.device)
+    if bias is not None:
+        out = out + bias.to(acc)[:, None]
+    for k in range(width):
+        tap = ext[..., k:k + seqlen]
+        if seq_idx is not None:
+            src = torch.arange(seqlen, device=x.device) - (width - 1) + k
+            seq_src = seq_idx[:, src.clamp(min=0)]
+            keep = (src < 0)[None] | (seq_src == seq_idx)
+            tap = tap * keep[:, None, :]
+        out = out + weight.to(acc)[:, k, None] * tap
+    if silu:
+        out = F.silu(out)
+    final_states = ext[..., ext.shape[-1] - (width - 1):].to(x.dtype)
+    return _finish(out.to(x.dtype), final_states, return_final_states, final_states_out)
+
+
+def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
+    final = x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1)) if return_final_states else x.new_empty((0,))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), final
+
+
+def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            x.new_empty((0,)) if bias is None else torch.empty_like(bias),
+            x.new_empty((0,)) if initial_states is None else torch.empty_like(initial_states))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, seq_idx, initial_states, return_final_states, silu = inputs
+    ctx.save_for_backward(x, weight, bias, seq_idx, initial_states)
+    ctx.silu = silu
+    ctx.has_final = return_final_states
+
+
+def _backward_with(bwd_op):
+    def backward(ctx, dout, dfinal):
+        x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(x)
+        elif dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dx, dw, db, dinit = bwd_op(x, weight, bias, seq_idx, initial_states, dout,
+                                   dfinal if ctx.has_final else None, ctx.silu)
+        return (dx, dw, db if bias is not None else None, None, dinit if initial_states is not None else None,
+                None, None)
+
+    return backward
+
+
+if _library.HAS_C:
+    torch.library.register_fake("medkernels::causal_conv1d_fwd")(_fwd_fake)
+    torch.library.register_fake("medkernels::causal_conv1d_bwd")(_bwd_fake)
+    torch.library.register_autograd("medkernels::causal_conv1d_fwd",
+                                    _backward_with(torch.ops.medkernels.causal_conv1d_bwd), setup_context=_setup)
+
+if _library.HAS_TRITON:
+    from typing import Optional
+
+    from medkernels.triton import causal_conv1d as _tcc
+
+    def _extended(x, initial_states, width):  # (batch, dim, W-1+L) float32: initial states (or 0), then x
+        left = (initial_states.float() if initial_states is not None
+                else x.new_zeros((x.shape[0], x.shape[1], width - 1), dtype=torch.float32))
+        return torch.cat([left, x.float()], dim=-1)
+
+    def _triton_init(initial_states, x, width):
+        if initial_states is None:
+            return None
+        return initial_states.float().reshape(x.shape[0] * x.shape[1], width - 1).contiguous()
+
+    @torch.library.custom_op("medkernels::causal_conv1d_fwd_triton", mutates_args=())
+    def _fwd_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    seq_idx: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
+                    return_final_states: bool, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = weight.shape[1]
+        out = _tcc.forward(x.float().contiguous(), weight.float().contiguous(),
+                           None if bias is None else bias.float().contiguous(), _triton_init(initial_states, x, width),
+                           None if seq_idx is None else seq_idx.int().contiguous(), silu)
+        final = x.new_empty((0,))
+        if return_final_states:
+            ext = _extended(x, initial_states, width)
+            final = ext[..., ext.shape[-1] - (width - 1):].to(x.dtype).contiguous()
+        return out.to(x.dtype), final
+
+    @torch.library.custom_op("medkernels::causal_conv1d_bwd_triton", mutates_args=())
+    def _bwd_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    seq_idx: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dout: torch.Tensor,
+                    dfinal_states: Optional[torch.Tensor], silu: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor, torch.Tensor]:
+        width, seqlen = weight.shape[1], x.shape[-1]
+        seq = None if seq_idx is None else seq_idx.int().contiguous()
+        g, dext = _tcc.backward(x.float().contiguous(), weight.float().contiguous(),
+                                None if bias is None else bias.float().contiguous(),
+                                _triton_init(initial_states, x, width), seq, dout.float().contiguous(), silu)
+        if dfinal_states is not None and width > 1:
+            dext[..., dext.shape[-1] - (width - 1):] += dfinal_states.float()
+        ext = _extended(x, initial_states, width)
+        taps = []
+        for k in range(width):
+            tap = ext[..., k:k + seqlen]
+            if seq is not None:
+                src = torch.arange(seqlen, device=x.device) - (width - 1) + k
+                keep = (src < 0)[None] | (seq[:, src.clamp(min=0)] == seq)
+                tap = tap * keep[:, None, :]
+            taps.append((g * tap).sum(dim=(0, 2)))
+        dw = torch.stack(taps, dim=-1).to(weight.dtype)
+        db = x.new_empty((0,)) if bias is None else g.sum(dim=(0, 2)).to(bias.dtype)
+        dinit = x.new_empty((0,)) if initial_states is None else dext[..., :width - 1].to(x.dtype, copy=True)
+        return dext[..., width - 1:].to(x.dtype, copy=True), dw, db, dinit
+
+    torch.library.register_fake("medkernels::causal_conv1d_fwd_triton")(_fwd_fake)
+    torch.library.register_fake("medkernels::causal_conv1d_bwd_triton")(_bwd_fake)
+    torch.library.register_autograd("medkernels::causal_conv1d_fwd_triton",
+                                    _backward_with(torch.ops.medkernels.causal_conv1d_bwd_triton),
+                                    setup_context=_setup)
+
+_HAS_CPU_KERNEL = _library.has_kernel("causal_conv1d_fwd", "CPU")
+
+
+def _why_not_cpu(x, *rest, forced: bool = False) -> str | None:
+    if x.device.type != "cpu":
+        return f"inputs are on {x.device.type}, not cpu"
+    if not _HAS_CPU_KERNEL:
+        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
+    return None
+
+
+def _why_not_triton(x, *rest, forced: bool = False) -> str | None:
+    from medkernels.triton import interpreter_or_gpu
+
+    return interpreter_or_gpu(x, forced)
+
+
+_REASONS: dict[str, Reason] = {
+    "cuda": lambda x, *a, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
+                                else "no CUDA causal conv1d kernel (the Triton kernel is the GPU path)"),
+    "triton": _why_not_triton,
+    "cpu": _why_not_cpu,
+    "reference": lambda *a, **k: None,
+}
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None, *, backend=None):
+    """Causal depthwise conv1d, a drop-in for ``causal_conv1d.causal_conv1d_fn``.
+
+    Args:
+        x: (batch, dim, seqlen), float32/float16/bfloat16 (float64 for gradcheck). Any strides.
+        weight: (dim, width), x's dtype or float32; any width >= 1.
+        bias: optional (dim,).
+        seq_idx: optional int32 (batch, seqlen): a tap reading a token of another segment contributes 0
+            (packed sequences). Not with initial_states or return_final_states (as upstream).
+        initial_states: optional (batch, dim, width - 1) inputs before the first token, x's dtype.
+        return_final_states: also return the last width - 1 inputs (batch, dim, width - 1).
+        final_states_out: optional preallocated (batch, dim, width - 1) to write the final states into.
+        activation: None, "silu" or "swish" (silu).
+        backend: None/"auto", "triton", "cpu" or "reference".
+
+    Returns:
+        out (batch, dim, seqlen) in x's dtype, or ``(out, final_states)``. Differentiable in x, weight,
+        bias and initial_states, also through the final states.
+    """
+    fn = "causal_conv1d_fn"
+    silu = _silu(activation, fn)
+    _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out)
+    name = choose_backend(fn, _REASONS, backend, x)
+    if name == "reference":
+        return causal_conv1d_ref(x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out,
+                                 activation)
+    if seq_idx is not None and seq_idx.dtype != torch.int32:
+        seq_idx = seq_idx.int()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if name == "triton":
+        out, final = torch.ops.medkernels.causal_conv1d_fwd_triton(x, weight, bias, seq_idx, initial_states,
+                                                                   bool(return_final_states), silu)
+    else:
+        out, final = torch.ops.medkernels.causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states,
+                                                            bool(return_final_states), silu)
+    return _finish(out, final, return_final_states, final_states_out)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                         conv_state_indices=None):
+    """One or more decoding steps of the causal conv, updating ``conv_state`` in place
+    (causal-conv1d's ``causal_conv1d_update``).
+
+    Args:
+        x: (batch, dim) or (batch, dim, seqlen) new tokens.
+        conv_state: (batch, dim, state_len) with state_len >= width - 1: the latest inputs, oldest first.
+            With ``conv_state_indices``, a larger cache whose rows ``conv_state_indices`` are used.
+        weight: (dim, width); bias: optional (dim,).
+        activation: None, "silu" or "swish".
+        cache_seqlens: optional int32 (batch,): treat conv_state as a circular buffer written at
+            ``cache_seqlens % state_len``.
+        conv_state_indices: optional int32 (batch,): rows of conv_state to use (continuous batching).
+
+    Returns:
+        (batch, dim) or (batch, dim, seqlen) in x's dtype.
+    """
+    fn = "causal_conv1d_update"
+    silu = _silu(activation, fn)
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x.unsqueeze(-1)
+    if x.dim() != 3 or not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3:
+        raise ValueError(f"{fn}: x must be (batch, dim[, seqlen]) and conv_state (batch, dim, state_len)")
+    batch, dim, seqlen = x.shape
+    width = weight.shape[-1]
+    state = conv_state if conv_state_indices is None else conv_state[conv_state_indices.long()]
+    if state.shape[:2] != (batch, dim) or state.shape[2] < width - 1 or weight.shape != (dim, width):
+        raise ValueError(f"{fn}: conv_state must be (batch, dim, state_len >= width - 1) = ({batch}, {dim}, >= "
+                         f"{width - 1}) and weight (dim, width), got {tuple(state.shape)} and {tuple(weight.shape)}")
+    state_len = state.shape[-1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if cache_seqlens is None:
+        ext = torch.cat([state, x], dim=-1)
+        new_state = ext[..., -state_len:]
+    else:
+        pos = cache_seqlens.long()[:, None]
+        read = torch.remainder(torch.arange(-(width - 1), 0, device=x.device)[None] + pos, state_len)
+        ext = torch.cat([state.gather(2, read[:, None].expand(-1, dim, -1)), x], dim=-1)
+        write = torch.remainder(torch.arange(seqlen, device=x.device)[None] + pos, state_len)
+        new_state = state.scatter(2, write[:, None].expand(-1, dim, -1), x.to(state.dtype))
+    out = F.conv1d(ext.to(acc), weight.to(acc)[:, None], None if bias is None else bias.to(acc), groups=dim)
+    out = out[..., -seqlen:]
+    if silu:
+        out = F.silu(out)
+    with torch.no_grad():
+        if conv_state_indices is None:
+            conv_state.copy_(new_state)
+        else:
+            conv_state[conv_state_indices.long()] = new_state.to(conv_state.dtype)
+    out = out.to(x.dtype)
+    return out.squeeze(-1) if squeeze else out

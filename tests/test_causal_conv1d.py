@@ -1,0 +1,235 @@
+"""Causal conv1d: every backend against causal-conv1d's formula, states, seq_idx, update, gradcheck,
+opcheck, torch.compile, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEST_DEVICE, close, requires_triton
+
+from medkernels import ops
+
+
+def upstream_formula(x, w, b, init, activation):
+    """causal-conv1d's reference: F.conv1d over [initial states, x], cropped, then SiLU."""
+    L, W = x.shape[-1], w.shape[1]
+    xx = x.double() if init is None else torch.cat([init, x], -1).double()
+    out = F.conv1d(xx, w.double()[:, None], None if b is None else b.double(), padding=W - 1 if init is None else 0,
+                   groups=w.shape[0])[..., :L]
+    final = F.pad(xx, (W - 1 - xx.shape[-1], 0))
+    return (F.silu(out) if activation else out), final
+
+
+def inputs(batch=2, dim=6, seqlen=13, width=4, dtype=torch.float32, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    return r(batch, dim, seqlen), r(dim, width), r(dim), r(batch, dim, width - 1)
+
+
+BACKENDS = ["cpu", "reference"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("states", [False, True])
+def test_matches_upstream_formula_with_gradients(backend, width, activation, states):
+    x, w, b, init = inputs(width=width, seed=width)
+    init = init if states else None
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + ([init.clone().requires_grad_(True)] if states else [])
+    res = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], None, leaves[3] if states else None,
+                               return_final_states=states, activation=activation, backend=backend)
+    out, final = res if states else (res, None)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    out_r, final_r = upstream_formula(ref_leaves[0], ref_leaves[1], ref_leaves[2], ref_leaves[3] if states else None,
+                                      activation)
+    close(out, out_r, 1e-5, 1e-5, "out")
+    g = torch.Generator().manual_seed(1)
+    gout = torch.randn(out.shape, generator=g)
+    outs, grads_in, outs_r, grads_r_in = [out], [gout], [out_r], [gout.double()]
+    if states:
+        close(final, final_r, 0, 0, "final_states")
+        gfin = torch.randn(final.shape, generator=g)
+        outs.append(final), grads_in.append(gfin), outs_r.append(final_r), grads_r_in.append(gfin.double())
+    grads = torch.autograd.grad(outs, leaves, grads_in)
+    grads_r = torch.autograd.grad(outs_r, ref_leaves, grads_r_in)
+    for name, a, r in zip(["x", "weight", "bias", "initial_states"], grads, grads_r):
+        close(a, r, 1e-4, 1e-5, f"d{name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seq_idx_separates_packed_sequences(backend):
+    x, w, b, _ = inputs(batch=1, seqlen=20)
+    seq = torch.tensor([[0] * 7 + [1] * 2 + [2] * 11], dtype=torch.int32)
+    xl, wl = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    packed = ops.causal_conv1d_fn(xl, wl, b, seq_idx=seq, activation="silu", backend=backend)
+    parts = [ops.causal_conv1d_fn(xl[..., a:e], wl, b, activation="silu", backend="reference")
+             for a, e in ((0, 7), (7, 9), (9, 20))]
+    close(packed, torch.cat(parts, -1), 1e-6, 1e-6, "out")
+    g1 = torch.autograd.grad(packed.square().sum(), [xl, wl])
+    g2 = torch.autograd.grad(torch.cat(parts, -1).square().sum(), [xl, wl])
+    for a, r in zip(g1, g2):
+        close(a, r, 1e-5, 1e-5, "grad")
+
+
+@requires_triton
+@pytest.mark.parametrize("width,seq", [(4, False), (2, True)])
+def test_triton_matches_reference(width, seq):
+    x, w, b, init = inputs(batch=2, dim=3, seqlen=9, width=width, device=TEST_DEVICE)
+    seq_idx = torch.tensor([[0] * 4 + [1] * 5, [0] * 9], dtype=torch.int32, device=TEST_DEVICE) if seq else None
+    init = None if seq else init
+    res = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + ([init.clone().requires_grad_(True)] if init is not None else [])
+        o = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], seq_idx, leaves[3] if init is not None else None,
+                                 return_final_states=init is not None, activation="silu", backend=backend)
+        outs = list(o) if isinstance(o, tuple) else [o]
+        res[backend] = (outs, torch.autograd.grad([t.square().sum() for t in outs], leaves))
+    for a, r in zip(res["triton"][0] + list(res["triton"][1]), res["reference"][0] + list(res["reference"][1])):
+        close(a.cpu(), r.cpu(), 1e-5, 1e-5, "triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision(dtype):
+    x, w, b, init = inputs(dtype=dtype)
+    out = ops.causal_conv1d_fn(x, w, b, initial_states=init, activation="silu", backend="cpu")
+    ref = ops.causal_conv1d_fn(x, w, b, initial_states=init, activation="silu", backend="reference")
+    assert out.dtype == dtype
+    close(out, ref, 1e-2, 1e-2, "out")
+
+
+def test_weight_in_float32_with_bf16_input_and_strided_x():
+    x, w, b, _ = inputs(dtype=torch.bfloat16)
+    wide = torch.zeros(2, 12, 13, dtype=torch.bfloat16)
+    wide[:, ::2] = x
+    out = ops.causal_conv1d_fn(wide[:, ::2], w.float(), b.float(), backend="cpu")
+    close(out, ops.causal_conv1d_fn(x, w.float(), b.float(), backend="reference"), 1e-2, 1e-2, "out")
+
+
+def test_final_states_out_is_written():
+    x, w, b, init = inputs()
+    buf = torch.empty(2, 6, 3)
+    out, fin = ops.causal_conv1d_fn(x, w, b, initial_states=init, return_final_states=True, final_states_out=buf)
+    assert fin is buf
+    torch.testing.assert_close(buf, x[..., -3:])
+
+
+def test_gradcheck_float64():
+    x, w, b, init = (t.requires_grad_(True) for t in inputs(batch=1, dim=2, seqlen=6, width=3, dtype=torch.float64))
+
+    def fn(x, w, b, init):
+        return ops.causal_conv1d_fn(x, w, b, None, init, True, activation="silu", backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, (x, w, b, init))
+    seq = torch.tensor([[0, 0, 1, 1, 1, 2]], dtype=torch.int32)
+    assert torch.autograd.gradcheck(lambda x, w: ops.causal_conv1d_fn(x, w, seq_idx=seq, backend="cpu"), (x, w))
+
+
+def test_deterministic():
+    x, w, b, init = inputs(batch=4, dim=32, seqlen=300)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b, init)]
+        out = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], initial_states=leaves[3], activation="silu")
+        runs.append(torch.autograd.grad(out.square().sum(), leaves))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_torch_compile_fullgraph():
+    x, w, b, init = (t.requires_grad_(True) for t in inputs())
+
+    def f(x, w, b, init):
+        out, fin = ops.causal_conv1d_fn(x, w, b, None, init, True, activation="silu")
+        return out.square().sum() + fin.sum()
+
+    lc = torch.compile(f, fullgraph=True)(x, w, b, init)
+    le = f(x, w, b, init)
+    close(lc, le, 1e-6, 1e-6, "loss")
+    for a, r in zip(torch.autograd.grad(lc, [x, w, b, init]), torch.autograd.grad(le, [x, w, b, init])):
+        close(a, r, 1e-6, 1e-6, "grad")
+
+
+def opcheck_samples():
+    x, w, b, init = inputs(batch=2, dim=3, seqlen=7, width=3)
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0] * 7], dtype=torch.int32)
+    grad = lambda xs: [t.clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in xs]  # noqa: E731
+    fwd = [grad([x, w, b, None, init, True, True]), grad([x, w, None, seq, None, False, False])]
+    bwd = [[x, w, b, None, init, torch.randn_like(x), torch.randn_like(init), True], [x, w, None, seq, None, torch.randn_like(x), None, False]]
+    samples = {"causal_conv1d_fwd": fwd, "causal_conv1d_bwd": bwd}
+    if hasattr(torch.ops.medkernels, "causal_conv1d_fwd_triton"):
+        samples["causal_conv1d_fwd_triton"] = fwd[:1]
+        samples["causal_conv1d_bwd_triton"] = bwd[:1]
+    return samples
+
+
+@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
+def test_opcheck(op, index):
+    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state_len_extra", [0, 2])
+def test_update_step_by_step_equals_full_conv(state_len_extra):
+    x, w, b, _ = inputs(seqlen=9)
+    full = ops.causal_conv1d_fn(x, w, b, activation="silu")
+    state = torch.zeros(2, 6, 3 + state_len_extra)
+    outs = [ops.causal_conv1d_update(x[..., t], state, w, b, "silu") for t in range(9)]
+    close(torch.stack(outs, -1), full, 1e-6, 1e-6, "steps")
+    torch.testing.assert_close(state[..., -3:], x[..., -3:])
+    state2 = torch.zeros(2, 6, 3)
+    chunked = torch.cat([ops.causal_conv1d_update(x[..., :4], state2, w, b, "silu"),
+                         ops.causal_conv1d_update(x[..., 4:], state2, w, b, "silu")], -1)
+    close(chunked, full, 1e-6, 1e-6, "chunks")
+
+
+def test_update_circular_buffer_and_state_indices():
+    x, w, b, _ = inputs(seqlen=9)
+    full = ops.causal_conv1d_fn(x, w, b)
+    state = torch.zeros(2, 6, 5)
+    outs = [ops.causal_conv1d_update(x[..., t], state, w, b, cache_seqlens=torch.full((2,), t, dtype=torch.int32))
+            for t in range(9)]
+    close(torch.stack(outs, -1), full, 1e-6, 1e-6, "circular")
+    cache = torch.zeros(5, 6, 3)
+    rows = torch.tensor([3, 1], dtype=torch.int32)
+    outs = [ops.causal_conv1d_update(x[..., t], cache, w, b, conv_state_indices=rows) for t in range(9)]
+    close(torch.stack(outs, -1), full, 1e-6, 1e-6, "indices")
+    assert cache[[0, 2, 4]].abs().sum() == 0
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+BAD = [
+    ("rank", lambda: ops.causal_conv1d_fn(torch.randn(6, 13), torch.randn(6, 4)), ValueError,
+     r"x must be \(batch, dim, seqlen\)"),
+    ("weight shape", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(5, 4)), ValueError,
+     r"weight must be \(dim, width\) with dim=6"),
+    ("weight dtype", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4).double()), ValueError,
+     r"weight must have x's dtype"),
+    ("integer", lambda: ops.causal_conv1d_fn(torch.ones(2, 6, 13, dtype=torch.long), torch.randn(6, 4)), ValueError,
+     r"x must be float32"),
+    ("activation", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4), activation="relu"),
+     ValueError, r"activation must be None, 'silu' or 'swish'"),
+    ("seq and states", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
+                                                    seq_idx=torch.zeros(1, 5, dtype=torch.int32),
+                                                    initial_states=torch.randn(1, 6, 3)),
+     ValueError, r"initial_states must be None if seq_idx is not None"),
+    ("init shape", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
+                                                initial_states=torch.randn(1, 6, 4)),
+     ValueError, r"initial_states must be \(batch, dim, width - 1\) = \(1, 6, 3\)"),
+    ("seq dtype", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4), seq_idx=torch.zeros(1, 5)),
+     ValueError, r"seq_idx must be an int32"),
+    ("device", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4, device="meta")), ValueError,
+     r"weight is on meta but x is on cpu"),
+    ("update state", lambda: ops.causal_conv1d_update(torch.randn(2, 6), torch.zeros(2, 6, 2), torch.randn(6, 4)),
+     ValueError, r"conv_state must be \(batch, dim, state_len >= width - 1\)"),
+]
+
+
+@pytest.mark.parametrize("case,call,exc,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_clear_error(case, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
