@@ -53,7 +53,7 @@ def test_environment_variable_overrides_the_choice(monkeypatch):
         choose_backend("op", _reasons(), None)
 
 
-def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog):
+def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog, monkeypatch):
     u = torch.randn(1, 4, 8)
     args = (u, torch.rand(1, 4, 8), -torch.rand(4, 3), torch.randn(4, 3), torch.randn(4, 3))
     with caplog.at_level(logging.DEBUG, logger="medkernels"):
@@ -62,5 +62,6 @@ def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog):
     torch.testing.assert_close(out, selective_scan_fn(*args, backend="cpu"), rtol=0, atol=0)
     with pytest.raises(BackendUnavailableError, match="selective_scan_fn: backend='cuda' cannot run"):
         selective_scan_fn(*args, backend="cuda")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # outside the interpreter, Triton needs CUDA tensors
     with pytest.raises(BackendUnavailableError, match="selective_scan_fn: backend='triton' cannot run"):
         selective_scan_fn(*args, backend="triton")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LONG, close
+from conftest import LONG, TEST_DEVICE, close, requires_triton
 
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.ops import selective_scan as ss
@@ -67,7 +67,11 @@ def check_against_reference(inputs, delta_softplus=True, backend="cpu"):
     dstate = inputs["A"].shape[1]
     grad_out = torch.randn(u.shape, generator=g).to(dtype)
     grad_last = torch.randn(u.shape[0], u.shape[1], dstate, generator=g)
-    out, last, grads = run(selective_scan_fn, inputs, delta_softplus, grad_out, grad_last, backend=backend)
+    device = inputs["u"].device
+    out, last, grads = run(selective_scan_fn, inputs, delta_softplus, grad_out.to(device), grad_last.to(device),
+                           backend=backend)
+    out, last, grads = out.cpu(), last.cpu(), {k: v.cpu() for k, v in grads.items()}
+    inputs = {k: (None if v is None else v.cpu()) for k, v in inputs.items()}
     up = {k: (None if v is None else v.float()) for k, v in inputs.items()}
     out_r, last_r, grads_r = run(selective_scan_ref, up, delta_softplus, grad_out.float(), grad_last)
 
@@ -149,6 +153,16 @@ def test_matches_reference_random_sweep(seed):
                          has_z=pick([True, False]), has_bias=pick([True, False]), has_init=pick([True, False]),
                          seed=seed)
     check_against_reference(inputs, delta_softplus=pick([True, False]))
+
+
+@requires_triton
+@pytest.mark.parametrize("B_kind,C_kind,dtype", [("variable", "grouped", torch.float32), ("fixed", "fixed", torch.float32),
+                                                 ("grouped", "variable", torch.bfloat16)])
+def test_triton_matches_reference(B_kind, C_kind, dtype):
+    """On CPU through the Triton interpreter: tiny shapes, several chunks."""
+    inputs = make_inputs(1, 4, 5, 37, dtype, B_kind, C_kind, groups=2, has_init=True, seed=11)
+    check_against_reference({k: (v.to(TEST_DEVICE) if v is not None else None) for k, v in inputs.items()},
+                            backend="triton")
 
 
 def test_softplus_threshold_and_large_decays():
@@ -318,7 +332,11 @@ def opcheck_samples():
         fwd.append([a.clone().requires_grad_(True) if a is not None else None for a in args] + [True, 4])
         out, last, ckpt = torch.ops.medkernels.selective_scan_fwd(*args, True, 4)
         bwd.append([torch.randn_like(out), torch.randn_like(last) if opt else None, *args, ckpt, True, 4])
-    return {"selective_scan_fwd": fwd, "selective_scan_bwd": bwd}
+    samples = {"selective_scan_fwd": fwd, "selective_scan_bwd": bwd}
+    if hasattr(torch.ops.medkernels, "selective_scan_fwd_triton"):
+        samples["selective_scan_fwd_triton"] = fwd[1:2]
+        samples["selective_scan_bwd_triton"] = bwd[1:2]
+    return samples
 
 
 @pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])

@@ -187,50 +187,108 @@ def _acc_of(u: torch.Tensor) -> torch.dtype:
     return _param_dtype(u)
 
 
-if _library.HAS_C:
+def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size):
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    n_chunks = (seqlen + chunk_size - 1) // chunk_size
+    acc = _acc_of(u)
+    return (u.new_empty((batch, dim, seqlen)), u.new_empty((batch, dim, dstate), dtype=acc),
+            u.new_empty((batch, dim, n_chunks, dstate), dtype=acc))
 
-    @torch.library.register_fake("medkernels::selective_scan_fwd")
-    def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size):
-        batch, dim, seqlen = u.shape
-        dstate = A.shape[1]
-        n_chunks = (seqlen + chunk_size - 1) // chunk_size
-        acc = _acc_of(u)
-        return (u.new_empty((batch, dim, seqlen)), u.new_empty((batch, dim, dstate), dtype=acc),
-                u.new_empty((batch, dim, n_chunks, dstate), dtype=acc))
 
-    @torch.library.register_fake("medkernels::selective_scan_bwd")
-    def _bwd_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
-                  delta_softplus, chunk_size):
-        acc = _acc_of(u)
+def _bwd_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
+              delta_softplus, chunk_size):
+    acc = _acc_of(u)
 
-        def like(t):
-            return u.new_empty((0,), dtype=acc) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+    def like(t):
+        return u.new_empty((0,), dtype=acc) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 
-        return (torch.empty_like(u, memory_format=torch.contiguous_format),
-                torch.empty_like(u, memory_format=torch.contiguous_format),
-                like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
+    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+            torch.empty_like(u, memory_format=torch.contiguous_format),
+            like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
 
-    def _setup_context(ctx, inputs, output):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size = inputs
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
-        ctx.delta_softplus = delta_softplus
-        ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(output[2])
 
-    def _backward(ctx, grad_out, grad_last_state, _grad_checkpoints):
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
+    ctx.delta_softplus = delta_softplus
+    ctx.chunk_size = chunk_size
+    ctx.mark_non_differentiable(output[2])
+
+
+def _backward_with(bwd_op):
+    def backward(ctx, grad_out, grad_last_state, _grad_checkpoints):
         u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(u)
         elif grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = torch.ops.medkernels.selective_scan_bwd(
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = bwd_op(
             grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
             ctx.delta_softplus, ctx.chunk_size)
         return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None, dinitial if initial_state is not None else None,
                 None, None)
 
-    torch.library.register_autograd("medkernels::selective_scan_fwd", _backward, setup_context=_setup_context)
+    return backward
+
+
+if _library.HAS_C:
+    torch.library.register_fake("medkernels::selective_scan_fwd")(_fwd_fake)
+    torch.library.register_fake("medkernels::selective_scan_bwd")(_bwd_fake)
+    torch.library.register_autograd("medkernels::selective_scan_fwd",
+                                    _backward_with(torch.ops.medkernels.selective_scan_bwd),
+                                    setup_context=_setup_context)
+
+if _library.HAS_TRITON:
+    from typing import Optional
+
+    from medkernels.triton import selective_scan as _tss
+
+    def _f32(t):
+        return None if t is None else t.float().contiguous()
+
+    def _seq(t):  # unit stride along seqlen, storage dtype kept (the kernel converts on load)
+        return None if t is None else (t if t.stride(-1) == 1 else t.contiguous())
+
+    @torch.library.custom_op("medkernels::selective_scan_fwd_triton", mutates_args=())
+    def _fwd_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                    initial_state: Optional[torch.Tensor], delta_softplus: bool,
+                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, last, ckpt = _tss.forward(_seq(u), _seq(delta), _f32(A), _seq(B) if B.dim() > 2 else _f32(B),
+                                       _seq(C) if C.dim() > 2 else _f32(C), _f32(D), _seq(z), _f32(delta_bias),
+                                       _f32(initial_state), delta_softplus, chunk_size)
+        acc = _acc_of(u)
+        return out.to(u.dtype), last.to(acc), ckpt.to(acc)
+
+    @torch.library.custom_op("medkernels::selective_scan_bwd_triton", mutates_args=())
+    def _bwd_triton(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor], u: torch.Tensor,
+                    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                    z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                    initial_state: Optional[torch.Tensor], checkpoints: torch.Tensor, delta_softplus: bool,
+                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        du, ddelta, dz, dB, dC, parts, dd, dbias, dinit = _tss.backward(
+            _seq(grad_out), _f32(grad_last_state), _seq(u), _seq(delta), _f32(A),
+            _seq(B) if B.dim() > 2 else _f32(B), _seq(C) if C.dim() > 2 else _f32(C), _f32(D), _seq(z),
+            _f32(delta_bias), checkpoints.float().contiguous(), delta_softplus, chunk_size)
+        empty = u.new_empty((0,), dtype=_acc_of(u))
+
+        def bc_grad(grad, part, t):
+            return grad.view(t.shape).to(t.dtype) if t.dim() > 2 else part.sum(0).to(t.dtype)
+
+        return (du.to(u.dtype), ddelta.to(u.dtype), parts[:, :, 0].sum(0).to(A.dtype),
+                bc_grad(dB, parts[:, :, 1], B), bc_grad(dC, parts[:, :, 2], C),
+                empty.clone() if D is None else dd.sum(0).to(D.dtype), empty.clone() if z is None else dz.to(z.dtype),
+                empty.clone() if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+                empty.clone() if initial_state is None else dinit.to(initial_state.dtype))
+
+    torch.library.register_fake("medkernels::selective_scan_fwd_triton")(_fwd_fake)
+    torch.library.register_fake("medkernels::selective_scan_bwd_triton")(_bwd_fake)
+    torch.library.register_autograd("medkernels::selective_scan_fwd_triton",
+                                    _backward_with(torch.ops.medkernels.selective_scan_bwd_triton),
+                                    setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +306,9 @@ def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
 
 
 def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
-    if u.device.type != "cuda":
-        return f"inputs are on {u.device.type}, not cuda"
-    if not _library.HAS_TRITON:
-        return "triton is not installed"
-    return "no Triton selective-scan kernel in this version"
+    from medkernels.triton import interpreter_or_gpu
+
+    return interpreter_or_gpu(u, forced)
 
 
 def _why_not_cpu(u, *rest, forced: bool = False) -> str | None:
@@ -330,6 +386,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         delta = delta.contiguous()
     if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
-    out, last_state, _ = torch.ops.medkernels.selective_scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), _CPU_CHUNK)
+    if name == "triton":
+        from medkernels.triton.selective_scan import chunk_len
+
+        op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len()
+    else:
+        op, chunk = torch.ops.medkernels.selective_scan_fwd, _CPU_CHUNK
+    out, last_state, _ = op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), chunk)
     return (out, last_state) if return_last_state else out

@@ -1,0 +1,255 @@
+"""Triton kernels for the selective scan (the GPU path), forward and backward.
+
+One program per (batch, channel) row walks the sequence in chunks of ``BL`` tokens. In a chunk the
+pairs (exp(dt A), dt u B) are combined with ``tl.associative_scan`` under
+``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)`` and the state entering the chunk is carried in, so the
+(batch, dim, seqlen, dstate) state never reaches memory; the state before every chunk is saved
+(the same checkpoints as the CPU kernel). The backward recomputes each chunk from its checkpoint
+and runs the adjoint recurrence as a reverse scan. Variable dB/dC accumulate with atomics (their
+last bits depend on the order); everything else is written once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import AVAILABLE, interpreting
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _combine(a1, b1, a2, b2):
+        return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _dt_chunk(DELTA, BIAS, row_delta, d, offs_t, mt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        raw = tl.load(DELTA + row_delta + offs_t, mask=mt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += tl.load(BIAS + d)
+        dt = raw
+        if SOFTPLUS:
+            dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+        return raw, dt
+
+    @triton.jit
+    def _fwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, INIT, OUT, LAST, CKPT,
+                    L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d,
+                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    BL: tl.constexpr, BN: tl.constexpr):
+        pid = tl.program_id(0)
+        b = pid // DIM
+        d = pid % DIM
+        offs_n = tl.arange(0, BN)
+        mn = offs_n < N
+        a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
+        if VAR_B:
+            b_base = B + b * sB_b + (d // (DIM // GB)) * sB_g
+        else:
+            b_fixed = tl.load(B + d * N + offs_n, mask=mn, other=0.0)
+        if VAR_C:
+            c_base = C + b * sC_b + (d // (DIM // GC)) * sC_g
+        else:
+            c_fixed = tl.load(C + d * N + offs_n, mask=mn, other=0.0)
+        d_skip = 0.0
+        if HAS_D:
+            d_skip = tl.load(D + d)
+        if HAS_INIT:
+            h = tl.load(INIT + pid * N + offs_n, mask=mn, other=0.0)
+        else:
+            h = tl.zeros([BN], tl.float32)
+        for c in range(0, NCH):
+            tl.store(CKPT + (pid * NCH + c) * N + offs_n, h, mask=mn)
+            offs_t = c * BL + tl.arange(0, BL)
+            mt = offs_t < L
+            u = tl.load(U + b * su_b + d * su_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+            raw, dt = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t, mt, HAS_BIAS, SOFTPLUS)
+            m2 = mt[:, None] & mn[None, :]
+            if VAR_B:
+                bt = tl.load(b_base + offs_n[None, :] * sB_n + offs_t[:, None] * sB_l, mask=m2, other=0.0).to(tl.float32)
+            else:
+                bt = b_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
+            if VAR_C:
+                ct = tl.load(c_base + offs_n[None, :] * sC_n + offs_t[:, None] * sC_l, mask=m2, other=0.0).to(tl.float32)
+            else:
+                ct = c_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
+            da = tl.where(m2, tl.exp(dt[:, None] * a_row[None, :]), 1.0)
+            dbu = tl.where(m2, (dt * u)[:, None] * bt, 0.0)
+            acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
+            hs = acum * h[None, :] + hloc
+            y = tl.sum(hs * ct, axis=1) + d_skip * u
+            if HAS_Z:
+                z = tl.load(Z + b * sz_b + d * sz_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(OUT + pid * L + offs_t, y, mask=mt)
+            # the padded tail rows carry the state unchanged (a = 1, b = 0): the last row is the state
+            h = tl.sum(tl.where((tl.arange(0, BL) == BL - 1)[:, None], hs, 0.0), axis=0)
+        tl.store(LAST + pid * N + offs_n, h, mask=mn)
+
+    @triton.jit
+    def _bwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, CKPT, GOUT, GLAST,
+                    DU, DDELTA, DZ, DA_PART, DB, DC, DD_PART, DBIAS_PART, DINIT,
+                    L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d, sg_b, sg_d,
+                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    BL: tl.constexpr, BN: tl.constexpr):
+        pid = tl.program_id(0)
+        b = pid // DIM
+        d = pid % DIM
+        offs_n = tl.arange(0, BN)
+        mn = offs_n < N
+        a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
+        if VAR_B:
+            gb_idx = b * GB + d // (DIM // GB)
+            b_base = B + b * sB_b + (d // (DIM // GB)) * sB_g
+        else:
+            b_fixed = tl.load(B + d * N + offs_n, mask=mn, other=0.0)
+        if VAR_C:
+            gc_idx = b * GC + d // (DIM // GC)
+            c_base = C + b * sC_b + (d // (DIM // GC)) * sC_g
+        else:
+            c_fixed = tl.load(C + d * N + offs_n, mask=mn, other=0.0)
+        d_skip = 0.0
+        if HAS_D:
+            d_skip = tl.load(D + d)
+        if HAS_GLAST:
+            carry = tl.load(GLAST + pid * N + offs_n, mask=mn, other=0.0)  # dL/dh_{L-1} beyond the outputs
+        else:
+            carry = tl.zeros([BN], tl.float32)
+        g_a = tl.zeros([BN], tl.float32)
+        g_bfix = tl.zeros([BN], tl.float32)
+        g_cfix = tl.zeros([BN], tl.float32)
+        g_d = 0.0
+        g_bias = 0.0
+        for cc in range(0, NCH):
+            c = NCH - 1 - cc
+            offs_t = c * BL + tl.arange(0, BL)
+            mt = offs_t < L
+            m2 = mt[:, None] & mn[None, :]
+            u = tl.load(U + b * su_b + d * su_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+            raw, dt = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t, mt, HAS_BIAS, SOFTPLUS)
+            if VAR_B:
+                bt = tl.load(b_base + offs_n[None, :] * sB_n + offs_t[:, None] * sB_l, mask=m2, other=0.0).to(tl.float32)
+            else:
+                bt = b_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
+            if VAR_C:
+                ct = tl.load(c_base + offs_n[None, :] * sC_n + offs_t[:, None] * sC_l, mask=m2, other=0.0).to(tl.float32)
+            else:
+                ct = c_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
+            da = tl.where(m2, tl.exp(dt[:, None] * a_row[None, :]), 1.0)
+            dbu = tl.where(m2, (dt * u)[:, None] * bt, 0.0)
+            h0 = tl.load(CKPT + (pid * NCH + c) * N + offs_n, mask=mn, other=0.0)
+            acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
+            hs = acum * h0[None, :] + hloc
+            gout = tl.load(GOUT + b * sg_b + d * sg_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+            gy = gout
+            if HAS_Z:
+                z = tl.load(Z + b * sz_b + d * sz_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+                sz = tl.sigmoid(z)
+                o = tl.sum(hs * ct, axis=1) + d_skip * u
+                tl.store(DZ + pid * L + offs_t, gout * o * sz * (1.0 + z * (1.0 - sz)), mask=mt)
+                gy = gout * z * sz
+            g_d += tl.sum(tl.where(mt, gy * u, 0.0), axis=0)
+            # adjoint: g_t = gy_t C_t + dA_{t+1} g_{t+1}; the step after the chunk comes in through `carry`
+            _, dt_next = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t + 1, mt & (offs_t + 1 < L),
+                                   HAS_BIAS, SOFTPLUS)
+            is_last = (offs_t == c * BL + BL - 1) | (offs_t == L - 1)
+            a_next = tl.where(is_last[:, None] | ~m2, 0.0, tl.exp(dt_next[:, None] * a_row[None, :]))
+            b_adj = tl.where(m2, gy[:, None] * ct, 0.0) + tl.where(is_last[:, None] & m2, carry[None, :], 0.0)
+            _, g = tl.associative_scan((a_next, b_adj), 0, _combine, reverse=True)
+            x = g * (hs - dbu)  # g_t * dA_t * h_{t-1}
+            g_a += tl.sum(x * dt[:, None], axis=0)
+            s_b = tl.sum(g * bt, axis=1)
+            gdt = tl.sum(x * a_row[None, :], axis=1) + u * s_b
+            tl.store(DU + pid * L + offs_t, gy * d_skip + dt * s_b, mask=mt)
+            if SOFTPLUS:
+                gdt = tl.where(raw <= 20.0, gdt * tl.sigmoid(raw), gdt)
+            gdt = tl.where(mt, gdt, 0.0)
+            g_bias += tl.sum(gdt, axis=0)
+            tl.store(DDELTA + pid * L + offs_t, gdt, mask=mt)
+            gbt = g * (dt * u)[:, None]
+            gct = gy[:, None] * hs
+            if VAR_B:
+                tl.atomic_add(DB + (gb_idx * N + offs_n[None, :]) * L + offs_t[:, None], gbt, mask=m2)
+            else:
+                g_bfix += tl.sum(tl.where(m2, gbt, 0.0), axis=0)
+            if VAR_C:
+                tl.atomic_add(DC + (gc_idx * N + offs_n[None, :]) * L + offs_t[:, None], gct, mask=m2)
+            else:
+                g_cfix += tl.sum(tl.where(m2, gct, 0.0), axis=0)
+            first = offs_t == c * BL
+            carry = tl.sum(tl.where(first[:, None], g * da, 0.0), axis=0)
+        tl.store(DINIT + pid * N + offs_n, carry, mask=mn)
+        tl.store(DA_PART + (pid * 3) * N + offs_n, g_a, mask=mn)
+        tl.store(DA_PART + (pid * 3 + 1) * N + offs_n, g_bfix, mask=mn)
+        tl.store(DA_PART + (pid * 3 + 2) * N + offs_n, g_cfix, mask=mn)
+        tl.store(DD_PART + pid, g_d)
+        tl.store(DBIAS_PART + pid, g_bias)
+
+
+def chunk_len() -> int:
+    return 16 if interpreting() else 64
+
+
+def _bc_strides(t):
+    """(batch, group, n, l) strides of a variable B/C (3-D is one group), or zeros for fixed."""
+    if t.dim() == 2:
+        return (0, 0, 0, 0), 1
+    t4 = t.unsqueeze(1) if t.dim() == 3 else t
+    return tuple(t4.stride()), t4.shape[1]
+
+
+def forward(u, delta, A, B, C, D, z, bias, init, softplus: bool, chunk: int):
+    """Returns out (batch, dim, L) float32, last state (batch, dim, N) and checkpoints (batch, dim, chunks, N)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    nch = triton.cdiv(L, chunk)
+    out = torch.empty((batch, dim, L), device=u.device, dtype=torch.float32)
+    last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+    ckpt = torch.empty((batch, dim, nch, N), device=u.device, dtype=torch.float32)
+    dummy = out.new_empty(1)
+    sB, gB = _bc_strides(B)
+    sC, gC = _bc_strides(C)
+    zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    _fwd_kernel[(batch * dim,)](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        bias if bias is not None else dummy, init if init is not None else dummy, out, last, ckpt,
+        L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs, *sB, *sC,
+        VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
+        HAS_INIT=init is not None, SOFTPLUS=softplus, BL=chunk, BN=triton.next_power_of_2(N))
+    return out, last, ckpt
+
+
+def backward(gout, glast, u, delta, A, B, C, D, z, bias, ckpt, softplus: bool, chunk: int):
+    """Returns du, ddelta, dz (batch, dim, L); dB, dC (float32, B/C layout with groups) or per-row
+    fixed partials; per-row partials of dA, dD, ddelta_bias; dinitial (batch, dim, N)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    nch = ckpt.shape[2]
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty((batch, dim, L), **f32)
+    ddelta = torch.empty((batch, dim, L), **f32)
+    dz = torch.empty((batch, dim, L), **f32) if z is not None else du.new_empty(1)
+    sB, gB = _bc_strides(B)
+    sC, gC = _bc_strides(C)
+    dB = torch.zeros((batch, gB, N, L), **f32) if B.dim() > 2 else du.new_empty(1)
+    dC = torch.zeros((batch, gC, N, L), **f32) if C.dim() > 2 else du.new_empty(1)
+    parts = torch.empty((batch * dim, 3, N), **f32)
+    dd = torch.empty((batch * dim,), **f32)
+    dbias = torch.empty((batch * dim,), **f32)
+    dinit = torch.empty((batch, dim, N), **f32)
+    dummy = du.new_empty(1)
+    zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    _bwd_kernel[(batch * dim,)](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        bias if bias is not None else dummy, ckpt, gout, glast if glast is not None else dummy,
+        du, ddelta, dz, parts, dB, dC, dd, dbias, dinit,
+        L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs,
+        gout.stride(0), gout.stride(1), *sB, *sC,
+        VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
+        HAS_GLAST=glast is not None, SOFTPLUS=softplus, BL=chunk, BN=triton.next_power_of_2(N))
+    return du, ddelta, dz, dB, dC, parts.view(batch, dim, 3, N), dd.view(batch, dim), dbias.view(batch, dim), dinit
