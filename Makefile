@@ -10,7 +10,7 @@ STAMP := $(VENV)/.bootstrap-torch-$(TORCH_VERSION)
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
 TEST_TOOLS := pytest pytest-benchmark numpy triton
 
-.PHONY: all venv build dev test test-long bench bench-pytest clean
+.PHONY: all venv build dev test test-long bench bench-pytest cuda-build clean
 
 all: test
 
@@ -40,6 +40,22 @@ bench: build
 
 bench-pytest: build
 	$(VENV)/bin/pytest -q benchmarks --benchmark-only
+
+# Compile the CUDA kernels (no GPU needed) against torch 2.14.1 (CUDA 13.0) with nvcc: CI runs this.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH_VERSION ?= 2.14.1
+CUDA_ARCH_LIST ?= 9.0
+CUDA_STAMP := $(CUDA_VENV)/.bootstrap-torch-$(CUDA_TORCH_VERSION)
+
+$(CUDA_STAMP):
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install -q torch==$(CUDA_TORCH_VERSION) $(BUILD_TOOLS)
+	touch $@
+
+cuda-build: $(CUDA_STAMP)
+	MEDKERNELS_CUDA=ON MEDKERNELS_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" $(CUDA_VENV)/bin/python -m pip wheel -q \
+	  --no-build-isolation --no-deps -C build-dir=build/cuda -w build/cuda-wheel .
+	@echo "CUDA kernels compiled for $(CUDA_ARCH_LIST): $$(ls build/cuda-wheel)"
 
 clean:
 	rm -rf build dist *.egg-info

@@ -24,7 +24,7 @@ import medkernels
 from medkernels import ops
 
 from .cases import PROFILES, cases_for
-from .runner import PASSES, Result, backends_for, run_case
+from .runner import PASSES, Result, backends_for, run_case, time_call
 
 
 def _cpu_model() -> str:
@@ -121,7 +121,15 @@ def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -
     return "\n".join(lines)
 
 
-def check_targets(case, results: list[Result]) -> list[dict]:
+def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """The device's measured copy bandwidth (bytes read plus written), the ceiling for memory-bound ops."""
+    src = torch.empty(nbytes // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    times = time_call(lambda: dst.copy_(src), device, min_time=0.5, min_reps=10)
+    return 2 * nbytes / sorted(times)[len(times) // 2] / 1e9
+
+
+def check_targets(case, results: list[Result], copy_gbps: float | None = None) -> list[dict]:
     def row(backend, passname):
         return next((r for r in results if r.backend == backend and r.passname == passname and not r.error), None)
 
@@ -129,7 +137,9 @@ def check_targets(case, results: list[Result]) -> list[dict]:
     for t in case.targets:
         mine, theirs = row(t.backend, t.passname), row(t.against, t.passname)
         value = None
-        if mine is not None and theirs is not None:
+        if t.metric == "bandwidth":
+            value = mine.gbps / copy_gbps if mine is not None and copy_gbps else None
+        elif mine is not None and theirs is not None:
             if t.metric == "speedup":
                 value = theirs.median_ms / mine.median_ms
             elif theirs.peak_bytes:
@@ -143,7 +153,7 @@ def check_targets(case, results: list[Result]) -> list[dict]:
 def _format_target(c: dict) -> str:
     if c["value"] is None:
         return f"  target  {c['target']}: not measured"
-    shown = f"{c['value']:.1f}x" if c["metric"] == "speedup" else f"{c['value']:.3f}"
+    shown = f"{c['value']:.2f}x" if c["metric"] == "speedup" else f"{c['value']:.3f}"
     return f"  target  {c['target']}: {shown}  {'met' if c['met'] else 'NOT MET'}"
 
 
@@ -182,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info(device)
     info.update(_git_commit())
+    if device.type == "cuda":
+        info["copy_gbps"] = copy_bandwidth_gbps(device)
     print(f"medkernels-bench {info['medkernels']} | profile {profile} | torch {info['torch']} | "
           f"{info.get('gpu') or info['cpu']} | {info['torch_threads']} threads | cpu isa {info['cpu_isa']} | "
-          f"commit {info['commit'][:10]}{'+dirty' if info['dirty'] else ''}")
+          f"commit {info['commit'][:10]}{'+dirty' if info['dirty'] else ''}"
+          + (f" | copy {info['copy_gbps']:.0f} GB/s" if "copy_gbps" in info else ""))
 
     plan = []
     for c in cases:
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         results = list(run_case(c, dt, device, names, args.min_time, on_step=progress.step))
         all_results += results
         notes = {name: why for name, spec in c.peers.items() if (why := spec.unavailable(device))}
-        checked = check_targets(c, results) if dt == c.dtypes[0] else []
+        checked = check_targets(c, results, info.get("copy_gbps")) if dt == c.dtypes[0] else []
         targets += [{"case": c.label, "dtype": str(dt).replace("torch.", ""), **t} for t in checked]
         progress.close()
         block = format_case(c.title(dt), results, notes)

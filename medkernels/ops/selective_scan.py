@@ -295,14 +295,22 @@ if _library.HAS_TRITON:
 # Backends.
 
 _HAS_CPU_KERNEL = _library.has_kernel("selective_scan_fwd", "CPU")
+_HAS_CUDA_KERNEL = _library.has_kernel("selective_scan_fwd", "CUDA")
+# The CUDA kernel's chunk (csrc/include/medkernels/cuda/selective_scan.h: 128 threads x 8 tokens).
+_CUDA_CHUNK = 1024
+_CUDA_MAX_STATE = 256
 
 
-def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
+def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:
     if u.device.type != "cuda":
         return f"inputs are on {u.device.type}, not cuda"
-    if not _library.WITH_CUDA:
+    if not _HAS_CUDA_KERNEL:
         return "medkernels was built without CUDA kernels (rebuild with MEDKERNELS_CUDA=ON)"
-    return "no CUDA selective-scan kernel in this version"
+    if u.dtype == torch.float64:
+        return "the CUDA kernel computes in float32; float64 runs on the cpu or reference backend"
+    if A is not None and A.shape[1] > _CUDA_MAX_STATE:
+        return f"the CUDA kernel supports dstate up to {_CUDA_MAX_STATE}, got {A.shape[1]}"
+    return None
 
 
 def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
@@ -327,9 +335,9 @@ _REASONS: dict[str, Reason] = {
 }
 
 
-def can_run_cuda(u: torch.Tensor) -> bool:
-    """Whether the CUDA backend can run a selective scan on tensors like ``u``."""
-    return _why_not_cuda(u) is None
+def can_run_cuda(u: torch.Tensor, A: torch.Tensor | None = None) -> bool:
+    """Whether the CUDA backend can run a selective scan on tensors like ``u`` (and ``A``)."""
+    return _why_not_cuda(u, A) is None
 
 
 def can_run_triton(u: torch.Tensor) -> bool:
@@ -376,7 +384,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, z, delta_bias, initial_state)
-    name = choose_backend(_OP, _REASONS, backend, u)
+    name = choose_backend(_OP, _REASONS, backend, u, A)
     if name == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                   initial_state=initial_state)
@@ -390,6 +398,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         from medkernels.triton.selective_scan import chunk_len
 
         op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len()
+    elif name == "cuda":
+        op, chunk = torch.ops.medkernels.selective_scan_fwd, _CUDA_CHUNK
     else:
         op, chunk = torch.ops.medkernels.selective_scan_fwd, _CPU_CHUNK
     out, last_state, _ = op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), chunk)

@@ -1,0 +1,101 @@
+"""GPU backends (CUDA, Triton) against the references and the CPU kernels. Skipped without a GPU;
+scripts/gpu_check.sh runs them on a lent H100/H200."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import close, requires_cuda
+from test_causal_conv1d import inputs as conv_inputs
+from test_neighborhood_attention import check_case, random_case
+from test_selective_scan import TOL, check_against_reference, make_inputs
+
+from medkernels import nn as mknn
+from medkernels import ops
+
+pytestmark = requires_cuda
+
+SCAN_BACKENDS = ["cuda", "triton"]
+
+
+def _to(inputs, device):
+    return {k: (None if v is None else v.to(device)) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("B_kind,C_kind", [("variable", "variable"), ("grouped", "fixed"), ("fixed", "grouped")])
+def test_scan_matches_reference(backend, dtype, B_kind, C_kind):
+    inputs = make_inputs(2, 8, 16, 2500, dtype, B_kind, C_kind, groups=2, has_init=True, seed=3)
+    check_against_reference(_to(inputs, "cuda"), backend=backend)
+
+
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
+@pytest.mark.parametrize("seqlen,dstate", [(16384, 16), (4097, 64), (3000, 1)])
+def test_scan_long_sequences_match_the_cpu_kernel(backend, seqlen, dstate):
+    inputs = make_inputs(2, 24, dstate, seqlen, torch.float32, "variable", "grouped", groups=3, has_init=True, seed=4)
+    leaves_cpu = {k: v.clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    leaves_gpu = {k: v.cuda().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    results = []
+    for leaves, be in ((leaves_cpu, "cpu"), (leaves_gpu, backend)):
+        args = {k: leaves.get(k) for k in inputs}
+        init = args.pop("initial_state")
+        out, last = ops.selective_scan_fn(**args, delta_softplus=True, return_last_state=True, initial_state=init,
+                                          backend=be)
+        g = torch.autograd.grad(out.square().sum() + last.sum(), list(leaves.values()))
+        results.append([out, last, *g])
+    for a, b in zip(results[1], results[0]):
+        close(a.cpu(), b, 1e-3, 1e-3, f"{backend} vs cpu")
+
+
+def test_cuda_backward_is_deterministic_except_atomic_dB_dC():
+    inputs = make_inputs(2, 32, 16, 3000, torch.bfloat16, "variable", "variable", has_init=True, seed=5)
+    runs = []
+    for _ in range(2):
+        leaves = {k: v.cuda().requires_grad_(True) for k, v in inputs.items() if v is not None}
+        args = {k: leaves.get(k) for k in inputs}
+        init = args.pop("initial_state")
+        out = ops.selective_scan_fn(**args, delta_softplus=True, initial_state=init, backend="cuda")
+        runs.append(dict(zip(leaves, torch.autograd.grad(out.float().square().sum(), list(leaves.values())))))
+    for name in runs[0]:
+        if name in ("B", "C"):
+            close(runs[0][name], runs[1][name], *TOL[torch.bfloat16], name)
+        else:
+            assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_mamba_block_on_gpu_matches_cpu_and_decodes():
+    torch.manual_seed(0)
+    m = mknn.Mamba(64, layer_idx=0)
+    h = torch.randn(2, 300, 64)
+    ref = m(h)
+    mg = mknn.Mamba(64, layer_idx=0).cuda()
+    mg.load_state_dict(m.state_dict())
+    out = mg(h.cuda())
+    close(out.cpu(), ref, 1e-3, 1e-3, "mamba gpu")
+    with torch.no_grad():
+        params = mknn.InferenceParams(max_seqlen=300, max_batch_size=2)
+        pieces = [mg(h[:, :200].cuda(), inference_params=params)]
+        params.seqlen_offset = 200
+        for t in range(200, 300):
+            pieces.append(mg(h[:, t:t + 1].cuda(), inference_params=params))
+            params.seqlen_offset += 1
+    close(torch.cat(pieces, 1).cpu(), ref.detach(), 1e-3, 1e-3, "decode")
+
+
+@pytest.mark.parametrize("seed,na_dim", [(500, 1), (501, 2), (502, 3), (503, 2)])
+def test_neighborhood_attention_triton_on_gpu(seed, na_dim):
+    check_case(random_case(seed, na_dim, max_size=12), "triton", device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_causal_conv_triton_on_gpu(dtype):
+    x, w, b, init = conv_inputs(batch=2, dim=64, seqlen=3000, width=4, dtype=dtype)
+    outs = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = [t.to(device).requires_grad_(True) for t in (x, w, b, init)]
+        o, f = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], None, leaves[3], True, activation="silu",
+                                    backend=backend)
+        outs.append([o, f, *torch.autograd.grad(o.float().square().sum() + f.float().sum(), leaves)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu(), r, 2e-2, 2e-2, "conv triton")
