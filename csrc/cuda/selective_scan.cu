@@ -103,8 +103,8 @@ struct Row {
   const float *Bf, *Cf;
   float D, bias;
   int64_t row, L, N;
-  __device__ Row(const ScanCudaParams& p) {
-    row = blockIdx.x;
+  __device__ Row(const ScanCudaParams& p, int64_t row_index) {
+    row = row_index;
     const int64_t b = row / p.dim, d = row % p.dim;
     L = p.seqlen;
     N = p.dstate;
@@ -132,7 +132,7 @@ template <class T, bool kVarB, bool kVarC>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(ScanCudaParams p) {
   __shared__ Pair smem[kWarps];
   __shared__ float carry[kScanMaxState];
-  const Row<T, kVarB, kVarC> r(p);
+  const Row<T, kVarB, kVarC> r(p, blockIdx.x);
   const int64_t N = r.N, L = r.L;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) carry[n] = p.initial_state ? p.initial_state[r.row * N + n] : 0.f;
   __syncthreads();
@@ -198,7 +198,10 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
   __shared__ float fsmem[kWarps];
   __shared__ float carry_g[kScanMaxState];  // dA_{t+1} g_{t+1} entering the last token of the chunk
   __shared__ float acc_A[kScanMaxState], acc_B[kScanMaxState], acc_C[kScanMaxState];
-  const Row<T, kVarB, kVarC> r(p);
+  const int64_t rows_per_block = p.det_channels > 0 ? p.det_channels : 1;
+  for (int64_t k = 0; k < rows_per_block; ++k) {
+  __syncthreads();  // the previous channel's shared state has been written out
+  const Row<T, kVarB, kVarC> r(p, int64_t(blockIdx.x) * rows_per_block + k);
   const int64_t N = r.N, L = r.L, d = r.row % p.dim, b = r.row / p.dim;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {
     carry_g[n] = p.grad_last ? p.grad_last[r.row * N + n] : 0.f;
@@ -314,11 +317,16 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
         gdt[i] += x * a_n + uf[i] * gv * bv[i];
         gu[i] += dt[i] * gv * bv[i];
         const float gb = gv * dt[i] * uf[i], gc = gy[i] * h[i];
-        if (kVarB)
+        // Deterministic mode: this block owns its partial row and this thread its tokens: plain adds.
+        if (kVarB && p.det_channels > 0)
+          p.dB[(int64_t(blockIdx.x) * N + n) * L + t] += gb;
+        else if (kVarB)
           atomicAdd(p.dB + ((b * p.groups_B + d / (p.dim / p.groups_B)) * N + n) * L + t, gb);
         else
           part_B += gb;
-        if (kVarC)
+        if (kVarC && p.det_channels > 0)
+          p.dC[(int64_t(blockIdx.x) * N + n) * L + t] += gc;
+        else if (kVarC)
           atomicAdd(p.dC + ((b * p.groups_C + d / (p.dim / p.groups_C)) * N + n) * L + t, gc);
         else
           part_C += gc;
@@ -360,11 +368,13 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
     if (!kVarC) p.dC[r.row * N + n] = acc_C[n];
     p.dinit[r.row * N + n] = carry_g[n];
   }
+  }  // the channels of this block
 }
 
 template <class T>
 int launch(bool bwd, const ScanCudaParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.batch * p.dim)), block(kThreads);
+  const int64_t rows_per_block = bwd && p.det_channels > 0 ? p.det_channels : 1;
+  const dim3 grid(static_cast<unsigned>(p.batch * p.dim / rows_per_block)), block(kThreads);
   const bool vb = p.groups_B > 0, vc = p.groups_C > 0;
 #define MK_LAUNCH(VB, VC)                                                \
   if (vb == VB && vc == VC) {                                            \

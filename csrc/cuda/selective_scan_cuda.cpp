@@ -6,6 +6,9 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include "medkernels/cuda/selective_scan.h"
 
 namespace medkernels::cuda {
@@ -143,8 +146,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor ddelta = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   Tensor dz = z ? at::empty({p.batch, p.dim, p.seqlen}, u.options()) : at::empty({0}, f32);
   Tensor dA_part = at::empty({p.batch, p.dim, p.dstate}, f32);
-  Tensor dB = p.groups_B ? at::zeros({p.batch, p.groups_B, p.dstate, p.seqlen}, f32) : at::empty({p.batch, p.dim, p.dstate}, f32);
-  Tensor dC = p.groups_C ? at::zeros({p.batch, p.groups_C, p.dstate, p.seqlen}, f32) : at::empty({p.batch, p.dim, p.dstate}, f32);
+  // torch.use_deterministic_algorithms(True): blocks of K channels (inside one group of B and of C) own
+  // partial dB/dC rows (batch, dim / K, N, L), summed below in order. K: the largest divisor of both
+  // group sizes up to 32 (memory: 1/K of a full state tensor, in that mode only).
+  const bool deterministic = at::globalContext().deterministicAlgorithms() && (p.groups_B || p.groups_C);
+  if (deterministic) {
+    int64_t common = p.dim;
+    if (p.groups_B) common = std::gcd(common, p.dim / p.groups_B);
+    if (p.groups_C) common = std::gcd(common, p.dim / p.groups_C);
+    for (int64_t k = std::min<int64_t>(32, common); k >= 1; --k)
+      if (common % k == 0) {
+        p.det_channels = k;
+        break;
+      }
+  }
+  const int64_t blocks = deterministic ? p.dim / p.det_channels : 0;
+  auto var_grad = [&](int64_t groups) {
+    if (!groups) return at::empty({p.batch, p.dim, p.dstate}, f32);
+    return deterministic ? at::zeros({p.batch, blocks, p.dstate, p.seqlen}, f32)
+                         : at::zeros({p.batch, groups, p.dstate, p.seqlen}, f32);
+  };
+  Tensor dB = var_grad(p.groups_B);
+  Tensor dC = var_grad(p.groups_C);
   Tensor dD_part = at::empty({p.batch, p.dim}, f32), dbias_part = at::empty({p.batch, p.dim}, f32);
   Tensor dinit = at::empty({p.batch, p.dim, p.dstate}, f32);
   p.du = du.data_ptr();
@@ -158,8 +181,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   p.dinit = dinit.data_ptr<float>();
   check_launch(op, selective_scan_bwd_cuda(p, c10::cuda::getCurrentCUDAStream().stream()));
   const auto empty = [&] { return at::empty({0}, f32); };
-  Tensor dB_out = p.groups_B ? dB.view(B.sizes()).to(B.scalar_type()) : dB.sum(0);
-  Tensor dC_out = p.groups_C ? dC.view(C.sizes()).to(C.scalar_type()) : dC.sum(0);
+  auto var_out = [&](const Tensor& g, int64_t groups, const Tensor& like) {
+    if (!groups) return g.sum(0);
+    const Tensor per_group = deterministic ? g.view({p.batch, groups, blocks / groups, p.dstate, p.seqlen}).sum(2) : g;
+    return per_group.view(like.sizes()).to(like.scalar_type());
+  };
+  Tensor dB_out = var_out(dB, p.groups_B, B);
+  Tensor dC_out = var_out(dC, p.groups_C, C);
   return {du, ddelta, dA_part.sum(0), dB_out, dC_out, D ? dD_part.sum(0) : empty(), z ? dz : empty(),
           delta_bias ? dbias_part.sum(0) : empty(), initial_state ? dinit : empty()};
 }

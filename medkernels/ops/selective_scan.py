@@ -301,7 +301,7 @@ _CUDA_CHUNK = 1024
 _CUDA_MAX_STATE = 256
 
 
-def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:
+def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:  # deterministic mode: see csrc/cuda
     if u.device.type != "cuda":
         return f"inputs are on {u.device.type}, not cuda"
     if not _HAS_CUDA_KERNEL:
@@ -313,10 +313,14 @@ def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:
     return None
 
 
-def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
+def _why_not_triton(u, A=None, B=None, C=None, *rest, forced: bool = False) -> str | None:
     from medkernels.triton import interpreter_or_gpu
 
-    return interpreter_or_gpu(u, forced)
+    why = interpreter_or_gpu(u, forced)
+    if why is None and torch.are_deterministic_algorithms_enabled() and any(
+            t is not None and t.dim() > 2 for t in (B, C)):
+        return "deterministic algorithms are on and the Triton backward sums variable dB/dC with atomics"
+    return why
 
 
 def _why_not_cpu(u, *rest, forced: bool = False) -> str | None:
@@ -384,7 +388,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, z, delta_bias, initial_state)
-    name = choose_backend(_OP, _REASONS, backend, u, A)
+    name = choose_backend(_OP, _REASONS, backend, u, A, B, C)
     if name == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                   initial_state=initial_state)

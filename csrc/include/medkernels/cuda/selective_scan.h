@@ -48,6 +48,10 @@ struct ScanCudaParams {
   float* dD_part = nullptr;     // (batch, dim)
   float* dbias_part = nullptr;  // (batch, dim)
   float* dinit = nullptr;       // (batch, dim, dstate)
+  // Deterministic mode (> 0): each block runs this many consecutive channels of one B/C group and adds
+  // their variable dB/dC into its own partial rows (batch, dim / det_channels, dstate, seqlen), which the
+  // caller sums in order; 0: one channel per block, variable dB/dC accumulated with atomics.
+  int64_t det_channels = 0;
 };
 
 // `stream` is a cudaStream_t. Return a cudaError_t as int (0 = success).
