@@ -12,15 +12,6 @@
 namespace medkernels::cpu::MK_ISA {
 namespace {
 
-template <class S>
-struct ConvAcc {
-  using type = float;
-};
-template <>
-struct ConvAcc<double> {
-  using type = double;
-};
-
 template <class Acc>
 struct ConvBufs {
   Acc *e, *pre, *g, *de;
@@ -72,7 +63,7 @@ void conv_row(const ConvParams& p, int64_t b, const Acc* w, Acc bias, const Acc*
 
 template <class S>
 void fwd_rows(const ConvParams& p, int64_t r0, int64_t r1, void* scratch) {
-  using Acc = typename ConvAcc<S>::type;
+  using Acc = typename AccOf<S>::type;
   constexpr int W = lanes<Acc>;
   ConvBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), p);
   const int64_t L = p.seqlen, W1 = p.width - 1;
@@ -93,7 +84,7 @@ void fwd_rows(const ConvParams& p, int64_t r0, int64_t r1, void* scratch) {
 
 template <class S>
 void bwd_rows(const ConvParams& p, int64_t r0, int64_t r1, void* scratch) {
-  using Acc = typename ConvAcc<S>::type;
+  using Acc = typename AccOf<S>::type;
   constexpr int W = lanes<Acc>;
   ConvBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), p);
   const int64_t L = p.seqlen, K = p.width, W1 = K - 1, Lr = round_up(L, W);

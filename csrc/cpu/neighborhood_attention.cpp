@@ -191,6 +191,29 @@ Tensor reduce_rpb(const Tensor& part, const NaParams& p, const Tensor& rpb) {
   return out.view(rpb.sizes()).to(rpb.scalar_type());
 }
 
+struct Shape {
+  int64_t batch, heads, kv_heads, dim, dim_v;
+};
+
+// The problem's axes, accumulation type and padded head dims (a multiple of the vector lanes).
+Problem make_problem(const char* op, at::IntArrayRef spatial, at::IntArrayRef kernel, at::IntArrayRef stride,
+                     at::IntArrayRef dilation, const c10::List<bool>& causal, at::ScalarType dtype, int vector_bytes,
+                     const Shape& sh) {
+  Problem pr;
+  set_axes(pr, op, spatial, kernel, stride, dilation, causal);
+  pr.acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  NaParams& p = pr.p;
+  p.acc = pr.acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  const int64_t lanes = vector_bytes / int64_t(at::elementSize(pr.acc));
+  p.batch = sh.batch;
+  p.heads = sh.heads;
+  p.kv_heads = sh.kv_heads;
+  p.dpad = padded(sh.dim, lanes);
+  p.dvpad = padded(sh.dim_v, lanes);
+  p.tile = kTile;
+  return pr;
+}
+
 // Fused problem from heads-last q/k/v.
 Problem fused_problem(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, at::IntArrayRef kernel,
                       at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal, int vector_bytes) {
@@ -205,19 +228,8 @@ Problem fused_problem(const char* op, const Tensor& q, const Tensor& k, const Te
   TORCH_CHECK(k.size(-1) == q.size(-1), op, ": key head_dim must equal query head_dim");
   TORCH_CHECK(v.size(-2) == k.size(-2), op, ": value heads must equal key heads");
   TORCH_CHECK(k.size(-2) >= 1 && q.size(-2) % k.size(-2) == 0, op, ": query heads must be a multiple of key heads");
-  Problem pr;
-  set_axes(pr, op, q.sizes().slice(1, q.dim() - 3), kernel, stride, dilation, causal);
-  pr.acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  NaParams& p = pr.p;
-  p.acc = pr.acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(pr.acc));
-  p.batch = q.size(0);
-  p.heads = q.size(-2);
-  p.kv_heads = k.size(-2);
-  p.dpad = padded(q.size(-1), lanes);
-  p.dvpad = padded(v.size(-1), lanes);
-  p.tile = kTile;
-  return pr;
+  return make_problem(op, q.sizes().slice(1, q.dim() - 3), kernel, stride, dilation, causal, q.scalar_type(),
+                      vector_bytes, {q.size(0), q.size(-2), k.size(-2), q.size(-1), v.size(-1)});
 }
 
 struct Additional {
@@ -366,20 +378,9 @@ Problem unfused_problem(const char* op, const Tensor& a, const Tensor& b, at::In
   TORCH_CHECK(b.dim() == a.dim() && b.size(0) == a.size(0) && b.sizes().slice(2, a.dim() - 3) == a.sizes().slice(2, a.dim() - 3),
               op, ": inputs must match in batch and spatial dims");
   TORCH_CHECK(b.size(1) >= 1 && a.size(1) % b.size(1) == 0, op, ": heads must be a multiple of the key/value heads");
-  Problem pr;
   const std::vector<int64_t> ones(kernel.size(), 1);
-  set_axes(pr, op, a.sizes().slice(2, a.dim() - 3), kernel, ones, dilation, causal);
-  pr.acc = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  NaParams& p = pr.p;
-  p.acc = pr.acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(pr.acc));
-  p.batch = a.size(0);
-  p.heads = a.size(1);
-  p.kv_heads = b.size(1);
-  p.dpad = padded(b_dim, lanes);
-  p.dvpad = p.dpad;
-  p.tile = kTile;
-  return pr;
+  return make_problem(op, a.sizes().slice(2, a.dim() - 3), kernel, ones, dilation, causal, a.scalar_type(),
+                      vector_bytes, {a.size(0), a.size(1), b.size(1), b_dim, b_dim});
 }
 
 Tensor na_qk_cpu(const Tensor& q, const Tensor& k, at::IntArrayRef kernel, at::IntArrayRef dilation,

@@ -14,15 +14,6 @@
 namespace medkernels::cpu::MK_ISA {
 namespace {
 
-template <class S>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 // Loads an unpadded N-vector (state, gradient) into padded lanes.
 template <class Acc>
 inline void load_state(vec<Acc>* dst, const Acc* src, int64_t n, int nv) {

@@ -128,6 +128,30 @@ struct Row {
 
 // ---- forward ------------------------------------------------------------------------------------
 
+// One state lane's forward scan over this thread's tokens of a chunk, from the state `h_in` entering
+// the chunk: bv = B_t, (da, dbu) = (exp(dt_t A), dt_t u_t B_t) and h = h_t. Padding tokens (t >= L) are
+// the identity (1, 0). *total is the whole chunk composed; every thread of the block must call this.
+template <class R>
+__device__ __forceinline__ void scan_state(const ScanCudaParams& p, const R& r, int64_t n, int64_t t0, float a2,
+                                           const float* dt, const float* uf, float h_in, Pair* smem, float* bv,
+                                           float* da, float* dbu, float* h, Pair* total) {
+  Pair agg{1.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int64_t t = t0 + i;
+    bv[i] = r.Bv(p, n, t);
+    da[i] = t < r.L ? exp2f(dt[i] * a2) : 1.f;
+    dbu[i] = t < r.L ? dt[i] * uf[i] * bv[i] : 0.f;
+    agg = compose(agg, Pair{da[i], dbu[i]});
+  }
+  float hv = block_exclusive_scan<false>(agg, Pair{0.f, h_in}, total, smem).b;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    hv = da[i] * hv + dbu[i];
+    h[i] = hv;
+  }
+}
+
 template <class T, bool kVarB, bool kVarC>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(ScanCudaParams p) {
   __shared__ Pair smem[kWarps];
@@ -152,22 +176,11 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(ScanCudaParams p) {
     for (int64_t n = threadIdx.x; n < N; n += kThreads) p.checkpoints[(r.row * p.n_chunks + c) * N + n] = carry[n];
     for (int64_t n = 0; n < N; ++n) {
       const float a2 = p.A[(r.row % p.dim) * N + n] * kLog2e;
-      Pair items[kItems];
-      Pair agg{1.f, 0.f};
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const int64_t t = t0 + i;
-        items[i] = t < L ? Pair{exp2f(dt[i] * a2), dt[i] * uf[i] * r.Bv(p, n, t)} : Pair{1.f, 0.f};
-        agg = compose(agg, items[i]);
-      }
+      float bv[kItems], da[kItems], dbu[kItems], h[kItems];
       Pair total;
-      const Pair in = block_exclusive_scan<false>(agg, Pair{0.f, carry[n]}, &total, smem);
-      float h = in.b;
+      scan_state(p, r, n, t0, a2, dt, uf, carry[n], smem, bv, da, dbu, h, &total);
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        h = items[i].a * h + items[i].b;
-        y[i] += h * r.Cv(p, n, t0 + i);
-      }
+      for (int i = 0; i < kItems; ++i) y[i] += h[i] * r.Cv(p, n, t0 + i);
       if (threadIdx.x == 0) carry[n] = total.b;
     }
     T* out = static_cast<T*>(p.out) + r.row * L;
@@ -234,22 +247,11 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
     if (r.z) {  // the gate needs y: recompute it over all states
       float y[kItems] = {};
       for (int64_t n = 0; n < N; ++n) {
-        const float a2 = p.A[d * N + n] * kLog2e;
-        Pair items[kItems];
-        Pair agg{1.f, 0.f};
-#pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          const int64_t t = t0 + i;
-          items[i] = t < L ? Pair{exp2f(dt[i] * a2), dt[i] * uf[i] * r.Bv(p, n, t)} : Pair{1.f, 0.f};
-          agg = compose(agg, items[i]);
-        }
+        float bv[kItems], da[kItems], dbu[kItems], h[kItems];
         Pair total;
-        float h = block_exclusive_scan<false>(agg, Pair{0.f, ckpt[n]}, &total, smem).b;
+        scan_state(p, r, n, t0, p.A[d * N + n] * kLog2e, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          h = items[i].a * h + items[i].b;
-          y[i] += h * r.Cv(p, n, t0 + i);
-        }
+        for (int i = 0; i < kItems; ++i) y[i] += h[i] * r.Cv(p, n, t0 + i);
       }
       T* dz = static_cast<T*>(p.dz) + r.row * L;
 #pragma unroll
@@ -270,22 +272,8 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
     for (int64_t n = 0; n < N; ++n) {
       const float a_n = p.A[d * N + n], a2 = a_n * kLog2e;
       float h[kItems], dbu[kItems], bv[kItems], da[kItems];
-      Pair agg{1.f, 0.f};
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        const int64_t t = t0 + i;
-        bv[i] = r.Bv(p, n, t);
-        da[i] = t < L ? exp2f(dt[i] * a2) : 1.f;
-        dbu[i] = t < L ? dt[i] * uf[i] * bv[i] : 0.f;
-        agg = compose(agg, Pair{da[i], dbu[i]});
-      }
       Pair total;
-      float hv = block_exclusive_scan<false>(agg, Pair{0.f, ckpt[n]}, &total, smem).b;
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        hv = da[i] * hv + dbu[i];
-        h[i] = hv;
-      }
+      scan_state(p, r, n, t0, a2, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
       // adjoint: g_i = a'_i g_{i+1} + b'_i, scanned from the chunk's end
       Pair radj[kItems];
       Pair ragg{1.f, 0.f};

@@ -34,6 +34,37 @@ if AVAILABLE:
         return raw, dt
 
     @triton.jit
+    def _bc_tile(X, b, d, DIM, G, N, s_b, s_g, s_n, s_l, offs_n, mn, offs_t, m2, VAR: tl.constexpr,
+                 BL: tl.constexpr, BN: tl.constexpr):
+        """B or C over a chunk as a (BL, BN) float32 tile: loaded per token when variable (with groups),
+        the fixed (dim, N) row broadcast otherwise."""
+        if VAR:
+            base = X + b * s_b + (d // (DIM // G)) * s_g
+            tile = tl.load(base + offs_n[None, :] * s_n + offs_t[:, None] * s_l, mask=m2, other=0.0).to(tl.float32)
+        else:
+            row = tl.load(X + d * N + offs_n, mask=mn, other=0.0)
+            tile = row[None, :] + tl.zeros([BL, BN], tl.float32)
+        return tile
+
+    @triton.jit
+    def _chunk_inputs(U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
+                      sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn,
+                      VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      BL: tl.constexpr, BN: tl.constexpr):
+        """Chunk ``c`` of one row: token offsets and masks, u, raw and activated dt, the B/C tiles and
+        the scan pairs (da, dbu) = (exp(dt A), dt u B); padding is the identity (1, 0)."""
+        offs_t = c * BL + tl.arange(0, BL)
+        mt = offs_t < L
+        m2 = mt[:, None] & mn[None, :]
+        u = tl.load(U + b * su_b + d * su_d + offs_t, mask=mt, other=0.0).to(tl.float32)
+        raw, dt = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t, mt, HAS_BIAS, SOFTPLUS)
+        bt = _bc_tile(B, b, d, DIM, GB, N, sB_b, sB_g, sB_n, sB_l, offs_n, mn, offs_t, m2, VAR_B, BL, BN)
+        ct = _bc_tile(C, b, d, DIM, GC, N, sC_b, sC_g, sC_n, sC_l, offs_n, mn, offs_t, m2, VAR_C, BL, BN)
+        da = tl.where(m2, tl.exp(dt[:, None] * a_row[None, :]), 1.0)
+        dbu = tl.where(m2, (dt * u)[:, None] * bt, 0.0)
+        return offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu
+
+    @triton.jit
     def _fwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, INIT, OUT, LAST, CKPT,
                     L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d,
                     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
@@ -46,14 +77,6 @@ if AVAILABLE:
         offs_n = tl.arange(0, BN)
         mn = offs_n < N
         a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
-        if VAR_B:
-            b_base = B + b * sB_b + (d // (DIM // GB)) * sB_g
-        else:
-            b_fixed = tl.load(B + d * N + offs_n, mask=mn, other=0.0)
-        if VAR_C:
-            c_base = C + b * sC_b + (d // (DIM // GC)) * sC_g
-        else:
-            c_fixed = tl.load(C + d * N + offs_n, mask=mn, other=0.0)
         d_skip = 0.0
         if HAS_D:
             d_skip = tl.load(D + d)
@@ -63,21 +86,9 @@ if AVAILABLE:
             h = tl.zeros([BN], tl.float32)
         for c in range(0, NCH):
             tl.store(CKPT + (pid * NCH + c) * N + offs_n, h, mask=mn)
-            offs_t = c * BL + tl.arange(0, BL)
-            mt = offs_t < L
-            u = tl.load(U + b * su_b + d * su_d + offs_t, mask=mt, other=0.0).to(tl.float32)
-            raw, dt = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t, mt, HAS_BIAS, SOFTPLUS)
-            m2 = mt[:, None] & mn[None, :]
-            if VAR_B:
-                bt = tl.load(b_base + offs_n[None, :] * sB_n + offs_t[:, None] * sB_l, mask=m2, other=0.0).to(tl.float32)
-            else:
-                bt = b_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
-            if VAR_C:
-                ct = tl.load(c_base + offs_n[None, :] * sC_n + offs_t[:, None] * sC_l, mask=m2, other=0.0).to(tl.float32)
-            else:
-                ct = c_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
-            da = tl.where(m2, tl.exp(dt[:, None] * a_row[None, :]), 1.0)
-            dbu = tl.where(m2, (dt * u)[:, None] * bt, 0.0)
+            offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu = _chunk_inputs(
+                U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn, VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, BL, BN)
             acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
             hs = acum * h[None, :] + hloc
             y = tl.sum(hs * ct, axis=1) + d_skip * u
@@ -103,16 +114,8 @@ if AVAILABLE:
         offs_n = tl.arange(0, BN)
         mn = offs_n < N
         a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
-        if VAR_B:
-            gb_idx = b * GB + d // (DIM // GB)
-            b_base = B + b * sB_b + (d // (DIM // GB)) * sB_g
-        else:
-            b_fixed = tl.load(B + d * N + offs_n, mask=mn, other=0.0)
-        if VAR_C:
-            gc_idx = b * GC + d // (DIM // GC)
-            c_base = C + b * sC_b + (d // (DIM // GC)) * sC_g
-        else:
-            c_fixed = tl.load(C + d * N + offs_n, mask=mn, other=0.0)
+        gb_idx = b * GB + d // (DIM // GB)  # the (batch, group) row of a variable dB / dC
+        gc_idx = b * GC + d // (DIM // GC)
         d_skip = 0.0
         if HAS_D:
             d_skip = tl.load(D + d)
@@ -127,21 +130,9 @@ if AVAILABLE:
         g_bias = 0.0
         for cc in range(0, NCH):
             c = NCH - 1 - cc
-            offs_t = c * BL + tl.arange(0, BL)
-            mt = offs_t < L
-            m2 = mt[:, None] & mn[None, :]
-            u = tl.load(U + b * su_b + d * su_d + offs_t, mask=mt, other=0.0).to(tl.float32)
-            raw, dt = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t, mt, HAS_BIAS, SOFTPLUS)
-            if VAR_B:
-                bt = tl.load(b_base + offs_n[None, :] * sB_n + offs_t[:, None] * sB_l, mask=m2, other=0.0).to(tl.float32)
-            else:
-                bt = b_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
-            if VAR_C:
-                ct = tl.load(c_base + offs_n[None, :] * sC_n + offs_t[:, None] * sC_l, mask=m2, other=0.0).to(tl.float32)
-            else:
-                ct = c_fixed[None, :] + tl.zeros([BL, BN], tl.float32)
-            da = tl.where(m2, tl.exp(dt[:, None] * a_row[None, :]), 1.0)
-            dbu = tl.where(m2, (dt * u)[:, None] * bt, 0.0)
+            offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu = _chunk_inputs(
+                U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn, VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, BL, BN)
             h0 = tl.load(CKPT + (pid * NCH + c) * N + offs_n, mask=mn, other=0.0)
             acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
             hs = acum * h0[None, :] + hloc

@@ -296,6 +296,16 @@ inline f16 f16_from_float(float f) {  // round to nearest even, integer arithmet
   return f16{uint16_t(sign | h)};
 }
 
+// The accumulation type of a storage type: double for double, float for float, bf16 and f16.
+template <class S>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
 template <class Acc, class S>
 inline Acc to_acc(S v) {
   if constexpr (__is_same(S, bf16) || __is_same(S, f16))
