@@ -21,6 +21,16 @@ if AVAILABLE:
     import triton.language as tl
 
     @triton.jit
+    def _online_softmax_step(m_i, l_i, acc, logit, vrow):
+        """Folds one key per query (logit, -inf when masked; its value row) into the running max m_i,
+        denominator l_i and numerator acc; a row that has seen only -inf stays (-inf, 0, 0)."""
+        m_new = tl.maximum(m_i, logit)
+        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - safe)
+        p = tl.exp(logit - safe)
+        return m_new, l_i * alpha + p, acc * alpha[:, None] + p[:, None] * vrow
+
+    @triton.jit
     def _fwd_kernel(Q, K, V, KEYS, VALID, REL, RPB, AK, AV, OUT, LSE, N, H, HKV, KP, N_ADD, D, DV, R,
                     HAS_RPB: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
         pid_q = tl.program_id(0)
@@ -47,25 +57,13 @@ if AVAILABLE:
                 r = tl.load(REL + offs_q * KP + s, mask=mq, other=0)
                 logit += tl.load(RPB + h * R + r, mask=ok, other=0.0)
             logit = tl.where(ok, logit, float("-inf"))
-            m_new = tl.maximum(m_i, logit)
-            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - safe)
-            p = tl.exp(logit - safe)
             vrow = tl.load(V + (bk * N + kidx[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0)
-            acc = acc * alpha[:, None] + p[:, None] * vrow
-            l_i = l_i * alpha + p
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, logit, vrow)
         for a in range(0, N_ADD):
             krow = tl.load(AK + (bk * N_ADD + a) * D + offs_d, mask=md, other=0.0)
             vrow = tl.load(AV + (bk * N_ADD + a) * DV + offs_v, mask=mv, other=0.0)
             logit = tl.where(mq, tl.sum(q * krow[None, :], axis=1), float("-inf"))
-            m_new = tl.maximum(m_i, logit)
-            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - safe)
-            p = tl.exp(logit - safe)
-            acc = acc * alpha[:, None] + p[:, None] * vrow[None, :]
-            l_i = l_i * alpha + p
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, logit, vrow[None, :])
         l_safe = tl.where(mq, l_i, 1.0)
         tl.store(OUT + (bh * N + offs_q[:, None]) * DV + offs_v[None, :], acc / l_safe[:, None],
                  mask=mq[:, None] & mv[None, :])
