@@ -59,6 +59,21 @@ TORCH_LIBRARY(medkernels, m) {
       "causal_conv1d_bwd(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
       "Tensor dout, Tensor? dfinal_states, bool silu) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  // D-Former 3D group attention: q/k/v (batch, D, H, W, heads, head_dim); group sizes are clamped to
+  // each axis; global_scope false = local windows, true = the dilated partition. Returns (out, lse);
+  // lse (batch, D, H, W, heads) float32 (float64 for float64 inputs).
+  m.def(
+      "dilated_attention3d_fwd(Tensor query, Tensor key, Tensor value, int[] group_size, bool global_scope, "
+      "float scale) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Returns (dquery, dkey, dvalue). grad_lse (optional): the gradient reaching the lse output.
+  m.def(
+      "dilated_attention3d_bwd(Tensor grad_out, Tensor? grad_lse, Tensor query, Tensor key, Tensor value, "
+      "Tensor out, Tensor lse, int[] group_size, bool global_scope, float scale) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // out = mh @ x @ mw^T over the last two axes: x (..., h, w), mh (out_h, h), mw (out_w, w). The DCT
+  // ops pass their cosine bases; its gradient is the same op with the bases transposed.
+  m.def("separable2d(Tensor x, Tensor mh, Tensor mw) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(

@@ -68,27 +68,17 @@ std::string active_isa() { return kNames[current().load()]; }
 
 void set_isa(const std::string& name) { current().store(parse(name)); }
 
-const SelectiveScanKernelTable& selective_scan_kernels() {
+// The kernel table of a family for the instruction set in use.
 #if defined(MEDKERNELS_HAVE_AVX2)
-  if (current().load() == kAvx2) return selective_scan_kernels_avx2();
+#define MK_PICK(family) (current().load() == kAvx2 ? family##_avx2() : family##_base())
+#else
+#define MK_PICK(family) family##_base()
 #endif
-  return selective_scan_kernels_base();
-}
+const SelectiveScanKernelTable& selective_scan_kernels() { return MK_PICK(selective_scan_kernels); }
+const NaKernelTable& na_kernels() { return MK_PICK(na_kernels); }
+const ConvKernelTable& conv_kernels() { return MK_PICK(conv_kernels); }
+const DaKernelTable& da_kernels() { return MK_PICK(da_kernels); }
+const Sep2dKernelTable& sep2d_kernels() { return MK_PICK(sep2d_kernels); }
+#undef MK_PICK
 
-const NaKernelTable& na_kernels() {
-#if defined(MEDKERNELS_HAVE_AVX2)
-  if (current().load() == kAvx2) return na_kernels_avx2();
-#endif
-  return na_kernels_base();
-}
-
-}  // namespace medkernels::cpu
-
-namespace medkernels::cpu {
-const ConvKernelTable& conv_kernels() {
-#if defined(MEDKERNELS_HAVE_AVX2)
-  if (current().load() == kAvx2) return conv_kernels_avx2();
-#endif
-  return conv_kernels_base();
-}
 }  // namespace medkernels::cpu

@@ -41,40 +41,6 @@ inline void zero(T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = T(0);
 }
 
-template <class T>
-inline T sexp(T x) {
-  if constexpr (__is_same(T, float))
-    return __builtin_expf(x);
-  else
-    return __builtin_exp(x);
-}
-template <class T>
-inline T slog(T x) {
-  if constexpr (__is_same(T, float))
-    return __builtin_logf(x);
-  else
-    return __builtin_log(x);
-}
-
-// x[i] = exp(x[i] - shift) for i < n, vectorised; returns the sum (fixed order).
-template <class T>
-inline T exp_shift(T* x, int64_t n, T shift) {
-  constexpr int W = lanes<T>;
-  vec<T> acc{};
-  int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    const vec<T> e = vexp(vload(x + i) - shift);
-    vstore(x + i, e);
-    acc += e;
-  }
-  T sum = hsum<T>(acc);
-  for (; i < n; ++i) {
-    x[i] = sexp(x[i] - shift);
-    sum += x[i];
-  }
-  return sum;
-}
-
 inline void unravel(const NaParams& p, int64_t t, int64_t x[3]) {
   x[2] = t % p.axis[2].L;
   t /= p.axis[2].L;

@@ -14,6 +14,8 @@ import torch
 
 from medkernels import ops
 
+from . import peers as _peers
+
 PROFILES = ("quick", "default", "full", "gpu")
 
 
@@ -195,6 +197,86 @@ def _na_targets(three_d: bool) -> tuple[Target, ...]:
     )
 
 
+# --- D-Former dilated attention and DCT attention ------------------------------------------------------
+
+
+def _da_case(spatial, group, scope, profiles, targets=(), heads=3, dim=32, dtypes=(torch.float32,)) -> Case:
+    def call(backend: str, x: dict):
+        return ops.dilated_attention3d(x["query"], x["key"], x["value"], group, scope, backend=backend)
+
+    def peer(fn):
+        return Peer(lambda x: fn(x["query"], x["key"], x["value"], group, scope))
+
+    return Case(
+        op="dilated_attention3d",
+        label=f"B=1 {'x'.join(map(str, spatial))} group={'x'.join(map(str, group))} {scope} heads={heads} "
+              f"head_dim={dim}",
+        params={"spatial": list(spatial), "group_size": list(group), "scope": scope, "heads": heads, "head_dim": dim},
+        profiles=profiles,
+        make_inputs=_na_inputs(spatial, heads, dim),
+        call=call,
+        differentiable=("query", "key", "value"),
+        dtypes=dtypes,
+        peers={"official": peer(_peers.dformer_attention_official), "sdpa": peer(_peers.dformer_attention_sdpa)},
+        targets=targets,
+    )
+
+
+DA_TARGETS = (
+    Target("forward >= 1.5x the official pad-reshape-permute path", "cpu", "fwd", "speedup", 1.5, against="peer:official"),
+    Target("forward+backward >= 1.5x the official path", "cpu", "fwd+bwd", "speedup", 1.5, against="peer:official"),
+    Target("forward not slower than SDPA on permuted tokens", "cpu", "fwd", "speedup", 1.0, against="peer:sdpa"),
+    Target("forward+backward not slower than SDPA on permuted tokens", "cpu", "fwd+bwd", "speedup", 1.0,
+           against="peer:sdpa"),
+)
+
+
+def _dct_attention_case(batch, dim, size, heads, keep, profiles, targets=()) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        from medkernels.nn import DCTAttention
+
+        torch.manual_seed(0)
+        module = DCTAttention(dim, heads, keep, device=device, dtype=dtype)
+        return {"x": torch.randn(batch, dim, size, size, device=device, dtype=dtype), "module": module}
+
+    def call(backend: str, x: dict):
+        x["module"].backend = backend
+        return x["module"](x["x"])
+
+    def spatial(x: dict):
+        m = x["module"]
+        return _peers.spatial_attention(x["x"], m.qkv.weight, m.qkv.bias, m.proj.weight, m.proj.bias, heads)
+
+    return Case(
+        op="dct_attention",
+        label=f"B={batch} C={dim} {size}x{size} heads={heads} keep={keep} (medkernels.nn.DCTAttention)",
+        params={"batch": batch, "dim": dim, "size": size, "heads": heads, "keep": keep},
+        profiles=profiles,
+        make_inputs=make,
+        call=call,
+        differentiable=("x",),
+        peers={"spatial_attention": Peer(spatial)},
+        targets=targets,
+        parameters=lambda x: list(x["module"].parameters()),
+    )
+
+
+def _dct_case(batch, channels, size, keep, profiles) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(batch, channels, size, size, generator=g).to(device, dtype)}
+
+    return Case(
+        op="dct2d",
+        label=f"B={batch} C={channels} {size}x{size} keep={keep}x{keep} (against two matmuls with cached bases)",
+        params={"batch": batch, "channels": channels, "size": size, "keep": keep},
+        profiles=profiles,
+        make_inputs=make,
+        call=lambda backend, x: ops.dct2d(x["x"], keep=(keep, keep), backend=backend),
+        differentiable=("x",),
+    )
+
+
 # --- causal conv1d and the Mamba block ----------------------------------------------------------------
 
 
@@ -281,6 +363,15 @@ CASES: list[Case] = [
     _na_case((64, 64), 7, 1, ("default", "full"), _na_targets(False)),
     _na_case((64, 64), 7, 2, ("default", "full"), _na_targets(False)),
     _na_case((16, 16, 16), 5, 1, ("default", "full"), _na_targets(True)),
+    _da_case((8, 16, 16), (2, 8, 8), "global", ("quick",), heads=2, dim=16),
+    _da_case((32, 32, 32), (2, 8, 8), "local", ("default", "full"), DA_TARGETS),
+    _da_case((32, 32, 32), (2, 8, 8), "global", ("default", "full"), DA_TARGETS),
+    _da_case((64, 64, 64), (2, 8, 8), "global", ("gpu",), heads=3, dim=32, dtypes=(torch.bfloat16, torch.float32)),
+    _dct_case(8, 64, 56, 28, ("default", "full")),
+    _dct_attention_case(2, 64, 56, 2, 0.25, ("default", "full"), (
+        Target("forward >= 4x full spatial attention", "cpu", "fwd", "speedup", 4.0, against="peer:spatial_attention"),
+    )),
+    _dct_attention_case(8, 64, 56, 2, 0.25, ("gpu",)),
     _na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
     _na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
 ]

@@ -105,15 +105,16 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
 
 def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -> str:
     lines = [title]
-    header = f"  {'backend':<16} {'pass':<8} {'median ms':>11} {'vs ref':>9} {'vs peer':>9} {'GB/s':>7} {'peak MB':>9} {'mem/ref':>8}"
+    w = max([16, *(len(r.backend) for r in results)])
+    header = f"  {'backend':<{w}} {'pass':<8} {'median ms':>11} {'vs ref':>9} {'vs peer':>9} {'GB/s':>7} {'peak MB':>9} {'mem/ref':>8}"
     lines.append(header)
     for passname in PASSES:
         for r in (r for r in results if r.passname == passname):
             if r.error:
-                lines.append(f"  {r.backend:<16} {passname:<8} failed: {r.error}")
+                lines.append(f"  {r.backend:<{w}} {passname:<8} failed: {r.error}")
                 continue
             lines.append(
-                f"  {r.backend:<16} {passname:<8} {r.median_ms:>11.3f} {_fmt(r.speedup_vs_reference, '>8.1f', 'x'):>9} "
+                f"  {r.backend:<{w}} {passname:<8} {r.median_ms:>11.3f} {_fmt(r.speedup_vs_reference, '>8.1f', 'x'):>9} "
                 f"{_fmt(r.speedup_vs_best_peer, '>8.2f', 'x'):>9} {r.gbps:>7.2f} {r.peak_bytes / 2**20:>9.2f} "
                 f"{_fmt(r.memory_vs_reference, '>8.3f'):>8}")
     for peer, why in peer_notes.items():

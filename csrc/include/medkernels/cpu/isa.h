@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "medkernels/cpu/causal_conv1d.h"
+#include "medkernels/cpu/dct.h"
+#include "medkernels/cpu/dilated_attention.h"
 #include "medkernels/cpu/neighborhood_attention.h"
 #include "medkernels/cpu/selective_scan.h"
 
@@ -20,5 +22,7 @@ void set_isa(const std::string& name);
 const SelectiveScanKernelTable& selective_scan_kernels();
 const NaKernelTable& na_kernels();
 const ConvKernelTable& conv_kernels();
+const DaKernelTable& da_kernels();
+const Sep2dKernelTable& sep2d_kernels();
 
 }  // namespace medkernels::cpu

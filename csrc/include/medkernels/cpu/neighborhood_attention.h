@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/selective_scan.h"  // ScalarKind
+#include "medkernels/cpu/scalar_kind.h"
 
 namespace medkernels::cpu {
 

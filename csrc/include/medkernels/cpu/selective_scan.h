@@ -7,11 +7,12 @@
 
 #include <cstdint>
 
+#include "medkernels/cpu/scalar_kind.h"
+
 namespace medkernels::cpu {
 
-// Storage dtype of u, delta, z, out and the data gradients. Compute is float32, or float64 when
-// the storage is float64 (then every "acc" pointer below points at double).
-enum class ScalarKind : int32_t { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+// ScalarKind is the storage dtype of u, delta, z, out and the data gradients; with float64 storage
+// every "acc" pointer below points at double.
 
 struct SelectiveScanFwdParams {
   int64_t batch = 0, dim = 0, seqlen = 0, dstate = 0;

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "medkernels/cpu/scalar_kind.h"
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -167,6 +169,23 @@ inline vf32 vexp2(vf32 x) {
 }
 inline vf32 vexp(vf32 x) { return vexp2(x * 1.44269504088896341f); }
 
+// exp(x) for x <= 0: softmax numerators after the row max (or the logsumexp) is subtracted. Within
+// 4 ulp down to exp(-87); below, a value under 2^-126 (~1.2e-38) that no sum of such terms can
+// tell from 0. One clamp and a degree-5 polynomial: a third fewer operations than vexp.
+inline vf32 vexp_nonpos(vf32 x) {
+  const vf32 y = vmax_nan(vsplat(-126.0f), x * 1.44269504088896341f);
+  const vf32 magic = vsplat(12582912.0f);
+  const vf32 t = y + magic;
+  const vf32 f = y - (t - magic);
+  vf32 p = vsplat(1.326472743e-03f);  // fit of 2^f on [-0.5, 0.5], 3.2 ulp in float32
+  p = p * f + 9.671512746e-03f;
+  p = p * f + 5.550733742e-02f;
+  p = p * f + 2.402224208e-01f;
+  p = p * f + 6.931469776e-01f;
+  p = p * f + 1.0f;
+  return (vf32)((vi32)p + ((vi32)t << 23));
+}
+
 // log(x) for normal positive x (callers pass x in [1, 2]).
 inline vf32 vlog_normal(vf32 x) {
   const vi32 xi = (vi32)x;
@@ -219,6 +238,7 @@ inline vf64 vexp(vf64 x) {
   for (int i = 0; i < lanes<double>; ++i) x[i] = __builtin_exp(x[i]);
   return x;
 }
+inline vf64 vexp_nonpos(vf64 x) { return vexp(x); }
 inline vf64 vexp2(vf64 x) {
   for (int i = 0; i < lanes<double>; ++i) x[i] = __builtin_exp2(x[i]);
   return x;
@@ -233,6 +253,60 @@ inline vf64 vsoftplus(vf64 x, vf64* sig = nullptr) {
 inline vf64 vsigmoid(vf64 x) {
   for (int i = 0; i < lanes<double>; ++i) x[i] = 1.0 / (1.0 + __builtin_exp(-x[i]));
   return x;
+}
+
+// ---- scalar math and row softmax helpers (float or double) --------------------------------------
+
+template <class T>
+inline T sexp(T x) {
+  if constexpr (__is_same(T, float))
+    return __builtin_expf(x);
+  else
+    return __builtin_exp(x);
+}
+template <class T>
+inline T slog(T x) {
+  if constexpr (__is_same(T, float))
+    return __builtin_logf(x);
+  else
+    return __builtin_log(x);
+}
+
+// x[i] = exp(x[i] - shift) for i < n with x[i] <= shift (softmax), vectorised; returns the sum (fixed order).
+template <class T>
+inline T exp_shift(T* x, int64_t n, T shift) {
+  constexpr int W = lanes<T>;
+  vec<T> acc{};
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const vec<T> e = vexp_nonpos(vload(x + i) - shift);
+    vstore(x + i, e);
+    acc += e;
+  }
+  T sum = hsum<T>(acc);
+  for (; i < n; ++i) {
+    x[i] = sexp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
+
+// max of x[0..n), n >= 1 (NaN-propagation is not needed: callers feed finite logits or -inf).
+template <class T>
+inline T row_max(const T* x, int64_t n) {
+  constexpr int W = lanes<T>;
+  T m = x[0];
+  int64_t i = 0;
+  if (n >= W) {
+    vec<T> mv = vload(x);
+    for (i = W; i + W <= n; i += W) {
+      const vec<T> v = vload(x + i);
+      mv = v > mv ? v : mv;
+    }
+    for (int l = 0; l < W; ++l) m = mv[l] > m ? mv[l] : m;
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
 }
 
 // ---- storage types ------------------------------------------------------------------------------
@@ -333,6 +407,17 @@ inline void load_span(const S* src, Acc* dst, int64_t n) {
 template <class S, class Acc>
 inline void store_span(S* dst, const Acc* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = from_acc<S>(src[i]);
+}
+
+// Calls f(S{}) with S the storage type named by `kind` (float, double, f16, bf16).
+template <class F>
+inline void with_storage(ScalarKind kind, F&& f) {
+  switch (kind) {
+    case ScalarKind::Float32: return f(float{});
+    case ScalarKind::Float64: return f(double{});
+    case ScalarKind::Float16: return f(f16{});
+    case ScalarKind::BFloat16: return f(bf16{});
+  }
 }
 
 }  // namespace

@@ -1,0 +1,255 @@
+"""D-Former's 3D group self-attention: the local scope (LS-MSA) and the global dilated scope (GS-MSA).
+
+Wu et al., "D-Former: A U-shaped Dilated Transformer for 3D Medical Image Segmentation"
+(arXiv 2201.00462). Tokens of a ``[B, D, H, W]`` grid are partitioned into groups per axis and
+attend only within their group:
+
+* ``scope="local"``: each axis is padded to a multiple of the group size g and cut into
+  non-overlapping windows of g consecutive tokens.
+* ``scope="global"``: after the same padding, with interval ``I = padded size / g``, the token at
+  ``m * I + r`` belongs to group ``r`` (a dilated partition: every group spans the whole axis).
+
+A group size larger than an axis is clamped to that axis. Padded keys never take part (on EVERY
+axis: the official code's global-scope mask forgets depth padding, which this does not copy) and
+padded queries do not exist, so the output has the input's shape. The official code pads, reshapes
+and permutes the whole volume twice per block and runs dense matmuls; the kernels here index each
+group in place instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library
+from ._backend import Reason, choose_backend
+
+__all__ = ["dilated_attention3d", "dilated_attention3d_ref", "dilated_groups"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_SCOPES = ("local", "global")
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _group_size(fn: str, group_size) -> tuple[int, int, int]:
+    if isinstance(group_size, int) and not isinstance(group_size, bool):
+        group_size = (group_size,) * 3
+    if (isinstance(group_size, (tuple, list)) and len(group_size) == 3
+            and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in group_size)):
+        return tuple(group_size)
+    raise ValueError(f"{fn}: group_size must be an int or a tuple of 3 ints, each >= 1, got {group_size!r}")
+
+
+def _check(fn, query, key, value, group_size, scope):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 6:
+            raise ValueError(f"{fn}: {name} must be [batch, D, H, W, heads, head_dim] (6-D), got shape "
+                             f"{tuple(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{fn}: {name} must be float32, float16 or bfloat16 (or float64), got {t.dtype}")
+    for name, t in (("key", key), ("value", value)):
+        if t.device != query.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but query is on {query.device}")
+        if t.dtype != query.dtype:
+            raise ValueError(f"{fn}: {name} has dtype {t.dtype} but query has {query.dtype}")
+        if t.shape != query.shape:
+            raise ValueError(f"{fn}: {name} must have query's shape {tuple(query.shape)}, got {tuple(t.shape)}")
+    if scope not in _SCOPES:
+        raise ValueError(f"{fn}: scope must be 'local' or 'global', got {scope!r}")
+    return _group_size(fn, group_size)
+
+
+def dilated_groups(spatial, group_size, scope, device=None):
+    """The groups of a ``spatial = (D, H, W)`` grid as token indices.
+
+    Args:
+        spatial: the grid size (D, H, W).
+        group_size: int or (gD, gH, gW); each is clamped to its axis.
+        scope: "local" or "global".
+        device: where to build the tables.
+
+    Returns:
+        ``(index, valid)``, both ``[groups, gD * gH * gW]`` (clamped sizes): row-major token indices
+        ``(d * H + h) * W + w`` of each group's members in row-major member order, and whether each
+        member exists (False where it would sit in the padding; its index is then 0).
+    """
+    group = _group_size("dilated_groups", group_size)
+    if scope not in _SCOPES:
+        raise ValueError(f"dilated_groups: scope must be 'local' or 'global', got {scope!r}")
+    coords, valids = [], []
+    for n, g in zip(spatial, group):
+        g = min(g, max(n, 1))
+        ng = -(-n // g)  # groups along the axis; also the global interval
+        grp = torch.arange(ng, device=device)[:, None]
+        pos = torch.arange(g, device=device)[None, :]
+        c = grp * g + pos if scope == "local" else grp + pos * ng  # [ng, g]
+        coords.append(c)
+        valids.append(c < n)
+    (c0, c1, c2), (v0, v1, v2) = coords, valids
+    _, H, W = spatial
+    index = ((c0[:, None, None, :, None, None] * H + c1[None, :, None, None, :, None]) * W
+             + c2[None, None, :, None, None, :])
+    valid = v0[:, None, None, :, None, None] & v1[None, :, None, None, :, None] & v2[None, None, :, None, None, :]
+    shape = (index.shape[0] * index.shape[1] * index.shape[2], -1)
+    valid = valid.reshape(shape)
+    return torch.where(valid, index.reshape(shape), 0), valid
+
+
+def _reference(query, key, value, group, scope, scale, attn_dropout=None):
+    """Gathers every group by index and runs masked dense attention in float32 (float64).
+    ``attn_dropout`` (a module or function) is applied to the attention weights (for nn modules)."""
+    B, D, H, W, nh, d = query.shape
+    acc = _acc(query)
+    index, valid = dilated_groups((D, H, W), group, scope, query.device)
+    q, k, v = (t.reshape(B, D * H * W, nh, d).to(acc)[:, index] for t in (query, key, value))  # [B, G, T, nh, d]
+    logits = torch.einsum("bgqhd,bgkhd->bghqk", q * scale, k)
+    logits = logits.masked_fill(~valid[None, :, None, None, :], float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)  # [B, G, nh, T]
+    weights = torch.exp(logits - lse[..., None])
+    if attn_dropout is not None:
+        weights = attn_dropout(weights)
+    o = torch.einsum("bghqk,bgkhd->bgqhd", weights, v)
+    rows = index[valid]
+    out = o.new_zeros(B, D * H * W, nh, d)
+    out[:, rows] = o[:, valid]  # every token is a member of exactly one group
+    lse_out = lse.new_zeros(B, D * H * W, nh)
+    lse_out[:, rows] = lse.transpose(2, 3)[:, valid]
+    return out.reshape(query.shape).to(query.dtype), lse_out.reshape(query.shape[:-1])
+
+
+def _fwd_fake(query, key, value, group_size, global_scope, scale):
+    return (torch.empty_like(query, memory_format=torch.contiguous_format),
+            query.new_empty(query.shape[:-1], dtype=_acc(query)))
+
+
+def _bwd_fake(grad_out, grad_lse, query, key, value, out, lse, group_size, global_scope, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+
+
+def _setup(ctx, inputs, output):
+    query, key, value, group_size, global_scope, scale = inputs
+    ctx.save_for_backward(query, key, value, output[0], output[1])
+    ctx.args = (group_size, global_scope, scale)
+
+
+def _backward_with(bwd_op):
+    def backward(ctx, grad_out, grad_lse):
+        query, key, value, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv = bwd_op(grad_out, grad_lse, query, key, value, out, lse, *ctx.args)
+        return dq, dk, dv, None, None, None
+
+    return backward
+
+
+if _library.HAS_C:
+    torch.library.register_fake("medkernels::dilated_attention3d_fwd")(_fwd_fake)
+    torch.library.register_fake("medkernels::dilated_attention3d_bwd")(_bwd_fake)
+    torch.library.register_autograd("medkernels::dilated_attention3d_fwd",
+                                    _backward_with(torch.ops.medkernels.dilated_attention3d_bwd),
+                                    setup_context=_setup)
+
+if _library.HAS_TRITON:
+    from typing import Optional
+
+    from medkernels.triton import dilated_attention as _tda
+
+    @torch.library.custom_op("medkernels::dilated_attention3d_fwd_triton", mutates_args=())
+    def _fwd_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group_size: list[int],
+                    global_scope: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = _tda.forward(query, key, value, group_size, global_scope, scale)
+        return out.to(query.dtype), lse.to(_acc(query))
+
+    @torch.library.custom_op("medkernels::dilated_attention3d_bwd_triton", mutates_args=())
+    def _bwd_triton(grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], query: torch.Tensor,
+                    key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                    group_size: list[int], global_scope: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                        torch.Tensor]:
+        drow = (grad_out.float() * out.float()).sum(-1)
+        if grad_lse is not None:
+            drow = drow - grad_lse.float()
+        dq, dk, dv = _tda.backward(grad_out, query, key, value, lse.float().contiguous(), drow.contiguous(),
+                                   group_size, global_scope, scale)
+        return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
+
+    torch.library.register_fake("medkernels::dilated_attention3d_fwd_triton")(_fwd_fake)
+    torch.library.register_fake("medkernels::dilated_attention3d_bwd_triton")(_bwd_fake)
+    torch.library.register_autograd("medkernels::dilated_attention3d_fwd_triton",
+                                    _backward_with(torch.ops.medkernels.dilated_attention3d_bwd_triton),
+                                    setup_context=_setup)
+
+_HAS_CPU_KERNEL = _library.has_kernel("dilated_attention3d_fwd", "CPU")
+
+
+def _why_not_cpu(query, forced: bool = False) -> str | None:
+    if query.device.type != "cpu":
+        return f"inputs are on {query.device.type}, not cpu"
+    if not _HAS_CPU_KERNEL:
+        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
+    return None
+
+
+def _why_not_triton(query, forced: bool = False) -> str | None:
+    from medkernels.triton import interpreter_or_gpu
+
+    return interpreter_or_gpu(query, forced)
+
+
+_REASONS: dict[str, Reason] = {
+    "cuda": lambda query, **k: (f"inputs are on {query.device.type}, not cuda" if query.device.type != "cuda"
+                                else "no CUDA dilated-attention kernel (the triton backend is the GPU path)"),
+    "triton": _why_not_triton,
+    "cpu": _why_not_cpu,
+    "reference": lambda *a, **k: None,
+}
+
+
+def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, return_lse=False, backend=None):
+    """D-Former group self-attention over a 3D token grid (local or global dilated scope).
+
+    Args:
+        query: ``[B, D, H, W, heads, head_dim]`` (heads last, as natten), float32/float16/bfloat16
+            (float64 for gradcheck). Read in place through its strides (e.g. views of one qkv tensor).
+        key: same shape, dtype and device as query.
+        value: same shape, dtype and device as query.
+        group_size: int or ``(gD, gH, gW)``, each >= 1; clamped to the axis when larger.
+        scope: ``"local"`` (non-overlapping windows of group_size tokens) or ``"global"`` (the dilated
+            partition: the token at ``m * I + r`` is in group r, ``I = padded size / group size``).
+        scale: softmax scale, default ``head_dim ** -0.5``.
+        return_lse: also return the logsumexp ``[B, D, H, W, heads]`` (float32; float64 for float64).
+        backend: None/"auto", "cuda", "triton", "cpu" or "reference" (see medkernels.ops.choose_backend).
+
+    Returns:
+        ``[B, D, H, W, heads, head_dim]`` in the input dtype (contiguous), or ``(out, lse)``.
+        Differentiable in query, key and value (also through lse).
+
+    Raises:
+        TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches, a bad
+            group_size or scope.
+    """
+    fn = "dilated_attention3d"
+    group = _check(fn, query, key, value, group_size, scope)
+    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    name = choose_backend(fn, _REASONS, backend, query)
+    if name == "reference":
+        out, lse = _reference(query, key, value, group, scope, scale)
+    elif name == "triton":
+        out, lse = torch.ops.medkernels.dilated_attention3d_fwd_triton(query, key, value, list(group),
+                                                                       scope == "global", scale)
+    else:
+        out, lse = torch.ops.medkernels.dilated_attention3d_fwd(query, key, value, list(group), scope == "global",
+                                                                scale)
+    return (out, lse) if return_lse else out
+
+
+def dilated_attention3d_ref(query, key, value, group_size, scope, scale=None, *, return_lse=False):
+    """Pure-PyTorch :func:`dilated_attention3d` (the oracle): gathers every group by index
+    (:func:`dilated_groups`) and runs masked dense softmax attention in float32 (float64 for float64).
+    Arguments and returns as :func:`dilated_attention3d`."""
+    return dilated_attention3d(query, key, value, group_size, scope, scale, return_lse=return_lse,
+                               backend="reference")

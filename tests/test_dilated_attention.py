@@ -1,0 +1,338 @@
+"""D-Former 3D dilated attention: every backend against the gather oracle and against the independent
+pad-reshape-permute implementations (the official code's way, and SDPA on permuted tokens); group
+geometry; gradcheck; opcheck; torch.compile; modules; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LONG, TEST_DEVICE, close, requires_triton
+
+from medkernels import nn as mknn
+from medkernels import ops
+from medkernels.bench.peers import dformer_attention_official, dformer_attention_sdpa
+
+# low precision against the float32 oracle; float32 against the float64 oracle
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
+       torch.float64: (1e-10, 1e-10)}
+
+
+def random_case(seed: int, max_size: int = 9, max_group: int = 5):
+    """Sizes not divisible by the group size, groups larger than an axis, both scopes, awkward head dims."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    return dict(spatial=tuple(pick(1, max_size) for _ in range(3)), group=tuple(pick(1, max_group) for _ in range(3)),
+                scope=("local", "global")[pick(0, 1)], batch=pick(1, 2), heads=pick(1, 3), dim=pick(1, 12), seed=seed)
+
+
+def make_qkv(c, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(c["seed"] + 1000)
+    shape = (c["batch"], *c["spatial"], c["heads"], c["dim"])
+    return [torch.randn(*shape, generator=g).to(device=device, dtype=dtype) for _ in range(3)]
+
+
+def check_against_oracle(c, backend, dtype=torch.float32, device="cpu"):
+    """Forward, lse and every gradient (through out and lse) of ``backend`` vs the float64 (or
+    float32 for low precision) oracle."""
+    qkv = make_qkv(c, dtype, device)
+    ref_dtype = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+    leaves = [t.detach().clone().requires_grad_(True) for t in qkv]
+    ref_leaves = [t.detach().to(ref_dtype).clone().requires_grad_(True) for t in qkv]
+    out, lse = ops.dilated_attention3d(*leaves, c["group"], c["scope"], return_lse=True, backend=backend)
+    ref, ref_lse = ops.dilated_attention3d_ref(*ref_leaves, c["group"], c["scope"], return_lse=True)
+    assert out.shape == leaves[0].shape and out.dtype == dtype and lse.shape == leaves[0].shape[:-1]
+    rtol, atol = TOL[dtype]
+    close(out, ref, rtol, atol, "out")
+    close(lse, ref_lse, rtol, atol, "lse")
+    g = torch.Generator().manual_seed(c["seed"])
+    gout = torch.randn(out.shape, generator=g).to(device)
+    glse = torch.randn(lse.shape, generator=g).to(device)
+    got = torch.autograd.grad((out * gout.to(dtype)).sum() + (lse * glse.to(lse.dtype)).sum(), leaves)
+    want = torch.autograd.grad((ref * gout.to(ref_dtype)).sum() + (ref_lse * glse.to(ref_dtype)).sum(), ref_leaves)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        close(a, b, 4 * rtol, 4 * atol, name)
+
+
+SWEEP = list(range(40 if LONG else 12))
+
+
+# --- group geometry --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("spatial,group", [((5, 7, 9), (2, 3, 4)), ((32, 32, 32), (2, 8, 8)), ((3, 4, 4), (4, 8, 8)),
+                                           ((1, 6, 5), (2, 2, 2))])
+def test_groups_partition_every_token_once(scope, spatial, group):
+    index, valid = ops.dilated_groups(spatial, group, scope)
+    members = index[valid]
+    assert torch.equal(members.sort().values, torch.arange(spatial[0] * spatial[1] * spatial[2]))
+    assert valid[:, 0].all()  # member 0 exists in every group: no query ever has only padded keys
+
+
+def test_group_geometry_is_d_formers():
+    # 32^3 tokens, group (2, 8, 8): local windows of 2x8x8; global interval I = (16, 4, 4), group r holds r + m * I.
+    index, valid = ops.dilated_groups((32, 32, 32), (2, 8, 8), "local")
+    assert index.shape == (16 * 4 * 4, 128) and valid.all()
+    first = index[0].reshape(2, 8, 8)
+    assert first[1, 0, 0] == 32 * 32 and first[0, 1, 0] == 32 and first[0, 0, 1] == 1
+    index, valid = ops.dilated_groups((32, 32, 32), (2, 8, 8), "global")
+    assert index.shape == (16 * 4 * 4, 128) and valid.all()
+    first = index[0].reshape(2, 8, 8)
+    assert first[1, 0, 0] == 16 * 32 * 32 and first[0, 1, 0] == 4 * 32 and first[0, 0, 1] == 4
+    # a group larger than the axis is clamped: a 4^3 map with group (2, 8, 8) has groups (2, 4, 4)
+    index, _ = ops.dilated_groups((4, 4, 4), (2, 8, 8), "local")
+    assert index.shape == (2, 32)
+
+
+# --- backends against the oracle and the pad-reshape-permute implementations ------------------------
+
+
+@pytest.mark.parametrize("seed", SWEEP)
+def test_cpu_matches_reference(cpu_isa, seed):
+    check_against_oracle(random_case(seed), "cpu")
+
+
+@pytest.mark.parametrize("seed", SWEEP[:8])
+def test_reference_and_cpu_match_pad_reshape_permute(seed):
+    c = random_case(100 + seed)
+    q, k, v = (t.double() for t in make_qkv(c))
+    for peer in (dformer_attention_official, dformer_attention_sdpa):
+        want = peer(q, k, v, c["group"], c["scope"])
+        close(ops.dilated_attention3d_ref(q, k, v, c["group"], c["scope"]), want, 1e-10, 1e-10, peer.__name__)
+        close(ops.dilated_attention3d(q, k, v, c["group"], c["scope"], backend="cpu"), want, 1e-10, 1e-10,
+              f"cpu vs {peer.__name__}")
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_padding_on_every_axis_is_excluded(scope):
+    # the official global-scope mask ignores depth padding; a padded depth member must not be attended
+    q, k, v = (torch.randn(1, 3, 4, 4, 1, 4, dtype=torch.float64) for _ in range(3))
+    out = ops.dilated_attention3d(q, k, v, (2, 4, 4), scope, backend="cpu")
+    close(out, dformer_attention_official(q, k, v, (2, 4, 4), scope), 1e-10, 1e-10, "out")
+    # changing what zero-padding would have been cannot matter: compare to attention over the real tokens only
+    index, valid = ops.dilated_groups((3, 4, 4), (2, 4, 4), scope)
+    flat = [t.reshape(-1, 4) for t in (q, k, v)]
+    for members in (index[g][valid[g]] for g in range(index.shape[0])):
+        attn = torch.softmax(flat[0][members] @ flat[1][members].T * 0.5, -1)
+        close(out.reshape(-1, 4)[members], attn @ flat[2][members], 1e-10, 1e-10, "group")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_cpu_dtypes(dtype):
+    check_against_oracle(dict(spatial=(3, 5, 6), group=(2, 3, 4), scope="global", batch=1, heads=2, dim=9, seed=7),
+                         "cpu", dtype)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_large_groups_span_several_blocks(scope):
+    # 4 x 12 x 13 members: several query blocks and online-softmax key blocks in the CPU kernel
+    check_against_oracle(dict(spatial=(4, 12, 13), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=5, seed=3),
+                         "cpu")
+    check_against_oracle(dict(spatial=(8, 24, 26), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=3, seed=4),
+                         "cpu")
+
+
+def test_strided_views_are_read_in_place():
+    # q/k/v as views of one qkv projection (token stride 3*C), and a head dim with stride != 1
+    qkv = torch.randn(2, 3, 5, 4, 3, 2, 6)
+    q, k, v = qkv.unbind(4)
+    out = ops.dilated_attention3d(q, k, v, (2, 2, 3), "global", backend="cpu")
+    close(out, ops.dilated_attention3d_ref(q.contiguous(), k.contiguous(), v.contiguous(), (2, 2, 3), "global"),
+          1e-5, 1e-5, "views")
+    qt = torch.randn(1, 3, 4, 5, 6, 2).transpose(-1, -2)  # head dim not contiguous
+    close(ops.dilated_attention3d(qt, qt, qt, 2, "local", backend="cpu"),
+          ops.dilated_attention3d_ref(qt, qt, qt, 2, "local"), 1e-5, 1e-5, "transposed")
+
+
+@requires_triton
+@pytest.mark.parametrize("c", [
+    dict(spatial=(3, 5, 6), group=(2, 2, 4), scope="local", batch=1, heads=2, dim=8, seed=1),
+    dict(spatial=(3, 5, 6), group=(2, 4, 5), scope="global", batch=1, heads=1, dim=5, seed=2),  # 40 members: 2 blocks
+    dict(spatial=(2, 3, 2), group=(4, 8, 8), scope="local", batch=2, heads=1, dim=4, seed=3),
+], ids=["local", "global-two-blocks", "clamped"])
+def test_triton_matches_reference(c):
+    """On CPU through the Triton interpreter (TRITON_INTERPRET=1): tiny shapes only."""
+    check_against_oracle(c, "triton", device=TEST_DEVICE)
+
+
+def test_scale_and_default_scale():
+    c = dict(spatial=(2, 3, 4), group=(2, 2, 2), scope="local", batch=1, heads=1, dim=7, seed=5)
+    q, k, v = make_qkv(c, torch.float64)
+    close(ops.dilated_attention3d(q, k, v, 2, "local", backend="cpu"),
+          ops.dilated_attention3d(q, k, v, 2, "local", scale=7 ** -0.5, backend="cpu"), 0, 0, "default scale")
+    close(ops.dilated_attention3d(q, k, v, 2, "local", scale=0.3, backend="cpu"),
+          ops.dilated_attention3d(q * 0.3 * 7 ** 0.5, k, v, 2, "local", backend="cpu"), 1e-12, 1e-12, "scale")
+
+
+# --- gradcheck, determinism, compile, opcheck ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_gradcheck_float64(scope):
+    c = dict(spatial=(3, 2, 5), group=(2, 2, 3), scope=scope, batch=1, heads=2, dim=3, seed=8)
+    leaves = [t.requires_grad_(True) for t in make_qkv(c, torch.float64)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ops.dilated_attention3d(q, k, v, c["group"], scope, return_lse=True, backend="cpu"), leaves)
+
+
+def test_deterministic_across_runs_and_thread_counts():
+    c = dict(spatial=(6, 10, 9), group=(2, 4, 4), scope="global", batch=2, heads=2, dim=16, seed=4)
+    qkv = make_qkv(c)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (threads, threads, 1):
+            torch.set_num_threads(n)
+            leaves = [t.clone().requires_grad_(True) for t in qkv]
+            out = ops.dilated_attention3d(*leaves, c["group"], c["scope"], backend="cpu")
+            results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    c = dict(spatial=(3, 6, 5), group=(2, 4, 4), scope="global", batch=1, heads=2, dim=8, seed=6)
+    leaves = [t.requires_grad_(True) for t in make_qkv(c)]
+
+    def f(q, k, v):
+        out, lse = ops.dilated_attention3d(q, k, v, (2, 4, 4), "global", return_lse=True)
+        local = ops.dilated_attention3d(q, k, v, (2, 4, 4), "local")
+        return out.square().sum() + lse.sum() + local.sum()
+
+    loss_c = torch.compile(f, fullgraph=True, dynamic=dynamic)(*leaves)
+    loss_e = f(*leaves)
+    close(loss_c, loss_e, 1e-6, 1e-5, "loss")
+    for a, b in zip(torch.autograd.grad(loss_c, leaves), torch.autograd.grad(loss_e, leaves)):
+        close(a, b, 1e-5, 1e-5, "grad")
+
+
+def opcheck_samples():
+    c = dict(spatial=(3, 4, 5), group=(2, 3, 2), scope="global", batch=1, heads=2, dim=3, seed=11)
+    q, k, v = make_qkv(c)
+    out, lse = torch.ops.medkernels.dilated_attention3d_fwd(q, k, v, [2, 3, 2], True, 0.5)
+    grad = lambda xs: [x.clone().requires_grad_(True) if isinstance(x, torch.Tensor) else x for x in xs]  # noqa: E731
+    fwd = [q, k, v, [2, 3, 2], True, 0.5]
+    bwd = [torch.randn_like(out), torch.randn_like(lse), q, k, v, out, lse, [2, 3, 2], True, 0.5]
+    samples = {
+        "dilated_attention3d_fwd": [grad(fwd), [q, k, v, [2, 8, 1], False, 0.3]],
+        "dilated_attention3d_bwd": [bwd, [bwd[0], None, *bwd[2:]]],
+    }
+    if hasattr(torch.ops.medkernels, "dilated_attention3d_fwd_triton"):  # interpreted: the smallest problem
+        tq, tk, tv = make_qkv(dict(spatial=(1, 2, 3), batch=1, heads=1, dim=2, seed=12))
+        tout, tlse = torch.ops.medkernels.dilated_attention3d_fwd(tq, tk, tv, [1, 2, 2], True, 0.5)
+        samples["dilated_attention3d_fwd_triton"] = [grad([tq, tk, tv, [1, 2, 2], True, 0.5])]
+        samples["dilated_attention3d_bwd_triton"] = [[torch.randn_like(tout), torch.randn_like(tlse), tq, tk, tv, tout,
+                                                      tlse, [1, 2, 2], True, 0.5]]
+    return samples
+
+
+@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
+def test_opcheck(op, index):
+    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
+
+
+# --- modules -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_module_matches_projections_around_the_oracle(scope):
+    torch.manual_seed(0)
+    m = mknn.DilatedAttention3d(24, 3, (2, 4, 4), scope).eval()
+    x = torch.randn(2, 3, 9, 7, 24)
+    B, D, H, W, C = x.shape
+    q, k, v = m.qkv(x).reshape(B, D, H, W, 3, 3, 8).unbind(4)
+    want = m.proj(ops.dilated_attention3d_ref(q, k, v, (2, 4, 4), scope).reshape(B, D, H, W, C))
+    close(m(x), want, 1e-5, 1e-5, "module")
+    assert set(m.state_dict()) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+
+
+def test_dformer_block_loads_official_names_and_goes_full_attention_on_small_maps():
+    torch.manual_seed(0)
+    blk = mknn.DFormerBlock(32, 2, (2, 8, 8), "global").eval()
+    official_keys = {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                     "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                     "mlp.fc2.weight", "mlp.fc2.bias"}
+    assert set(blk.state_dict()) == official_keys
+    assert blk.mlp.fc1.out_features == 128
+    x = torch.randn(1, 4, 4, 4, 32)  # smaller than the group in H and W: one group over the whole volume
+    h = blk.norm1(x)
+    q, k, v = blk.attn.qkv(h).reshape(1, 4, 4, 4, 3, 2, 16).unbind(4)
+    full = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(1, 64, 2, 16).transpose(1, 2) for t in (q, k, v)))
+    y = x + blk.attn.proj(full.transpose(1, 2).reshape(1, 4, 4, 4, 32))
+    close(blk(x), y + blk.mlp(blk.norm2(y)), 1e-5, 1e-5, "block")
+
+
+def test_module_attention_dropout_and_drop_path_train_only():
+    torch.manual_seed(0)
+    blk = mknn.DFormerBlock(16, 2, (2, 4, 4), "local", attn_drop=0.5, drop_path=0.5)
+    x = torch.randn(2, 2, 4, 4, 16, requires_grad=True)
+    blk.train()
+    a, b = blk(x), blk(x)
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    blk.eval()
+    torch.testing.assert_close(blk(x), blk(x))
+
+
+def test_module_config_errors():
+    with pytest.raises(ValueError, match="must divide"):
+        mknn.DilatedAttention3d(10, 3, 2, "local")
+    with pytest.raises(ValueError, match="scope"):
+        mknn.DilatedAttention3d(12, 3, 2, "dilated")
+    with pytest.raises(ValueError, match="group_size"):
+        mknn.DilatedAttention3d(12, 3, (2, 0, 2), "local")
+    with pytest.raises(ValueError, match=r"\[B, D, H, W, 12\]"):
+        mknn.DilatedAttention3d(12, 3, 2, "local")(torch.randn(1, 2, 2, 2, 8))
+    assert "scope='global'" in repr(mknn.DilatedAttention3d(12, 3, 2, "global"))
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape).to(dtype)
+
+
+BAD = [
+    ("rank", lambda: ops.dilated_attention3d(_t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), 2, "local"),
+     ValueError, r"query must be \[batch, D, H, W, heads, head_dim\]"),
+    ("dtype", lambda: ops.dilated_attention3d(*(torch.ones(1, 2, 2, 2, 1, 4, dtype=torch.int32),) * 3, 2, "local"),
+     ValueError, "query must be float32"),
+    ("mixed dtype", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4, dtype=torch.float64),
+                                                    _t(1, 2, 2, 2, 1, 4), 2, "local"), ValueError, "key has dtype"),
+    ("device", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4).to("meta"),
+                                               _t(1, 2, 2, 2, 1, 4), 2, "local"), ValueError, "key is on meta"),
+    ("shape", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 3, 1, 4), _t(1, 2, 2, 2, 1, 4), 2,
+                                              "local"), ValueError, "key must have query's shape"),
+    ("group zero", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 0, 2), "local"), ValueError,
+     "group_size must be"),
+    ("group length", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 2), "local"), ValueError,
+     "group_size must be"),
+    ("scope", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, 2, "dilated"), ValueError,
+     "scope must be 'local' or 'global'"),
+    ("not a tensor", lambda: ops.dilated_attention3d([1.0], _t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4), 2, "local"),
+     TypeError, "query must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("case,call,exc,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_clear_error(case, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_cpp_checks_guard_direct_op_calls():
+    q = _t(1, 2, 2, 2, 1, 4)
+    with pytest.raises(RuntimeError, match="dilated_attention3d_fwd: key must match query's shape"):
+        torch.ops.medkernels.dilated_attention3d_fwd(q, _t(1, 2, 2, 3, 1, 4), q, [2, 2, 2], False, 0.5)
+    with pytest.raises(RuntimeError, match="dilated_attention3d_fwd: group_size entries must be >= 1"):
+        torch.ops.medkernels.dilated_attention3d_fwd(q, q, q, [2, 0, 2], False, 0.5)
+    with pytest.raises(RuntimeError, match="dilated_attention3d_fwd: query must be"):
+        torch.ops.medkernels.dilated_attention3d_fwd(q[0], q[0], q[0], [2, 2, 2], False, 0.5)
