@@ -167,7 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ops", default="", help="comma-separated ops to run (default: all)")
     p.add_argument("--backends", default="", help="comma-separated medkernels backends (default: all that run here)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement (default 1)")
+    p.add_argument("--min-time", type=float, default=0.75,
+                   help="seconds of timed calls per measurement (default 0.75)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--json", default=None, help="where to write the JSON results "
                    "(default: bench-results/<profile>-<time>.json; '-' for none)")

@@ -55,13 +55,17 @@ def _first_tensor(out) -> torch.Tensor:
 def time_call(fn: Callable[[], object], device: torch.device, min_time: float, min_reps: int = 3,
               max_reps: int = 100, slow: float = 1.0) -> list[float]:
     """Seconds per call: one warm-up, then calls until ``min_reps`` and ``min_time`` are reached
-    (two calls only for functions slower than ``slow`` seconds, such as the references)."""
+    (two calls only for functions slower than ``slow`` seconds, such as the references; just
+    ``min_reps`` when that many already take ``min_time``)."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     fn()
     sync()
-    if time.perf_counter() - t0 > slow:
+    warm = time.perf_counter() - t0
+    if warm > slow:
         min_reps = 2
+    if warm * min_reps >= min_time:
+        min_time = 0.0
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < max_reps:
