@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import close, requires_cuda
 from test_causal_conv1d import inputs as conv_inputs
+from test_dilated_attention import check_against_oracle, random_case as da_case
 from test_neighborhood_attention import check_case, random_case
 from test_selective_scan import TOL, check_against_reference, make_inputs
 
@@ -113,3 +114,44 @@ def test_causal_conv_triton_on_gpu(dtype):
         outs.append([o, f, *torch.autograd.grad(o.float().square().sum() + f.float().sum(), leaves)])
     for a, r in zip(outs[1], outs[0]):
         close(a.cpu(), r, 2e-2, 2e-2, "conv triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seed", [600, 601, 602, 603])
+def test_dilated_attention_triton_on_gpu(seed, dtype):
+    check_against_oracle(da_case(seed, max_size=20, max_group=9), "triton", dtype, device="cuda")
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_dilated_attention_triton_stage1_shape_matches_cpu(scope):
+    """D-Former's stage-1 shape: groups of 128 tokens span several key blocks."""
+    q, k, v = (torch.randn(1, 32, 32, 32, 3, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    outs = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = [t.to(device).requires_grad_(True) for t in (q, k, v)]
+        o = ops.dilated_attention3d(*leaves, (2, 8, 8), scope, backend=backend)
+        outs.append([o, *torch.autograd.grad(o.square().sum(), leaves)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu(), r, 1e-3, 1e-3, f"dilated attention {scope}")
+
+
+@pytest.mark.parametrize("norm", ["ortho", "backward"])
+def test_dct_triton_on_gpu(norm):
+    x = torch.randn(4, 64, 56, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    outs = []
+    for device, backend, dtype in (("cpu", "cpu", torch.float64), ("cuda", "triton", torch.float32)):
+        xr = x.to(device=device, dtype=dtype).requires_grad_(True)
+        low = ops.dct2d(xr, norm, keep=(28, 28), backend=backend)
+        back = ops.idct2d(low, norm, s=(56, 56), backend=backend)
+        outs.append([low, back, *torch.autograd.grad(back.square().sum() + low.sum(), xr)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu().double(), r, 1e-4, 1e-4, f"dct {norm}")
+
+
+def test_dct_attention_module_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    m = mknn.DCTAttention(64, 2, keep_ratio=0.25)
+    x = torch.randn(2, 64, 56, 56)
+    mg = mknn.DCTAttention(64, 2, keep_ratio=0.25).cuda()
+    mg.load_state_dict(m.state_dict())
+    close(mg(x.cuda()).cpu(), m(x), 1e-3, 1e-3, "dct attention")
