@@ -74,6 +74,11 @@ TORCH_LIBRARY(medkernels, m) {
   // out = mh @ x @ mw^T over the last two axes: x (..., h, w), mh (out_h, h), mw (out_w, w). The DCT
   // ops pass their cosine bases; its gradient is the same op with the bases transposed.
   m.def("separable2d(Tensor x, Tensor mh, Tensor mw) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Point clouds: furthest point sampling (indices) and k nearest neighbours (squared distances, indices).
+  m.def("furthest_point_sample(Tensor xyz, int npoint, Tensor? lengths, int start_idx) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("knn(Tensor query, Tensor points, int k, Tensor? query_lengths, Tensor? lengths) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
   m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(

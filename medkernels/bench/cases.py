@@ -42,6 +42,7 @@ class Peer:
 
     call: Callable[[dict], object]
     unavailable: Callable[[torch.device], "str | None"] = lambda device: None
+    forward_only: bool = False  # not differentiable (e.g. a numpy library): timed in the forward pass only
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,59 @@ def _mamba_case(batch, seqlen, d_model, d_state, profiles, targets=(), dtypes=(t
     )
 
 
+# --- point clouds -----------------------------------------------------------------------------------
+
+
+def _installed_cpu(module: str, why: str):
+    def unavailable(device: torch.device) -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({why})"
+        return None if device.type == "cpu" else f"{module} runs on the CPU only"
+
+    return unavailable
+
+
+def _fps_case(batch, n, npoint, c, profiles, targets=()) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"xyz": torch.randn(batch, n, c, generator=g).to(device, dtype)}
+
+    return Case(
+        op="furthest_point_sample",
+        label=f"B={batch} N={n} -> {npoint} C={c} exact (reference: the textbook torch loop)",
+        params={"batch": batch, "n": n, "npoint": npoint, "c": c},
+        profiles=profiles,
+        make_inputs=make,
+        call=lambda backend, x: ops.furthest_point_sample(x["xyz"], npoint, backend=backend),
+        differentiable=(),
+        peers={"fpsample": Peer(lambda x: _peers.fpsample_fps(x["xyz"], npoint),
+                                _installed_cpu("fpsample", "pip install fpsample"), forward_only=True)},
+        targets=targets,
+    )
+
+
+def _knn_case(batch, m, n, k, c, profiles, targets=(), reference=True) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"query": torch.randn(batch, m, c, generator=g).to(device, dtype),
+                "points": torch.randn(batch, n, c, generator=g).to(device, dtype)}
+
+    return Case(
+        op="knn",
+        label=f"B={batch} {m} queries over {n} points k={k} C={c}",
+        params={"batch": batch, "m": m, "n": n, "k": k, "c": c},
+        profiles=profiles,
+        make_inputs=make,
+        call=lambda backend, x: ops.knn(x["query"], x["points"], k, backend=backend),
+        differentiable=("query", "points"),
+        reference_backends=("reference",) if reference else (),
+        peers={"faiss_flat": Peer(lambda x: _peers.faiss_flat_knn(x["query"], x["points"], k),
+                                  _installed_cpu("faiss", "pip install faiss-cpu"), forward_only=True),
+               "cdist_topk": Peer(lambda x: _peers.cdist_topk_knn(x["query"], x["points"], k))},
+        targets=targets,
+    )
+
+
 CASES: list[Case] = [
     _scan_case(1, 16, 4, 64, "variable", ("quick",)),
     _scan_case(2, 768, 16, 1024, "variable", ("default", "full"), (torch.float32,), ISSUE_TARGETS),
@@ -374,6 +428,18 @@ CASES: list[Case] = [
     _dct_attention_case(8, 64, 56, 2, 0.25, ("gpu",)),
     _na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
     _na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
+    _fps_case(1, 2000, 200, 3, ("quick",)),
+    _fps_case(1, 16384, 2048, 3, ("default", "full"), (
+        Target("exact FPS >= 10x the torch loop", "cpu", "fwd", "speedup", 10.0),
+        Target("exact FPS >= 3x fpsample's exact fps_sampling", "cpu", "fwd", "speedup", 3.0, against="peer:fpsample"),
+    )),
+    _fps_case(8, 131072, 4096, 3, ("gpu",)),
+    _knn_case(1, 64, 1000, 8, 3, ("quick",)),
+    _knn_case(1, 2048, 16384, 32, 3, ("default", "full"), (
+        Target("kNN >= 2x faiss-cpu's flat index", "cpu", "fwd", "speedup", 2.0, against="peer:faiss_flat"),
+    ), reference=False),
+    _knn_case(8, 1024, 2048, 32, 64, ("full",), reference=False),
+    _knn_case(8, 8192, 16384, 32, 3, ("gpu",), reference=False),
 ]
 
 

@@ -206,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         for dt in c.dtypes:
             names = backends_for(c, device, dt, only_backends)
             plan.append((c, dt, names))
-    total = sum(len(PASSES) * (len(names) + sum(p.unavailable(device) is None for p in c.peers.values()))
-                for c, _, names in plan)
+    def steps(c, names):
+        peers = [p for p in c.peers.values() if p.unavailable(device) is None]
+        if not (c.differentiable or c.parameters):
+            return len(names) + len(peers)
+        return 2 * len(names) + sum(1 if p.forward_only else 2 for p in peers)
+
+    total = sum(steps(c, names) for c, _, names in plan)
     progress = Progress(total, not args.no_progress)
 
     all_results: list[Result] = []

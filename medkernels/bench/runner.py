@@ -127,12 +127,18 @@ def run_case(case: Case, dtype: torch.dtype, device: torch.device, backends: lis
     """Measures every backend and available peer of one case, both passes."""
     inputs = case.make_inputs(device, dtype)
     runners: dict[str, Callable[[dict], object]] = {b: (lambda x, b=b: case.call(b, x)) for b in backends}
+    forward_only = set()
     for peer, spec in case.peers.items():
         if spec.unavailable(device) is None:
             runners[f"peer:{peer}"] = spec.call
-    for passname in PASSES:
+            if spec.forward_only:
+                forward_only.add(f"peer:{peer}")
+    passes = PASSES if case.differentiable or case.parameters else ("fwd",)
+    for passname in passes:
         measured: list[Result] = []
         for name, runner in runners.items():
+            if passname != "fwd" and name in forward_only:
+                continue
             on_step(f"{case.op} {name} {passname}")
             dtype_s = str(dtype).replace("torch.", "")
             try:

@@ -15,6 +15,7 @@ from .neighborhood_attention import (
     na2d, na2d_av, na2d_av_ref, na2d_qk, na2d_qk_ref, na2d_ref,
     na3d, na3d_av, na3d_av_ref, na3d_qk, na3d_qk_ref, na3d_ref,
 )
+from .point_cloud import furthest_point_sample, furthest_point_sample_ref, knn, knn_ref
 from .selective_scan import selective_scan_fn, selective_scan_ref
 
 __all__ = [
@@ -37,6 +38,10 @@ __all__ = [
     "dilated_attention3d",
     "dilated_attention3d_ref",
     "dilated_groups",
+    "furthest_point_sample",
+    "furthest_point_sample_ref",
+    "knn",
+    "knn_ref",
     "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
     "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
     "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",

@@ -8,6 +8,7 @@
 #include "medkernels/cpu/dct.h"
 #include "medkernels/cpu/dilated_attention.h"
 #include "medkernels/cpu/neighborhood_attention.h"
+#include "medkernels/cpu/point_cloud.h"
 #include "medkernels/cpu/selective_scan.h"
 
 namespace medkernels::cpu {
@@ -24,5 +25,6 @@ const NaKernelTable& na_kernels();
 const ConvKernelTable& conv_kernels();
 const DaKernelTable& da_kernels();
 const Sep2dKernelTable& sep2d_kernels();
+const PointCloudKernelTable& point_cloud_kernels();
 
 }  // namespace medkernels::cpu

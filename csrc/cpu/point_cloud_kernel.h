@@ -1,0 +1,330 @@
+// Point-cloud CPU kernel bodies: exact furthest point sampling and k nearest neighbours.
+//
+// Compiled once per instruction set by csrc/cpu/isa/point_cloud_<isa>.cpp, with -ffp-contract=off:
+// a squared distance is sum_c (p_c - q_c)^2 added in channel order with every product and sum rounded,
+// exactly as the pure-PyTorch references compute it, so ties and near-ties resolve the same way (same
+// indices, not just close distances). No torch header here.
+//
+// Points arrive as coordinate planes (c, npad) so that one vector holds one coordinate of `lanes`
+// consecutive points.
+#pragma once
+
+#include <sched.h>
+
+#include "medkernels/cpu/point_cloud.h"
+#include "medkernels/cpu/simd.h"
+
+namespace medkernels::cpu::MK_ISA {
+namespace {
+
+template <class T>
+using ivec = typename Simd<T>::I;
+template <class T>
+struct LaneInt {
+  using type = int32_t;
+};
+template <>
+struct LaneInt<double> {
+  using type = int64_t;
+};
+
+template <class T>
+inline ivec<T> lane_iota() {
+  ivec<T> v{};
+  for (int l = 0; l < lanes<T>; ++l) v[l] = l;
+  return v;
+}
+
+// Bit l set when lane l of the comparison mask m is true.
+template <class T>
+inline unsigned lane_bits(ivec<T> m) {
+#if defined(__AVX__) && MK_VEC_BYTES == 32
+  if constexpr (__is_same(T, float))
+    return unsigned(__builtin_ia32_movmskps256(reinterpret_cast<vf32&>(m)));
+  else
+    return unsigned(__builtin_ia32_movmskpd256(reinterpret_cast<vf64&>(m)));
+#elif defined(__SSE2__) && MK_VEC_BYTES == 16
+  if constexpr (__is_same(T, float))
+    return unsigned(__builtin_ia32_movmskps(reinterpret_cast<vf32&>(m)));
+  else
+    return unsigned(__builtin_ia32_movmskpd(reinterpret_cast<vf64&>(m)));
+#else
+  unsigned bits = 0;
+  for (int l = 0; l < lanes<T>; ++l) bits |= unsigned(m[l] != 0) << l;
+  return bits;
+#endif
+}
+
+// The query's coordinates, broadcast once: fixed channel counts keep them in registers.
+template <class T, int CC>
+struct Query {
+  vec<T> v[CC > 0 ? CC : 1];
+  const T* q;
+  int64_t qstride;
+  Query(const T* q_, int64_t qstride_, int64_t c) : q(q_), qstride(qstride_) {
+    if constexpr (CC > 0)
+      for (int i = 0; i < CC; ++i) v[i] = vsplat<T>(q[i * qstride]);
+    (void)c;
+  }
+  vec<T> at(int64_t i) const {
+    if constexpr (CC > 0)
+      return v[i];
+    else
+      return vsplat<T>(q[i * qstride]);
+  }
+};
+
+// Squared distances of the `lanes` points at j (planes (c, npad)) to the query.
+template <class T, int CC>
+inline vec<T> sqdist(const T* planes, int64_t npad, int64_t c, const Query<T, CC>& q, int64_t j) {
+  const int64_t cc = CC > 0 ? CC : c;
+  vec<T> diff = vload(planes + j) - q.at(0);
+  vec<T> d = diff * diff;
+  for (int64_t i = 1; i < cc; ++i) {
+    diff = vload(planes + i * npad + j) - q.at(i);
+    d = d + diff * diff;
+  }
+  return d;
+}
+
+template <class T>
+inline T sqdist1(const T* planes, int64_t npad, int64_t c, const T* q, int64_t qstride, int64_t j) {
+  T diff = planes[j] - q[0];
+  T d = diff * diff;
+  for (int64_t i = 1; i < c; ++i) {
+    diff = planes[i * npad + j] - q[i * qstride];
+    d = d + diff * diff;
+  }
+  return d;
+}
+
+// ---- furthest point sampling -----------------------------------------------------------------------
+
+template <class T>
+struct Best {
+  T val;
+  int64_t idx;
+};
+
+// dist[j] = min(dist[j], |p_j - q|^2) over [j0, j1) (whole vectors); returns the largest new
+// distance and its lowest index (ties go to the lower index, as torch.argmax).
+template <class T, int CC>
+Best<T> fps_sweep(const T* planes, int64_t npad, int64_t c, const Query<T, CC>& q, T* dist, int64_t j0, int64_t j1) {
+  using I = ivec<T>;
+  using IL = typename LaneInt<T>::type;
+  vec<T> vmax = vsplat<T>(T(-1));
+  I vidx{};
+  I cur = lane_iota<T>() + IL(j0);
+  for (int64_t j = j0; j < j1; j += lanes<T>) {
+    const vec<T> d = sqdist<T, CC>(planes, npad, c, q, j);
+    const vec<T> old = vload(dist + j);
+    const vec<T> nd = d < old ? d : old;
+    vstore(dist + j, nd);
+    const I gt = nd > vmax;
+    vmax = gt ? nd : vmax;
+    vidx = gt ? cur : vidx;
+    cur += IL(lanes<T>);
+  }
+  Best<T> b{T(-1), -1};
+  for (int l = 0; l < lanes<T>; ++l)
+    if (vmax[l] > b.val || (vmax[l] == b.val && b.idx >= 0 && int64_t(vidx[l]) < b.idx)) b = {vmax[l], int64_t(vidx[l])};
+  return b;
+}
+
+// Distances start at +inf for real points and -inf for the vector padding (never the largest).
+template <class T>
+inline void fps_init(T* dist, int64_t j0, int64_t j1, int64_t n) {
+  for (int64_t j = j0; j < j1; ++j) dist[j] = j < n ? T(__builtin_inf()) : T(-__builtin_inf());
+}
+
+inline int64_t fps_count(const FpsParams& p, int64_t b) { return p.lengths ? p.lengths[b] : p.n; }
+
+template <class T, int CC>
+void fps_clouds_t(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
+  T* dist = static_cast<T*>(scratch);
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* pl = static_cast<const T*>(p.planes) + b * p.c * p.npad;
+    const int64_t n = fps_count(p, b), nr = round_up(n, lanes<T>);
+    int64_t* out = p.out + b * p.npoint;
+    fps_init(dist, 0, nr, n);
+    int64_t last = p.start;
+    out[0] = last;
+    for (int64_t i = 1; i < p.npoint; ++i) {
+      const Query<T, CC> q(pl + last, p.npad, p.c);
+      last = fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, 0, nr).idx;
+      out[i] = last;
+    }
+  }
+}
+
+inline void spin_until(const int64_t* counter, int64_t target) {
+  int spins = 0;
+  while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (++spins == 256) {  // the other threads may be descheduled (shared machines): let them run
+      sched_yield();
+      spins = 0;
+    }
+  }
+}
+
+// Parts [q0, q1) of `parts` of cloud b. Every step, each part sweeps its slice of the cloud, posts its
+// best, and waits until all parts have posted (a monotone counter: no reset races); then every thread
+// reduces the posts in part order, so all agree on the same next point.
+template <class T, int CC>
+void fps_parts_t(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist_v, FpsShared* sh) {
+  T* dist = static_cast<T*>(dist_v);
+  const T* pl = static_cast<const T*>(p.planes) + b * p.c * p.npad;
+  const int64_t n = fps_count(p, b), nr = round_up(n, lanes<T>);
+  const int64_t chunk = round_up((nr + parts - 1) / parts, lanes<T>);
+  for (int64_t part = q0; part < q1; ++part) {
+    const int64_t j0 = part * chunk, j1 = j0 + chunk < nr ? j0 + chunk : nr;
+    if (j0 < j1) fps_init(dist, j0, j1, n);
+  }
+  int64_t* out = p.out + b * p.npoint;
+  int64_t last = p.start;
+  if (q0 == 0) out[0] = last;
+  for (int64_t i = 1; i < p.npoint; ++i) {
+    const Query<T, CC> q(pl + last, p.npad, p.c);
+    const int slot = int(i & 1);
+    for (int64_t part = q0; part < q1; ++part) {
+      const int64_t j0 = part * chunk, j1 = j0 + chunk < nr ? j0 + chunk : nr;
+      const Best<T> bb = j0 < j1 ? fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, j0, j1) : Best<T>{T(-1), -1};
+      sh->best_val[slot][part] = double(bb.val);
+      sh->best_idx[slot][part] = bb.idx;
+    }
+    __atomic_fetch_add(&sh->arrived, q1 - q0, __ATOMIC_ACQ_REL);
+    spin_until(&sh->arrived, parts * i);
+    double best = -1;
+    for (int64_t part = 0; part < parts; ++part)
+      if (sh->best_idx[slot][part] >= 0 && sh->best_val[slot][part] > best) {
+        best = sh->best_val[slot][part];
+        last = sh->best_idx[slot][part];
+      }
+    if (q0 == 0) out[i] = last;
+  }
+}
+
+template <class T>
+void fps_clouds_s(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
+  if (p.c == 3)
+    fps_clouds_t<T, 3>(p, b0, b1, scratch);
+  else
+    fps_clouds_t<T, 0>(p, b0, b1, scratch);
+}
+void fps_clouds_entry(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
+  if (p.acc == ScalarKind::Float64)
+    fps_clouds_s<double>(p, b0, b1, scratch);
+  else
+    fps_clouds_s<float>(p, b0, b1, scratch);
+}
+template <class T>
+void fps_parts_s(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* sh) {
+  if (p.c == 3)
+    fps_parts_t<T, 3>(p, b, q0, q1, parts, dist, sh);
+  else
+    fps_parts_t<T, 0>(p, b, q0, q1, parts, dist, sh);
+}
+void fps_parts_entry(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist,
+                     FpsShared* sh) {
+  if (p.acc == ScalarKind::Float64)
+    fps_parts_s<double>(p, b, q0, q1, parts, dist, sh);
+  else
+    fps_parts_s<float>(p, b, q0, q1, parts, dist, sh);
+}
+int64_t fps_scratch_bytes(const FpsParams& p) {
+  return round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64);
+}
+
+// ---- k nearest neighbours --------------------------------------------------------------------------
+
+// The k best (distance, index) pairs so far, sorted by distance then index. Candidates arrive in
+// index order, so inserting after equal distances keeps ties at the lower index.
+template <class T>
+struct TopK {
+  T* d;
+  int64_t* i;
+  int64_t k, count = 0;
+  T thr = T(__builtin_inf());
+  void insert(T dv, int64_t jv) {
+    int64_t pos = count < k ? count++ : k - 1;
+    while (pos > 0 && d[pos - 1] > dv) {
+      d[pos] = d[pos - 1];
+      i[pos] = i[pos - 1];
+      --pos;
+    }
+    d[pos] = dv;
+    i[pos] = jv;
+    if (count == k) thr = d[k - 1];
+  }
+};
+
+template <class T, int CC>
+void knn_query(const KnnParams& p, const T* pl, int64_t n, const T* q, TopK<T>& top) {
+  const Query<T, CC> qv(q, 1, p.c);
+  const int64_t nv = n / lanes<T> * lanes<T>;
+  for (int64_t j = 0; j < nv; j += lanes<T>) {
+    const vec<T> d = sqdist<T, CC>(pl, p.npad, p.c, qv, j);
+    unsigned bits = lane_bits<T>(d < vsplat<T>(top.thr));
+    while (bits) {
+      const int l = __builtin_ctz(bits);
+      bits &= bits - 1;
+      if (d[l] < top.thr) top.insert(d[l], j + l);
+    }
+  }
+  for (int64_t j = nv; j < n; ++j) {
+    const T d = sqdist1(pl, p.npad, p.c, q, 1, j);
+    if (d < top.thr) top.insert(d, j);
+  }
+}
+
+template <class T, int CC>
+void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
+  Carver cv{reinterpret_cast<uintptr_t>(scratch)};
+  TopK<T> top{cv.take<T>(p.k), cv.take<int64_t>(p.k), p.k};
+  const int64_t nblocks = (p.m + p.block - 1) / p.block;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / nblocks, m0 = (t % nblocks) * p.block, m1 = m0 + p.block < p.m ? m0 + p.block : p.m;
+    const int64_t mq = p.query_lengths ? p.query_lengths[b] : p.m, n = p.lengths ? p.lengths[b] : p.n;
+    const T* pl = static_cast<const T*>(p.planes) + b * p.c * p.npad;
+    for (int64_t m = m0; m < m1; ++m) {
+      T* od = static_cast<T*>(p.dists) + (b * p.m + m) * p.k;
+      int64_t* oi = p.idx + (b * p.m + m) * p.k;
+      if (m >= mq) {  // a padded query: no neighbours
+        for (int64_t r = 0; r < p.k; ++r) od[r] = T(0), oi[r] = -1;
+        continue;
+      }
+      top.count = 0;
+      top.thr = T(__builtin_inf());
+      knn_query<T, CC>(p, pl, n, static_cast<const T*>(p.query) + (b * p.m + m) * p.c, top);
+      for (int64_t r = 0; r < p.k; ++r) od[r] = top.d[r], oi[r] = top.i[r];
+    }
+  }
+}
+
+template <class T>
+void knn_s(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
+  if (p.c == 3)
+    knn_t<T, 3>(p, t0, t1, scratch);
+  else
+    knn_t<T, 0>(p, t0, t1, scratch);
+}
+void knn_entry(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
+  if (p.acc == ScalarKind::Float64)
+    knn_s<double>(p, t0, t1, scratch);
+  else
+    knn_s<float>(p, t0, t1, scratch);
+}
+int64_t knn_scratch_bytes(const KnnParams& p) { return round_up(p.k * 8, 64) * 2 + 64; }
+
+#define MK_STR2(x) #x
+#define MK_STR(x) MK_STR2(x)
+const PointCloudKernelTable kPointCloudTable{MK_STR(MK_ISA), MK_VEC_BYTES, &fps_clouds_entry, &fps_parts_entry,
+                                             &fps_scratch_bytes, &knn_entry, &knn_scratch_bytes};
+#undef MK_STR
+#undef MK_STR2
+
+}  // namespace
+}  // namespace medkernels::cpu::MK_ISA
