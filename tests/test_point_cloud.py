@@ -152,6 +152,21 @@ def test_knn_cpu_and_reference_match_brute_force(cpu_isa, seed):
         close(d, want_d, 1e-5, 1e-5, f"{backend} distances")
 
 
+@pytest.mark.parametrize("c,ties,k", [(3, True, 16), (3, False, 32), (2, True, 700), (1, False, 5), (3, True, 1300)])
+def test_knn_spatial_blocks_equal_brute_force(c, ties, k):
+    """Low-C clouds with enough queries take the Morton-sorted block search (points out of index order,
+    blocks skipped by their boxes): the result must still equal brute force exactly."""
+    g = torch.Generator().manual_seed(c * 100 + k)
+    make = (lambda *s: torch.randint(0, 4, s, generator=g).float()) if ties else (lambda *s: torch.randn(*s, generator=g))
+    q, p = make(2, 520, c), make(2, 2100, c)
+    lengths, qlen = torch.tensor([2100, max(k, 1333)]), torch.tensor([520, 301])
+    d, i = ops.knn(q, p, k, lengths=lengths, query_lengths=qlen, backend="cpu")
+    rd, ri = ops.knn_ref(q, p, k, lengths=lengths, query_lengths=qlen)
+    assert torch.equal(i, ri) and torch.equal(d, rd)
+    if ties:
+        assert torch.equal(i, brute_force_knn(q, p, k, qlen, lengths)[1])
+
+
 def test_knn_dtypes_and_large_k():
     q, p = torch.randn(2, 33, 3, dtype=torch.float64), torch.randn(2, 500, 3, dtype=torch.float64)
     for dtype in (torch.float64, torch.float16, torch.bfloat16):

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 
 #include "common.h"
@@ -101,6 +102,54 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
   return out;
 }
 
+// Morton code (10 bits per axis, C <= 3) of points quantised to the clouds' boxes: (B, R, C) -> (B, R).
+Tensor morton(const Tensor& x, const Tensor& lo, const Tensor& scale) {
+  const Tensor cell = ((x - lo.unsqueeze(1)) * scale.unsqueeze(1)).floor_().clamp_(0, 1023).to(at::kLong);
+  const int64_t c = x.size(2);
+  Tensor code = at::zeros({x.size(0), x.size(1)}, cell.options());
+  for (int64_t bit = 0; bit < 10; ++bit)
+    for (int64_t i = 0; i < c; ++i)
+      code.bitwise_or_(cell.select(2, i).bitwise_right_shift(bit).bitwise_and_(1).bitwise_left_shift_(bit * c + i));
+  return code;
+}
+
+// The spatial blocks of KnnParams: points sorted along a Morton curve into cells of kKnnCell (padded
+// with +inf, as are the points past a cloud's length), each cell's bounding box, and each query's
+// starting cell.
+struct KnnBlocks {
+  Tensor planes, order, lo, hi, seed;
+};
+KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Tensor>& lengths) {
+  const int64_t batch = pts.size(0), n = pts.size(1), c = pts.size(2);
+  const double inf = std::numeric_limits<double>::infinity();
+  Tensor p = pts;
+  Tensor valid;
+  if (lengths.has_value()) {
+    valid = at::arange(n, lengths->options()).unsqueeze(0) < lengths->unsqueeze(1);
+    p = pts.masked_fill(valid.logical_not().unsqueeze(2), inf);
+  }
+  const Tensor lo = p.amin(1);
+  const Tensor hi = (valid.defined() ? pts.masked_fill(valid.logical_not().unsqueeze(2), -inf) : pts).amax(1);
+  const Tensor scale = 1023.0 / (hi - lo).clamp_min(1e-30);
+  Tensor code = morton(pts, lo, scale);
+  if (valid.defined()) code.masked_fill_(valid.logical_not(), std::numeric_limits<int64_t>::max());
+  auto [sorted, perm] = code.sort(/*stable=*/true, 1, false);
+  const int64_t npad = (n + kKnnCell - 1) / kKnnCell * kKnnCell, nb = npad / kKnnCell;
+  const int64_t nbpad = (nb + 7) / 8 * 8;
+  KnnBlocks k;
+  k.planes = at::full({batch, c, npad}, inf, pts.options());
+  k.planes.narrow(2, 0, n).copy_(p.gather(1, perm.unsqueeze(2).expand({batch, n, c})).transpose(1, 2));
+  k.order = at::full({batch, npad}, -1, perm.options());
+  k.order.narrow(1, 0, n).copy_(perm);
+  const Tensor cells = k.planes.view({batch, c, nb, kKnnCell});
+  k.lo = at::full({batch, c, nbpad}, inf, pts.options());
+  k.hi = at::full({batch, c, nbpad}, inf, pts.options());
+  k.lo.narrow(2, 0, nb).copy_(cells.amin(3));
+  k.hi.narrow(2, 0, nb).copy_(cells.amax(3));
+  k.seed = at::searchsorted(sorted, morton(q, lo, scale)).clamp_max_(n - 1).div_(kKnnCell, "floor");
+  return k;
+}
+
 std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, int64_t k,
                                    const std::optional<Tensor>& query_lengths, const std::optional<Tensor>& lengths) {
   constexpr const char* op = "knn";
@@ -130,9 +179,22 @@ std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, in
   p.n = n;
   p.c = c;
   p.k = k;
-  p.npad = (n + lanes - 1) / lanes * lanes;
   const Tensor qc = query.to(acc).contiguous();
-  const Tensor planes = planes_of(points, acc, p.npad);
+  // Low-dimensional clouds with enough work: the spatial-block search; otherwise brute force.
+  Tensor planes;
+  KnnBlocks blocks;
+  if (c <= 3 && n >= 8 * kKnnCell && m * n >= (int64_t(1) << 20)) {
+    blocks = knn_blocks(qc, points.to(acc), lengths);
+    planes = blocks.planes;
+    p.npad = planes.size(2);
+    p.order = blocks.order.const_data_ptr<int64_t>();
+    p.box_lo = blocks.lo.const_data_ptr();
+    p.box_hi = blocks.hi.const_data_ptr();
+    p.seed = blocks.seed.const_data_ptr<int64_t>();
+  } else {
+    p.npad = (n + lanes - 1) / lanes * lanes;
+    planes = planes_of(points, acc, p.npad);
+  }
   p.query = qc.const_data_ptr();
   p.planes = planes.const_data_ptr();
   p.dists = dists.data_ptr();

@@ -240,24 +240,41 @@ int64_t fps_scratch_bytes(const FpsParams& p) {
 
 // ---- k nearest neighbours --------------------------------------------------------------------------
 
-// The k best (distance, index) pairs so far, sorted by distance then index. Candidates arrive in
-// index order, so inserting after equal distances keeps ties at the lower index.
+// The k best (distance, index) pairs so far, sorted by distance then index (candidates may arrive in
+// any index order: the spatial-block search visits points out of order).
 template <class T>
 struct TopK {
   T* d;
   int64_t* i;
   int64_t k, count = 0;
   T thr = T(__builtin_inf());
+  int64_t thr_i = INT64_MAX;
+  void reset() {
+    count = 0;
+    thr = T(__builtin_inf());
+    thr_i = INT64_MAX;
+  }
+  bool wants(T dv, int64_t jv) const { return dv < thr || (count == k && dv == thr && jv < thr_i); }
   void insert(T dv, int64_t jv) {
     int64_t pos = count < k ? count++ : k - 1;
-    while (pos > 0 && d[pos - 1] > dv) {
+    while (pos > 0 && (d[pos - 1] > dv || (d[pos - 1] == dv && i[pos - 1] > jv))) {
       d[pos] = d[pos - 1];
       i[pos] = i[pos - 1];
       --pos;
     }
     d[pos] = dv;
     i[pos] = jv;
-    if (count == k) thr = d[k - 1];
+    if (count == k) thr = d[k - 1], thr_i = i[k - 1];
+  }
+  // Offers the `lanes` distances d of points j..j+lanes-1 (index map `order`, or identity).
+  void offer(vec<T> d, int64_t j, const int64_t* order) {
+    unsigned bits = lane_bits<T>(d <= vsplat<T>(thr));
+    while (bits) {
+      const int l = __builtin_ctz(bits);
+      bits &= bits - 1;
+      const int64_t jv = order ? order[j + l] : j + l;
+      if (wants(d[l], jv)) insert(d[l], jv);
+    }
   }
 };
 
@@ -265,18 +282,43 @@ template <class T, int CC>
 void knn_query(const KnnParams& p, const T* pl, int64_t n, const T* q, TopK<T>& top) {
   const Query<T, CC> qv(q, 1, p.c);
   const int64_t nv = n / lanes<T> * lanes<T>;
-  for (int64_t j = 0; j < nv; j += lanes<T>) {
-    const vec<T> d = sqdist<T, CC>(pl, p.npad, p.c, qv, j);
-    unsigned bits = lane_bits<T>(d < vsplat<T>(top.thr));
+  for (int64_t j = 0; j < nv; j += lanes<T>) top.offer(sqdist<T, CC>(pl, p.npad, p.c, qv, j), j, nullptr);
+  for (int64_t j = nv; j < n; ++j) {
+    const T d = sqdist1(pl, p.npad, p.c, q, 1, j);
+    if (top.wants(d, j)) top.insert(d, j);
+  }
+}
+
+// The spatial-block search: blocks of kKnnCell Morton-sorted points, visited from the query's own
+// block onwards (so the threshold tightens at once), `lanes` block boxes at a time; a block is skipped
+// when its box's lower bound exceeds the k-th distance by more than rounding could explain, so
+// every point that could enter (or tie) is still offered: the result equals brute force.
+template <class T, int CC>
+void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi,
+                      int64_t nbpad, int64_t seed, const T* q, TopK<T>& top) {
+  constexpr int L = lanes<T>;
+  const int64_t cc = CC > 0 ? CC : p.c;
+  const Query<T, CC> qv(q, 1, p.c);
+  const T slack = T(1) + T(sizeof(T) == 4 ? 1e-5 : 1e-12);
+  const int64_t groups = nbpad / L, g0 = seed / L;
+  for (int64_t s = 0; s < groups; ++s) {
+    const int64_t g = g0 + s < groups ? g0 + s : g0 + s - groups;
+    vec<T> lb{};
+    for (int64_t c = 0; c < cc; ++c) {
+      const vec<T> below = vload(lo + c * nbpad + g * L) - qv.at(c), above = qv.at(c) - vload(hi + c * nbpad + g * L);
+      vec<T> gap = below > above ? below : above;
+      gap = gap > vec<T>{} ? gap : vec<T>{};
+      lb = lb + gap * gap;
+    }
+    unsigned bits = lane_bits<T>(lb <= vsplat<T>(top.thr * slack));  // every box while not full (thr = inf)
     while (bits) {
       const int l = __builtin_ctz(bits);
       bits &= bits - 1;
-      if (d[l] < top.thr) top.insert(d[l], j + l);
+      if (top.count == top.k && lb[l] > top.thr * slack) continue;  // the threshold tightened meanwhile
+      const int64_t j0 = (g * L + l) * kKnnCell;
+      if (j0 >= p.npad) break;  // the boxes' vector padding (lanes in order: the rest is padding too)
+      for (int64_t j = j0; j < j0 + kKnnCell; j += L) top.offer(sqdist<T, CC>(pl, p.npad, p.c, qv, j), j, order);
     }
-  }
-  for (int64_t j = nv; j < n; ++j) {
-    const T d = sqdist1(pl, p.npad, p.c, q, 1, j);
-    if (d < top.thr) top.insert(d, j);
   }
 }
 
@@ -296,9 +338,15 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
         for (int64_t r = 0; r < p.k; ++r) od[r] = T(0), oi[r] = -1;
         continue;
       }
-      top.count = 0;
-      top.thr = T(__builtin_inf());
-      knn_query<T, CC>(p, pl, n, static_cast<const T*>(p.query) + (b * p.m + m) * p.c, top);
+      top.reset();
+      const T* q = static_cast<const T*>(p.query) + (b * p.m + m) * p.c;
+      if (p.order) {
+        const int64_t nbpad = round_up(p.npad / kKnnCell, 8);
+        knn_query_blocks<T, CC>(p, pl, p.order + b * p.npad, static_cast<const T*>(p.box_lo) + b * p.c * nbpad,
+                                static_cast<const T*>(p.box_hi) + b * p.c * nbpad, nbpad, p.seed[b * p.m + m], q, top);
+      } else {
+        knn_query<T, CC>(p, pl, n, q, top);
+      }
       for (int64_t r = 0; r < p.k; ++r) od[r] = top.d[r], oi[r] = top.i[r];
     }
   }

@@ -36,7 +36,15 @@ struct KnnParams {
   void* dists = nullptr;              // (batch, m, k) in the acc type
   int64_t* idx = nullptr;             // (batch, m, k)
   int64_t block = 16;                 // queries per task
+  // Spatial blocks (low C): planes hold the points sorted along a Morton curve, in blocks of
+  // kKnnCell points (padding +inf); order maps a sorted position to the point's index, and each query
+  // starts at its own cell's block and skips blocks whose bounding box is provably too far.
+  const int64_t* order = nullptr;  // (batch, npad) or null: plain brute force over the planes
+  const void* box_lo = nullptr;    // (batch, c, npad / kKnnCell)
+  const void* box_hi = nullptr;    // (batch, c, npad / kKnnCell)
+  const int64_t* seed = nullptr;   // (batch, m): the block each query starts at
 };
+inline constexpr int64_t kKnnCell = 32;
 
 struct PointCloudKernelTable {
   const char* isa;
