@@ -207,32 +207,28 @@ void fps_parts_t(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t 
   }
 }
 
-template <class T>
-void fps_clouds_s(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
-  if (p.c == 3)
-    fps_clouds_t<T, 3>(p, b0, b1, scratch);
+// Calls f.template operator()<T, CC>() with T the compute type and CC = 3 for three channels (kept
+// in registers), else 0 (any number).
+template <class F>
+inline void with_point_types(ScalarKind acc, int64_t c, F&& f) {
+  auto channels = [&]<class T>() {
+    if (c == 3)
+      f.template operator()<T, 3>();
+    else
+      f.template operator()<T, 0>();
+  };
+  if (acc == ScalarKind::Float64)
+    channels.template operator()<double>();
   else
-    fps_clouds_t<T, 0>(p, b0, b1, scratch);
+    channels.template operator()<float>();
 }
+
 void fps_clouds_entry(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
-  if (p.acc == ScalarKind::Float64)
-    fps_clouds_s<double>(p, b0, b1, scratch);
-  else
-    fps_clouds_s<float>(p, b0, b1, scratch);
-}
-template <class T>
-void fps_parts_s(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* sh) {
-  if (p.c == 3)
-    fps_parts_t<T, 3>(p, b, q0, q1, parts, dist, sh);
-  else
-    fps_parts_t<T, 0>(p, b, q0, q1, parts, dist, sh);
+  with_point_types(p.acc, p.c, [&]<class T, int CC>() { fps_clouds_t<T, CC>(p, b0, b1, scratch); });
 }
 void fps_parts_entry(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist,
                      FpsShared* sh) {
-  if (p.acc == ScalarKind::Float64)
-    fps_parts_s<double>(p, b, q0, q1, parts, dist, sh);
-  else
-    fps_parts_s<float>(p, b, q0, q1, parts, dist, sh);
+  with_point_types(p.acc, p.c, [&]<class T, int CC>() { fps_parts_t<T, CC>(p, b, q0, q1, parts, dist, sh); });
 }
 int64_t fps_scratch_bytes(const FpsParams& p) {
   return round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64);
@@ -352,18 +348,8 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
   }
 }
 
-template <class T>
-void knn_s(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
-  if (p.c == 3)
-    knn_t<T, 3>(p, t0, t1, scratch);
-  else
-    knn_t<T, 0>(p, t0, t1, scratch);
-}
 void knn_entry(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
-  if (p.acc == ScalarKind::Float64)
-    knn_s<double>(p, t0, t1, scratch);
-  else
-    knn_s<float>(p, t0, t1, scratch);
+  with_point_types(p.acc, p.c, [&]<class T, int CC>() { knn_t<T, CC>(p, t0, t1, scratch); });
 }
 int64_t knn_scratch_bytes(const KnnParams& p) { return round_up(p.k * 8, 64) * 2 + 64; }
 

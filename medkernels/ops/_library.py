@@ -40,6 +40,21 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"medkernels::{op}", dispatch_key)
 
 
+def cpu_reason(op: str):
+    """The "cpu" backend's reason function (see ``choose_backend``) for an op whose CPU kernel is
+    ``torch.ops.medkernels.<op>``: None when the first input is on the CPU and the kernel is loaded."""
+    loaded = has_kernel(op, "CPU")
+
+    def reason(x, *rest, forced: bool = False, **kw) -> str | None:
+        if x.device.type != "cpu":
+            return f"inputs are on {x.device.type}, not cpu"
+        if not loaded:
+            return f"the compiled kernels are not loaded ({LOAD_ERROR})"
+        return None
+
+    return reason
+
+
 def cpu_isas() -> list[str]:
     """CPU instruction sets with compiled kernels that this CPU runs, widest first."""
     return list(_C.cpu_isas()) if HAS_C else []

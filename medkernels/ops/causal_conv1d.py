@@ -206,15 +206,7 @@ if _library.HAS_TRITON:
                                     _backward_with(torch.ops.medkernels.causal_conv1d_bwd_triton),
                                     setup_context=_setup)
 
-_HAS_CPU_KERNEL = _library.has_kernel("causal_conv1d_fwd", "CPU")
-
-
-def _why_not_cpu(x, *rest, forced: bool = False) -> str | None:
-    if x.device.type != "cpu":
-        return f"inputs are on {x.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
+_why_not_cpu = _library.cpu_reason("causal_conv1d_fwd")
 
 
 def _why_not_triton(x, *rest, forced: bool = False) -> str | None:

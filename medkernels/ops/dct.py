@@ -120,15 +120,7 @@ if _library.HAS_TRITON:
                                     _sep_backward_with(torch.ops.medkernels.separable2d_triton),
                                     setup_context=_sep_setup)
 
-_HAS_CPU_KERNEL = _library.has_kernel("separable2d", "CPU")
-
-
-def _why_not_cpu(x, forced: bool = False) -> str | None:
-    if x.device.type != "cpu":
-        return f"inputs are on {x.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
+_why_not_cpu = _library.cpu_reason("separable2d")
 
 
 def _why_not_triton(x, forced: bool = False) -> str | None:

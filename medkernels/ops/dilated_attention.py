@@ -183,15 +183,7 @@ if _library.HAS_TRITON:
                                     _backward_with(torch.ops.medkernels.dilated_attention3d_bwd_triton),
                                     setup_context=_setup)
 
-_HAS_CPU_KERNEL = _library.has_kernel("dilated_attention3d_fwd", "CPU")
-
-
-def _why_not_cpu(query, forced: bool = False) -> str | None:
-    if query.device.type != "cpu":
-        return f"inputs are on {query.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
+_why_not_cpu = _library.cpu_reason("dilated_attention3d_fwd")
 
 
 def _why_not_triton(query, forced: bool = False) -> str | None:

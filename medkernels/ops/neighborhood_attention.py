@@ -424,21 +424,13 @@ if _library.HAS_TRITON:
 # ---------------------------------------------------------------------------------------------
 # Backends.
 
-_HAS_CPU_KERNEL = _library.has_kernel("na_fwd", "CPU")
+_why_not_cpu = _library.cpu_reason("na_fwd")
 
 
 def _why_not_cuda(query, *rest, **kw) -> str | None:
     if query.device.type != "cuda":
         return f"inputs are on {query.device.type}, not cuda"
     return "no CUDA neighborhood-attention kernel in this version (the triton backend is the GPU path)"
-
-
-def _why_not_cpu(query, *rest, **kw) -> str | None:
-    if query.device.type != "cpu":
-        return f"inputs are on {query.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
 
 
 def _why_not_triton(query, *rest, forced: bool = False) -> str | None:

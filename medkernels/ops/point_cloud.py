@@ -64,12 +64,7 @@ def _check_lengths(fn: str, name: str, lengths, like: torch.Tensor, lo: int, hi:
     return lengths
 
 
-def _why_not_cpu(x, forced: bool = False) -> str | None:
-    if x.device.type != "cpu":
-        return f"inputs are on {x.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
+_why_not_cpu = _library.cpu_reason("furthest_point_sample")
 
 
 def _why_not_triton(x, forced: bool = False) -> str | None:
@@ -87,8 +82,6 @@ _REASONS: dict[str, Reason] = {
     "cpu": _why_not_cpu,
     "reference": lambda *a, **k: None,
 }
-
-_HAS_CPU_KERNEL = _library.has_kernel("furthest_point_sample", "CPU")
 
 
 def _sqdist(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

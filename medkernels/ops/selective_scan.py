@@ -294,7 +294,6 @@ if _library.HAS_TRITON:
 # ---------------------------------------------------------------------------------------------
 # Backends.
 
-_HAS_CPU_KERNEL = _library.has_kernel("selective_scan_fwd", "CPU")
 _HAS_CUDA_KERNEL = _library.has_kernel("selective_scan_fwd", "CUDA")
 # The CUDA kernel's chunk (csrc/include/medkernels/cuda/selective_scan.h: 128 threads x 8 tokens).
 _CUDA_CHUNK = 1024
@@ -323,12 +322,7 @@ def _why_not_triton(u, A=None, B=None, C=None, *rest, forced: bool = False) -> s
     return why
 
 
-def _why_not_cpu(u, *rest, forced: bool = False) -> str | None:
-    if u.device.type != "cpu":
-        return f"inputs are on {u.device.type}, not cpu"
-    if not _HAS_CPU_KERNEL:
-        return f"the compiled kernels are not loaded ({_library.LOAD_ERROR})"
-    return None
+_why_not_cpu = _library.cpu_reason("selective_scan_fwd")
 
 
 _REASONS: dict[str, Reason] = {
