@@ -75,7 +75,7 @@ def test_fps_all_duplicates_and_dtypes():
 
 def test_fps_one_cloud_over_threads_equals_one_thread():
     """A large cloud is split over the threads (a spin barrier per step); the indices do not change."""
-    xyz = torch.randint(0, 40, (1, 40000, 3), generator=torch.Generator().manual_seed(0)).float()
+    xyz = torch.randint(0, 60, (1, 140000, 3), generator=torch.Generator().manual_seed(0)).float()
     before = torch.get_num_threads()
     try:
         runs = []

@@ -79,7 +79,7 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
   p.out = out.data_ptr<int64_t>();
   const int64_t threads = at::get_num_threads();
   // Splitting one cloud pays only when each part's sweep outweighs a barrier per step by far.
-  const int64_t parts = std::min<int64_t>({threads, 64, p.npad / 16384});
+  const int64_t parts = std::min<int64_t>({threads, 64, p.npad / 65536});
 #if AT_PARALLEL_OPENMP
   // One cloud over several threads: every part of an OpenMP team runs concurrently, which the
   // per-step spin barrier needs (a nested call runs all parts in one thread, which is also fine).
