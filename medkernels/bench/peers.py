@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["dformer_attention_official", "dformer_attention_sdpa", "spatial_attention"]
+__all__ += ["kan_unfused"]
 
 
 class _Groups:
@@ -98,3 +99,13 @@ def spatial_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads
     q, k, v = F.linear(t, qkv_weight, qkv_bias).reshape(B, H * W, 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4)
     a = F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).reshape(B, H * W, C)
     return F.linear(a, proj_weight, proj_bias).transpose(1, 2).reshape(B, C, H, W)
+
+
+def kan_unfused(x, grid, inv_denominator, weight):
+    """FasterKAN's own layer after its LayerNorm (AthanasiosDelis/faster-kan, MedViTV2's ``fasterkan.py``):
+    the RSWAF basis ``1 - tanh((x[..., None] - grid) * inv_denominator)^2`` materialised as
+    ``(..., in * G)``, then ``F.linear`` without bias. x ``(..., in)``, weight ``(out, in * G)``."""
+    diff = (x[..., None] - grid).mul(inv_denominator)
+    t = torch.tanh(diff)
+    basis = 1 - t * t
+    return F.linear(basis.flatten(-2), weight)

@@ -16,6 +16,7 @@ from .neighborhood_attention import (
     na3d, na3d_av, na3d_av_ref, na3d_qk, na3d_qk_ref, na3d_ref,
 )
 from .selective_scan import selective_scan_fn, selective_scan_ref
+from .rswaf_kan import rswaf_basis, rswaf_kan, rswaf_kan_ref
 
 __all__ = [
     "BACKENDS",
@@ -41,3 +42,4 @@ __all__ = [
     "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
     "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",
 ]
+__all__ += ["rswaf_kan", "rswaf_kan_ref", "rswaf_basis"]

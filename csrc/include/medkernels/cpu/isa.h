@@ -9,6 +9,7 @@
 #include "medkernels/cpu/dilated_attention.h"
 #include "medkernels/cpu/neighborhood_attention.h"
 #include "medkernels/cpu/selective_scan.h"
+#include "medkernels/cpu/rswaf_kan.h"
 
 namespace medkernels::cpu {
 
@@ -24,5 +25,6 @@ const NaKernelTable& na_kernels();
 const ConvKernelTable& conv_kernels();
 const DaKernelTable& da_kernels();
 const Sep2dKernelTable& sep2d_kernels();
+const KanKernelTable& kan_kernels();
 
 }  // namespace medkernels::cpu
