@@ -79,10 +79,11 @@ TORCH_LIBRARY(medkernels, m) {
   // weight (out, in * G) in x's dtype. Returns (..., out).
   m.def("rswaf_kan_fwd(Tensor x, Tensor grid, Tensor inv_denominator, Tensor weight) -> Tensor",
         {at::Tag::pt2_compliant_tag});
-  // Returns (dx, dgrid, dinv_denominator, dweight) for output_mask (x, grid, inv_denominator, weight); absent ones empty.
+  // Returns (dx, dgrid, dinv_denominator, dweight) for output_mask (x, grid, inv_denominator, weight); absent
+  // ones are empty.
   m.def(
-      "rswaf_kan_bwd(Tensor grad_out, Tensor x, Tensor grid, Tensor inv_denominator, Tensor weight, bool[] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)",
+      "rswaf_kan_bwd(Tensor grad_out, Tensor x, Tensor grid, Tensor inv_denominator, Tensor weight, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
         {at::Tag::pt2_compliant_tag});

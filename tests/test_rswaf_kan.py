@@ -109,11 +109,12 @@ def test_float_inv_denominator_and_deterministic_bits():
 
 
 @requires_triton
-@pytest.mark.parametrize("shape", [((5,), 3, 7, 8), ((2, 9), 6, 20, 3)], ids=str)
-def test_triton_matches_reference(shape):
+@pytest.mark.parametrize("shape,dtype", [(((5,), 3, 7, 8), torch.float32), (((2, 9), 6, 20, 3), torch.float32),
+                                         (((4,), 5, 9, 8), torch.bfloat16)], ids=str)
+def test_triton_matches_reference(shape, dtype):
     """On CPU through the Triton interpreter (TRITON_INTERPRET=1): tiny shapes only."""
     lead, i, o, G = shape
-    check("triton", *make(lead, i, o, G, device=TEST_DEVICE, seed=5), what=str(shape))
+    check("triton", *make(lead, i, o, G, dtype=dtype, device=TEST_DEVICE, seed=5), what=str(shape))
 
 
 # --- gradcheck, compile, opcheck ------------------------------------------------------------------------
@@ -159,7 +160,8 @@ def opcheck_samples():
     samples = {
         "rswaf_kan_fwd": [grad([x, grid, inv, w]), [x, grid, inv, w], [t.double() for t in (x, grid, inv, w)],
                           [x.bfloat16(), grid, inv, w.bfloat16()], [x[0, 0], grid, inv, w]],
-        "rswaf_kan_bwd": [[g, x, grid, inv, w, [True, True, True, True]], [g, x, grid, inv, w, [False, True, False, True]],
+        "rswaf_kan_bwd": [[g, x, grid, inv, w, [True, True, True, True]],
+                          [g, x, grid, inv, w, [False, True, False, True]],
                           [g.double(), *(t.double() for t in (x, grid, inv, w)), [True, False, True, False]]],
     }
     if hasattr(torch.ops.medkernels, "rswaf_kan_fwd_triton"):
@@ -186,7 +188,7 @@ BAD = [
     ("weight 1-D", lambda: ops.rswaf_kan(_X, _G, _I, _W[0]), ValueError, r"weight must be \(out, in \* G\) \(2-D\)"),
     ("weight width", lambda: ops.rswaf_kan(_X, _G, _I, _W[:, :-1]), ValueError, r"\(out, 3 \* 8 = 24\)"),
     ("weight dtype", lambda: ops.rswaf_kan(_X, _G, _I, _W.double()), ValueError, "weight has dtype torch.float64"),
-    ("inv shape", lambda: ops.rswaf_kan(_X, _G, _I[None], _W), ValueError, "inv_denominator must be a float or a 0-dim"),
+    ("inv shape", lambda: ops.rswaf_kan(_X, _G, _I[None], _W), ValueError, "inv_denominator must be a float or a 0-d"),
     ("inv type", lambda: ops.rswaf_kan(_X, _G, "3", _W), TypeError, "inv_denominator must be a float"),
     ("inv bool", lambda: ops.rswaf_kan(_X, _G, True, _W), TypeError, "inv_denominator must be a float"),
     ("inv integer tensor", lambda: ops.rswaf_kan(_X, _G, torch.tensor(3), _W), ValueError, "floating point"),

@@ -49,11 +49,12 @@ Problem setup(const char* op, const Tensor& x, const Tensor& grid, const Tensor&
               ": x must be float32, float16, bfloat16 or float64, got ", st);
   TORCH_CHECK(x.dim() >= 1, op, ": x must be (..., in), got a 0-dim tensor");
   for (const auto& [name, t] :
-       {std::pair<const char*, const Tensor&>{"x", x}, {"grid", grid}, {"inv_denominator", inv_den}, {"weight", weight}})
+       {std::pair<const char*, const Tensor&>{"x", x}, {"grid", grid}, {"inv_denominator", inv_den},
+        {"weight", weight}})
     TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
   const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op, ": grid must be (G,) with G >= 1 in ",
-              acc, ", got ", grid.sizes(), " ", grid.scalar_type());
+  TORCH_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op,
+              ": grid must be (G,) with G >= 1 in ", acc, ", got ", grid.sizes(), " ", grid.scalar_type());
   TORCH_CHECK(inv_den.dim() == 0 && inv_den.scalar_type() == acc, op, ": inv_denominator must be a 0-dim ", acc,
               " tensor, got ", inv_den.sizes(), " ", inv_den.scalar_type());
   const int64_t in = x.size(-1), G = grid.size(0);

@@ -136,7 +136,8 @@ class FasterKANLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.input_dim:
-            raise ValueError(f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape "
+                             f"{tuple(x.shape)}")
         u = self.layernorm(x)
         return ops.rswaf_kan(u, self.rbf.grid, self.rbf.inv_denominator, self.spline_linear.weight,
                              backend=self.backend)

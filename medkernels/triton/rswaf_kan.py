@@ -35,7 +35,7 @@ if AVAILABLE:
 
     @triton.jit
     def _fwd_kernel(X, GRID, W, OUT, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
-                    GP: tl.constexpr, LOWP: tl.constexpr):
+                    GP: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         offs_m = pid_m * BM + tl.arange(0, BM)
@@ -56,15 +56,12 @@ if AVAILABLE:
             _, phi = _basis(xv.to(tl.float32), gv[None, :], inv)
             phi = tl.where(km[None, :], phi, 0.0)
             w = tl.load(W + offs_n[None, :] * K + (ch * G + gi)[:, None], mask=km[:, None] & mn[None, :], other=0.0)
-            if LOWP:
-                acc += tl.dot(phi.to(w.dtype), w)
-            else:
-                acc += tl.dot(phi, w.to(tl.float32), input_precision="ieee")
+            acc += tl.dot(phi, w.to(tl.float32), input_precision=PREC)
         tl.store(OUT + offs_m[:, None] * O + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])
 
     @triton.jit
     def _dx_kernel(DOUT, X, GRID, W, DX, PART_G, PART_I, T, I, O, G, inv, BM: tl.constexpr, BO: tl.constexpr,
-                   BI: tl.constexpr, GP: tl.constexpr):
+                   BI: tl.constexpr, GP: tl.constexpr, PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_i = tl.program_id(1)
         offs_m = pid_m * BM + tl.arange(0, BM)
@@ -80,7 +77,7 @@ if AVAILABLE:
             mo = offs_o < O
             d = tl.load(DOUT + offs_m[:, None] * O + offs_o[None, :], mask=mm[:, None] & mo[None, :], other=0.0)
             w = tl.load(W + offs_o[:, None] * K + (ch * G + gi)[None, :], mask=mo[:, None] & km[None, :], other=0.0)
-            dphi += tl.dot(d.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            dphi += tl.dot(d.to(tl.float32), w.to(tl.float32), input_precision=PREC)
         gv = tl.load(GRID + gi, mask=gi < G, other=0.0)
         xv = tl.load(X + offs_m[:, None] * I + ch[None, :], mask=mm[:, None] & km[None, :], other=0.0).to(tl.float32)
         th, phi = _basis(xv, gv[None, :], inv)
@@ -98,7 +95,7 @@ if AVAILABLE:
 
     @triton.jit
     def _dw_kernel(DOUT, X, GRID, DW, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
-                   GP: tl.constexpr):
+                   GP: tl.constexpr, PREC: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_i = tl.program_id(1)
         offs_n = pid_n * BN + tl.arange(0, BN)
@@ -116,9 +113,14 @@ if AVAILABLE:
             _, phi = _basis(xv.to(tl.float32), gv[None, :], inv)
             phi = tl.where(mm[:, None] & km[None, :], phi, 0.0)
             d = tl.load(DOUT + offs_m[:, None] * O + offs_n[None, :], mask=mm[:, None] & mn[None, :], other=0.0)
-            acc += tl.dot(tl.trans(d.to(tl.float32)), phi, input_precision="ieee")
+            acc += tl.dot(tl.trans(d.to(tl.float32)), phi, input_precision=PREC)
         K = I * G
         tl.store(DW + offs_n[:, None] * K + (ch * G + gi)[None, :], acc, mask=mn[:, None] & km[None, :])
+
+
+def _precision(weight) -> str:
+    """float16/bfloat16 inputs: TF32 tensor cores (finer than the inputs); float32: exact IEEE products."""
+    return "tf32" if weight.dtype in (torch.float16, torch.bfloat16) else "ieee"
 
 
 def _tiles(G: int):
@@ -138,10 +140,10 @@ def forward(x, grid, inv_denominator, weight):
     out = torch.zeros((T, O), device=x.device, dtype=torch.float32)
     if T > 0 and O > 0 and I > 0:
         BM, BN, BI, GP = _tiles(G)
-        lowp = weight.dtype in (torch.float16, torch.bfloat16)
+        prec = _precision(weight)
         grid_ = (triton.cdiv(T, BM), triton.cdiv(O, BN))
         _fwd_kernel[grid_](x2, grid.float().contiguous(), weight.contiguous(), out, T, I, O, G,
-                           float(inv_denominator), BM=BM, BN=BN, BI=BI, GP=GP, LOWP=lowp)
+                           float(inv_denominator), BM=BM, BN=BN, BI=BI, GP=GP, PREC=prec)
     return out.to(x.dtype).reshape(*x.shape[:-1], O)
 
 
@@ -165,7 +167,8 @@ def backward(grad_out, x, grid, inv_denominator, weight, output_mask):
         part_g = torch.zeros((nm * ni, GP), device=x.device, dtype=torch.float32)
         part_i = torch.zeros((nm * ni,), device=x.device, dtype=torch.float32)
         if T > 0 and I > 0:
-            _dx_kernel[(nm, ni)](d2, x2, g32, w, dx32, part_g, part_i, T, I, O, G, inv, BM=BM, BO=BN, BI=BI, GP=GP)
+            _dx_kernel[(nm, ni)](d2, x2, g32, w, dx32, part_g, part_i, T, I, O, G, inv, BM=BM, BO=BN, BI=BI, GP=GP,
+                                 PREC=_precision(weight))
         dx = dx32.to(x.dtype).reshape(x.shape)
         dgrid = (part_g.sum(0)[:G] * -inv).to(grid.dtype)
         dinv = part_i.sum().to(inv_denominator.dtype)
@@ -173,7 +176,7 @@ def backward(grad_out, x, grid, inv_denominator, weight, output_mask):
         dw32 = torch.zeros((O, I * G), device=x.device, dtype=torch.float32)
         if T > 0 and O > 0 and I > 0:
             _dw_kernel[(triton.cdiv(O, BN), triton.cdiv(I, BI))](d2, x2, g32, dw32, T, I, O, G, inv, BM=BM, BN=BN,
-                                                                 BI=BI, GP=GP)
+                                                                 BI=BI, GP=GP, PREC=_precision(weight))
         dw = dw32.to(weight.dtype)
 
     def pick(t, need, like):
