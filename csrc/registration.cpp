@@ -79,6 +79,17 @@ TORCH_LIBRARY(medkernels, m) {
         {at::Tag::pt2_compliant_tag});
   m.def("knn(Tensor query, Tensor points, int k, Tensor? query_lengths, Tensor? lengths) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  // FasterKAN layer after its LayerNorm: out = phi(x) @ weight^T with phi_{i*G+g}(x) = 1 - tanh((x_i - grid_g) *
+  // inv_denominator)^2; x (..., in), grid (G,) and inv_denominator (0-dim) in float32 (float64 for float64 x),
+  // weight (out, in * G) in x's dtype. Returns (..., out).
+  m.def("rswaf_kan_fwd(Tensor x, Tensor grid, Tensor inv_denominator, Tensor weight) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // Returns (dx, dgrid, dinv_denominator, dweight) for output_mask (x, grid, inv_denominator, weight); absent
+  // ones are empty.
+  m.def(
+      "rswaf_kan_bwd(Tensor grad_out, Tensor x, Tensor grid, Tensor inv_denominator, Tensor weight, "
+      "bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
   m.def("na_av(Tensor attn, Tensor value, int[] kernel_size, int[] dilation, bool[] is_causal) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(

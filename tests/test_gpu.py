@@ -182,3 +182,24 @@ def test_knn_triton_on_gpu_equals_cpu(m, n, k, c):
                                  .sum(), [qc, pc])
     close(gq.cpu(), wq, 1e-4, 1e-4, "dquery")
     close(gp.cpu(), wp, 1e-4, 1e-4, "dpoints")
+
+
+@pytest.mark.parametrize("dtype,G", [(torch.float32, 8), (torch.bfloat16, 8), (torch.float32, 5)], ids=str)
+def test_rswaf_kan_triton_on_gpu_matches_cpu(dtype, G):
+    from test_rswaf_kan import make, run
+
+    x, grid, inv, w = make((3, 700), 96, 200, G, dtype=dtype, seed=11)
+    cpu = run("cpu", x, grid, inv, w)
+    gpu = run("triton", *(t.cuda() for t in (x, grid, inv, w)))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for name, a, b in zip(("out", "x", "grid", "inv", "w"), gpu, cpu):
+        close(a.cpu(), b, tol, tol * max(1.0, b.abs().max().item()), f"rswaf_kan triton {name}")
+
+
+def test_fasterkan_module_on_gpu():
+    torch.manual_seed(0)
+    m = mknn.FasterKAN([64, 128, 64])
+    x = torch.randn(4, 49, 64)
+    mg = mknn.FasterKAN([64, 128, 64]).cuda()
+    mg.load_state_dict(m.state_dict())
+    close(mg(x.cuda()).cpu(), m(x), 1e-4, 1e-4, "FasterKAN gpu")

@@ -80,6 +80,7 @@ const ConvKernelTable& conv_kernels() { return MK_PICK(conv_kernels); }
 const DaKernelTable& da_kernels() { return MK_PICK(da_kernels); }
 const Sep2dKernelTable& sep2d_kernels() { return MK_PICK(sep2d_kernels); }
 const PointCloudKernelTable& point_cloud_kernels() { return MK_PICK(point_cloud_kernels); }
+const KanKernelTable& kan_kernels() { return MK_PICK(kan_kernels); }
 #undef MK_PICK
 
 }  // namespace medkernels::cpu

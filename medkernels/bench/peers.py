@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["cdist_topk_knn", "dformer_attention_official", "dformer_attention_sdpa", "faiss_flat_knn", "fpsample_fps",
-           "spatial_attention"]
+           "kan_unfused", "spatial_attention"]
 
 
 class _Groups:
@@ -131,3 +131,16 @@ def cdist_topk_knn(query: torch.Tensor, points: torch.Tensor, k: int):
     """What plain PyTorch code does: all pairwise distances with cdist, then topk (squared, differentiable)."""
     d, idx = torch.cdist(query, points).topk(k, dim=-1, largest=False)
     return d.square(), idx
+
+
+# --- FasterKAN -----------------------------------------------------------------------------------------
+
+
+def kan_unfused(x, grid, inv_denominator, weight):
+    """FasterKAN's own layer after its LayerNorm (AthanasiosDelis/faster-kan, MedViTV2's ``fasterkan.py``):
+    the RSWAF basis ``1 - tanh((x[..., None] - grid) * inv_denominator)^2`` materialised as
+    ``(..., in * G)``, then ``F.linear`` without bias. x ``(..., in)``, weight ``(out, in * G)``."""
+    diff = (x[..., None] - grid).mul(inv_denominator)
+    t = torch.tanh(diff)
+    basis = 1 - t * t
+    return F.linear(basis.flatten(-2), weight)

@@ -5,7 +5,9 @@ Each matches the constructor and state_dict names of the module it replaces.
 
 from .dct_attention import DCTAttention
 from .dformer import DFormerBlock, DilatedAttention3d
+from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 __all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "InferenceParams", "Mamba", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+__all__ += ["FasterKAN", "FasterKANLayer"]

@@ -17,6 +17,7 @@ from .neighborhood_attention import (
 )
 from .point_cloud import furthest_point_sample, furthest_point_sample_ref, knn, knn_ref
 from .selective_scan import selective_scan_fn, selective_scan_ref
+from .rswaf_kan import rswaf_basis, rswaf_kan, rswaf_kan_ref
 
 __all__ = [
     "BACKENDS",
@@ -46,3 +47,4 @@ __all__ = [
     "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
     "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",
 ]
+__all__ += ["rswaf_kan", "rswaf_kan_ref", "rswaf_basis"]

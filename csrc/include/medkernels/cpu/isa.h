@@ -10,6 +10,7 @@
 #include "medkernels/cpu/neighborhood_attention.h"
 #include "medkernels/cpu/point_cloud.h"
 #include "medkernels/cpu/selective_scan.h"
+#include "medkernels/cpu/rswaf_kan.h"
 
 namespace medkernels::cpu {
 
@@ -26,5 +27,6 @@ const ConvKernelTable& conv_kernels();
 const DaKernelTable& da_kernels();
 const Sep2dKernelTable& sep2d_kernels();
 const PointCloudKernelTable& point_cloud_kernels();
+const KanKernelTable& kan_kernels();
 
 }  // namespace medkernels::cpu

@@ -1,0 +1,226 @@
+// FasterKAN's RSWAF basis + linear layer (the MedViTV2 KAN hot spot), CPU implementation of
+// medkernels::rswaf_kan_fwd / _bwd:
+//   out[t, o] = sum_{i, g} phi(x[t, i], g) * weight[o, i * G + g],  phi = 1 - tanh((x - grid[g]) * inv_den)^2.
+//
+// The torch side: checks and a loop over tiles of (token rows x input channels) whose sizes depend only on
+// the shapes. Per tile, the kernel (rswaf_kan_kernel.h) forms the tile's basis in a scratch buffer
+// (parallel over rows) and ATen's BLAS multiplies it by the matching weight columns, accumulating the
+// output over channel chunks. The backward recomputes the tile's basis, forms dL/dphi = grad_out @ weight
+// for the tile only and contracts it at once into dx (whole channels per tile: no accumulation) and the
+// grid and inv_den row partials; dweight's columns of the chunk are grad_out^T @ phi of the tile. The
+// (tokens, in * G) basis never exists: scratch is one or two tiles of about 2M elements.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common.h"
+#include "medkernels/cpu/isa.h"
+#include "medkernels/cpu/rswaf_kan.h"
+
+namespace medkernels::cpu {
+namespace {
+
+using at::Tensor;
+
+// The basis is formed in tiles of `rows` tokens x `chans` channels (the whole token range when it fits,
+// so each product streams the weight once): chunks of about 512 basis columns, tiles of about 2^21
+// elements (8 MiB in float32). Depends only on the shapes.
+struct Tiling {
+  int64_t rows, chans;
+};
+Tiling tiling(int64_t tokens, int64_t in, int64_t G) {
+  const int64_t chans = std::clamp<int64_t>(512 / G, 1, std::max<int64_t>(in, 1));
+  const int64_t rows = std::max<int64_t>(16, ((int64_t(1) << 21) / (chans * G)) / 16 * 16);
+  return {std::min(rows, std::max<int64_t>(tokens, 1)), chans};
+}
+
+struct Problem {
+  KanParams p;
+  int64_t tokens = 0, out = 0;
+  at::ScalarType acc;
+  Tensor x2, w_acc, grid_rep;  // keep-alives
+};
+
+Problem setup(const char* op, const Tensor& x, const Tensor& grid, const Tensor& inv_den, const Tensor& weight) {
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": x must be float32, float16, bfloat16 or float64, got ", st);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must be (..., in), got a 0-dim tensor");
+  for (const auto& [name, t] :
+       {std::pair<const char*, const Tensor&>{"x", x}, {"grid", grid}, {"inv_denominator", inv_den},
+        {"weight", weight}})
+    TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
+  const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op,
+              ": grid must be (G,) with G >= 1 in ", acc, ", got ", grid.sizes(), " ", grid.scalar_type());
+  TORCH_CHECK(inv_den.dim() == 0 && inv_den.scalar_type() == acc, op, ": inv_denominator must be a 0-dim ", acc,
+              " tensor, got ", inv_den.sizes(), " ", inv_den.scalar_type());
+  const int64_t in = x.size(-1), G = grid.size(0);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == in * G && weight.scalar_type() == st, op,
+              ": weight must be (out, in * G) = (out, ", in * G, ") in ", st, ", got ", weight.sizes(), " ",
+              weight.scalar_type());
+  Problem pr;
+  pr.acc = acc;
+  pr.tokens = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) pr.tokens *= x.size(d);
+  pr.out = weight.size(0);
+  pr.x2 = x.reshape({pr.tokens, in}).contiguous();
+  pr.w_acc = weight.to(acc).contiguous();
+  pr.grid_rep = grid.contiguous().repeat({in});
+  KanParams& p = pr.p;
+  p.dtype = kind_of(st, op);
+  p.acc = acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  p.in = in;
+  p.grids = G;
+  p.k = in * G;
+  p.inv_den = inv_den.item<double>();
+  p.x = pr.x2.const_data_ptr();
+  p.grid_rep = pr.grid_rep.const_data_ptr();
+  return pr;
+}
+
+std::vector<int64_t> out_shape(const Tensor& x, int64_t last) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = last;
+  return shape;
+}
+
+template <class F>
+void rows_parallel(int64_t n, F&& f) {
+  at::parallel_for(0, n, 8, f);
+}
+
+Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_den, const Tensor& weight) {
+  constexpr const char* op = "rswaf_kan_fwd";
+  Problem pr = setup(op, x, grid, inv_den, weight);
+  const KanParams& p = pr.p;
+  const KanKernelTable& kern = kan_kernels();
+  Tensor out_acc = at::empty({pr.tokens, pr.out}, x.options().dtype(pr.acc));
+  if (pr.tokens > 0 && pr.out > 0) {
+    if (p.k == 0) {
+      out_acc.zero_();
+    } else {
+      const Tiling tl = tiling(pr.tokens, p.in, p.grids);
+      Tensor phi = at::empty({tl.rows * tl.chans * p.grids}, x.options().dtype(pr.acc));
+      Scratch scratch(kern.scratch_bytes(p));
+      const int64_t esize = int64_t(phi.element_size());
+      for (int64_t b0 = 0; b0 < pr.tokens; b0 += tl.rows) {
+        const int64_t n = std::min(tl.rows, pr.tokens - b0);
+        Tensor ob = out_acc.narrow(0, b0, n);
+        for (int64_t c0 = 0; c0 < p.in; c0 += tl.chans) {
+          const int64_t m = std::min(tl.chans, p.in - c0), kc = m * p.grids;
+          Tensor phib = phi.narrow(0, 0, n * kc).view({n, kc});
+          char* base = static_cast<char*>(phib.data_ptr());
+          rows_parallel(n, [&](int64_t r0, int64_t r1) {
+            kern.basis(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, base + r0 * kc * esize, scratch.for_thread());
+          });
+          const Tensor wct = pr.w_acc.narrow(1, c0 * p.grids, kc).t();
+          if (c0 == 0)
+            at::mm_out(ob, phib, wct);
+          else
+            ob.addmm_(phib, wct);
+        }
+      }
+    }
+  }
+  Tensor out = out_acc.scalar_type() == x.scalar_type() ? out_acc : out_acc.to(x.scalar_type());
+  return out.reshape(out_shape(x, pr.out));
+}
+
+// output_mask: (x, grid, inv_denominator, weight). Absent gradients are empty tensors.
+std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_out, const Tensor& x,
+                                                             const Tensor& grid, const Tensor& inv_den,
+                                                             const Tensor& weight, const c10::List<bool>& output_mask) {
+  constexpr const char* op = "rswaf_kan_bwd";
+  Problem pr = setup(op, x, grid, inv_den, weight);
+  TORCH_CHECK(output_mask.size() == 4, op, ": output_mask must have 4 entries, got ", output_mask.size());
+  const bool need_x = output_mask[0], need_grid = output_mask[1], need_inv = output_mask[2], need_w = output_mask[3];
+  TORCH_CHECK(grad_out.device().is_cpu(), op, ": expected CPU tensors, got grad_out on ", grad_out.device());
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape(x, pr.out)), op, ": grad_out must be ",
+              at::IntArrayRef(out_shape(x, pr.out)), ", got ", grad_out.sizes());
+  KanParams& p = pr.p;
+  const KanKernelTable& kern = kan_kernels();
+  const auto acc_opts = x.options().dtype(pr.acc);
+  const bool need_da = need_x || need_grid || need_inv;
+  const bool work = pr.tokens > 0 && pr.out > 0 && p.k > 0;
+  Tensor dx = need_x ? (work ? at::empty({pr.tokens, p.in}, x.options()) : at::zeros({pr.tokens, p.in}, x.options()))
+                     : at::empty({0}, x.options());
+  Tensor dgrid_rows = need_grid ? at::zeros({pr.tokens, p.grids}, acc_opts) : Tensor();
+  Tensor dinv_rows = need_inv ? at::zeros({pr.tokens}, acc_opts) : Tensor();
+  Tensor dw_acc = need_w ? (work ? at::empty({pr.out, p.k}, acc_opts) : at::zeros({pr.out, p.k}, acc_opts)) : Tensor();
+  if (work && (need_da || need_w)) {
+    p.dx = need_x ? dx.data_ptr() : nullptr;
+    p.dgrid_rows = need_grid ? dgrid_rows.data_ptr() : nullptr;
+    p.dinv_rows = need_inv ? dinv_rows.data_ptr() : nullptr;
+    const Tensor g2 = grad_out.reshape({pr.tokens, pr.out}).to(pr.acc).contiguous();
+    const Tiling tl = tiling(pr.tokens, p.in, p.grids);
+    const int64_t tile = tl.rows * tl.chans * p.grids;
+    Tensor dphi = need_da ? at::empty({tile}, acc_opts) : Tensor();
+    Tensor phi = need_w ? at::empty({tile}, acc_opts) : Tensor();
+    Scratch scratch(kern.scratch_bytes(p));
+    const int64_t esize = int64_t(at::elementSize(pr.acc));
+    for (int64_t b0 = 0; b0 < pr.tokens; b0 += tl.rows) {
+      const int64_t n = std::min(tl.rows, pr.tokens - b0);
+      const Tensor gb = g2.narrow(0, b0, n);
+      for (int64_t c0 = 0; c0 < p.in; c0 += tl.chans) {
+        const int64_t m = std::min(tl.chans, p.in - c0), kc = m * p.grids;
+        Tensor phib = need_w ? phi.narrow(0, 0, n * kc).view({n, kc}) : Tensor();
+        char* phi_base = need_w ? static_cast<char*>(phib.data_ptr()) : nullptr;
+        if (need_da) {
+          Tensor db = dphi.narrow(0, 0, n * kc).view({n, kc});
+          at::mm_out(db, gb, pr.w_acc.narrow(1, c0 * p.grids, kc));  // dL/dphi of the tile
+          char* da_base = static_cast<char*>(db.data_ptr());
+          rows_parallel(n, [&](int64_t r0, int64_t r1) {
+            kern.backward(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, da_base + r0 * kc * esize,
+                          phi_base ? phi_base + r0 * kc * esize : nullptr, scratch.for_thread());
+          });
+        } else {
+          rows_parallel(n, [&](int64_t r0, int64_t r1) {
+            kern.basis(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, phi_base + r0 * kc * esize,
+                       scratch.for_thread());
+          });
+        }
+        if (need_w) {
+          Tensor dwc = dw_acc.narrow(1, c0 * p.grids, kc);
+          if (b0 == 0)
+            at::mm_out(dwc, gb.t(), phib);
+          else
+            dwc.addmm_(gb.t(), phib);
+        }
+      }
+    }
+  }
+  // Row partials summed in a fixed order (deterministic for any thread count).
+  Tensor dgrid = need_grid ? at::zeros({p.grids}, acc_opts) : at::empty({0}, grid.options());
+  Tensor dinv = need_inv ? at::zeros({}, acc_opts) : at::empty({0}, inv_den.options());
+  AT_DISPATCH_FLOATING_TYPES(pr.acc, "rswaf_kan_bwd_reduce", [&] {
+    if (need_grid) {
+      const scalar_t* rows = dgrid_rows.const_data_ptr<scalar_t>();
+      scalar_t* d = dgrid.data_ptr<scalar_t>();
+      for (int64_t t = 0; t < pr.tokens; ++t)
+        for (int64_t g = 0; g < p.grids; ++g) d[g] += rows[t * p.grids + g];
+      for (int64_t g = 0; g < p.grids; ++g) d[g] *= scalar_t(-p.inv_den);
+    }
+    if (need_inv) {
+      const scalar_t* rows = dinv_rows.const_data_ptr<scalar_t>();
+      scalar_t s = 0;
+      for (int64_t t = 0; t < pr.tokens; ++t) s += rows[t];
+      dinv.fill_(s);
+    }
+  });
+  Tensor dw = !need_w ? at::empty({0}, weight.options())
+                      : (dw_acc.scalar_type() == weight.scalar_type() ? dw_acc : dw_acc.to(weight.scalar_type()));
+  if (need_x) dx = dx.reshape(x.sizes());
+  return {dx, dgrid, dinv, dw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  m.impl("rswaf_kan_fwd", &rswaf_kan_fwd_cpu);
+  m.impl("rswaf_kan_bwd", &rswaf_kan_bwd_cpu);
+}
+
+}  // namespace medkernels::cpu

@@ -1,0 +1,207 @@
+"""FasterKAN's layer after its LayerNorm, fused: the RSWAF basis formed inside the matrix product.
+
+FasterKAN (A. Delis, GitHub AthanasiosDelis/faster-kan) is a Kolmogorov-Arnold network (Liu et al.,
+arXiv 2404.19756) whose univariate functions are sums of "reflectional switch" (RSWAF) bumps; MedViTV2
+(Manzari et al., arXiv 2502.13693) puts one after every global block, and it is that model's hot spot.
+Per token and input channel ``i`` it evaluates G bumps around fixed grid points,
+
+    phi[i * G + g] = 1 - tanh((x[i] - grid[g]) * inv_denominator) ** 2,
+
+(flattened channel-major) and applies a bias-free linear map ``out = phi @ weight^T`` with weight
+``(out, in * G)``. The unfused layer writes the G-times expanded basis (``tokens x in * G``) and keeps it
+(and tanh's output) for the backward. :func:`rswaf_kan` forms the basis block by block inside the product
+and recomputes it in the backward, so memory stays at the size of the inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _library
+from ._backend import Reason, choose_backend
+
+__all__ = ["rswaf_kan", "rswaf_kan_ref", "rswaf_basis"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def rswaf_basis(x, grid, inv_denominator):
+    """The unfused RSWAF basis (what FasterKAN stores): ``(..., in) -> (..., in * G)``, channel-major.
+
+    Args:
+        x: ``(..., in)`` floating point.
+        grid: ``(G,)`` grid points.
+        inv_denominator: a float or 0-dim tensor.
+
+    Returns:
+        ``(..., in * G)`` with entry ``i * G + g`` equal to ``1 - tanh((x[i] - grid[g]) * inv_denominator)^2``,
+        in the promoted dtype of the inputs.
+    """
+    th = torch.tanh((x[..., None] - grid) * inv_denominator)
+    return (1 - th * th).flatten(-2)
+
+
+def _check(fn, x, grid, inv_denominator, weight):
+    for name, t in (("x", x), ("grid", grid), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"{fn}: x must be (..., in) with at least 1 dim, got a 0-dim tensor")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{fn}: x must be float32, float16 or bfloat16 (or float64), got {x.dtype}")
+    if grid.dim() != 1 or grid.shape[0] < 1:
+        raise ValueError(f"{fn}: grid must be (G,) with G >= 1, got shape {tuple(grid.shape)}")
+    if not grid.is_floating_point():
+        raise ValueError(f"{fn}: grid must be floating point, got {grid.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"{fn}: weight must be (out, in * G) (2-D), got shape {tuple(weight.shape)}")
+    k = x.shape[-1] * grid.shape[0]
+    if weight.shape[1] != k:
+        raise ValueError(f"{fn}: weight must be (out, in * G) = (out, {x.shape[-1]} * {grid.shape[0]} = {k}), got "
+                         f"shape {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"{fn}: weight has dtype {weight.dtype} but x has {x.dtype}")
+    for name, t in (("grid", grid), ("weight", weight)):
+        if t.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    if isinstance(inv_denominator, torch.Tensor):
+        if inv_denominator.dim() != 0:
+            raise ValueError(f"{fn}: inv_denominator must be a float or a 0-dim tensor, got shape "
+                             f"{tuple(inv_denominator.shape)}")
+        if not inv_denominator.is_floating_point():
+            raise ValueError(f"{fn}: inv_denominator must be floating point, got {inv_denominator.dtype}")
+        if inv_denominator.device != x.device:
+            raise ValueError(f"{fn}: inv_denominator is on {inv_denominator.device} but x is on {x.device}")
+    elif isinstance(inv_denominator, bool) or not isinstance(inv_denominator, (int, float)):
+        raise TypeError(f"{fn}: inv_denominator must be a float or a 0-dim tensor, got "
+                        f"{type(inv_denominator).__name__}")
+
+
+def _reference(x, grid, inv_denominator, weight):
+    """The unfused layer in float32 (float64 for float64 inputs): basis, then F.linear."""
+    acc = _acc(x)
+    phi = rswaf_basis(x.to(acc), grid.to(acc), inv_denominator.to(acc))
+    return F.linear(phi, weight.to(acc)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fakes, autograd, the Triton ops.
+
+
+def _fwd_fake(x, grid, inv_denominator, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _bwd_fake(grad_out, x, grid, inv_denominator, weight, output_mask):
+    def grad_like(t, need):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty((0,))
+
+    return tuple(grad_like(t, need) for t, need in zip((x, grid, inv_denominator, weight), output_mask))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_with(bwd_op):
+    def backward(ctx, grad_out):
+        x, grid, inv_denominator, weight = ctx.saved_tensors
+        mask = [bool(n) for n in ctx.needs_input_grad[:4]]
+        grads = bwd_op(grad_out.contiguous(), x, grid, inv_denominator, weight, mask)
+        return tuple(g if need else None for g, need in zip(grads, mask))
+
+    return backward
+
+
+if _library.HAS_C:
+    torch.library.register_fake("medkernels::rswaf_kan_fwd")(_fwd_fake)
+    torch.library.register_fake("medkernels::rswaf_kan_bwd")(_bwd_fake)
+    torch.library.register_autograd("medkernels::rswaf_kan_fwd", _backward_with(torch.ops.medkernels.rswaf_kan_bwd),
+                                    setup_context=_setup)
+
+if _library.HAS_TRITON:
+    from medkernels.triton import rswaf_kan as _tkan
+
+    @torch.library.custom_op("medkernels::rswaf_kan_fwd_triton", mutates_args=())
+    def _fwd_triton(x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
+        return _tkan.forward(x, grid, inv_denominator, weight)
+
+    @torch.library.custom_op("medkernels::rswaf_kan_bwd_triton", mutates_args=())
+    def _bwd_triton(grad_out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor,
+                    weight: torch.Tensor, output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                            torch.Tensor]:
+        return _tkan.backward(grad_out, x, grid, inv_denominator, weight, output_mask)
+
+    torch.library.register_fake("medkernels::rswaf_kan_fwd_triton")(_fwd_fake)
+    torch.library.register_fake("medkernels::rswaf_kan_bwd_triton")(_bwd_fake)
+    torch.library.register_autograd("medkernels::rswaf_kan_fwd_triton",
+                                    _backward_with(torch.ops.medkernels.rswaf_kan_bwd_triton), setup_context=_setup)
+
+_why_not_cpu = _library.cpu_reason("rswaf_kan_fwd")
+
+
+def _why_not_triton(x, forced: bool = False) -> str | None:
+    from medkernels.triton import interpreter_or_gpu
+
+    if x.dtype == torch.float64:
+        return "the Triton KAN kernels compute in float32; float64 runs on the cpu and reference backends"
+    return interpreter_or_gpu(x, forced)
+
+
+_REASONS: dict[str, Reason] = {
+    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
+                            else "no CUDA KAN kernel (the triton backend is the GPU path)"),
+    "triton": _why_not_triton,
+    "cpu": _why_not_cpu,
+    "reference": lambda *a, **k: None,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
+    """FasterKAN's RSWAF basis + bias-free linear map, fused (the layer after its LayerNorm).
+
+    ``out[..., o] = sum_{i, g} (1 - tanh((x[..., i] - grid[g]) * inv_denominator)^2) * weight[o, i * G + g]``:
+    the basis is flattened channel-major (index ``i * G + g``), as FasterKAN's ``rbf(x).view(n, -1)``.
+
+    Args:
+        x: ``(..., in)`` float32/float16/bfloat16 (float64 for gradcheck); any leading dims (tokens).
+        grid: ``(G,)`` grid points (e.g. ``linspace(-2, 2, 8)``), any floating dtype, on x's device.
+        inv_denominator: ``1 / denominator``: a Python float or a 0-dim floating tensor on x's device.
+        weight: ``(out, in * G)`` in x's dtype (``spline_linear.weight``).
+        backend: None/"auto", "cuda", "triton", "cpu" or "reference" (see medkernels.ops.choose_backend).
+
+    Returns:
+        ``(..., out)`` in x's dtype, computed with float32 accumulation (float64 for float64). Differentiable
+        in x and weight, and in grid and inv_denominator when they require grad.
+
+    Raises:
+        TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches.
+    """
+    fn = "rswaf_kan"
+    _check(fn, x, grid, inv_denominator, weight)
+    acc = _acc(x)
+    g = grid.to(acc)
+    inv = (inv_denominator.to(acc) if isinstance(inv_denominator, torch.Tensor)
+           else torch.full((), float(inv_denominator), dtype=acc, device=x.device))
+    name = choose_backend(fn, _REASONS, backend, x)
+    if name == "reference":
+        return _reference(x, g, inv, weight)
+    if name == "triton":
+        return torch.ops.medkernels.rswaf_kan_fwd_triton(x, g, inv, weight)
+    return torch.ops.medkernels.rswaf_kan_fwd(x, g, inv, weight)
+
+
+def rswaf_kan_ref(x, grid, inv_denominator, weight):
+    """Pure-PyTorch :func:`rswaf_kan` (the oracle): :func:`rswaf_basis` materialised in float32 (float64
+    for float64), then ``F.linear``. Arguments and returns as :func:`rswaf_kan`."""
+    return rswaf_kan(x, grid, inv_denominator, weight, backend="reference")

@@ -1,0 +1,186 @@
+"""Triton kernels for the fused FasterKAN layer (medkernels.ops.rswaf_kan): the GPU path.
+
+The basis index ``k = i * G + g`` is tiled as BI channels x GP grid slots (GP = G rounded up to a power
+of two, the extra slots masked), so every tile holds whole channels:
+
+* forward: each program owns a (tokens x outputs) tile and loops over channel chunks, forming the basis
+  tile in registers and feeding it to ``tl.dot`` with the matching weight slice;
+* dx: each program owns (tokens x channels); it forms dL/dphi = grad_out @ weight for its tile in
+  registers, multiplies by the recomputed basis derivative, sums over the grid slots into dx and writes
+  its partial sums for dgrid and dinv_denominator (reduced in a fixed order by the launcher);
+* dweight: each program owns (outputs x channels) and loops over tokens, recomputing the basis.
+
+All arithmetic is float32 (inputs of other dtypes are converted on load); the basis is never stored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import AVAILABLE, interpreting
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _basis(xv, gv, inv):
+        """(tanh(a), 1 - tanh(a)^2) for a = (x - g) * inv, from e = exp(-2|a|) (no overflow)."""
+        a = (xv - gv) * inv
+        e = tl.exp(-2.0 * tl.abs(a))
+        r = 1.0 / (1.0 + e)
+        t = (1.0 - e) * r
+        th = tl.where(a < 0, -t, t)
+        return th, 4.0 * e * r * r
+
+    @triton.jit
+    def _fwd_kernel(X, GRID, W, OUT, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
+                    GP: tl.constexpr, PREC: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        mm = offs_m < T
+        mn = offs_n < O
+        kk = tl.arange(0, BI * GP)
+        ci = kk // GP
+        gi = kk % GP
+        gmask = gi < G
+        gv = tl.load(GRID + gi, mask=gmask, other=0.0)
+        K = I * G
+        acc = tl.zeros([BM, BN], tl.float32)
+        for i0 in range(0, I, BI):
+            ch = i0 + ci
+            km = gmask & (ch < I)
+            xv = tl.load(X + offs_m[:, None] * I + ch[None, :], mask=mm[:, None] & km[None, :], other=0.0)
+            _, phi = _basis(xv.to(tl.float32), gv[None, :], inv)
+            phi = tl.where(km[None, :], phi, 0.0)
+            w = tl.load(W + offs_n[None, :] * K + (ch * G + gi)[:, None], mask=km[:, None] & mn[None, :], other=0.0)
+            acc += tl.dot(phi, w.to(tl.float32), input_precision=PREC)
+        tl.store(OUT + offs_m[:, None] * O + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])
+
+    @triton.jit
+    def _dx_kernel(DOUT, X, GRID, W, DX, PART_G, PART_I, T, I, O, G, inv, BM: tl.constexpr, BO: tl.constexpr,
+                   BI: tl.constexpr, GP: tl.constexpr, PREC: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_i = tl.program_id(1)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        mm = offs_m < T
+        kk = tl.arange(0, BI * GP)
+        ch = pid_i * BI + kk // GP
+        gi = kk % GP
+        km = (gi < G) & (ch < I)
+        K = I * G
+        dphi = tl.zeros([BM, BI * GP], tl.float32)
+        for o0 in range(0, O, BO):
+            offs_o = o0 + tl.arange(0, BO)
+            mo = offs_o < O
+            d = tl.load(DOUT + offs_m[:, None] * O + offs_o[None, :], mask=mm[:, None] & mo[None, :], other=0.0)
+            w = tl.load(W + offs_o[:, None] * K + (ch * G + gi)[None, :], mask=mo[:, None] & km[None, :], other=0.0)
+            dphi += tl.dot(d.to(tl.float32), w.to(tl.float32), input_precision=PREC)
+        gv = tl.load(GRID + gi, mask=gi < G, other=0.0)
+        xv = tl.load(X + offs_m[:, None] * I + ch[None, :], mask=mm[:, None] & km[None, :], other=0.0).to(tl.float32)
+        th, phi = _basis(xv, gv[None, :], inv)
+        valid = mm[:, None] & km[None, :]
+        da = tl.where(valid, dphi * (-2.0 * th * phi), 0.0)
+        da3 = tl.reshape(da, (BM, BI, GP))
+        dx = tl.sum(da3, axis=2) * inv
+        offs_c = pid_i * BI + tl.arange(0, BI)
+        tl.store(DX + offs_m[:, None] * I + offs_c[None, :], dx, mask=mm[:, None] & (offs_c < I)[None, :])
+        part = pid_m * tl.num_programs(1) + pid_i
+        dg = tl.sum(tl.sum(da3, axis=1), axis=0)
+        tl.store(PART_G + part * GP + tl.arange(0, GP), dg)
+        dinv = tl.sum(tl.sum(tl.where(valid, da * (xv - gv[None, :]), 0.0), axis=1), axis=0)
+        tl.store(PART_I + part, dinv)
+
+    @triton.jit
+    def _dw_kernel(DOUT, X, GRID, DW, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
+                   GP: tl.constexpr, PREC: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_i = tl.program_id(1)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        mn = offs_n < O
+        kk = tl.arange(0, BI * GP)
+        ch = pid_i * BI + kk // GP
+        gi = kk % GP
+        km = (gi < G) & (ch < I)
+        gv = tl.load(GRID + gi, mask=gi < G, other=0.0)
+        acc = tl.zeros([BN, BI * GP], tl.float32)
+        for t0 in range(0, T, BM):
+            offs_m = t0 + tl.arange(0, BM)
+            mm = offs_m < T
+            xv = tl.load(X + offs_m[:, None] * I + ch[None, :], mask=mm[:, None] & km[None, :], other=0.0)
+            _, phi = _basis(xv.to(tl.float32), gv[None, :], inv)
+            phi = tl.where(mm[:, None] & km[None, :], phi, 0.0)
+            d = tl.load(DOUT + offs_m[:, None] * O + offs_n[None, :], mask=mm[:, None] & mn[None, :], other=0.0)
+            acc += tl.dot(tl.trans(d.to(tl.float32)), phi, input_precision=PREC)
+        K = I * G
+        tl.store(DW + offs_n[:, None] * K + (ch * G + gi)[None, :], acc, mask=mn[:, None] & km[None, :])
+
+
+def _precision(weight) -> str:
+    """float16/bfloat16 inputs: TF32 tensor cores (finer than the inputs); float32: exact IEEE products."""
+    return "tf32" if weight.dtype in (torch.float16, torch.bfloat16) else "ieee"
+
+
+def _tiles(G: int):
+    GP = triton.next_power_of_2(G)
+    if interpreting():
+        return 16, 16, max(1, 16 // GP), GP
+    return 64, 64, max(1, 64 // GP), GP
+
+
+def forward(x, grid, inv_denominator, weight):
+    """x (..., in), grid (G,) float32, inv_denominator 0-dim, weight (out, in * G) -> (..., out) in x's dtype."""
+    I = x.shape[-1]
+    G = grid.shape[0]
+    O = weight.shape[0]
+    x2 = x.reshape(-1, I).contiguous()
+    T = x2.shape[0]
+    out = torch.zeros((T, O), device=x.device, dtype=torch.float32)
+    if T > 0 and O > 0 and I > 0:
+        BM, BN, BI, GP = _tiles(G)
+        prec = _precision(weight)
+        grid_ = (triton.cdiv(T, BM), triton.cdiv(O, BN))
+        _fwd_kernel[grid_](x2, grid.float().contiguous(), weight.contiguous(), out, T, I, O, G,
+                           float(inv_denominator), BM=BM, BN=BN, BI=BI, GP=GP, PREC=prec)
+    return out.to(x.dtype).reshape(*x.shape[:-1], O)
+
+
+def backward(grad_out, x, grid, inv_denominator, weight, output_mask):
+    """(dx, dgrid, dinv_denominator, dweight) for output_mask (x, grid, inv_denominator, weight); absent = empty."""
+    need_x, need_g, need_i, need_w = (bool(m) for m in output_mask)
+    I = x.shape[-1]
+    G = grid.shape[0]
+    O = weight.shape[0]
+    x2 = x.reshape(-1, I).contiguous()
+    T = x2.shape[0]
+    d2 = grad_out.reshape(T, O).contiguous()
+    g32 = grid.float().contiguous()
+    inv = float(inv_denominator)
+    w = weight.contiguous()
+    BM, BN, BI, GP = _tiles(G)
+    dx = dgrid = dinv = dw = None
+    if need_x or need_g or need_i:
+        dx32 = torch.zeros((T, I), device=x.device, dtype=torch.float32)
+        nm, ni = triton.cdiv(max(T, 1), BM), triton.cdiv(max(I, 1), BI)
+        part_g = torch.zeros((nm * ni, GP), device=x.device, dtype=torch.float32)
+        part_i = torch.zeros((nm * ni,), device=x.device, dtype=torch.float32)
+        if T > 0 and I > 0:
+            _dx_kernel[(nm, ni)](d2, x2, g32, w, dx32, part_g, part_i, T, I, O, G, inv, BM=BM, BO=BN, BI=BI, GP=GP,
+                                 PREC=_precision(weight))
+        dx = dx32.to(x.dtype).reshape(x.shape)
+        dgrid = (part_g.sum(0)[:G] * -inv).to(grid.dtype)
+        dinv = part_i.sum().to(inv_denominator.dtype)
+    if need_w:
+        dw32 = torch.zeros((O, I * G), device=x.device, dtype=torch.float32)
+        if T > 0 and O > 0 and I > 0:
+            _dw_kernel[(triton.cdiv(O, BN), triton.cdiv(I, BI))](d2, x2, g32, dw32, T, I, O, G, inv, BM=BM, BN=BN,
+                                                                 BI=BI, GP=GP, PREC=_precision(weight))
+        dw = dw32.to(weight.dtype)
+
+    def pick(t, need, like):
+        return t if need else like.new_empty((0,))
+
+    return (pick(dx, need_x, x), pick(dgrid, need_g, grid), pick(dinv, need_i, inv_denominator),
+            pick(dw, need_w, weight))
