@@ -315,8 +315,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
 // ------------------------------------------------------------------------------------------------
 // Multi-order selective scan: K scans of one sequence along K orderings, summed in the original order.
-// The kernels walk each ordering through its index; per (batch, ordering) only B and C are
-// transposed into (L, dstate_pad) scratch in that order. No permuted copy of u or delta exists.
+// The kernels walk each ordering through its index; per ordering only B and C are transposed into
+// (batch, L, dstate_pad) scratch in that order. No permuted copy of u or delta exists.
 
 struct MultiProblem {
   SelectiveScanFwdParams p;
@@ -408,9 +408,9 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
   pr.delta3 = pr.delta3.view({batch, K * ch, L});
   pr.B = B.contiguous();
   pr.C = C.contiguous();
-  // One (batch, ordering) of B and C at a time, in the ordering's token order, zero padded to Np.
-  pr.Bt = at::zeros({L, Np}, u.options().dtype(acc));
-  pr.Ct = at::zeros({L, Np}, u.options().dtype(acc));
+  // One ordering of B and C at a time, in its token order, zero padded to Np.
+  pr.Bt = at::zeros({batch, L, Np}, u.options().dtype(acc));
+  pr.Ct = at::zeros({batch, L, Np}, u.options().dtype(acc));
 
   p.u = u.const_data_ptr();
   p.u_batch_stride = u.stride(0);
@@ -426,57 +426,59 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
   return pr;
 }
 
-// dst[t, n] = src[b, k, n, order[b, k, t]]: src (batch, K, N, L) contiguous, dst (L, Np) with zero padding.
-void gather_in_order(const Tensor& src, const Tensor& orders, int64_t b, int64_t k, Tensor& dst) {
-  const int64_t K = src.size(1), N = src.size(2), L = src.size(3), Np = dst.size(1);
+// dst[b, t, n] = src[b, k, n, order[b, k, t]] for every batch: src (batch, K, N, L) contiguous,
+// dst (batch, L, Np) with zero padding.
+void gather_in_order(const Tensor& src, const Tensor& orders, int64_t k, Tensor& dst) {
+  const int64_t batch = src.size(0), K = src.size(1), N = src.size(2), L = src.size(3), Np = dst.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "multi_order_scan_gather", [&] {
     using src_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "multi_order_scan_gather_acc", [&] {
-      const src_t* s = src.const_data_ptr<src_t>() + (b * K + k) * N * L;
-      const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
-      scalar_t* d = dst.data_ptr<scalar_t>();
-      at::parallel_for(0, N, 8, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-          for (int64_t t = 0; t < L; ++t) d[t * Np + n] = static_cast<scalar_t>(s[n * L + o[t]]);
-      });
-    });
-  });
-}
-
-// dst[b, k, n, order[b, k, t]] = sum over blocks (in block order) of part[blk, t, n]; part (n_blocks, L, Np).
-void scatter_from_order(const Tensor& part, const Tensor& orders, int64_t b, int64_t k, Tensor& dst) {
-  const int64_t n_blocks = part.size(0), L = part.size(1), Np = part.size(2), K = dst.size(1), N = dst.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "multi_order_scan_scatter", [&] {
-    using dst_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "multi_order_scan_scatter_acc", [&] {
-      const scalar_t* s = part.const_data_ptr<scalar_t>();
-      const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
-      dst_t* d = dst.data_ptr<dst_t>() + (b * K + k) * N * L;
-      at::parallel_for(0, L, 64, [&](int64_t t0, int64_t t1) {
-        std::vector<scalar_t> acc(Np);
-        for (int64_t t = t0; t < t1; ++t) {
-          std::fill(acc.begin(), acc.end(), scalar_t(0));
-          for (int64_t blk = 0; blk < n_blocks; ++blk) {
-            const scalar_t* row = s + (blk * L + t) * Np;
-            for (int64_t n = 0; n < N; ++n) acc[n] += row[n];
-          }
-          const int64_t to = o[t];
-          for (int64_t n = 0; n < N; ++n) d[n * L + to] = static_cast<dst_t>(acc[n]);
+      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const src_t* s = src.const_data_ptr<src_t>() + (b * K + k) * N * L;
+          const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
+          scalar_t* d = dst.data_ptr<scalar_t>() + b * L * Np;
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t t = 0; t < L; ++t) d[t * Np + n] = static_cast<scalar_t>(s[n * L + o[t]]);
         }
       });
     });
   });
 }
 
-// The (channels, seqlen) acc rows of batch b the kernels add the orderings into: `dst` itself when
-// it is acc (zeroed), else a scratch that finish_sum copies over.
-Tensor start_sum(const Tensor& dst, int64_t b, at::ScalarType acc, Tensor& scratch) {
-  if (dst.scalar_type() == acc) return dst.select(0, b).zero_();
-  if (!scratch.defined()) scratch = at::empty({dst.size(1), dst.size(2)}, dst.options().dtype(acc));
-  return scratch.zero_();
+// dst[b, k, n, order[b, k, t]] = sum over blocks (in block order) of part[b, blk, t, n] for every
+// batch: part (batch, n_blocks, L, Np).
+void scatter_from_order(const Tensor& part, const Tensor& orders, int64_t k, Tensor& dst) {
+  const int64_t batch = part.size(0), n_blocks = part.size(1), L = part.size(2), Np = part.size(3);
+  const int64_t K = dst.size(1), N = dst.size(2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "multi_order_scan_scatter", [&] {
+    using dst_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "multi_order_scan_scatter_acc", [&] {
+      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> acc(Np);
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* s = part.const_data_ptr<scalar_t>() + b * n_blocks * L * Np;
+          const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
+          dst_t* d = dst.data_ptr<dst_t>() + (b * K + k) * N * L;
+          for (int64_t t = 0; t < L; ++t) {
+            std::fill(acc.begin(), acc.end(), scalar_t(0));
+            for (int64_t blk = 0; blk < n_blocks; ++blk) {
+              const scalar_t* row = s + (blk * L + t) * Np;
+              for (int64_t n = 0; n < N; ++n) acc[n] += row[n];
+            }
+            const int64_t to = o[t];
+            for (int64_t n = 0; n < N; ++n) d[n * L + to] = static_cast<dst_t>(acc[n]);
+          }
+        }
+      });
+    });
+  });
 }
-void finish_sum(Tensor& dst, int64_t b, const Tensor& sum) {
-  if (sum.scalar_type() != dst.scalar_type()) dst.select(0, b).copy_(sum);
+
+// The acc rows (batch, channels, seqlen) the kernels add the orderings into: `dst` itself when it
+// is acc, else a new acc tensor that the caller copies over.
+Tensor sum_rows_for(const Tensor& dst, at::ScalarType acc) {
+  return dst.scalar_type() == acc ? dst.zero_() : at::zeros(dst.sizes(), dst.options().dtype(acc));
 }
 
 std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
@@ -494,26 +496,25 @@ std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, c
   p.checkpoints = ckpt.data_ptr();
   if (out.numel() == 0) return {out, ckpt};
   Scratch scratch(kern.fwd_scratch_bytes(p));
-  Tensor sum_scratch;
-  for (int64_t b = 0; b < p.batch; ++b) {
-    Tensor sum = start_sum(out, b, pr.acc, sum_scratch);
-    p.order_sum = sum.data_ptr();
-    for (int64_t k = 0; k < p.n_orders; ++k) {  // in order: the sum's bits do not depend on threads
-      gather_in_order(pr.B, pr.orders, b, k, pr.Bt);
-      gather_in_order(pr.C, pr.orders, b, k, pr.Ct);
-      at::parallel_for(0, pr.channels, 1,
-                       [&](int64_t c0, int64_t c1) { kern.fwd_multi(p, b, k, c0, c1, scratch.for_thread()); });
-    }
-    finish_sum(out, b, sum);
+  Tensor sum = sum_rows_for(out, pr.acc);
+  p.order_sum = sum.data_ptr();
+  for (int64_t k = 0; k < p.n_orders; ++k) {  // in order: the sum's bits do not depend on threads
+    gather_in_order(pr.B, pr.orders, k, pr.Bt);
+    gather_in_order(pr.C, pr.orders, k, pr.Ct);
+    at::parallel_for(0, p.batch * pr.channels, 1,
+                     [&](int64_t r0, int64_t r1) { kern.fwd_multi(p, k, r0, r1, scratch.for_thread()); });
   }
+  if (!sum.is_same(out)) out.copy_(sum);
   return {out, ckpt};
 }
 
-// Channel blocks of the multi-order backward (per batch and ordering): blocks of at least 16
-// channels, at most 16 of them, cut by shape only (deterministic bits).
-std::vector<int64_t> multi_channel_blocks(int64_t channels) {
-  constexpr int64_t kMaxBlocks = 16, kMinChannels = 16;
-  const int64_t nb = std::max<int64_t>(1, std::min(kMaxBlocks, channels / kMinChannels));
+// Channel blocks of the multi-order backward. A task is one (batch, block) of one ordering and
+// keeps a (seqlen, dstate_pad) partial dB and dC, so blocks trade threads for memory: about
+// kTasks tasks per ordering over the batch, blocks of at least 16 channels, cut by shape only.
+std::vector<int64_t> multi_channel_blocks(int64_t batch, int64_t channels) {
+  constexpr int64_t kTasks = 2, kMinChannels = 16;
+  const int64_t want = (kTasks + batch - 1) / std::max<int64_t>(batch, 1);
+  const int64_t nb = std::max<int64_t>(1, std::min(want, channels / kMinChannels));
   std::vector<int64_t> starts;
   for (int64_t k = 0; k <= nb; ++k) starts.push_back(channels * k / nb);
   return starts;
@@ -553,29 +554,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.part_D = D ? part_D.data_ptr() : nullptr;
   q.part_bias = delta_bias ? part_bias.data_ptr() : nullptr;
 
-  const std::vector<int64_t> starts = multi_channel_blocks(ch);
+  const std::vector<int64_t> starts = multi_channel_blocks(p.batch, ch);
   q.n_blocks = int64_t(starts.size()) - 1;
   q.block_start = starts.data();
   if (p.batch * ch * L > 0) {
-    Tensor part_B = at::empty({q.n_blocks, L, Np}, acc_opts);
-    Tensor part_C = at::empty({q.n_blocks, L, Np}, acc_opts);
+    Tensor part_B = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
+    Tensor part_C = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
     q.part_B_var = part_B.data_ptr();
     q.part_C_var = part_C.data_ptr();
     Scratch scratch(kern.bwd_scratch_bytes(q));
-    Tensor sum_scratch;
-    for (int64_t b = 0; b < p.batch; ++b) {
-      Tensor sum = start_sum(du, b, pr.acc, sum_scratch);
-      p.order_sum = sum.data_ptr();
-      for (int64_t k = 0; k < K; ++k) {  // in order: grad_u's bits do not depend on threads
-        gather_in_order(pr.B, pr.orders, b, k, pr.Bt);
-        gather_in_order(pr.C, pr.orders, b, k, pr.Ct);
-        at::parallel_for(0, q.n_blocks, 1,
-                         [&](int64_t k0, int64_t k1) { kern.bwd_multi(q, b, k, k0, k1, scratch.for_thread()); });
-        scatter_from_order(part_B, pr.orders, b, k, dB);
-        scatter_from_order(part_C, pr.orders, b, k, dC);
-      }
-      finish_sum(du, b, sum);
+    Tensor sum = sum_rows_for(du, pr.acc);
+    p.order_sum = sum.data_ptr();
+    for (int64_t k = 0; k < K; ++k) {  // in order: grad_u's bits do not depend on threads
+      gather_in_order(pr.B, pr.orders, k, pr.Bt);
+      gather_in_order(pr.C, pr.orders, k, pr.Ct);
+      at::parallel_for(0, p.batch * q.n_blocks, 1,
+                       [&](int64_t t0, int64_t t1) { kern.bwd_multi(q, k, t0, t1, scratch.for_thread()); });
+      scatter_from_order(part_B, pr.orders, k, dB);
+      scatter_from_order(part_C, pr.orders, k, dC);
     }
+    if (!sum.is_same(du)) du.copy_(sum);
   } else {
     du.zero_();
     ddelta.zero_();

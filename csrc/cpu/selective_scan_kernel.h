@@ -100,11 +100,11 @@ struct Row {
     delta = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
     z = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
     A = static_cast<const Acc*>(p.A) + d * Np;
-    // With orderings B/C hold the current (batch, ordering) only.
-    B = p.order      ? static_cast<const Acc*>(p.B)
+    // With orderings B/C hold the current ordering only: (batch, seqlen, dstate_pad).
+    B = p.order      ? static_cast<const Acc*>(p.B) + b * L * Np
         : p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
                      : static_cast<const Acc*>(p.B) + d * Np;
-    C = p.order      ? static_cast<const Acc*>(p.C)
+    C = p.order      ? static_cast<const Acc*>(p.C) + b * L * Np
         : p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
                      : static_cast<const Acc*>(p.C) + d * Np;
     B_step = p.groups_B ? Np : 0;
@@ -205,13 +205,14 @@ void fwd_rows(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* scr
   for (int64_t r = r0; r < r1; ++r) fwd_row<S, NV>(p, r / p.dim, r % p.dim, scratch, nullptr);
 }
 
-// Multi-order: channels [c0, c1) of batch b along ordering k, added to order_sum.
+// Multi-order: rows [r0, r1) = (batch, channel) pairs along ordering k, added to order_sum.
 template <class S, int NV>
-void fwd_multi_rows(const SelectiveScanFwdParams& p, int64_t b, int64_t k, int64_t c0, int64_t c1, void* scratch) {
+void fwd_multi_rows(const SelectiveScanFwdParams& p, int64_t k, int64_t r0, int64_t r1, void* scratch) {
   using Acc = typename AccOf<S>::type;
   const int64_t channels = p.dim / p.n_orders;
-  for (int64_t c = c0; c < c1; ++c)
-    fwd_row<S, NV>(p, b, k * channels + c, scratch, static_cast<Acc*>(p.order_sum) + c * p.seqlen);
+  for (int64_t r = r0; r < r1; ++r)
+    fwd_row<S, NV>(p, r / channels, k * channels + r % channels, scratch,
+                   static_cast<Acc*>(p.order_sum) + r * p.seqlen);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -459,19 +460,20 @@ void bwd_tasks(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* sc
   }
 }
 
-// Multi-order: channel blocks [blk0, blk1) of batch b along ordering k; grad_u is added to
-// fwd.order_sum, dB/dC go to the block's partial rows.
+// Multi-order: tasks [t0, t1) = (batch, channel block) pairs along ordering k; grad_u is added to
+// fwd.order_sum, dB/dC go to the task's partial rows.
 template <class S, int NV>
-void bwd_multi_tasks(const SelectiveScanBwdParams& q, int64_t b, int64_t k, int64_t blk0, int64_t blk1,
-                     void* scratch) {
+void bwd_multi_tasks(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int64_t t1, void* scratch) {
   using Acc = typename AccOf<S>::type;
   const SelectiveScanFwdParams& p = q.fwd;
   const int64_t Np = p.dstate_pad, L = p.seqlen, channels = p.dim / p.n_orders;
   BwdBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), q);
-  for (int64_t blk = blk0; blk < blk1; ++blk) {
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t b = task / q.n_blocks, blk = task % q.n_blocks;
     const int64_t c0 = q.block_start[blk], c1 = q.block_start[blk + 1];
-    bwd_block<S, NV>(q, s, b, k * channels + c0, k * channels + c1, static_cast<Acc*>(q.part_B_var) + blk * L * Np,
-                     static_cast<Acc*>(q.part_C_var) + blk * L * Np, static_cast<Acc*>(p.order_sum) + c0 * L);
+    bwd_block<S, NV>(q, s, b, k * channels + c0, k * channels + c1, static_cast<Acc*>(q.part_B_var) + task * L * Np,
+                     static_cast<Acc*>(q.part_C_var) + task * L * Np,
+                     static_cast<Acc*>(p.order_sum) + (b * channels + c0) * L);
   }
 }
 
@@ -515,16 +517,16 @@ void bwd_entry(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* s)
     with_nv<S>(q.fwd.dstate_pad, [&](auto nv) { bwd_tasks<S, decltype(nv)::value>(q, t0, t1, s); });
   });
 }
-void fwd_multi_entry(const SelectiveScanFwdParams& p, int64_t b, int64_t k, int64_t c0, int64_t c1, void* s) {
+void fwd_multi_entry(const SelectiveScanFwdParams& p, int64_t k, int64_t r0, int64_t r1, void* s) {
   with_storage(p.dtype, [&](auto st) {
     using S = decltype(st);
-    with_nv<S>(p.dstate_pad, [&](auto nv) { fwd_multi_rows<S, decltype(nv)::value>(p, b, k, c0, c1, s); });
+    with_nv<S>(p.dstate_pad, [&](auto nv) { fwd_multi_rows<S, decltype(nv)::value>(p, k, r0, r1, s); });
   });
 }
-void bwd_multi_entry(const SelectiveScanBwdParams& q, int64_t b, int64_t k, int64_t blk0, int64_t blk1, void* s) {
+void bwd_multi_entry(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int64_t t1, void* s) {
   with_storage(q.fwd.dtype, [&](auto st) {
     using S = decltype(st);
-    with_nv<S>(q.fwd.dstate_pad, [&](auto nv) { bwd_multi_tasks<S, decltype(nv)::value>(q, b, k, blk0, blk1, s); });
+    with_nv<S>(q.fwd.dstate_pad, [&](auto nv) { bwd_multi_tasks<S, decltype(nv)::value>(q, k, t0, t1, s); });
   });
 }
 

@@ -7,5 +7,7 @@ from .dct_attention import DCTAttention
 from .dformer import DFormerBlock, DilatedAttention3d
 from .mamba import InferenceParams, Mamba
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .point_ssm import PointSSMGroupBlock, point_scan_orders
 
-__all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "InferenceParams", "Mamba", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+__all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "InferenceParams", "Mamba", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
+           "PointSSMGroupBlock", "point_scan_orders"]
