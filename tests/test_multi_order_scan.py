@@ -91,6 +91,13 @@ def test_matches_reference_random_sweep(seed):
     check_against_reference(make_inputs(batch, dim, dstate, seqlen, K, seed=seed))
 
 
+@requires_triton
+@pytest.mark.parametrize("dtype,opt", [(torch.float32, True), (torch.bfloat16, False)])
+def test_triton_matches_reference(dtype, opt):
+    """On CPU through the Triton interpreter: tiny shapes, several chunks of 4 tokens."""
+    check_against_reference(make_inputs(1, 3, 5, 11, 2, dtype, has_D=opt, has_bias=opt, seed=5), backend="triton")
+
+
 def test_many_channel_blocks_and_eight_orderings():
     # 40 channels: two backward blocks; K = 8 as PointMamba2.
     check_against_reference(make_inputs(1, 40, 4, 33, 8, seed=3))
@@ -175,15 +182,21 @@ def test_torch_compile_fullgraph(dynamic):
 
 def opcheck_samples():
     """Sample arguments for torch.library.opcheck, per registered op."""
-    fwd, bwd = [], []
-    for opt in (True, False):
-        x = make_inputs(2, 3, 4, 9, 2, has_D=opt, has_bias=opt)
+    def sample(shape, opt):
+        x = make_inputs(*shape, has_D=opt, has_bias=opt)
         args = [x[k] for k in NAMES] + [x["orders"]]
-        fwd.append([a.clone().requires_grad_(a.is_floating_point()) if a is not None else None for a in args]
-                   + [True, 4])
+        fwd = [a.clone().requires_grad_(a.is_floating_point()) if a is not None else None for a in args] + [True, 4]
         out, ckpt = torch.ops.medkernels.multi_order_selective_scan_fwd(*args, True, 4)
-        bwd.append([torch.randn_like(out), *args, ckpt, True, 4])
-    return {"multi_order_selective_scan_fwd": fwd, "multi_order_selective_scan_bwd": bwd}
+        return fwd, [torch.randn_like(out), *args, ckpt, True, 4]
+
+    cpu = [sample((2, 3, 4, 9, 2), opt) for opt in (True, False)]
+    samples = {"multi_order_selective_scan_fwd": [f for f, _ in cpu],
+               "multi_order_selective_scan_bwd": [b for _, b in cpu]}
+    if hasattr(torch.ops.medkernels, "multi_order_selective_scan_fwd_triton"):
+        fwd, bwd = sample((1, 2, 2, 5, 2), True)  # tiny: the Triton interpreter is slow
+        samples["multi_order_selective_scan_fwd_triton"] = [fwd]
+        samples["multi_order_selective_scan_bwd_triton"] = [bwd]
+    return samples
 
 
 @pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])

@@ -174,6 +174,44 @@ if _library.HAS_C:
                                     setup_context=_setup_context)
 
 
+if _library.HAS_TRITON:
+    from typing import Optional
+
+    from medkernels.triton import multi_order_scan as _tmos
+
+    def _f32(t):
+        return None if t is None else t.float().contiguous()
+
+    @torch.library.custom_op("medkernels::multi_order_selective_scan_fwd_triton", mutates_args=())
+    def _fwd_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], orders: torch.Tensor,
+                    delta_softplus: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out, ckpt = _tmos.forward(u.contiguous(), delta.contiguous(), _f32(A), B.contiguous(), C.contiguous(),
+                                  _f32(D), _f32(delta_bias), orders.contiguous(), delta_softplus, chunk_size)
+        return out.to(u.dtype), ckpt.to(_param_dtype(u))
+
+    @torch.library.custom_op("medkernels::multi_order_selective_scan_bwd_triton", mutates_args=())
+    def _bwd_triton(grad_out: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                    C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                    orders: torch.Tensor, checkpoints: torch.Tensor, delta_softplus: bool,
+                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor]:
+        du, ddelta, dA, dB, dC, dD, dbias = _tmos.backward(
+            grad_out.contiguous(), u.contiguous(), delta.contiguous(), _f32(A), B.contiguous(), C.contiguous(),
+            _f32(D), _f32(delta_bias), orders.contiguous(), checkpoints.float().contiguous(), delta_softplus,
+            chunk_size)
+        empty = u.new_empty((0,), dtype=_param_dtype(u))
+        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                empty.clone() if D is None else dD.to(D.dtype),
+                empty.clone() if delta_bias is None else dbias.to(delta_bias.dtype))
+
+    torch.library.register_fake("medkernels::multi_order_selective_scan_fwd_triton")(_fwd_fake)
+    torch.library.register_fake("medkernels::multi_order_selective_scan_bwd_triton")(_bwd_fake)
+    torch.library.register_autograd("medkernels::multi_order_selective_scan_fwd_triton",
+                                    _backward_with(torch.ops.medkernels.multi_order_selective_scan_bwd_triton),
+                                    setup_context=_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------
 # Backends.
 
@@ -185,7 +223,14 @@ def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
 
 
 def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
-    return "there is no Triton kernel for the multi-order scan yet"
+    from medkernels.triton import interpreter_or_gpu
+
+    why = interpreter_or_gpu(u, forced)
+    if why is None and u.dtype == torch.float64:
+        return "the Triton kernel computes in float32; float64 runs on the cpu or reference backend"
+    if why is None and torch.are_deterministic_algorithms_enabled():
+        return "deterministic algorithms are on and the Triton kernels sum with atomics"
+    return why
 
 
 def _why_not_cpu(u, *rest, forced: bool = False) -> str | None:
@@ -224,7 +269,8 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
         orders: (batch, K, seqlen) int64; each row a permutation of 0..seqlen-1 (step t of scan k
             visits token orders[b, k, t]).
         delta_softplus: apply softplus (threshold 20) to delta + delta_bias.
-        backend: None/"auto", or force "cpu" or "reference" ("cuda" and "triton" have no kernel yet).
+        backend: None/"auto", or force "triton" (GPU; on CPU tensors the Triton interpreter), "cpu" or
+            "reference" (there is no CUDA C++ kernel; on CUDA tensors the Triton one runs).
 
     Returns:
         (batch, dim, seqlen) in u's dtype. Gradients flow to u, delta, A, B, C, D and delta_bias.
@@ -241,6 +287,11 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
                                               delta_softplus=delta_softplus)
     if u.stride(-1) != 1:
         u = u.contiguous()
-    out, _ = torch.ops.medkernels.multi_order_selective_scan_fwd(u, delta, A, B, C, D, delta_bias, orders,
-                                                                 bool(delta_softplus), _CPU_CHUNK)
+    if name == "triton":
+        from medkernels.triton.multi_order_scan import chunk_len
+
+        op, chunk = torch.ops.medkernels.multi_order_selective_scan_fwd_triton, chunk_len()
+    else:
+        op, chunk = torch.ops.medkernels.multi_order_selective_scan_fwd, _CPU_CHUNK
+    out, _ = op(u, delta, A, B, C, D, delta_bias, orders, bool(delta_softplus), chunk)
     return out
