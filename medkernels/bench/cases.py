@@ -443,8 +443,8 @@ CASES: list[Case] = [
     _dct_attention_case(8, 64, 56, 2, 0.25, ("gpu",)),
     _na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
     _na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
-    # PointMamba2's level-1 group Point-SSM (8 orderings of 1024 points); the default profile runs
-    # one cloud of it (seconds), the full one the issue's batch of 8 and the reference.
+    # PointMamba2's level-1 group Point-SSM (8 orderings of 1024 points, 128 channels): the full profile
+    # runs the issue's batch of 8 and the reference; the default one cloud of it (seconds).
     _multi_scan_case(1, 128, 64, 1024, 8, ("default",), MULTI_SCAN_TARGETS),
     _multi_scan_case(8, 128, 64, 1024, 8, ("full",), MULTI_SCAN_TARGETS, with_reference=True),
     _multi_scan_case(8, 128, 64, 1024, 8, ("gpu",), with_reference=True),
