@@ -25,6 +25,21 @@ TORCH_LIBRARY(medkernels, m) {
       "bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 
+  // Multi-order selective scan (PointMamba2's group Point-SSM): u (batch, dim, seqlen) scanned along K
+  // orderings orders (batch, K, seqlen); delta (batch, K, dim, seqlen), B/C (batch, K, dstate, seqlen),
+  // A (K, dim, dstate), D/delta_bias (K, dim). Returns (out (batch, dim, seqlen), checkpoints
+  // (batch, K * dim, ceil(seqlen / chunk_size), dstate)).
+  m.def(
+      "multi_order_selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+      "Tensor? delta_bias, Tensor orders, bool delta_softplus, int chunk_size) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias); absent ones are empty.
+  m.def(
+      "multi_order_selective_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+      "Tensor? D, Tensor? delta_bias, Tensor orders, Tensor checkpoints, bool delta_softplus, int chunk_size) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+
   // Neighborhood attention, fused: heads-last (batch, *spatial, heads, dim), 1-3 spatial dims; per-axis
   // lists. Returns (out, lse); lse (batch, *spatial, heads) float32 (float64 for float64 inputs).
   m.def(

@@ -203,3 +203,33 @@ def test_fasterkan_module_on_gpu():
     mg = mknn.FasterKAN([64, 128, 64]).cuda()
     mg.load_state_dict(m.state_dict())
     close(mg(x.cuda()).cpu(), m(x), 1e-4, 1e-4, "FasterKAN gpu")
+
+
+# --- multi-order selective scan (PointMamba2) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_multi_order_scan_triton_on_gpu_matches_cpu(dtype):
+    from test_multi_order_scan import NAMES, TOL as MO_TOL
+    from test_multi_order_scan import make_inputs as mo_inputs
+
+    x = mo_inputs(2, 40, 64, 700, 8, dtype, seed=9)
+    g = torch.randn(2, 40, 700).to(dtype)
+    results = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = {k: x[k].to(device).requires_grad_(True) for k in NAMES}
+        out = ops.multi_order_selective_scan(**leaves, orders=x["orders"].to(device), backend=backend)
+        grads = torch.autograd.grad((out.float() * g.to(device).float()).sum(), list(leaves.values()))
+        results.append([out.cpu()] + [t.cpu() for t in grads])
+    rtol, atol = MO_TOL[dtype]
+    for name, a, b in zip(["out", *NAMES], *results):
+        close(b, a, max(rtol, 1e-3), max(atol, 1e-3) * (a.float().abs().max().item() + 1), name)
+
+
+def test_point_ssm_group_block_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    block = mknn.PointSSMGroupBlock(32, d_state=16)
+    x, xyz = torch.randn(2, 300, 32), torch.randn(2, 300, 3)
+    want = block(x, xyz)
+    got = block.cuda()(x.cuda(), xyz.cuda()).cpu()
+    close(got, want, 1e-3, 1e-3, "out")

@@ -3,6 +3,7 @@
 import test_causal_conv1d
 import test_dct
 import test_dilated_attention
+import test_multi_order_scan
 import test_neighborhood_attention
 import test_point_cloud
 import test_rswaf_kan
@@ -15,5 +16,5 @@ def test_every_registered_op_has_opcheck_samples():
     covered = (set(test_selective_scan.opcheck_samples()) | set(test_neighborhood_attention.opcheck_samples())
                | set(test_causal_conv1d.opcheck_samples()) | set(test_dilated_attention.opcheck_samples())
                | set(test_dct.opcheck_samples()) | set(test_point_cloud.opcheck_samples())
-               | set(test_rswaf_kan.opcheck_samples()))
+               | set(test_rswaf_kan.opcheck_samples()) | set(test_multi_order_scan.opcheck_samples()))
     assert registered == covered, f"ops without opcheck samples: {sorted(registered - covered)}"

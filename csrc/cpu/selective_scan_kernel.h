@@ -62,25 +62,51 @@ inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, A
   }
 }
 
+// Steps t0 .. t0 + n of a sequence row, read in order or, with idx, at positions idx[t] (the
+// multi-order scan's orderings); the tail up to a whole vector is zeroed.
+template <class S, class Acc>
+inline void load_seq(const S* row, const int64_t* idx, int64_t t0, Acc* dst, int64_t n) {
+  if (!idx) return load_span(row + t0, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_acc<Acc>(row[idx[t0 + i]]);
+  for (int64_t i = n, e = round_up(n, lanes<Acc>); i < e; ++i) dst[i] = Acc(0);
+}
+template <class S, class Acc>
+inline void store_seq(S* row, const int64_t* idx, int64_t t0, const Acc* src, int64_t n) {
+  if (!idx) return store_span(row + t0, src, n);
+  for (int64_t i = 0; i < n; ++i) row[idx[t0 + i]] = from_acc<S>(src[i]);
+}
+// acc[idx[t0 + i]] += src[i]: one ordering's contribution to a sum kept in the original order.
+template <class Acc>
+inline void add_seq(Acc* acc, const int64_t* idx, int64_t t0, const Acc* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[idx[t0 + i]] += src[i];
+}
+
 // One (batch, channel) row of the problem: its sequences, parameters and B/C rows.
 template <class S>
 struct Row {
   using Acc = typename AccOf<S>::type;
   int64_t index;                 // b * dim + d
+  int64_t channel;               // the row of u (and out, grad_out): d, or d % channels with orderings
+  const int64_t* idx;            // the row's ordering (seqlen,), or null
   const S *u, *delta, *z;        // (seqlen,), unit stride; z may be null
   const Acc *A, *B, *C;          // A: (dstate_pad,); B/C: the row's group at t = 0, or the fixed row
   int64_t B_step, C_step;        // dstate_pad for variable B/C, 0 for fixed
   Acc D, bias;
   Row(const SelectiveScanFwdParams& p, int64_t b, int64_t d) : index(b * p.dim + d) {
-    const int64_t L = p.seqlen, Np = p.dstate_pad;
-    u = static_cast<const S*>(p.u) + b * p.u_batch_stride + d * p.u_dim_stride;
+    const int64_t L = p.seqlen, Np = p.dstate_pad, channels = p.dim / p.n_orders;
+    channel = p.order ? d % channels : d;
+    idx = p.order ? p.order + (b * p.n_orders + d / channels) * L : nullptr;
+    u = static_cast<const S*>(p.u) + b * p.u_batch_stride + channel * p.u_dim_stride;
     delta = static_cast<const S*>(p.delta) + b * p.delta_batch_stride + d * p.delta_dim_stride;
     z = p.z ? static_cast<const S*>(p.z) + b * p.z_batch_stride + d * p.z_dim_stride : nullptr;
     A = static_cast<const Acc*>(p.A) + d * Np;
-    B = p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
-                   : static_cast<const Acc*>(p.B) + d * Np;
-    C = p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
-                   : static_cast<const Acc*>(p.C) + d * Np;
+    // With orderings B/C hold the current ordering only: (batch, seqlen, dstate_pad).
+    B = p.order      ? static_cast<const Acc*>(p.B) + b * L * Np
+        : p.groups_B ? static_cast<const Acc*>(p.B) + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * Np
+                     : static_cast<const Acc*>(p.B) + d * Np;
+    C = p.order      ? static_cast<const Acc*>(p.C) + b * L * Np
+        : p.groups_C ? static_cast<const Acc*>(p.C) + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * Np
+                     : static_cast<const Acc*>(p.C) + d * Np;
     B_step = p.groups_B ? Np : 0;
     C_step = p.groups_C ? Np : 0;
     D = p.D ? static_cast<const Acc*>(p.D)[d] : Acc(0);
@@ -112,8 +138,9 @@ struct FwdBufs {
 
 constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 
+// With orderings the row's output is added to `osum` (the original token order), else stored.
 template <class S, int NV>
-void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratch) {
+void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratch, typename AccOf<S>::type* osum) {
   using Acc = typename AccOf<S>::type;
   using V = vec<Acc>;
   constexpr int W = lanes<Acc>;
@@ -126,7 +153,7 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
   V* A2 = NV > 0 ? A2l : s.A2;
 
   const Row<S> r(p, b, d);
-  S* orow = static_cast<S*>(p.out) + r.index * L;
+  S* orow = osum ? nullptr : static_cast<S*>(p.out) + r.index * L;
 
   // exp(dt * A) = 2^(dt * A * log2 e): the scale goes into A once per row.
   for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
@@ -140,8 +167,8 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
   for (int64_t c = 0; c < p.n_chunks; ++c) {
     const int64_t t0 = c * T, n = (L - t0) < T ? (L - t0) : T, nr = round_up(n, W);
     store_state(ck + c * N, h, N, nv);
-    load_span(r.u + t0, s.uf, n);
-    load_span(r.delta + t0, s.dt, n);
+    load_seq(r.u, r.idx, t0, s.uf, n);
+    load_seq(r.delta, r.idx, t0, s.dt, n);
     chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, nullptr, n);
     const Acc* Bt = r.B + t0 * r.B_step;
     const Acc* Ct = r.C + t0 * r.C_step;
@@ -165,14 +192,27 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
       }
       vstore(s.y + i, o);
     }
-    store_span(orow + t0, s.y, n);
+    if (osum)
+      add_seq(osum, r.idx, t0, s.y, n);
+    else
+      store_span(orow + t0, s.y, n);
   }
-  store_state(static_cast<Acc*>(p.last_state) + r.index * N, h, N, nv);
+  if (p.last_state) store_state(static_cast<Acc*>(p.last_state) + r.index * N, h, N, nv);
 }
 
 template <class S, int NV>
 void fwd_rows(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* scratch) {
-  for (int64_t r = r0; r < r1; ++r) fwd_row<S, NV>(p, r / p.dim, r % p.dim, scratch);
+  for (int64_t r = r0; r < r1; ++r) fwd_row<S, NV>(p, r / p.dim, r % p.dim, scratch, nullptr);
+}
+
+// Multi-order: rows [r0, r1) = (batch, channel) pairs along ordering k, added to order_sum.
+template <class S, int NV>
+void fwd_multi_rows(const SelectiveScanFwdParams& p, int64_t k, int64_t r0, int64_t r1, void* scratch) {
+  using Acc = typename AccOf<S>::type;
+  const int64_t channels = p.dim / p.n_orders;
+  for (int64_t r = r0; r < r1; ++r)
+    fwd_row<S, NV>(p, r / channels, k * channels + r % channels, scratch,
+                   static_cast<Acc*>(p.order_sum) + r * p.seqlen);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -222,10 +262,12 @@ struct BwdBufs {
   }
 };
 
-// One chunk of one row. `st` is the row's record; Bp/Cp are the block's dB/dC rows for this chunk.
+// One chunk of one row. `st` is the row's record; Bp/Cp are the block's dB/dC rows for this chunk;
+// with orderings du is added to gu_row (the original order) instead of stored.
 template <class S, int NV>
 void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d,
-               int64_t c, typename AccOf<S>::type* st, typename AccOf<S>::type* Bp, typename AccOf<S>::type* Cp) {
+               int64_t c, typename AccOf<S>::type* st, typename AccOf<S>::type* Bp, typename AccOf<S>::type* Cp,
+               typename AccOf<S>::type* gu_row) {
   using Acc = typename AccOf<S>::type;
   using V = vec<Acc>;
   constexpr int W = lanes<Acc>;
@@ -239,10 +281,11 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
 
   const Row<S> r(p, b, d);
   const int64_t row = r.index;
-  const S* grow = static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + d * q.grad_out_dim_stride;
-  load_span(r.u + t0, s.uf, n);
-  load_span(r.delta + t0, s.dt, n);
-  load_span(grow + t0, s.gy, n);
+  const S* grow =
+      static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + r.channel * q.grad_out_dim_stride;
+  load_seq(r.u, r.idx, t0, s.uf, n);
+  load_seq(r.delta, r.idx, t0, s.dt, n);
+  load_seq(grow, r.idx, t0, s.gy, n);
   chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, s.sg, n);
 
   // Recompute the chunk's states from its checkpoint (and y, for the gate's gradient).
@@ -348,87 +391,111 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
     gbv += gdt;
     vstore(s.gdt + i, gdt);
   }
-  store_span(static_cast<S*>(q.grad_u) + row * L + t0, s.gu, n);
-  store_span(static_cast<S*>(q.grad_delta) + row * L + t0, s.gdt, n);
+  if (gu_row)
+    add_seq(gu_row, r.idx, t0, s.gu, n);
+  else
+    store_span(static_cast<S*>(q.grad_u) + row * L + t0, s.gu, n);
+  store_seq(static_cast<S*>(q.grad_delta) + row * L, r.idx, t0, s.gdt, n);
   st[4 * Np] += hsum<Acc>(gDv);
   st[4 * Np + 1] += hsum<Acc>(gbv);
+}
+
+// Rows [d0, d1) of batch b from the last chunk to the first, then their partial gradients out.
+// Bpart/Cpart: the block's variable dB/dC partial rows (seqlen, dstate_pad), or null when fixed;
+// gu: with orderings, per row of the block the grad_u sum (seqlen,), else null.
+template <class S, int NV>
+void bwd_block(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d0,
+               int64_t d1, typename AccOf<S>::type* Bpart, typename AccOf<S>::type* Cpart,
+               typename AccOf<S>::type* gu) {
+  using Acc = typename AccOf<S>::type;
+  const SelectiveScanFwdParams& p = q.fwd;
+  const int64_t Np = p.dstate_pad, N = p.dstate, T = p.chunk, L = p.seqlen;
+  for (int64_t d = d0; d < d1; ++d) {
+    Acc* st = s.rows + (d - d0) * s.row_stride;
+    for (int64_t k = 0; k < s.row_stride; ++k) st[k] = Acc(0);
+    if (q.grad_last_state) {
+      const Acc* gl = static_cast<const Acc*>(q.grad_last_state) + (b * p.dim + d) * N;
+      for (int64_t k = 0; k < N; ++k) st[k] = gl[k];
+    }
+  }
+  for (int64_t c = p.n_chunks - 1; c >= 0; --c) {
+    const int64_t c0 = c * T, n = (L - c0) < T ? (L - c0) : T;
+    Acc* Bp = Bpart ? Bpart + c0 * Np : s.Bc;
+    Acc* Cp = Cpart ? Cpart + c0 * Np : s.Cc;
+    for (int64_t d = d0; d < d1; ++d) {
+      // The block's partial rows start at 0; per-step rows of a fixed B/C restart for every row.
+      if (d == d0 || !Bpart)
+        for (int64_t k = 0; k < n * Np; ++k) Bp[k] = Acc(0);
+      if (d == d0 || !Cpart)
+        for (int64_t k = 0; k < n * Np; ++k) Cp[k] = Acc(0);
+      bwd_chunk<S, NV>(q, s, b, d, c, s.rows + (d - d0) * s.row_stride, Bp, Cp, gu ? gu + (d - d0) * L : nullptr);
+    }
+  }
+  for (int64_t d = d0; d < d1; ++d) {
+    const Acc* st = s.rows + (d - d0) * s.row_stride;
+    const int64_t row = b * p.dim + d;
+    if (q.grad_initial_state)
+      for (int64_t k = 0; k < N; ++k) static_cast<Acc*>(q.grad_initial_state)[row * N + k] = st[k];
+    for (int64_t k = 0; k < Np; ++k) {
+      static_cast<Acc*>(q.part_A)[row * Np + k] = st[Np + k];
+      if (!p.groups_B) static_cast<Acc*>(q.part_B_fixed)[row * Np + k] = st[2 * Np + k];
+      if (!p.groups_C) static_cast<Acc*>(q.part_C_fixed)[row * Np + k] = st[3 * Np + k];
+    }
+    if (q.part_D) static_cast<Acc*>(q.part_D)[row] = st[4 * Np];
+    if (q.part_bias) static_cast<Acc*>(q.part_bias)[row] = st[4 * Np + 1];
+  }
 }
 
 template <class S, int NV>
 void bwd_tasks(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* scratch) {
   using Acc = typename AccOf<S>::type;
   const SelectiveScanFwdParams& p = q.fwd;
-  const int64_t Np = p.dstate_pad, N = p.dstate, T = p.chunk, L = p.seqlen;
+  const int64_t Np = p.dstate_pad, L = p.seqlen;
   BwdBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), q);
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t b = task / q.n_blocks, blk = task % q.n_blocks;
-    const int64_t d0 = q.block_start[blk], d1 = q.block_start[blk + 1];
     Acc* Bpart = p.groups_B ? static_cast<Acc*>(q.part_B_var) + task * L * Np : nullptr;
     Acc* Cpart = p.groups_C ? static_cast<Acc*>(q.part_C_var) + task * L * Np : nullptr;
-    for (int64_t d = d0; d < d1; ++d) {
-      Acc* st = s.rows + (d - d0) * s.row_stride;
-      for (int64_t k = 0; k < s.row_stride; ++k) st[k] = Acc(0);
-      if (q.grad_last_state) {
-        const Acc* gl = static_cast<const Acc*>(q.grad_last_state) + (b * p.dim + d) * N;
-        for (int64_t k = 0; k < N; ++k) st[k] = gl[k];
-      }
-    }
-    for (int64_t c = p.n_chunks - 1; c >= 0; --c) {
-      const int64_t c0 = c * T, n = (L - c0) < T ? (L - c0) : T;
-      Acc* Bp = Bpart ? Bpart + c0 * Np : s.Bc;
-      Acc* Cp = Cpart ? Cpart + c0 * Np : s.Cc;
-      for (int64_t d = d0; d < d1; ++d) {
-        // The block's partial rows start at 0; per-step rows of a fixed B/C restart for every row.
-        if (d == d0 || !Bpart)
-          for (int64_t k = 0; k < n * Np; ++k) Bp[k] = Acc(0);
-        if (d == d0 || !Cpart)
-          for (int64_t k = 0; k < n * Np; ++k) Cp[k] = Acc(0);
-        bwd_chunk<S, NV>(q, s, b, d, c, s.rows + (d - d0) * s.row_stride, Bp, Cp);
-      }
-    }
-    for (int64_t d = d0; d < d1; ++d) {
-      const Acc* st = s.rows + (d - d0) * s.row_stride;
-      const int64_t row = b * p.dim + d;
-      if (q.grad_initial_state)
-        for (int64_t k = 0; k < N; ++k) static_cast<Acc*>(q.grad_initial_state)[row * N + k] = st[k];
-      for (int64_t k = 0; k < Np; ++k) {
-        static_cast<Acc*>(q.part_A)[row * Np + k] = st[Np + k];
-        if (!p.groups_B) static_cast<Acc*>(q.part_B_fixed)[row * Np + k] = st[2 * Np + k];
-        if (!p.groups_C) static_cast<Acc*>(q.part_C_fixed)[row * Np + k] = st[3 * Np + k];
-      }
-      if (q.part_D) static_cast<Acc*>(q.part_D)[row] = st[4 * Np];
-      if (q.part_bias) static_cast<Acc*>(q.part_bias)[row] = st[4 * Np + 1];
-    }
+    bwd_block<S, NV>(q, s, b, q.block_start[blk], q.block_start[blk + 1], Bpart, Cpart, nullptr);
+  }
+}
+
+// Multi-order: tasks [t0, t1) = (batch, channel block) pairs along ordering k; grad_u is added to
+// fwd.order_sum, dB/dC go to the task's partial rows.
+template <class S, int NV>
+void bwd_multi_tasks(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int64_t t1, void* scratch) {
+  using Acc = typename AccOf<S>::type;
+  const SelectiveScanFwdParams& p = q.fwd;
+  const int64_t Np = p.dstate_pad, L = p.seqlen, channels = p.dim / p.n_orders;
+  BwdBufs<Acc> s(reinterpret_cast<uintptr_t>(scratch), q);
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t b = task / q.n_blocks, blk = task % q.n_blocks;
+    const int64_t c0 = q.block_start[blk], c1 = q.block_start[blk + 1];
+    bwd_block<S, NV>(q, s, b, k * channels + c0, k * channels + c1, static_cast<Acc*>(q.part_B_var) + task * L * Np,
+                     static_cast<Acc*>(q.part_C_var) + task * L * Np,
+                     static_cast<Acc*>(p.order_sum) + (b * channels + c0) * L);
   }
 }
 
 // ------------------------------------------------------------------------------------------------
-// Entry points: pick the storage type and the register-resident state width.
-template <class S>
-void fwd_dispatch_nv(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* s) {
+// Entry points: pick the storage type and the register-resident state width (NV vectors of
+// float32 for dstate_pad / lanes in {1, 2, 4}, else 0: the state lives in scratch).
+template <int V>
+struct Nv {
+  static constexpr int value = V;
+};
+template <class S, class F>
+void with_nv(int64_t dstate_pad, F&& f) {
   using Acc = typename AccOf<S>::type;
   if constexpr (__is_same(Acc, float)) {
-    switch (p.dstate_pad / lanes<Acc>) {
-      case 1: return fwd_rows<S, 1>(p, r0, r1, s);
-      case 2: return fwd_rows<S, 2>(p, r0, r1, s);
-      case 4: return fwd_rows<S, 4>(p, r0, r1, s);
+    switch (dstate_pad / lanes<Acc>) {
+      case 1: return f(Nv<1>{});
+      case 2: return f(Nv<2>{});
+      case 4: return f(Nv<4>{});
       default: break;
     }
   }
-  fwd_rows<S, 0>(p, r0, r1, s);
-}
-template <class S>
-void bwd_dispatch_nv(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* s) {
-  using Acc = typename AccOf<S>::type;
-  if constexpr (__is_same(Acc, float)) {
-    switch (q.fwd.dstate_pad / lanes<Acc>) {
-      case 1: return bwd_tasks<S, 1>(q, t0, t1, s);
-      case 2: return bwd_tasks<S, 2>(q, t0, t1, s);
-      case 4: return bwd_tasks<S, 4>(q, t0, t1, s);
-      default: break;
-    }
-  }
-  bwd_tasks<S, 0>(q, t0, t1, s);
+  f(Nv<0>{});
 }
 
 int64_t fwd_scratch_bytes(const SelectiveScanFwdParams& p) {
@@ -439,26 +506,35 @@ int64_t bwd_scratch_bytes(const SelectiveScanBwdParams& q) {
 }
 
 void fwd_entry(const SelectiveScanFwdParams& p, int64_t r0, int64_t r1, void* s) {
-  switch (p.dtype) {
-    case ScalarKind::Float32: return fwd_dispatch_nv<float>(p, r0, r1, s);
-    case ScalarKind::Float64: return fwd_dispatch_nv<double>(p, r0, r1, s);
-    case ScalarKind::Float16: return fwd_dispatch_nv<f16>(p, r0, r1, s);
-    case ScalarKind::BFloat16: return fwd_dispatch_nv<bf16>(p, r0, r1, s);
-  }
+  with_storage(p.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_nv<S>(p.dstate_pad, [&](auto nv) { fwd_rows<S, decltype(nv)::value>(p, r0, r1, s); });
+  });
 }
 void bwd_entry(const SelectiveScanBwdParams& q, int64_t t0, int64_t t1, void* s) {
-  switch (q.fwd.dtype) {
-    case ScalarKind::Float32: return bwd_dispatch_nv<float>(q, t0, t1, s);
-    case ScalarKind::Float64: return bwd_dispatch_nv<double>(q, t0, t1, s);
-    case ScalarKind::Float16: return bwd_dispatch_nv<f16>(q, t0, t1, s);
-    case ScalarKind::BFloat16: return bwd_dispatch_nv<bf16>(q, t0, t1, s);
-  }
+  with_storage(q.fwd.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_nv<S>(q.fwd.dstate_pad, [&](auto nv) { bwd_tasks<S, decltype(nv)::value>(q, t0, t1, s); });
+  });
+}
+void fwd_multi_entry(const SelectiveScanFwdParams& p, int64_t k, int64_t r0, int64_t r1, void* s) {
+  with_storage(p.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_nv<S>(p.dstate_pad, [&](auto nv) { fwd_multi_rows<S, decltype(nv)::value>(p, k, r0, r1, s); });
+  });
+}
+void bwd_multi_entry(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int64_t t1, void* s) {
+  with_storage(q.fwd.dtype, [&](auto st) {
+    using S = decltype(st);
+    with_nv<S>(q.fwd.dstate_pad, [&](auto nv) { bwd_multi_tasks<S, decltype(nv)::value>(q, k, t0, t1, s); });
+  });
 }
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const SelectiveScanKernelTable kTable{MK_STR(MK_ISA), MK_VEC_BYTES, &fwd_entry, &bwd_entry, &fwd_scratch_bytes,
-                                      &bwd_scratch_bytes};
+const SelectiveScanKernelTable kTable{MK_STR(MK_ISA),      MK_VEC_BYTES,       &fwd_entry,
+                                      &bwd_entry,           &fwd_scratch_bytes, &bwd_scratch_bytes,
+                                      &fwd_multi_entry,     &bwd_multi_entry};
 #undef MK_STR
 #undef MK_STR2
 

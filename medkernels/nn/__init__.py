@@ -8,6 +8,8 @@ from .dformer import DFormerBlock, DilatedAttention3d
 from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .point_ssm import PointSSMGroupBlock, point_scan_orders
 
-__all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "InferenceParams", "Mamba", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
-__all__ += ["FasterKAN", "FasterKANLayer"]
+__all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "FasterKAN", "FasterKANLayer", "InferenceParams", "Mamba",
+           "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D", "PointSSMGroupBlock",
+           "point_scan_orders"]

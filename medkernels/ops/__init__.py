@@ -10,6 +10,7 @@ from ._library import cpu_isa, cpu_isas, set_cpu_isa
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 from .dct import dct2d, dct2d_ref, dct_matrix, idct2d, idct2d_ref
 from .dilated_attention import dilated_attention3d, dilated_attention3d_ref, dilated_groups
+from .multi_order_scan import multi_order_selective_scan, multi_order_selective_scan_ref
 from .neighborhood_attention import (
     na1d, na1d_av, na1d_av_ref, na1d_qk, na1d_qk_ref, na1d_ref,
     na2d, na2d_av, na2d_av_ref, na2d_qk, na2d_qk_ref, na2d_ref,
@@ -46,5 +47,9 @@ __all__ = [
     "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
     "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
     "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",
+    "multi_order_selective_scan",
+    "multi_order_selective_scan_ref",
+    "rswaf_kan",
+    "rswaf_kan_ref",
+    "rswaf_basis",
 ]
-__all__ += ["rswaf_kan", "rswaf_kan_ref", "rswaf_basis"]

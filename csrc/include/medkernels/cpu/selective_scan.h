@@ -40,8 +40,19 @@ struct SelectiveScanFwdParams {
   const void* delta_bias = nullptr;     // acc (dim,), optional
   const void* initial_state = nullptr;  // acc (batch, dim, dstate) contiguous, optional
 
-  void* out = nullptr;          // dtype (batch, dim, seqlen) contiguous
-  void* last_state = nullptr;   // acc (batch, dim, dstate) contiguous
+  // Multi-order scan (medkernels::multi_order_selective_scan_*): with `order` set, dim is
+  // n_orders * channels and row (b, k * channels + c) scans channel c of u along ordering k: it reads
+  // u[b, c, order[b, k, t]] and delta[b, row, order[b, k, t]] at step t (u, out and grad_out have
+  // `channels` rows per batch, shared by the orderings). B and C are then variable with n_orders
+  // groups and hold ONE ordering, (batch, seqlen, dstate_pad), already in that ordering's token order.
+  const int64_t* order = nullptr;  // (batch, n_orders, seqlen), each row a permutation of 0..seqlen-1
+  int64_t n_orders = 1;
+  // acc (batch, channels, seqlen), original token order: the forward adds each ordering's output
+  // to it, the backward each ordering's grad_u.
+  void* order_sum = nullptr;
+
+  void* out = nullptr;          // dtype (batch, dim, seqlen) contiguous; (batch, channels, seqlen) with order
+  void* last_state = nullptr;   // acc (batch, dim, dstate) contiguous; optional with order
   void* checkpoints = nullptr;  // acc (batch, dim, n_chunks, dstate): the state before each chunk
 };
 
@@ -72,6 +83,9 @@ struct SelectiveScanBwdParams {
   const int64_t* block_start = nullptr;  // n_blocks + 1 channel offsets
   void* part_B_var = nullptr;  // acc (batch, n_blocks, seqlen, dstate_pad), when B is variable
   void* part_C_var = nullptr;  // acc (batch, n_blocks, seqlen, dstate_pad), when C is variable
+  // With fwd.order set, block_start cuts the `channels` of u, a task is one (batch, block) of one
+  // ordering and part_B_var / part_C_var are (batch, n_blocks, seqlen, dstate_pad) for that
+  // ordering, in its token order; grad_u goes to fwd.order_sum.
 };
 
 struct SelectiveScanKernelTable {
@@ -84,6 +98,11 @@ struct SelectiveScanKernelTable {
   // Bytes of 64-byte aligned scratch one caller of fwd / bwd must pass.
   int64_t (*fwd_scratch_bytes)(const SelectiveScanFwdParams&);
   int64_t (*bwd_scratch_bytes)(const SelectiveScanBwdParams&);
+  // Multi-order scan (fwd.order set), ordering k: rows r in [begin, end) are (batch, channel of u)
+  // = (r / channels, r % channels), scanned along ordering k, the output added to order_sum.
+  void (*fwd_multi)(const SelectiveScanFwdParams&, int64_t k, int64_t row_begin, int64_t row_end, void* scratch);
+  // Tasks t in [begin, end) are (batch, block) = (t / n_blocks, t % n_blocks), along ordering k.
+  void (*bwd_multi)(const SelectiveScanBwdParams&, int64_t k, int64_t task_begin, int64_t task_end, void* scratch);
 };
 
 const SelectiveScanKernelTable& selective_scan_kernels_base();

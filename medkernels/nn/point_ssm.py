@@ -1,0 +1,170 @@
+"""The group Point-SSM block of PointMamba2.
+
+Zhang, Yang, Li, "PointMamba2" (hierarchical point-cloud SSM), MICCAI 2025, arXiv 2504.13015;
+official code github.com/wlsdzyzl/flemme (``flemme/block/pmamba.py``, ``PointScanMambaNonFFNBlock``,
+the paper's ``pmamba_non_ffn`` setting). A Mamba-1 block whose selective scan runs along K = 8
+orderings of the points (x-, y-, z-coordinate order, inside-out, and their reverses), each with its
+own x_proj / dt_proj / A / D, the K outputs summed in the original point order:
+
+    x, z = in_proj(h).chunk(2)                       (B, L, C) -> 2 x (B, L, expand * C)
+    x = LeakyReLU(causal depthwise conv1d(x))        in the given (FPS) point order
+    y = sum_k scan_k(x)                              medkernels.ops.multi_order_selective_scan
+    out = h + LeakyReLU(GroupNorm(out_proj(y * LeakyReLU(z))))
+
+Parameter names follow the official block so its state_dict keys map one to one: ``in_proj``,
+``conv`` (nn.Conv1d, depthwise), ``x_proj_weight`` (K, dt_rank + 2 d_state, d_inner),
+``dt_projs_weight`` (K, d_inner, dt_rank), ``dt_projs_bias`` (K, d_inner), ``A_logs``
+(K * d_inner, d_state), ``Ds`` (K * d_inner), ``out_proj``, ``norm`` (GroupNorm). Differences: the
+orderings are computed here from ``xyz`` in the fixed order of :data:`SCAN_ORDERS` (the official
+code takes a configured scanner list and appends nothing itself: map x_proj_weight[k] etc. to the
+same scan when loading); no dropout, time/condition injection or output Linear (C_out = C).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medkernels import ops
+
+__all__ = ["PointSSMGroupBlock", "point_scan_orders", "SCAN_ORDERS"]
+
+SCAN_ORDERS = ("x", "y", "z", "center", "x_reversed", "y_reversed", "z_reversed", "center_reversed")
+
+
+def point_scan_orders(xyz: torch.Tensor) -> torch.Tensor:
+    """The 8 scan orderings of PointMamba2's group Point-SSM, in the order of :data:`SCAN_ORDERS`.
+
+    Args:
+        xyz: (B, L, 3) point coordinates.
+
+    Returns:
+        (B, 8, L) int64: argsort by x, y, z and by distance to the centroid (inside-out), then the
+        reverse of each.
+    """
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"point_scan_orders: xyz must have shape (B, L, 3), got {tuple(xyz.shape)}")
+    xyz = xyz.detach()
+    center = (xyz - xyz.mean(dim=1, keepdim=True)).norm(dim=-1)
+    keys = torch.stack([xyz[..., 0], xyz[..., 1], xyz[..., 2], center], dim=1)  # (B, 4, L)
+    orders = torch.argsort(keys, dim=-1, stable=True)
+    return torch.cat([orders, orders.flip(-1)], dim=1)
+
+
+class PointSSMGroupBlock(nn.Module):
+    """PointMamba2's group Point-SSM block on medkernels' multi-order selective scan.
+
+    Args:
+        dim: channels C of the point features.
+        d_state: SSM state size N (64 in PointMamba2).
+        d_conv: depthwise causal conv width (4).
+        expand: inner channels = expand * dim (2).
+        dt_rank: rank of the dt projections, "auto" = ceil(dim / 16).
+        dt_min, dt_max, dt_scale, dt_init_floor: dt projection initialisation (as mamba_ssm).
+        conv_bias: bias of the depthwise conv.
+        bias: bias of in_proj and out_proj (none in PointMamba2).
+        num_groups: GroupNorm groups (8).
+        negative_slope: of the LeakyReLUs.
+        backend: forced backend of the scan and conv ops (None: automatic).
+        device, dtype: of the parameters (A_logs and Ds stay float32).
+
+    Shapes:
+        forward(x (B, L, C), xyz (B, L, 3)) -> (B, L, C); or pass ``orders`` (B, 8, L) int64
+        instead of xyz to reuse precomputed orderings.
+    """
+
+    num_scans = len(SCAN_ORDERS)
+
+    def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, num_groups: int = 8, negative_slope: float = 0.01,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("dim", dim), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"PointSSMGroupBlock: {name} must be a positive int, got {v!r}")
+        if dim % num_groups != 0:
+            raise ValueError(f"PointSSMGroupBlock: dim={dim} must be divisible by num_groups={num_groups}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"PointSSMGroupBlock: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        fk = {"device": device, "dtype": dtype}
+        K = self.num_scans
+        self.dim, self.d_state, self.d_conv, self.expand = dim, d_state, d_conv, expand
+        self.d_inner = expand * dim
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.negative_slope = negative_slope
+        self.backend = backend
+
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **fk)
+        self.conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                              bias=conv_bias, **fk)
+        # Per scan: x_proj (no bias), dt_proj, A, D, as K stacked copies of mamba_ssm's initialisation.
+        x_proj = torch.empty(K, self.dt_rank + 2 * d_state, self.d_inner, **fk)
+        bound = 1 / math.sqrt(self.d_inner)
+        nn.init.uniform_(x_proj, -bound, bound)
+        self.x_proj_weight = nn.Parameter(x_proj)
+        std = self.dt_rank ** -0.5 * dt_scale
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, self.d_inner, self.dt_rank, **fk).uniform_(-std, std))
+        dt = torch.exp(torch.rand(K, self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_projs_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(dtype or torch.float32))
+        self.dt_projs_bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).expand(K * self.d_inner, d_state)
+        self.A_logs = nn.Parameter(torch.log(A).contiguous())
+        self.A_logs._no_weight_decay = True
+        self.Ds = nn.Parameter(torch.ones(K * self.d_inner, device=device))
+        self.Ds._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **fk)
+        self.norm = nn.GroupNorm(num_groups, dim, **fk)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+                f"dt_rank={self.dt_rank}, scans={self.num_scans}")
+
+    def scan_inputs(self, x: torch.Tensor) -> dict:
+        """delta, A, B, C, D, delta_bias of the K scans from the conv output x (B, d_inner, L), all in
+        the original point order (the projections are per point, so they commute with the orderings)."""
+        batch, _, L = x.shape
+        K, N, R = self.num_scans, self.d_state, self.dt_rank
+        x_dbl = torch.einsum("bdl,kcd->bkcl", x, self.x_proj_weight.to(x.dtype))  # (B, K, R + 2N, L)
+        dts, B, C = torch.split(x_dbl, [R, N, N], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(x.dtype))
+        return {
+            "delta": delta.contiguous(),
+            "A": -torch.exp(self.A_logs.float()).view(K, self.d_inner, N),
+            "B": B.contiguous(),
+            "C": C.contiguous(),
+            "D": self.Ds.float().view(K, self.d_inner),
+            "delta_bias": self.dt_projs_bias.float(),
+        }
+
+    def forward(self, x: torch.Tensor, xyz: torch.Tensor | None = None, *,
+                orders: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, C) point features in FPS order, xyz (B, L, 3) their coordinates -> (B, L, C)."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"PointSSMGroupBlock: x must have shape (B, L, {self.dim}), got {tuple(x.shape)}")
+        if orders is None:
+            if xyz is None:
+                raise ValueError("PointSSMGroupBlock: pass xyz (B, L, 3) or orders (B, 8, L)")
+            if xyz.shape[:2] != x.shape[:2]:
+                raise ValueError(f"PointSSMGroupBlock: xyz must have shape (B, L, 3) = {(*x.shape[:2], 3)}, "
+                                 f"got {tuple(xyz.shape)}")
+            orders = point_scan_orders(xyz)
+        xz = self.in_proj(x)
+        u, z = xz.chunk(2, dim=-1)
+        u = ops.causal_conv1d_fn(u.transpose(1, 2), self.conv.weight[:, 0], self.conv.bias, activation=None,
+                                 backend=self.backend)
+        u = F.leaky_relu(u, self.negative_slope)  # (B, d_inner, L)
+        s = self.scan_inputs(u)
+        u = u.contiguous()
+        if self.backend == "reference":
+            y = ops.multi_order_selective_scan_ref(u, orders=orders, **s)
+        else:
+            y = ops.multi_order_selective_scan(u, orders=orders, **s, backend=self.backend)
+        y = y.transpose(1, 2) * F.leaky_relu(z, self.negative_slope)  # (B, L, d_inner)
+        out = self.out_proj(y)
+        out = self.norm(out.transpose(1, 2)).transpose(1, 2)
+        return x + F.leaky_relu(out, self.negative_slope)

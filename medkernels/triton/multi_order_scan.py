@@ -1,0 +1,197 @@
+"""Triton kernels for the multi-order selective scan (PointMamba2's group Point-SSM), forward and backward.
+
+One program per (batch, ordering, block of BD channels) walks its ordering token by token through
+the index (``orders[b, k, t]``): u, delta, B, C and grad_out are read at the indexed token, so no
+permuted copy exists. The (BD, BN) state stays in registers; the state before every chunk of CH
+tokens is saved. The output and grad_u, summed over the orderings, and dB/dC, dA, dD, ddelta_bias,
+summed over channel blocks or batches, accumulate with float32 atomics (their last bits depend on
+the order). The backward recomputes a chunk's states from its checkpoint into a per-program
+scratch of (CH + 1, BD, BN) and runs the adjoint recurrence backwards through it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import AVAILABLE, interpreting
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _token(U, DELTA, BIAS, B, C, ORD, b, k, t, L, N, offs_d, md, offs_n, mn, bias, K,
+               su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Step t of ordering k: the token, u, raw delta, dt, B_t, C_t (float32)."""
+        idx = tl.load(ORD + (b * K + k) * L + t)
+        u = tl.load(U + b * su_b + offs_d * su_d + idx, mask=md, other=0.0).to(tl.float32)
+        raw = tl.load(DELTA + b * sd_b + k * sd_k + offs_d * sd_d + idx, mask=md, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += bias
+        dt = raw
+        if SOFTPLUS:
+            dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+        Bt = tl.load(B + b * sB_b + k * sB_k + offs_n * sB_n + idx, mask=mn, other=0.0).to(tl.float32)
+        Ct = tl.load(C + b * sC_b + k * sC_k + offs_n * sC_n + idx, mask=mn, other=0.0).to(tl.float32)
+        return idx, u, raw, dt, Bt, Ct
+
+    @triton.jit
+    def _fwd_kernel(U, DELTA, A, B, C, D, BIAS, ORD, OUT, CKPT, L, DIM, N, K, n_chunks,
+                    su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+        bk = tl.program_id(0)
+        b, k = bk // K, bk % K
+        offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+        md = offs_d < DIM
+        offs_n = tl.arange(0, BN)
+        mn = offs_n < N
+        m2 = md[:, None] & mn[None, :]
+        A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
+        Dv = tl.zeros([BD], tl.float32)
+        if HAS_D:
+            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
+        bias = tl.zeros([BD], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        h = tl.zeros([BD, BN], tl.float32)
+        ck = CKPT + ((b * K + k) * DIM + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
+        for t in range(0, L):
+            if t % CH == 0:
+                tl.store(ck + (t // CH) * N, h, mask=m2)
+            idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t, L, N, offs_d, md, offs_n, mn,
+                                             bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
+                                             sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+            h = tl.exp(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1) + Dv * u
+            tl.atomic_add(OUT + (b * DIM + offs_d) * L + idx, y, mask=md)
+
+    @triton.jit
+    def _bwd_kernel(GY, U, DELTA, A, B, C, D, BIAS, ORD, CKPT, SCR,
+                    DU, DDELTA, DA, DB, DC, DD, DBIAS, L, DIM, N, K, n_chunks,
+                    su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n, sg_b, sg_d,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+        bk = tl.program_id(0)
+        b, k = bk // K, bk % K
+        pid = bk * tl.num_programs(1) + tl.program_id(1)
+        offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+        md = offs_d < DIM
+        offs_n = tl.arange(0, BN)
+        mn = offs_n < N
+        m2 = md[:, None] & mn[None, :]
+        A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
+        Dv = tl.zeros([BD], tl.float32)
+        if HAS_D:
+            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
+        bias = tl.zeros([BD], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        ck = CKPT + ((b * K + k) * DIM + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
+        scr = SCR + pid * (CH + 1) * BD * BN + tl.arange(0, BD)[:, None] * BN + offs_n[None, :]
+        carry = tl.zeros([BD, BN], tl.float32)
+        gA = tl.zeros([BD, BN], tl.float32)
+        gD = tl.zeros([BD], tl.float32)
+        gbias = tl.zeros([BD], tl.float32)
+        for ci in range(0, n_chunks):
+            c = n_chunks - 1 - ci
+            t0 = c * CH
+            n = tl.minimum(L - t0, CH)
+            # Recompute the chunk's states: scr[i] = the state before step t0 + i, scr[n] after the last.
+            h = tl.load(ck + c * N, mask=m2, other=0.0)
+            tl.store(scr, h)
+            for i in range(0, n):
+                idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t0 + i, L, N, offs_d, md, offs_n,
+                                                 mn, bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
+                                                 sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+                h = tl.exp(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                tl.store(scr + (i + 1) * BD * BN, h)
+            for j in range(0, n):
+                i = n - 1 - j
+                idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t0 + i, L, N, offs_d, md, offs_n,
+                                                 mn, bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
+                                                 sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+                gy = tl.load(GY + b * sg_b + offs_d * sg_d + idx, mask=md, other=0.0).to(tl.float32)
+                h_prev = tl.load(scr + i * BD * BN)
+                h_cur = tl.load(scr + (i + 1) * BD * BN)
+                dA = tl.exp(dt[:, None] * A2)
+                g = carry + gy[:, None] * Ct[None, :]
+                tl.atomic_add(DC + b * sC_b + k * sC_k + offs_n * sC_n + idx,
+                              tl.sum(tl.where(m2, gy[:, None] * h_cur, 0.0), axis=0), mask=mn)
+                tl.atomic_add(DB + b * sB_b + k * sB_k + offs_n * sB_n + idx,
+                              tl.sum(tl.where(m2, g * (dt * u)[:, None], 0.0), axis=0), mask=mn)
+                x = g * h_prev * dA
+                gA += x * dt[:, None]
+                sB = tl.sum(g * Bt[None, :], axis=1)
+                gdt = tl.sum(x * A2, axis=1) + u * sB
+                if SOFTPLUS:
+                    gdt = gdt * tl.where(raw <= 20.0, 1.0 / (1.0 + tl.exp(-raw)), 1.0)
+                tl.store(DDELTA + b * sd_b + k * sd_k + offs_d * sd_d + idx, gdt, mask=md)
+                tl.atomic_add(DU + (b * DIM + offs_d) * L + idx, gy * Dv + dt * sB, mask=md)
+                gD += gy * u
+                gbias += gdt
+                carry = g * dA
+        tl.atomic_add(DA + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], gA, mask=m2)
+        if HAS_D:
+            tl.atomic_add(DD + k * DIM + offs_d, gD, mask=md)
+        if HAS_BIAS:
+            tl.atomic_add(DBIAS + k * DIM + offs_d, gbias, mask=md)
+
+    def chunk_len() -> int:
+        """Tokens between saved states (small in the interpreter, to exercise chunk boundaries)."""
+        return 4 if interpreting() else 64
+
+    def _config(dim: int, N: int) -> tuple[int, int]:
+        BN = triton.next_power_of_2(max(N, 1))
+        BD = max(1, min(triton.next_power_of_2(dim), max(1, 4096 // BN), 32))
+        return BD, BN
+
+    def forward(u, delta, A, B, C, D, delta_bias, orders, softplus: bool, chunk: int):
+        """u (batch, dim, L), delta (batch, K, dim, L), B/C (batch, K, N, L) with unit stride along L;
+        A (K, dim, N), D/delta_bias (K, dim) float32 contiguous. Returns out float32, checkpoints."""
+        batch, dim, L = u.shape
+        K, N = A.shape[0], A.shape[2]
+        n_chunks = (L + chunk - 1) // chunk
+        out = torch.zeros(batch, dim, L, device=u.device, dtype=torch.float32)
+        ckpt = torch.empty(batch, K * dim, n_chunks, N, device=u.device, dtype=torch.float32)
+        if out.numel() == 0:
+            return out, ckpt
+        BD, BN = _config(dim, N)
+        dummy = A
+        _fwd_kernel[(batch * K, triton.cdiv(dim, BD))](
+            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
+            orders, out, ckpt, L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            delta.stride(2), B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CH=chunk, BD=BD, BN=BN)
+        return out, ckpt
+
+    def backward(grad_out, u, delta, A, B, C, D, delta_bias, orders, ckpt, softplus: bool, chunk: int):
+        """Float32 gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD/ddelta_bias None when absent.
+        delta, B and C must be contiguous (their gradients are written with their strides)."""
+        batch, dim, L = u.shape
+        K, N = A.shape[0], A.shape[2]
+        n_chunks = ckpt.shape[2]
+        f32 = {"device": u.device, "dtype": torch.float32}
+        du = torch.zeros(batch, dim, L, **f32)
+        ddelta = torch.zeros(delta.shape, **f32)
+        dA = torch.zeros(A.shape, **f32)
+        dB = torch.zeros(B.shape, **f32)
+        dC = torch.zeros(C.shape, **f32)
+        dD = torch.zeros(K, dim, **f32) if D is not None else None
+        dbias = torch.zeros(K, dim, **f32) if delta_bias is not None else None
+        if u.numel() == 0:
+            return du, ddelta, dA, dB, dC, dD, dbias
+        BD, BN = _config(dim, N)
+        grid = (batch * K, triton.cdiv(dim, BD))
+        scratch = torch.empty(grid[0] * grid[1] * (chunk + 1) * BD * BN, **f32)
+        dummy = A
+        _bwd_kernel[grid](
+            grad_out, u, delta, A, B, C, D if D is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, orders, ckpt, scratch,
+            du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dbias if dbias is not None else dummy,
+            L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), delta.stride(2),
+            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            grad_out.stride(0), grad_out.stride(1),
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CH=chunk, BD=BD, BN=BN)
+        return du, ddelta, dA, dB, dC, dD, dbias
