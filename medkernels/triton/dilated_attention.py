@@ -31,6 +31,19 @@ if AVAILABLE:
         return x0, x1, x2, ok
 
     @triton.jit
+    def _program(H, NG1, NG2):
+        """(batch, head, group coordinates) of this program (grid axis 1: group, axis 2: batch * heads)."""
+        gid = tl.program_id(1)
+        bh = tl.program_id(2)
+        return bh // H, bh % H, gid // (NG1 * NG2), (gid // NG2) % NG1, gid % NG2
+
+    @triton.jit
+    def _gather(P, b, x0, x1, x2, h, s_b, s_0, s_1, s_2, s_h, offs_d, mask):
+        """Rows (b, x0, x1, x2, h) of a strided ``[B, D, H, W, heads, dim]`` tensor, in float32."""
+        off = b * s_b + x0 * s_0 + x1 * s_1 + x2 * s_2 + h * s_h
+        return tl.load(P + off[:, None] + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _rows(x0, x1, x2, S1, S2, b, h, S0, H):
         """Row index (batch, x0, x1, x2, head) in the contiguous outputs."""
         return (((b * S0 + x0) * S1 + x1) * S2 + x2) * H + h
@@ -41,20 +54,12 @@ if AVAILABLE:
                     GS0, GS1, GS2, PS0, PS1, PS2, scale,
                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
         pid_m = tl.program_id(0)
-        gid = tl.program_id(1)
-        bh = tl.program_id(2)
-        b = bh // H
-        h = bh % H
-        g0 = gid // (NG1 * NG2)
-        g1 = (gid // NG2) % NG1
-        g2 = gid % NG2
+        b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
         md = offs_d < DIM
         offs_m = pid_m * BM + tl.arange(0, BM)
         x0, x1, x2, mq = _members(offs_m, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
-        q_off = b * sq_b + x0 * sq_0 + x1 * sq_1 + x2 * sq_2 + h * sq_h
-        q = tl.load(Q + q_off[:, None] + offs_d[None, :], mask=mq[:, None] & md[None, :], other=0.0).to(tl.float32)
-        q = q * scale
+        q = _gather(Q, b, x0, x1, x2, h, sq_b, sq_0, sq_1, sq_2, sq_h, offs_d, mq[:, None] & md[None, :]) * scale
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, BD], tl.float32)
@@ -62,10 +67,8 @@ if AVAILABLE:
             offs_n = n0 + tl.arange(0, BN)
             y0, y1, y2, mk = _members(offs_n, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
             m2 = mk[:, None] & md[None, :]
-            k = tl.load(K + (b * sk_b + y0 * sk_0 + y1 * sk_1 + y2 * sk_2 + h * sk_h)[:, None] + offs_d[None, :],
-                        mask=m2, other=0.0).to(tl.float32)
-            v = tl.load(V + (b * sv_b + y0 * sv_0 + y1 * sv_1 + y2 * sv_2 + h * sv_h)[:, None] + offs_d[None, :],
-                        mask=m2, other=0.0).to(tl.float32)
+            k = _gather(K, b, y0, y1, y2, h, sk_b, sk_0, sk_1, sk_2, sk_h, offs_d, m2)
+            v = _gather(V, b, y0, y1, y2, h, sv_b, sv_0, sv_1, sv_2, sv_h, offs_d, m2)
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
             s = tl.where(mk[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: member 0 of every group exists
@@ -90,30 +93,21 @@ if AVAILABLE:
                          GS0, GS1, GS2, PS0, PS1, PS2, scale,
                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
         pid_n = tl.program_id(0)
-        gid = tl.program_id(1)
-        bh = tl.program_id(2)
-        b = bh // H
-        h = bh % H
-        g0 = gid // (NG1 * NG2)
-        g1 = (gid // NG2) % NG1
-        g2 = gid % NG2
+        b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
         md = offs_d < DIM
         offs_n = pid_n * BN + tl.arange(0, BN)
         y0, y1, y2, mk = _members(offs_n, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
         mkd = mk[:, None] & md[None, :]
-        k = tl.load(K + (b * sk_b + y0 * sk_0 + y1 * sk_1 + y2 * sk_2 + h * sk_h)[:, None] + offs_d[None, :],
-                    mask=mkd, other=0.0).to(tl.float32)
-        v = tl.load(V + (b * sv_b + y0 * sv_0 + y1 * sv_1 + y2 * sv_2 + h * sv_h)[:, None] + offs_d[None, :],
-                    mask=mkd, other=0.0).to(tl.float32)
+        k = _gather(K, b, y0, y1, y2, h, sk_b, sk_0, sk_1, sk_2, sk_h, offs_d, mkd)
+        v = _gather(V, b, y0, y1, y2, h, sv_b, sv_0, sv_1, sv_2, sv_h, offs_d, mkd)
         dk = tl.zeros([BN, BD], tl.float32)
         dv = tl.zeros([BN, BD], tl.float32)
         for m0 in range(0, T, BM):
             offs_m = m0 + tl.arange(0, BM)
             x0, x1, x2, mq = _members(offs_m, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
             mqd = mq[:, None] & md[None, :]
-            q = tl.load(Q + (b * sq_b + x0 * sq_0 + x1 * sq_1 + x2 * sq_2 + h * sq_h)[:, None] + offs_d[None, :],
-                        mask=mqd, other=0.0).to(tl.float32) * scale
+            q = _gather(Q, b, x0, x1, x2, h, sq_b, sq_0, sq_1, sq_2, sq_h, offs_d, mqd) * scale
             rows = _rows(x0, x1, x2, S1, S2, b, h, S0, H)
             do = tl.load(DO + rows[:, None] * DIM + offs_d[None, :], mask=mqd, other=0.0)
             lse = tl.load(LSE + rows, mask=mq, other=0.0)
@@ -133,20 +127,13 @@ if AVAILABLE:
                        GS0, GS1, GS2, PS0, PS1, PS2, scale,
                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
         pid_m = tl.program_id(0)
-        gid = tl.program_id(1)
-        bh = tl.program_id(2)
-        b = bh // H
-        h = bh % H
-        g0 = gid // (NG1 * NG2)
-        g1 = (gid // NG2) % NG1
-        g2 = gid % NG2
+        b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
         md = offs_d < DIM
         offs_m = pid_m * BM + tl.arange(0, BM)
         x0, x1, x2, mq = _members(offs_m, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
         mqd = mq[:, None] & md[None, :]
-        q = tl.load(Q + (b * sq_b + x0 * sq_0 + x1 * sq_1 + x2 * sq_2 + h * sq_h)[:, None] + offs_d[None, :],
-                    mask=mqd, other=0.0).to(tl.float32) * scale
+        q = _gather(Q, b, x0, x1, x2, h, sq_b, sq_0, sq_1, sq_2, sq_h, offs_d, mqd) * scale
         rows = _rows(x0, x1, x2, S1, S2, b, h, S0, H)
         do = tl.load(DO + rows[:, None] * DIM + offs_d[None, :], mask=mqd, other=0.0)
         lse = tl.load(LSE + rows, mask=mq, other=0.0)
@@ -156,10 +143,8 @@ if AVAILABLE:
             offs_n = n0 + tl.arange(0, BN)
             y0, y1, y2, mk = _members(offs_n, g0, g1, g2, T, S0, S1, S2, G1, G2, GS0, GS1, GS2, PS0, PS1, PS2)
             mkd = mk[:, None] & md[None, :]
-            k = tl.load(K + (b * sk_b + y0 * sk_0 + y1 * sk_1 + y2 * sk_2 + h * sk_h)[:, None] + offs_d[None, :],
-                        mask=mkd, other=0.0).to(tl.float32)
-            v = tl.load(V + (b * sv_b + y0 * sv_0 + y1 * sv_1 + y2 * sv_2 + h * sv_h)[:, None] + offs_d[None, :],
-                        mask=mkd, other=0.0).to(tl.float32)
+            k = _gather(K, b, y0, y1, y2, h, sk_b, sk_0, sk_1, sk_2, sk_h, offs_d, mkd)
+            v = _gather(V, b, y0, y1, y2, h, sv_b, sv_0, sv_1, sv_2, sv_h, offs_d, mkd)
             p = _probs(q, k, lse, mq, mk)
             dp = tl.dot(do, tl.trans(v), input_precision="ieee")
             dq += tl.dot(p * (dp - drow[:, None]), k, input_precision="ieee")
