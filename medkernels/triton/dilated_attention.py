@@ -82,6 +82,12 @@ if AVAILABLE:
         tl.store(LSE + rows, m_i + tl.log(l_i), mask=mq)
 
     @triton.jit
+    def _query_grads(DO, LSE, DROW, rows, offs_d, DIM, mq, mqd):
+        """A query block's output gradient, log-sum-exp and rowsum(dO * O) (contiguous, by row)."""
+        do = tl.load(DO + rows[:, None] * DIM + offs_d[None, :], mask=mqd, other=0.0)
+        return do, tl.load(LSE + rows, mask=mq, other=0.0), tl.load(DROW + rows, mask=mq, other=0.0)
+
+    @triton.jit
     def _probs(q, k, lse, mq, mk):
         """P = exp(q k^T - lse) on existing (query, key) pairs, 0 elsewhere."""
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -109,9 +115,7 @@ if AVAILABLE:
             mqd = mq[:, None] & md[None, :]
             q = _gather(Q, b, x0, x1, x2, h, sq_b, sq_0, sq_1, sq_2, sq_h, offs_d, mqd) * scale
             rows = _rows(x0, x1, x2, S1, S2, b, h, S0, H)
-            do = tl.load(DO + rows[:, None] * DIM + offs_d[None, :], mask=mqd, other=0.0)
-            lse = tl.load(LSE + rows, mask=mq, other=0.0)
-            drow = tl.load(DROW + rows, mask=mq, other=0.0)
+            do, lse, drow = _query_grads(DO, LSE, DROW, rows, offs_d, DIM, mq, mqd)
             p = _probs(q, k, lse, mq, mk)
             dv += tl.dot(tl.trans(p), do, input_precision="ieee")
             dp = tl.dot(do, tl.trans(v), input_precision="ieee")
@@ -135,9 +139,7 @@ if AVAILABLE:
         mqd = mq[:, None] & md[None, :]
         q = _gather(Q, b, x0, x1, x2, h, sq_b, sq_0, sq_1, sq_2, sq_h, offs_d, mqd) * scale
         rows = _rows(x0, x1, x2, S1, S2, b, h, S0, H)
-        do = tl.load(DO + rows[:, None] * DIM + offs_d[None, :], mask=mqd, other=0.0)
-        lse = tl.load(LSE + rows, mask=mq, other=0.0)
-        drow = tl.load(DROW + rows, mask=mq, other=0.0)
+        do, lse, drow = _query_grads(DO, LSE, DROW, rows, offs_d, DIM, mq, mqd)
         dq = tl.zeros([BM, BD], tl.float32)
         for n0 in range(0, T, BN):
             offs_n = n0 + tl.arange(0, BN)

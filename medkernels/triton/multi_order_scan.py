@@ -37,6 +37,18 @@ if AVAILABLE:
         return idx, u, raw, dt, Bt, Ct
 
     @triton.jit
+    def _ordering_params(A, D, BIAS, k, DIM, N, offs_d, md, offs_n, m2, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """Ordering k's A (BD, BN) block, D and delta_bias (BD,) for channels offs_d (zeros when absent)."""
+        A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
+        Dv = tl.zeros([offs_d.shape[0]], tl.float32)
+        if HAS_D:
+            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
+        bias = tl.zeros([offs_d.shape[0]], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        return A2, Dv, bias
+
+    @triton.jit
     def _fwd_kernel(U, DELTA, A, B, C, D, BIAS, ORD, OUT, CKPT, L, DIM, N, K, n_chunks,
                     su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -48,13 +60,7 @@ if AVAILABLE:
         offs_n = tl.arange(0, BN)
         mn = offs_n < N
         m2 = md[:, None] & mn[None, :]
-        A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
-        Dv = tl.zeros([BD], tl.float32)
-        if HAS_D:
-            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        A2, Dv, bias = _ordering_params(A, D, BIAS, k, DIM, N, offs_d, md, offs_n, m2, HAS_D, HAS_BIAS)
         h = tl.zeros([BD, BN], tl.float32)
         ck = CKPT + ((b * K + k) * DIM + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
         for t in range(0, L):
@@ -81,13 +87,7 @@ if AVAILABLE:
         offs_n = tl.arange(0, BN)
         mn = offs_n < N
         m2 = md[:, None] & mn[None, :]
-        A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
-        Dv = tl.zeros([BD], tl.float32)
-        if HAS_D:
-            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
-        bias = tl.zeros([BD], tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        A2, Dv, bias = _ordering_params(A, D, BIAS, k, DIM, N, offs_d, md, offs_n, m2, HAS_D, HAS_BIAS)
         ck = CKPT + ((b * K + k) * DIM + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
         scr = SCR + pid * (CH + 1) * BD * BN + tl.arange(0, BD)[:, None] * BN + offs_n[None, :]
         carry = tl.zeros([BD, BN], tl.float32)
