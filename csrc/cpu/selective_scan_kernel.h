@@ -234,8 +234,8 @@ inline int64_t max_block_rows(const SelectiveScanBwdParams& q) {
 
 template <class Acc>
 struct BwdBufs {
-  Acc *uf, *dt, *du, *sg, *gy, *zf, *y, *gu, *gdt, *sA, *sB;
-  Acc *H, *DA, *P, *PAB, *Bc, *Cc;
+  Acc *uf, *dt, *du, *sg, *gy, *g0, *zf, *sz, *y, *gu, *gdt, *sA, *sB;
+  Acc *Q, *DA, *P, *PAB, *Bc, *Cc;
   Acc* rows;  // per row of the block: carry, dA, dB (fixed), dC (fixed) [dstate_pad each], dD, dbias
   int64_t row_stride;
   vec<Acc>*h, *A2, *carry, *gA;  // used when the state does not fit the register-resident variants
@@ -245,10 +245,10 @@ struct BwdBufs {
     const SelectiveScanFwdParams& p = q.fwd;
     const int64_t T = p.chunk, Np = p.dstate_pad;
     Carver c{base};
-    Acc** per_step[] = {&uf, &dt, &du, &sg, &gy, &zf, &y, &gu, &gdt, &sA, &sB};
+    Acc** per_step[] = {&uf, &dt, &du, &sg, &gy, &g0, &zf, &sz, &y, &gu, &gdt, &sA, &sB};
     for (Acc** a : per_step) *a = c.take<Acc>(T + W);
-    H = c.take<Acc>((T + 1) * Np);  // H[0] is the chunk's starting state, H[i + 1] the state after step i
-    DA = c.take<Acc>(T * Np);
+    Q = c.take<Acc>(T * Np);   // per step i: exp(dt_i A) * h_{i-1}
+    DA = c.take<Acc>(T * Np);  // per step i: exp(dt_i A)
     P = c.take<Acc>(T * W);
     PAB = c.take<Acc>(2 * T * W);  // per step: the sA and sB vectors
     // Per-step gradient rows of a FIXED B or C, summed over the chunk afterwards.
@@ -288,7 +288,20 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   load_seq(grow, r.idx, t0, s.gy, n);
   chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, s.sg, n);
 
-  // Recompute the chunk's states from its checkpoint (and y, for the gate's gradient).
+  // Through the gate first (it needs y only for grad_z): gy = dL/dy; g0 keeps dL/dout.
+  if (r.z) {
+    load_span(r.z + t0, s.zf, n);
+    for (int64_t i = 0; i < n; i += W) {
+      const V zv = vload(s.zf + i), g = vload(s.gy + i);
+      const V sz = vsigmoid(zv);
+      vstore(s.sz + i, sz);
+      vstore(s.g0 + i, g);
+      vstore(s.gy + i, g * (zv * sz));
+    }
+  }
+
+  // Recompute the chunk's states from its checkpoint, forward: per step the decay factors and
+  // exp(dt A) * h_{t-1} for the reverse pass, dC_t += gy_t h_t, and y for the gate's gradient.
   V hl[NL], A2l[NL], carryl[NL], gAl[NL];
   V* h = NV > 0 ? hl : s.h;
   V* A2 = NV > 0 ? A2l : s.A2;
@@ -297,36 +310,33 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
   {
     load_state(h, static_cast<const Acc*>(p.checkpoints) + (row * p.n_chunks + c) * N, N, nv);
-    for (int v = 0; v < nv; ++v) vstore(s.H + v * W, h[v]);
     const Acc* Bt = r.B + t0 * r.B_step;
     const Acc* Ct = r.C + t0 * r.C_step;
-    Acc* Hn = s.H + Np;
+    Acc* Qi = s.Q;
     Acc* DAi = s.DA;
-    for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step, Hn += Np, DAi += Np) {
-      const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
+    Acc* Cpi = Cp;
+    for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step, Qi += Np, DAi += Np, Cpi += Np) {
+      const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]), gyv = vsplat(s.gy[i]);
       V acc{};
       for (int v = 0; v < nv; ++v) {
         const V dA = vexp2(dtv * A2[v]);
-        h[v] = dA * h[v] + duv * vload(Bt + v * W);
-        vstore(Hn + v * W, h[v]);
+        const V qv = dA * h[v];
+        h[v] = qv + duv * vload(Bt + v * W);
+        vstore(Qi + v * W, qv);
         vstore(DAi + v * W, dA);
-        acc += h[v] * vload(Ct + v * W);
+        vstore(Cpi + v * W, vload(Cpi + v * W) + gyv * h[v]);
+        if (r.z) acc += h[v] * vload(Ct + v * W);
       }
-      vstore(s.P + i * W, acc);
+      if (r.z) vstore(s.P + i * W, acc);
     }
   }
-
-  // Through the gate and the skip: gy = dL/dy, gz, dD.
   if (r.z) {
     reduce_lanes(s.P, s.y, n);
     for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
-    load_span(r.z + t0, s.zf, n);
     for (int64_t i = 0; i < n; i += W) {
-      const V zv = vload(s.zf + i), g = vload(s.gy + i), uv = vload(s.uf + i);
-      const V sz = vsigmoid(zv);
-      const V o = vload(s.y + i) + r.D * uv;
-      vstore(s.gy + i, g * (zv * sz));
-      vstore(s.zf + i, g * o * sz * (Acc(1) + zv * (Acc(1) - sz)));
+      const V zv = vload(s.zf + i), sz = vload(s.sz + i);
+      const V o = vload(s.y + i) + r.D * vload(s.uf + i);
+      vstore(s.zf + i, vload(s.g0 + i) * o * sz * (Acc(1) + zv * (Acc(1) - sz)));
     }
     store_span(static_cast<S*>(q.grad_z) + row * L + t0, s.zf, n);
   }
@@ -344,21 +354,18 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
     const Acc* Ct = r.C + (t0 + n - 1) * r.C_step;
     for (int64_t i = n - 1; i >= 0; --i, Bt -= r.B_step, Ct -= r.C_step) {
       const V gyv = vsplat(s.gy[i]), duv = vsplat(s.du[i]), dtv = vsplat(s.dt[i]);
-      const Acc* Hi = s.H + i * Np;
+      const Acc* Qi = s.Q + i * Np;
       const Acc* DAi = s.DA + i * Np;
       Acc* Bpi = Bp + i * Np;
-      Acc* Cpi = Cp + i * Np;
       V sA{}, sB{};
       for (int v = 0; v < nv; ++v) {
         const V g = carry[v] + gyv * vload(Ct + v * W);
-        vstore(Cpi + v * W, vload(Cpi + v * W) + gyv * vload(Hi + Np + v * W));
         vstore(Bpi + v * W, vload(Bpi + v * W) + g * duv);
-        const V dA = vload(DAi + v * W);
-        const V x = g * vload(Hi + v * W) * dA;
+        const V x = g * vload(Qi + v * W);
         gA[v] += x * dtv;
         sA += x * A2[v];
         sB += g * vload(Bt + v * W);
-        carry[v] = g * dA;
+        carry[v] = g * vload(DAi + v * W);
       }
       vstore(s.PAB + 2 * i * W, sA);
       vstore(s.PAB + (2 * i + 1) * W, sB);

@@ -28,9 +28,20 @@ __all__ = ["selective_scan_fn", "selective_scan_ref", "can_run_cuda", "can_run_t
 
 _OP = "selective_scan_fn"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Tokens between saved states in the backward (memory: batch * dim * dstate * seqlen / chunk). The
-# backward recomputes one chunk at a time; 128 keeps its buffers in L1/L2 for dstate 16.
-_CPU_CHUNK = 128
+# Tokens between saved states (memory: batch * dim * dstate * seqlen / chunk); None picks
+# _cpu_chunk(dstate). Tests set small values to cross many chunk boundaries.
+_CPU_CHUNK: int | None = None
+
+
+def _cpu_chunk(dstate: int) -> int:
+    """The CPU kernel's checkpoint interval: the backward recomputes one chunk at a time, keeping two
+    (chunk, dstate) float32 buffers, and reads each (batch, channel) row's sequences in chunk-long
+    runs. Longer runs stream better from memory; 8192 floats per buffer keeps them in L2:
+    512 tokens for dstate 16, 128 for dstate 64 (never below 128 or above 1024)."""
+    chunk = 1024
+    while chunk > 128 and chunk * dstate > 8192:
+        chunk //= 2
+    return chunk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +410,6 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     elif name == "cuda":
         op, chunk = torch.ops.medkernels.selective_scan_fwd, _CUDA_CHUNK
     else:
-        op, chunk = torch.ops.medkernels.selective_scan_fwd, _CPU_CHUNK
+        op, chunk = torch.ops.medkernels.selective_scan_fwd, _CPU_CHUNK or _cpu_chunk(A.shape[-1])
     out, last_state, _ = op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), chunk)
     return (out, last_state) if return_last_state else out

@@ -186,36 +186,20 @@ inline vf32 vexp_nonpos(vf32 x) {
   return (vf32)((vi32)p + ((vi32)t << 23));
 }
 
-// log(x) for normal positive x (callers pass x in [1, 2]).
-inline vf32 vlog_normal(vf32 x) {
-  const vi32 xi = (vi32)x;
-  vi32 e = ((xi >> 23) & 0xff) - 126;
-  vf32 m = (vf32)((xi & 0x007fffff) | 0x3f000000);  // x = m * 2^e, m in [0.5, 1)
-  const vi32 small = m < 0.707106781186547524f;
-  e = e + small;  // small is -1 where true
-  m = small ? (m + m) - 1.0f : m - 1.0f;
-  const vf32 fe = __builtin_convertvector(e, vf32);
-  const vf32 z = m * m;
-  vf32 y = vsplat(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y = y + fe * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  return (m + y) + fe * 0.693359375f;
-}
-
-// log1p(y) for y in [0, 1].
-inline vf32 vlog1p_unit(vf32 y) {
-  const vf32 w = y + 1.0f;
-  const vf32 wm1 = w - 1.0f;
-  return wm1 == 0.0f ? y : vlog_normal(w) * (y / (wm1 == 0.0f ? vsplat(1.0f) : wm1));
+// log1p(e) for e in [0, 1]: 2 atanh(s) with s = e / (2 + e) in [0, 1/3], whose odd series
+// converges by a factor s^2 <= 1/9 per term (truncation ~1e-8 relative; within 1 ulp of log1p
+// from float32 e). One division and seven FMAs: half the operations of log(1 + e) by a range
+// reduction, and no cancellation as e -> 0.
+inline vf32 vlog1p_unit(vf32 e) {
+  const vf32 s2 = (e + e) / (e + 2.0f);  // 2s
+  const vf32 w = s2 * s2;                // 4 s^2; the coefficients are 1 / ((2k + 1) 4^k)
+  vf32 p = vsplat(1.0f / (13.0f * 4096.0f));
+  p = p * w + 1.0f / (11.0f * 1024.0f);
+  p = p * w + 1.0f / (9.0f * 256.0f);
+  p = p * w + 1.0f / (7.0f * 64.0f);
+  p = p * w + 1.0f / (5.0f * 16.0f);
+  p = p * w + 1.0f / (3.0f * 4.0f);
+  return s2 + s2 * (p * w);
 }
 
 // torch.nn.functional.softplus(x) with beta 1, threshold 20; with `sig`, also its derivative
