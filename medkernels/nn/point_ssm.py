@@ -1,23 +1,44 @@
 """The group Point-SSM block of PointMamba2.
 
 Zhang, Yang, Li, "PointMamba2" (hierarchical point-cloud SSM), MICCAI 2025, arXiv 2504.13015;
-official code github.com/wlsdzyzl/flemme (``flemme/block/pmamba.py``, ``PointScanMambaNonFFNBlock``,
-the paper's ``pmamba_non_ffn`` setting). A Mamba-1 block whose selective scan runs along K = 8
+official code github.com/wlsdzyzl/flemme, class ``PointScanMambaNonFFNBlock`` in
+``flemme/block/pmamba.py`` (building block ``pmamba_non_ffn``, "the original experimental setting in
+MICCAI submission", commit cde13ac), its orderings built by ``PointMamba2Encoder.scan`` in
+``flemme/encoder/point/pointmamba2.py``. A Mamba-1 block whose selective scan runs along K = 8
 orderings of the points (x-, y-, z-coordinate order, inside-out, and their reverses), each with its
-own x_proj / dt_proj / A / D, the K outputs summed in the original point order:
+own x_proj / dt_proj / A / D, the K outputs mapped back to the original point order and summed (no
+averaging):
 
     x, z = in_proj(h).chunk(2)                       (B, L, C) -> 2 x (B, L, expand * C)
-    x = LeakyReLU(causal depthwise conv1d(x))        in the given (FPS) point order
+    x = LeakyReLU(causal depthwise conv1d(x))        in the given (FPS) point order, before any sorting
     y = sum_k scan_k(x)                              medkernels.ops.multi_order_selective_scan
-    out = h + LeakyReLU(GroupNorm(out_proj(y * LeakyReLU(z))))
+    f = out_proj(y * LeakyReLU(z))
+    out = h + LeakyReLU(GroupNorm(f))                post_normalization=False (cde13ac, the paper)
+    out = LeakyReLU(GroupNorm(h + f))                post_normalization=True (flemme >= a3df3e5)
 
-Parameter names follow the official block so its state_dict keys map one to one: ``in_proj``,
-``conv`` (nn.Conv1d, depthwise), ``x_proj_weight`` (K, dt_rank + 2 d_state, d_inner),
-``dt_projs_weight`` (K, d_inner, dt_rank), ``dt_projs_bias`` (K, d_inner), ``A_logs``
-(K * d_inner, d_state), ``Ds`` (K * d_inner), ``out_proj``, ``norm`` (GroupNorm). Differences: the
-orderings are computed here from ``xyz`` in the fixed order of :data:`SCAN_ORDERS` (the official
-code takes a configured scanner list and appends nothing itself: map x_proj_weight[k] etc. to the
-same scan when loading); no dropout, time/condition injection or output Linear (C_out = C).
+The MedPointS configs (``resources/pcd/medpoints/*/train_pointmamba2knn_*.yaml``) set ``activation:
+lrelu`` (nn.LeakyReLU(), slope 0.01, used for the conv, the gate and after the norm), ``normalization:
+group`` with the encoder's 8 groups, ``scan_strategies: [x_order, y_order, z_order, center_dist]`` and
+``flip_scan: True``; the encoder defaults give d_state 64, d_conv 4, expand 2, dt_rank ceil(C / 16),
+bias False, conv_bias True, no dropout. The official scans run in float32 (mamba_ssm's
+``selective_scan_fn`` with delta_softplus) and their sum is float32; here the sum comes back in the
+dtype of the inputs (the same for float32 models).
+
+Orderings (scanner k of the official ``sorted_index_list``, the order of :data:`SCAN_ORDERS`):
+``torch.argsort`` of the x, y, z coordinate and of the Euclidean distance to the mean of the level's
+(FPS-sampled) points, ascending; then ``torch.flip`` of each of those four index rows (so a reverse is
+the same argsort read backwards, ties included). The official argsort is not stable, so the order of
+tied keys is unspecified there; here it is stable (tied points keep their FPS order). One set of
+orderings per level is shared by the level's blocks (pass ``orders``).
+
+Parameter names and shapes are the official block's, so its state_dict loads with ``strict=True``
+(inside the encoder the keys sit under ``lrm.<level>.building_blocks.<i>.``): ``in_proj.weight``
+(2 d_inner, C), ``conv.weight`` (d_inner, 1, d_conv), ``conv.bias`` (d_inner), ``x_proj_weight``
+(K, dt_rank + 2 d_state, d_inner), ``dt_projs_weight`` (K, d_inner, dt_rank), ``dt_projs_bias``
+(K, d_inner), ``A_logs`` (K * d_inner, d_state), ``Ds`` (K * d_inner), ``out_proj.weight``
+(C, d_inner), ``norm.weight`` / ``norm.bias`` (C). Not included: dropout (0 in the configs), time /
+condition injection (absent without time or condition channels) and the ``dense`` Linear the official
+block adds only when C_out != C (C_out = C here, as in the encoder).
 """
 
 from __future__ import annotations
@@ -38,12 +59,17 @@ SCAN_ORDERS = ("x", "y", "z", "center", "x_reversed", "y_reversed", "z_reversed"
 def point_scan_orders(xyz: torch.Tensor) -> torch.Tensor:
     """The 8 scan orderings of PointMamba2's group Point-SSM, in the order of :data:`SCAN_ORDERS`.
 
+    The official ``x_order``, ``y_order``, ``z_order``, ``center_dist`` scanners followed by the flip
+    of each (``flip_scan``), as ``PointMamba2Encoder.scan`` builds them; ties keep their input order
+    (the official argsort is unstable, so tied keys may be ordered differently there).
+
     Args:
         xyz: (B, L, 3) point coordinates.
 
     Returns:
-        (B, 8, L) int64: argsort by x, y, z and by distance to the centroid (inside-out), then the
-        reverse of each.
+        (B, 8, L) int64, row k lists the point indices in scan k's visiting order: ascending argsort
+        by x, y, z and by Euclidean distance to the mean of the L points (inside-out), then each of
+        those four rows flipped.
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"point_scan_orders: xyz must have shape (B, L, 3), got {tuple(xyz.shape)}")
@@ -67,13 +93,17 @@ class PointSSMGroupBlock(nn.Module):
         conv_bias: bias of the depthwise conv.
         bias: bias of in_proj and out_proj (none in PointMamba2).
         num_groups: GroupNorm groups (8).
-        negative_slope: of the LeakyReLUs.
+        negative_slope: of the LeakyReLUs (0.01, nn.LeakyReLU's default, as the official "lrelu").
+        post_normalization: False: out = x + act(norm(f)), the official block at cde13ac (the
+            paper's setting); True: out = act(norm(x + f)), the official default from a3df3e5 on.
+            The parameters are the same either way.
         backend: forced backend of the scan and conv ops (None: automatic).
         device, dtype: of the parameters (A_logs and Ds stay float32).
 
     Shapes:
         forward(x (B, L, C), xyz (B, L, 3)) -> (B, L, C); or pass ``orders`` (B, 8, L) int64
-        instead of xyz to reuse precomputed orderings.
+        instead of xyz to reuse precomputed orderings (row k: scan k's visiting order, k as in
+        :data:`SCAN_ORDERS`, i.e. the official ``sorted_index_list[k]``).
     """
 
     num_scans = len(SCAN_ORDERS)
@@ -81,7 +111,7 @@ class PointSSMGroupBlock(nn.Module):
     def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, bias: bool = False, num_groups: int = 8, negative_slope: float = 0.01,
-                 backend: str | None = None, device=None, dtype=None):
+                 post_normalization: bool = False, backend: str | None = None, device=None, dtype=None):
         super().__init__()
         for name, v in (("dim", dim), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             if not isinstance(v, int) or v < 1:
@@ -96,6 +126,7 @@ class PointSSMGroupBlock(nn.Module):
         self.d_inner = expand * dim
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.negative_slope = negative_slope
+        self.post_normalization = bool(post_normalization)
         self.backend = backend
 
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **fk)
@@ -122,7 +153,7 @@ class PointSSMGroupBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
-                f"dt_rank={self.dt_rank}, scans={self.num_scans}")
+                f"dt_rank={self.dt_rank}, scans={self.num_scans}, post_normalization={self.post_normalization}")
 
     def scan_inputs(self, x: torch.Tensor) -> dict:
         """delta, A, B, C, D, delta_bias of the K scans from the conv output x (B, d_inner, L), all in
@@ -166,5 +197,7 @@ class PointSSMGroupBlock(nn.Module):
             y = ops.multi_order_selective_scan(u, orders=orders, **s, backend=self.backend)
         y = y.transpose(1, 2) * F.leaky_relu(z, self.negative_slope)  # (B, L, d_inner)
         out = self.out_proj(y)
-        out = self.norm(out.transpose(1, 2)).transpose(1, 2)
-        return x + F.leaky_relu(out, self.negative_slope)
+        if self.post_normalization:
+            out = x + out
+        out = F.leaky_relu(self.norm(out.transpose(1, 2)).transpose(1, 2), self.negative_slope)
+        return out if self.post_normalization else x + out
