@@ -486,7 +486,7 @@ void bwd_multi_tasks(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int
 
 // ------------------------------------------------------------------------------------------------
 // Entry points: pick the storage type and the register-resident state width (NV vectors of
-// float32 for dstate_pad / lanes in {1, 2, 4}, else 0: the state lives in scratch).
+// float32 for dstate_pad / lanes in {1, 2, 4, 8}, else 0: the state lives in scratch).
 template <int V>
 struct Nv {
   static constexpr int value = V;
@@ -499,6 +499,7 @@ void with_nv(int64_t dstate_pad, F&& f) {
       case 1: return f(Nv<1>{});
       case 2: return f(Nv<2>{});
       case 4: return f(Nv<4>{});
+      case 8: return f(Nv<8>{});
       default: break;
     }
   }
