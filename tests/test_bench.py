@@ -1,5 +1,6 @@
 """The benchmark CLI: it runs, prints the table, checks targets and records the machine in JSON."""
 
+import dataclasses
 import json
 
 import torch
@@ -7,7 +8,7 @@ import torch
 from medkernels.bench import cli
 from medkernels.bench.cases import Target, cases_for
 from medkernels.bench.memory import peak_allocated_bytes
-from medkernels.bench.runner import Result, time_call
+from medkernels.bench.runner import Result, backends_for, time_call
 
 
 def test_quick_profile_end_to_end(tmp_path, capsys):
@@ -64,3 +65,12 @@ def test_time_call_repeats_and_peak_memory_counts_allocations():
     peak = peak_allocated_bytes(lambda: torch.empty(1 << 20).fill_(1.0))
     assert 4 * 2**20 <= peak < 5 * 2**20
     assert peak_allocated_bytes(lambda: None) == 0
+
+
+def test_reference_runs_only_where_the_case_lists_it():
+    # kNN's default case leaves its reference out (a full sort per query row takes seconds per call there)
+    knn = next(c for c in cases_for("quick") if c.op == "knn")
+    assert "reference" in backends_for(knn, torch.device("cpu"), torch.float32, None)
+    no_ref = dataclasses.replace(knn, reference_backends=())
+    names = backends_for(no_ref, torch.device("cpu"), torch.float32, None)
+    assert "reference" not in names and "cpu" in names

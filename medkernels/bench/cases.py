@@ -168,25 +168,15 @@ def _multi_scan_copies(x: dict):
     return out
 
 
-def _multi_scan_call(with_reference: bool):
-    def call(backend: str, x: dict):
-        if backend == "reference":
-            if not with_reference:  # K reference scans at this size take minutes: the full profile only
-                raise ops.BackendUnavailableError("the reference runs in the full profile only")
-            return ops.multi_order_selective_scan_ref(**x)
-        return ops.multi_order_selective_scan(**x, backend=backend)
-
-    return call
-
-
 def _multi_scan_case(batch, dim, dstate, seqlen, K, profiles, targets=(), with_reference=False) -> Case:
+    # K reference scans at the size take minutes: only the full profile lists the reference.
     return Case(
         op="multi_order_selective_scan",
         label=f"B={batch} D={dim} N={dstate} L={seqlen} K={K} D, delta_bias, softplus",
         params={"batch": batch, "dim": dim, "dstate": dstate, "seqlen": seqlen, "K": K},
         profiles=profiles,
         make_inputs=_multi_scan_inputs(batch, dim, dstate, seqlen, K),
-        call=_multi_scan_call(with_reference),
+        call=lambda backend, x: ops.multi_order_selective_scan(**x, backend=backend),
         differentiable=("u", "delta", "A", "B", "C", "D", "delta_bias"),
         reference_backends=("reference",) if with_reference else (),
         peers={"8_copies": Peer(_multi_scan_copies)},

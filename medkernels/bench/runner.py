@@ -109,7 +109,8 @@ def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set
     names = list(case.reference_backends)
     probe = case.make_inputs(device, dtype)
     for name in ops.BACKENDS:
-        if name in names or (only and name not in only):
+        # "reference" runs only where the case lists it (some are too slow for a profile)
+        if name in names or name == "reference" or (only and name not in only):
             continue
         if name == "triton" and device.type != "cuda":
             continue  # on CPU tensors Triton only runs in its interpreter: not a timing worth printing
