@@ -219,7 +219,7 @@ void fwd_multi_rows(const SelectiveScanFwdParams& p, int64_t k, int64_t r0, int6
 // Backward. A task is one (batch, channel block). It walks the chunks from last to first, and in
 // each chunk every row of the block in turn; a row's carried gradient and accumulators wait in a
 // small per-row record between chunks. So the memory a task touches per chunk (the block's dB/dC
-// partial rows, the group's B/C rows, the recomputed states) is a few KB whatever seqlen is.
+// partial rows, the group's B/C rows, the recomputed decays) grows with the chunk, not with seqlen.
 //   g_t = dL/dh_t = gy_t * C_t + exp(dt_{t+1} A) * g_{t+1},   g_{L-1} includes dL/d last_state
 //   dC_t += gy_t h_t, dB_t += g_t dt_t u_t, dA += g_t h_{t-1} dA_t dt_t,
 //   ddt_t = sum_n g_t h_{t-1} dA_t A + u_t <g_t, B_t>,  du_t = gy_t D + dt_t <g_t, B_t>
