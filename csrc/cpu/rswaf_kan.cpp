@@ -4,8 +4,9 @@
 //
 // The torch side: checks and a loop over tiles of (token rows x input channels) whose sizes depend only on
 // the shapes. Per tile, the kernel (rswaf_kan_kernel.h) forms the tile's basis in a scratch buffer
-// (parallel over rows) and ATen's BLAS multiplies it by the matching weight columns, accumulating the
-// output over channel chunks. The backward recomputes the tile's basis, forms dL/dphi = grad_out @ weight
+// (parallel over rows) and the kernels' packed GEMM multiplies it by the matching weight columns,
+// accumulating the output over channel chunks. The GEMM's reduction order depends on the shapes only
+// (a BLAS reblocks with the thread count), so the results are the same bits for every thread count. The backward recomputes the tile's basis, forms dL/dphi = grad_out @ weight
 // for the tile only and contracts it at once into dx (whole channels per tile: no accumulation) and the
 // grid and inv_den row partials; dweight's columns of the chunk are grad_out^T @ phi of the tile. The
 // (tokens, in * G) basis never exists: scratch is one or two tiles of about 2M elements.
@@ -92,6 +93,32 @@ void rows_parallel(int64_t n, F&& f) {
   at::parallel_for(0, n, 8, f);
 }
 
+// C (m x n) = A (m x k) B (k x n) (+ C with accumulate) on the kernels' packed GEMM: B packed once,
+// then independent tiles of C over the threads. A, B, C are acc-typed views given by their strides.
+void gemm(const GemmKernels& kern, at::ScalarType acc, int64_t m, int64_t n, int64_t k, const Tensor& a,
+          const Tensor& b, Tensor& c, bool accumulate) {
+  GemmArgs g;
+  g.acc = acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  g.m = m, g.n = n, g.k = k;
+  g.a = a.const_data_ptr(), g.a_rs = a.stride(0), g.a_ks = a.stride(1);
+  g.b = b.const_data_ptr(), g.b_ks = b.stride(0), g.b_ns = b.stride(1);
+  g.c = c.data_ptr(), g.ldc = c.stride(0);
+  g.accumulate = accumulate;
+  TORCH_CHECK(c.stride(1) == 1 && (g.a_ks == 1 || g.a_rs == 1) && (g.b_ns == 1 || g.b_ks == 1),
+              "rswaf_kan: internal error: unsupported GEMM strides");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!accumulate) c.zero_();
+    return;
+  }
+  Tensor packed = at::empty({kern.packed_b_bytes(g) + 64}, at::TensorOptions().dtype(at::kByte));
+  g.packed_b = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) & ~uintptr_t(63));
+  at::parallel_for(0, kern.b_panel_count(g), 1, [&](int64_t p0, int64_t p1) { kern.pack_b(g, p0, p1); });
+  Scratch scratch(kern.scratch_bytes(g));
+  at::parallel_for(0, gemm_tile_count(g), 1,
+                   [&](int64_t t0, int64_t t1) { kern.tiles(g, t0, t1, scratch.for_thread()); });
+}
+
 Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_den, const Tensor& weight) {
   constexpr const char* op = "rswaf_kan_fwd";
   Problem pr = setup(op, x, grid, inv_den, weight);
@@ -116,11 +143,7 @@ Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_
           rows_parallel(n, [&](int64_t r0, int64_t r1) {
             kern.basis(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, base + r0 * kc * esize, scratch.for_thread());
           });
-          const Tensor wct = pr.w_acc.narrow(1, c0 * p.grids, kc).t();
-          if (c0 == 0)
-            at::mm_out(ob, phib, wct);
-          else
-            ob.addmm_(phib, wct);
+          gemm(kern.gemm, pr.acc, n, pr.out, kc, phib, pr.w_acc.narrow(1, c0 * p.grids, kc).t(), ob, c0 > 0);
         }
       }
     }
@@ -170,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
         char* phi_base = need_w ? static_cast<char*>(phib.data_ptr()) : nullptr;
         if (need_da) {
           Tensor db = dphi.narrow(0, 0, n * kc).view({n, kc});
-          at::mm_out(db, gb, pr.w_acc.narrow(1, c0 * p.grids, kc));  // dL/dphi of the tile
+          gemm(kern.gemm, pr.acc, n, kc, pr.out, gb, pr.w_acc.narrow(1, c0 * p.grids, kc), db, false);  // dL/dphi
           char* da_base = static_cast<char*>(db.data_ptr());
           rows_parallel(n, [&](int64_t r0, int64_t r1) {
             kern.backward(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, da_base + r0 * kc * esize,
@@ -184,10 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
         }
         if (need_w) {
           Tensor dwc = dw_acc.narrow(1, c0 * p.grids, kc);
-          if (b0 == 0)
-            at::mm_out(dwc, gb.t(), phib);
-          else
-            dwc.addmm_(gb.t(), phib);
+          gemm(kern.gemm, pr.acc, pr.out, kc, n, gb.t(), phib, dwc, b0 > 0);
         }
       }
     }

@@ -5,11 +5,14 @@
 // x is expanded once to the flattened (in * grids) index in a per-thread buffer, then every pass is one
 // vector loop over k. tanh comes from one exp: with e = exp(-2|a|) (in (0, 1], no overflow),
 //   tanh(a) = sign(a) (1 - e) / (1 + e),  1 - tanh(a)^2 = 4 e / (1 + e)^2,
-// so the basis has no cancellation and saturates cleanly to 0 for large |a|.
+// so the basis has no cancellation. Past |a| = kKanZero it is exactly 0 (e < 2e-35 there, far below any
+// float32 sum it enters), on every backend and in the reference: the same zeros everywhere, so an
+// infinite weight meets the same 0 * inf = NaN on every backend.
 #pragma once
 
 #include "medkernels/cpu/rswaf_kan.h"
 #include "medkernels/cpu/simd.h"
+#include "medkernels/cpu/gemm.h"
 
 namespace medkernels::cpu::MK_ISA {
 namespace {
@@ -37,11 +40,13 @@ inline void expand_row(const KanParams& p, int64_t r, int64_t c0, int64_t c1, T*
 }
 
 // th = tanh(a), ph = 1 - tanh(a)^2 (vector).
+constexpr double kKanZero = 40.0;  // medkernels.ops.rswaf_kan's _ZERO_BEYOND
+
 template <class T>
 inline void tanh_sech2(vec<T> a, vec<T>& th, vec<T>& ph) {
   const auto neg = a < T(0);
   const vec<T> abs_a = neg ? -a : a;
-  const vec<T> e = vexp_nonpos(abs_a * T(-2));
+  const vec<T> e = abs_a > T(kKanZero) ? vec<T>{} : vexp_nonpos(abs_a * T(-2));
   const vec<T> r = T(1) / (e + T(1));
   const vec<T> t = (T(1) - e) * r;
   th = neg ? -t : t;
@@ -49,7 +54,8 @@ inline void tanh_sech2(vec<T> a, vec<T>& th, vec<T>& ph) {
 }
 template <class T>
 inline void tanh_sech2(T a, T& th, T& ph) {
-  const T e = sexp(-2 * (a < 0 ? -a : a));
+  const T abs_a = a < 0 ? -a : a;
+  const T e = abs_a > T(kKanZero) ? T(0) : sexp(-2 * abs_a);
   const T r = T(1) / (e + T(1));
   const T t = (T(1) - e) * r;
   th = a < 0 ? -t : t;
@@ -196,8 +202,13 @@ int64_t kan_scratch_bytes(const KanParams& p) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const KanKernelTable kKanTable{MK_STR(MK_ISA), MK_VEC_BYTES, &kan_basis_entry, &kan_backward_entry,
-                               &kan_scratch_bytes};
+const KanKernelTable kKanTable{MK_STR(MK_ISA),
+                               MK_VEC_BYTES,
+                               &kan_basis_entry,
+                               &kan_backward_entry,
+                               &kan_scratch_bytes,
+                               {&gemm_packed_b_bytes_entry, &gemm_b_panel_count_entry, &gemm_pack_b_entry,
+                                &gemm_scratch_bytes_entry, &gemm_tiles_entry}};
 #undef MK_STR
 #undef MK_STR2
 

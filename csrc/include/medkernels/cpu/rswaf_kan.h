@@ -4,13 +4,15 @@
 
 #include <cstdint>
 
+#include "medkernels/cpu/packed_gemm.h"
 #include "medkernels/cpu/scalar_kind.h"
 
 namespace medkernels::cpu {
 
 // The basis of one token row of x (in channels, G grid points), flattened channel-major (k = i * G + g):
 //   a[k] = (x[i] - grid[g]) * inv_den,  phi[k] = 1 - tanh(a[k])^2.
-// The kernels work on rows of tokens; the matrix products with the weight are the torch side's.
+// The kernels work on rows of tokens; the torch side runs the matrix products with the weight on the
+// table's packed GEMM (a reduction order fixed by the shapes, so the same bits for any thread count).
 struct KanParams {
   ScalarKind dtype = ScalarKind::Float32;  // storage of x and dx
   ScalarKind acc = ScalarKind::Float32;    // Float32, or Float64 for float64 storage (grid, buffers)
@@ -39,6 +41,7 @@ struct KanKernelTable {
   // written there too. Writes dx of the tile and adds to the tile rows' dgrid_rows and dinv_rows (those set).
   void (*backward)(const KanParams&, const KanTile&, void* dphi, void* phi, void* scratch);
   int64_t (*scratch_bytes)(const KanParams&);
+  GemmKernels gemm;
 };
 
 const KanKernelTable& kan_kernels_base();
