@@ -196,7 +196,7 @@ void fwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
         Acc* row = s.o + i * dp;
         for (int64_t c = 0; c < p.dim; ++c) row[c] *= inv;
         store_span(static_cast<S*>(p.out) + r * p.dim, row, p.dim);
-        static_cast<Acc*>(p.lse)[r] = s.m[i] + slog(s.l[i]);
+        static_cast<Acc*>(p.lse)[r] = row_lse(s.m[i], s.l[i]);
       }
     }
   }

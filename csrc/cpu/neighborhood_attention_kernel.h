@@ -195,7 +195,7 @@ void fwd_tasks(const NaParams& p, int64_t task0, int64_t task1, void* scratch) {
       for (int64_t a = 0; a < p.n_add; ++a) axpy(s.acc, s.s[n + a] * inv, hd.av + a * p.dvpad, nvv);
       T* ot = ob + t * p.dvpad;
       for (int64_t v = 0; v < nvv; ++v) vstore(ot + v * W, vload(s.acc + v * W));
-      lb[t] = mx + slog(sum);
+      lb[t] = row_lse(mx, sum);
     }
   }
 }

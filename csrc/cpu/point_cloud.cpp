@@ -103,8 +103,10 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
 }
 
 // Morton code (10 bits per axis, C <= 3) of points quantised to the clouds' boxes: (B, R, C) -> (B, R).
+// Non-finite coordinates land in cell 0 or 1023 (any cell keeps the search exact: it only orders points).
 Tensor morton(const Tensor& x, const Tensor& lo, const Tensor& scale) {
-  const Tensor cell = ((x - lo.unsqueeze(1)) * scale.unsqueeze(1)).floor_().clamp_(0, 1023).to(at::kLong);
+  const Tensor cell =
+      ((x - lo.unsqueeze(1)) * scale.unsqueeze(1)).floor_().nan_to_num_(0, 1023, 0).clamp_(0, 1023).to(at::kLong);
   const int64_t c = x.size(2);
   Tensor code = at::zeros({x.size(0), x.size(1)}, cell.options());
   for (int64_t bit = 0; bit < 10; ++bit)
@@ -114,8 +116,8 @@ Tensor morton(const Tensor& x, const Tensor& lo, const Tensor& scale) {
 }
 
 // The spatial blocks of KnnParams: points sorted along a Morton curve into cells of kKnnCell (padded
-// with +inf, as are the points past a cloud's length), each cell's bounding box, and each query's
-// starting cell.
+// with +inf, as are the points past a cloud's length, and order -1 there), each cell's bounding box, and
+// each query's starting cell. A NaN coordinate makes its cell's box NaN, which the search never skips.
 struct KnnBlocks {
   Tensor planes, order, lo, hi, seed;
 };
@@ -128,8 +130,11 @@ KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Ten
     valid = at::arange(n, lengths->options()).unsqueeze(0) < lengths->unsqueeze(1);
     p = pts.masked_fill(valid.logical_not().unsqueeze(2), inf);
   }
-  const Tensor lo = p.amin(1);
-  const Tensor hi = (valid.defined() ? pts.masked_fill(valid.logical_not().unsqueeze(2), -inf) : pts).amax(1);
+  // The quantisation box, NaN coordinates ignored (amin/amax would propagate them).
+  const Tensor lo = p.nan_to_num(inf, inf, -inf).amin(1);
+  const Tensor hi = (valid.defined() ? pts.masked_fill(valid.logical_not().unsqueeze(2), -inf) : pts)
+                       .nan_to_num(-inf, inf, -inf)
+                       .amax(1);
   const Tensor scale = 1023.0 / (hi - lo).clamp_min(1e-30);
   Tensor code = morton(pts, lo, scale);
   if (valid.defined()) code.masked_fill_(valid.logical_not(), std::numeric_limits<int64_t>::max());
@@ -140,7 +145,7 @@ KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Ten
   k.planes = at::full({batch, c, npad}, inf, pts.options());
   k.planes.narrow(2, 0, n).copy_(p.gather(1, perm.unsqueeze(2).expand({batch, n, c})).transpose(1, 2));
   k.order = at::full({batch, npad}, -1, perm.options());
-  k.order.narrow(1, 0, n).copy_(perm);
+  k.order.narrow(1, 0, n).copy_(perm.masked_fill(sorted == std::numeric_limits<int64_t>::max(), -1));
   const Tensor cells = k.planes.view({batch, c, nb, kKnnCell});
   k.lo = at::full({batch, c, nbpad}, inf, pts.options());
   k.hi = at::full({batch, c, nbpad}, inf, pts.options());

@@ -28,13 +28,6 @@ struct LaneInt<double> {
   using type = int64_t;
 };
 
-template <class T>
-inline ivec<T> lane_iota() {
-  ivec<T> v{};
-  for (int l = 0; l < lanes<T>; ++l) v[l] = l;
-  return v;
-}
-
 // Bit l set when lane l of the comparison mask m is true.
 template <class T>
 inline unsigned lane_bits(ivec<T> m) {
@@ -106,28 +99,56 @@ struct Best {
   int64_t idx;
 };
 
-// dist[j] = min(dist[j], |p_j - q|^2) over [j0, j1) (whole vectors); returns the largest new
-// distance and its lowest index (ties go to the lower index, as torch.argmax).
+// torch's NaN rules, which the textbook loop follows: torch.minimum propagates NaN, torch.argmax takes
+// NaN as the maximum (the first NaN wins). So a point whose distance is NaN is taken next, and once a
+// point with a NaN coordinate is the newest centre every distance is NaN and the lowest index follows.
+template <class T>
+inline bool is_nan(T v) {
+  return v != v;
+}
+// (v, i) beats the best so far (b, bi) under argmax's order: NaN first, then larger, then lower index.
+template <class T>
+inline bool argmax_beats(T v, int64_t i, T b, int64_t bi) {
+  if (is_nan(v)) return !is_nan(b) || i < bi;
+  return !is_nan(b) && (v > b || (v == b && i < bi));
+}
+
+// dist[j] = min(dist[j], |p_j - q|^2) over [j0, j1) (whole vectors; lanes at n and above are vector
+// padding and stay -inf); returns the largest new distance and its lowest index (argmax's order).
 template <class T, int CC>
-Best<T> fps_sweep(const T* planes, int64_t npad, int64_t c, const Query<T, CC>& q, T* dist, int64_t j0, int64_t j1) {
+Best<T> fps_sweep(const T* planes, int64_t npad, int64_t c, const Query<T, CC>& q, T* dist, int64_t j0, int64_t j1,
+                  int64_t n) {
   using I = ivec<T>;
   using IL = typename LaneInt<T>::type;
-  vec<T> vmax = vsplat<T>(T(-1));
+  const vec<T> ninf = vsplat<T>(T(-__builtin_inf()));
+  vec<T> vmax = ninf;
   I vidx{};
   I cur = lane_iota<T>() + IL(j0);
-  for (int64_t j = j0; j < j1; j += lanes<T>) {
+  I any_nan{};
+  const int64_t nfull = n > j0 ? j0 + (n - j0) / lanes<T> * lanes<T> : j0;  // vectors without padding
+  const int64_t jfull = nfull < j1 ? nfull : j1;
+  auto step = [&](int64_t j, bool tail) {
     const vec<T> d = sqdist<T, CC>(planes, npad, c, q, j);
     const vec<T> old = vload(dist + j);
-    const vec<T> nd = d < old ? d : old;
+    vec<T> nd = (d < old) | (d != d) ? d : old;  // torch.minimum: NaN wins
+    if (tail) nd = cur < IL(n) ? nd : ninf;
     vstore(dist + j, nd);
-    const I gt = nd > vmax;
+    const I gt = nd > vmax;  // strictly: the first of equal maxima stays
     vmax = gt ? nd : vmax;
     vidx = gt ? cur : vidx;
+    any_nan |= nd != nd;
     cur += IL(lanes<T>);
+  };
+  for (int64_t j = j0; j < jfull; j += lanes<T>) step(j, false);
+  for (int64_t j = jfull; j < j1; j += lanes<T>) step(j, true);
+  Best<T> b{T(-__builtin_inf()), -1};
+  if (lane_bits<T>(any_nan)) {  // cold: the lowest index holding a NaN, as argmax
+    for (int64_t j = j0; j < j1 && j < n; ++j)
+      if (is_nan(dist[j])) return Best<T>{dist[j], j};
   }
-  Best<T> b{T(-1), -1};
   for (int l = 0; l < lanes<T>; ++l)
-    if (vmax[l] > b.val || (vmax[l] == b.val && b.idx >= 0 && int64_t(vidx[l]) < b.idx)) b = {vmax[l], int64_t(vidx[l])};
+    if (int64_t(vidx[l]) < n && vmax[l] != T(-__builtin_inf()) && argmax_beats(vmax[l], int64_t(vidx[l]), b.val, b.idx))
+      b = {vmax[l], int64_t(vidx[l])};
   return b;
 }
 
@@ -151,7 +172,7 @@ void fps_clouds_t(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
     out[0] = last;
     for (int64_t i = 1; i < p.npoint; ++i) {
       const Query<T, CC> q(pl + last, p.npad, p.c);
-      last = fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, 0, nr).idx;
+      last = fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, 0, nr, n).idx;
       out[i] = last;
     }
   }
@@ -191,18 +212,21 @@ void fps_parts_t(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t 
     const int slot = int(i & 1);
     for (int64_t part = q0; part < q1; ++part) {
       const int64_t j0 = part * chunk, j1 = j0 + chunk < nr ? j0 + chunk : nr;
-      const Best<T> bb = j0 < j1 ? fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, j0, j1) : Best<T>{T(-1), -1};
+      const Best<T> bb = j0 < j1 ? fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, j0, j1, n) : Best<T>{T(-1), -1};
       sh->best_val[slot][part] = double(bb.val);
       sh->best_idx[slot][part] = bb.idx;
     }
     __atomic_fetch_add(&sh->arrived, q1 - q0, __ATOMIC_ACQ_REL);
     spin_until(&sh->arrived, parts * i);
-    double best = -1;
-    for (int64_t part = 0; part < parts; ++part)
-      if (sh->best_idx[slot][part] >= 0 && sh->best_val[slot][part] > best) {
+    double best = -__builtin_inf();
+    int64_t best_i = -1;
+    for (int64_t part = 0; part < parts; ++part)  // parts in index order: argmax's order across parts
+      if (sh->best_idx[slot][part] >= 0 &&
+          (best_i < 0 || argmax_beats(sh->best_val[slot][part], sh->best_idx[slot][part], best, best_i))) {
         best = sh->best_val[slot][part];
-        last = sh->best_idx[slot][part];
+        best_i = sh->best_idx[slot][part];
       }
+    last = best_i;
     if (q0 == 0) out[i] = last;
   }
 }
@@ -236,24 +260,34 @@ int64_t fps_scratch_bytes(const FpsParams& p) {
 
 // ---- k nearest neighbours --------------------------------------------------------------------------
 
-// The k best (distance, index) pairs so far, sorted by distance then index (candidates may arrive in
-// any index order: the spatial-block search visits points out of order).
+// kNN's order: by distance, NaN after +inf, then by index (a stable sort's order, as torch.sort).
+template <class T>
+inline bool knn_before(T d, int64_t j, T e, int64_t k) {
+  if (d < e) return true;
+  if (d > e) return false;
+  if (d == e) return j < k;
+  return is_nan(d) == is_nan(e) ? j < k : is_nan(e);  // at least one NaN
+}
+
+// The k best (distance, index) pairs so far in knn_before's order (candidates may arrive in any index
+// order: the spatial-block search visits points out of order). Until k are held every candidate
+// enters, whatever its distance (+inf, NaN), so all k slots are always filled.
 template <class T>
 struct TopK {
   T* d;
   int64_t* i;
   int64_t k, count = 0;
-  T thr = T(__builtin_inf());
+  T thr = T(__builtin_nan(""));  // the k-th distance once full; NaN before: every candidate passes the filter
   int64_t thr_i = INT64_MAX;
   void reset() {
     count = 0;
-    thr = T(__builtin_inf());
+    thr = T(__builtin_nan(""));
     thr_i = INT64_MAX;
   }
-  bool wants(T dv, int64_t jv) const { return dv < thr || (count == k && dv == thr && jv < thr_i); }
+  bool wants(T dv, int64_t jv) const { return count < k || knn_before(dv, jv, thr, thr_i); }
   void insert(T dv, int64_t jv) {
     int64_t pos = count < k ? count++ : k - 1;
-    while (pos > 0 && (d[pos - 1] > dv || (d[pos - 1] == dv && i[pos - 1] > jv))) {
+    while (pos > 0 && knn_before(dv, jv, d[pos - 1], i[pos - 1])) {
       d[pos] = d[pos - 1];
       i[pos] = i[pos - 1];
       --pos;
@@ -262,14 +296,16 @@ struct TopK {
     i[pos] = jv;
     if (count == k) thr = d[k - 1], thr_i = i[k - 1];
   }
-  // Offers the `lanes` distances d of points j..j+lanes-1 (index map `order`, or identity).
+  // Offers the `lanes` distances d of points j..j+lanes-1 (index map `order`, -1 for padding; or the
+  // identity). The filter !(d > thr) passes everything while thr is NaN, and NaN distances always
+  // (wants() then decides).
   void offer(vec<T> d, int64_t j, const int64_t* order) {
-    unsigned bits = lane_bits<T>(d <= vsplat<T>(thr));
+    unsigned bits = ~lane_bits<T>(d > vsplat<T>(thr)) & ((1u << lanes<T>) - 1);
     while (bits) {
       const int l = __builtin_ctz(bits);
       bits &= bits - 1;
       const int64_t jv = order ? order[j + l] : j + l;
-      if (wants(d[l], jv)) insert(d[l], jv);
+      if (jv >= 0 && wants(d[l], jv)) insert(d[l], jv);
     }
   }
 };
@@ -306,11 +342,12 @@ void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, con
       gap = gap > vec<T>{} ? gap : vec<T>{};
       lb = lb + gap * gap;
     }
-    unsigned bits = lane_bits<T>(lb <= vsplat<T>(top.thr * slack));  // every box while not full (thr = inf)
+    // every box while not full (thr NaN), and boxes whose bound is NaN (a NaN coordinate)
+    unsigned bits = ~lane_bits<T>(lb > vsplat<T>(top.thr * slack)) & ((1u << L) - 1);
     while (bits) {
       const int l = __builtin_ctz(bits);
       bits &= bits - 1;
-      if (top.count == top.k && lb[l] > top.thr * slack) continue;  // the threshold tightened meanwhile
+      if (lb[l] > top.thr * slack) continue;  // the threshold tightened meanwhile
       const int64_t j0 = (g * L + l) * kKnnCell;
       if (j0 >= p.npad) break;  // the boxes' vector padding (lanes in order: the rest is padding too)
       for (int64_t j = j0; j < j0 + kKnnCell; j += L) top.offer(sqdist<T, CC>(pl, p.npad, p.c, qv, j), j, order);
@@ -343,7 +380,9 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
       } else {
         knn_query<T, CC>(p, pl, n, q, top);
       }
-      for (int64_t r = 0; r < p.k; ++r) od[r] = top.d[r], oi[r] = top.i[r];
+      // k <= every cloud's length, so the search always fills all k slots; never leave memory unset
+      for (int64_t r = 0; r < p.k; ++r)
+        od[r] = r < top.count ? top.d[r] : T(__builtin_inf()), oi[r] = r < top.count ? top.i[r] : -1;
     }
   }
 }

@@ -114,6 +114,45 @@ struct Row {
   }
 };
 
+// The state's padding lanes (dstate up to a whole vector; A = B = C = 0 there) must stay out of every
+// sum over the state: an infinite dt * u makes them 0 * inf = NaN. keep(x, v) zeroes them in the last
+// vector's term x (a no-op when dstate fills its vectors).
+template <class Acc>
+struct StateTail {
+  bool padded;
+  int last;
+  typename Simd<Acc>::I real;
+  StateTail(int64_t n, int nv)
+      : padded(n != int64_t(nv) * lanes<Acc>), last(nv - 1), real(lanes_below<Acc>(n - int64_t(nv - 1) * lanes<Acc>)) {}
+  vec<Acc> operator()(vec<Acc> x, int v) const { return padded && v == last ? (real ? x : vec<Acc>{}) : x; }
+};
+
+// The decay exp(dt A) = 2^x. The fast vexp2 stops at 2^-125; where the chunk's timesteps or state are
+// not all finite (kExact) it is exactly 0 where float32 exp underflows to 0 (x < -150), as the
+// reference's torch.exp, so an infinite state meets the reference's 0 * inf = NaN, not 2^-125 * inf = inf.
+template <class Acc, bool kExact>
+inline vec<Acc> decay(vec<Acc> x) {
+  const vec<Acc> e = vexp2(x);
+  if constexpr (kExact && __is_same(Acc, float)) return x < Acc(-150) ? vec<Acc>{} : e;
+  return e;
+}
+// Whether dt, dt * u (n steps, whole vectors) and the state are all finite: x * 0 is 0 exactly then.
+template <class Acc>
+inline bool chunk_finite(const Acc* dt, const Acc* du, int64_t n, const vec<Acc>* h, int nv) {
+  vec<Acc> z{};
+  for (int64_t i = 0; i < n; i += lanes<Acc>) z += vload(dt + i) * Acc(0) + vload(du + i) * Acc(0);
+  for (int v = 0; v < nv; ++v) z += h[v] * Acc(0);
+  return hsum<Acc>(z) == Acc(0);
+}
+// Runs f.template operator()<kExact>() with kExact = !finite (one instantiation per case).
+template <class F>
+inline void with_exactness(bool finite, F&& f) {
+  if (finite)
+    f.template operator()<false>();
+  else
+    f.template operator()<true>();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward: one (batch, channel) row. NV > 0: dstate_pad == NV vectors, state in registers.
 template <class Acc>
@@ -157,6 +196,7 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
 
   // exp(dt * A) = 2^(dt * A * log2 e): the scale goes into A once per row.
   for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
+  const StateTail<Acc> keep(N, nv);
 
   if (p.initial_state)
     load_state(h, static_cast<const Acc*>(p.initial_state) + r.index * N, N, nv);
@@ -170,17 +210,19 @@ void fwd_row(const SelectiveScanFwdParams& p, int64_t b, int64_t d, void* scratc
     load_seq(r.u, r.idx, t0, s.uf, n);
     load_seq(r.delta, r.idx, t0, s.dt, n);
     chunk_dt<Acc>(p, r.bias, s.uf, s.dt, s.du, nullptr, n);
-    const Acc* Bt = r.B + t0 * r.B_step;
-    const Acc* Ct = r.C + t0 * r.C_step;
-    for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step) {
-      const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
-      V acc{};
-      for (int v = 0; v < nv; ++v) {
-        h[v] = vexp2(dtv * A2[v]) * h[v] + duv * vload(Bt + v * W);
-        acc += h[v] * vload(Ct + v * W);
+    with_exactness(chunk_finite(s.dt, s.du, n, h, nv), [&]<bool kExact>() {
+      const Acc* Bt = r.B + t0 * r.B_step;
+      const Acc* Ct = r.C + t0 * r.C_step;
+      for (int64_t i = 0; i < n; ++i, Bt += r.B_step, Ct += r.C_step) {
+        const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]);
+        V acc{};
+        for (int v = 0; v < nv; ++v) {
+          h[v] = decay<Acc, kExact>(dtv * A2[v]) * h[v] + duv * vload(Bt + v * W);
+          acc += keep(h[v] * vload(Ct + v * W), v);
+        }
+        vstore(s.P + i * W, acc);
       }
-      vstore(s.P + i * W, acc);
-    }
+    });
     reduce_lanes(s.P, s.y, n);
     for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
     if (r.z) load_span(r.z + t0, s.zf, n);
@@ -308,8 +350,9 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
   V* carry = NV > 0 ? carryl : s.carry;
   V* gA = NV > 0 ? gAl : s.gA;
   for (int v = 0; v < nv; ++v) A2[v] = vload(r.A + v * W) * Acc(kLog2e);
-  {
-    load_state(h, static_cast<const Acc*>(p.checkpoints) + (row * p.n_chunks + c) * N, N, nv);
+  const StateTail<Acc> keep(N, nv);
+  load_state(h, static_cast<const Acc*>(p.checkpoints) + (row * p.n_chunks + c) * N, N, nv);
+  with_exactness(chunk_finite(s.dt, s.du, n, h, nv), [&]<bool kExact>() {  // as the forward did
     const Acc* Bt = r.B + t0 * r.B_step;
     const Acc* Ct = r.C + t0 * r.C_step;
     Acc* Qi = s.Q;
@@ -319,17 +362,17 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
       const V dtv = vsplat(s.dt[i]), duv = vsplat(s.du[i]), gyv = vsplat(s.gy[i]);
       V acc{};
       for (int v = 0; v < nv; ++v) {
-        const V dA = vexp2(dtv * A2[v]);
+        const V dA = decay<Acc, kExact>(dtv * A2[v]);
         const V qv = dA * h[v];
         h[v] = qv + duv * vload(Bt + v * W);
         vstore(Qi + v * W, qv);
         vstore(DAi + v * W, dA);
         vstore(Cpi + v * W, vload(Cpi + v * W) + gyv * h[v]);
-        if (r.z) acc += h[v] * vload(Ct + v * W);
+        if (r.z) acc += keep(h[v] * vload(Ct + v * W), v);
       }
       if (r.z) vstore(s.P + i * W, acc);
     }
-  }
+  });
   if (r.z) {
     reduce_lanes(s.P, s.y, n);
     for (int64_t i = n; i < nr; ++i) s.y[i] = Acc(0);
@@ -363,8 +406,8 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
         vstore(Bpi + v * W, vload(Bpi + v * W) + g * duv);
         const V x = g * vload(Qi + v * W);
         gA[v] += x * dtv;
-        sA += x * A2[v];
-        sB += g * vload(Bt + v * W);
+        sA += keep(x * A2[v], v);
+        sB += keep(g * vload(Bt + v * W), v);
         carry[v] = g * vload(DAi + v * W);
       }
       vstore(s.PAB + 2 * i * W, sA);

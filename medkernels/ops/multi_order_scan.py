@@ -266,6 +266,7 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
 
     Returns:
         (batch, dim, seqlen) in u's dtype. Gradients flow to u, delta, A, B, C, D and delta_bias.
+        Non-finite inputs give the reference's result, as :func:`selective_scan_fn`.
 
     Raises:
         TypeError, ValueError: malformed inputs (orders that are not permutations included), naming

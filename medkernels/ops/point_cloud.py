@@ -9,6 +9,13 @@ Exactness: a squared distance is ``sum_c (p_c - q_c)^2`` added in channel order,
 sum rounded (no fused multiply-add), in float32 (float64 for float64 input), exactly as the
 references compute it. So FPS returns the textbook loop's indices, bit for bit, and kNN orders
 neighbours by that distance with ties to the lower index, like a stable sort.
+
+Non-finite input follows the references, which are plain torch loops, on every backend: FPS takes
+``torch.minimum`` (NaN propagates) and ``torch.argmax`` (the first NaN is the maximum), so a point at a
+NaN distance is taken next and, once a point with a NaN coordinate is a centre, the lowest index is
+repeated; kNN orders like ``torch.sort(stable=True)``: +inf after every finite distance, NaN after +inf,
+ties by index, so every one of the k slots holds a real point of the cloud (never padding, never
+uninitialised memory).
 """
 
 from __future__ import annotations
@@ -134,7 +141,8 @@ def furthest_point_sample(xyz, npoint, *, lengths=None, start_idx=0, backend=Non
 
     Starting at ``start_idx``, each step takes the point with the largest squared distance to the
     points taken so far, ties to the lowest index (as ``torch.argmax``). Distances are rounded as the
-    reference rounds them (see the module docstring), so every backend returns the same indices.
+    reference rounds them (see the module docstring), so every backend returns the same indices, also
+    for NaN/inf coordinates (torch's NaN rules; see the module docstring).
 
     Args:
         xyz: ``(B, N, C)`` points, any C (coordinates or features); float32, float64, float16 or
@@ -226,8 +234,8 @@ def _knn_reference(query, points, k, query_lengths, lengths):
     N = points.shape[1]
     acc = _acc(query)
     d = _sqdist(query.to(acc)[:, :, None, :], points.to(acc)[:, None, :, :])  # (B, M, N)
-    if lengths is not None:
-        d = d.masked_fill(torch.arange(N, device=d.device) >= lengths[:, None, None], float("inf"))
+    if lengths is not None:  # padding sorts after everything (NaN, then its higher index); k <= every length
+        d = d.masked_fill(torch.arange(N, device=d.device) >= lengths[:, None, None], float("nan"))
     order = torch.sort(d.detach(), dim=-1, stable=True).indices[..., :k]
     dists = d.gather(2, order)
     if query_lengths is not None:
@@ -242,7 +250,9 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
 
     Works in coordinate space (C = 3) and feature space (any C, as PointMamba2 groups by feature).
     Neighbours come nearest first, ties to the lower index (as a stable sort), by the squared
-    distance rounded as the module docstring says.
+    distance rounded as the module docstring says. Non-finite distances (NaN/inf coordinates, or
+    squares overflowing float32) come last, +inf before NaN, ties by index, as ``torch.sort``: all k
+    slots always hold real points of the cloud.
 
     Args:
         query: ``(B, M, C)`` query points; float32, float64, float16 or bfloat16.

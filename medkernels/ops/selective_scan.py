@@ -387,6 +387,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         where last_state is (batch, dim, dstate) float32 (float64 for float64 inputs). Gradients
         flow to every tensor input, through both outputs.
 
+    Non-finite inputs (an inf or NaN in u, delta, delta_bias, ...) give the reference's result on every
+    backend, NaN where it has NaN and +-inf where it has +-inf: a decay that underflows is exactly 0
+    there, as torch.exp. One exception: a timestep of -inf without softplus (a decay of exp(+inf)),
+    where the Triton backend's parallel scan may give NaN for the reference's +-inf.
+
     Raises:
         TypeError, ValueError: malformed inputs, naming the argument and what was expected.
         NotImplementedError: complex A.

@@ -79,7 +79,9 @@ if AVAILABLE:
             m_i = m_new
         rows = _rows(x0, x1, x2, S1, S2, b, h, S0, H)
         tl.store(OUT + rows[:, None] * DIM + offs_d[None, :], acc / l_i[:, None], mask=mq[:, None] & md[None, :])
-        tl.store(LSE + rows, m_i + tl.log(l_i), mask=mq)
+        # an infinite max is the logsumexp itself (torch.logsumexp), not inf - inf = NaN
+        lse = tl.where((m_i == float("inf")) | (m_i == float("-inf")), m_i, m_i + tl.log(l_i))
+        tl.store(LSE + rows, lse, mask=mq)
 
     @triton.jit
     def _query_grads(DO, LSE, DROW, rows, offs_d, DIM, mq, mqd):

@@ -70,7 +70,8 @@ if AVAILABLE:
                                              bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
                                              sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
             h = tl.exp(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1) + Dv * u
+            # padding lanes (B = C = 0) stay out of the sums: an infinite dt * u makes them NaN
+            y = tl.sum(tl.where(m2, h * Ct[None, :], 0.0), axis=1) + Dv * u
             tl.atomic_add(OUT + (b * DIM + offs_d) * L + idx, y, mask=md)
 
     @triton.jit
@@ -123,8 +124,8 @@ if AVAILABLE:
                               tl.sum(tl.where(m2, g * (dt * u)[:, None], 0.0), axis=0), mask=mn)
                 x = g * h_prev * dA
                 gA += x * dt[:, None]
-                sB = tl.sum(g * Bt[None, :], axis=1)
-                gdt = tl.sum(x * A2, axis=1) + u * sB
+                sB = tl.sum(tl.where(m2, g * Bt[None, :], 0.0), axis=1)
+                gdt = tl.sum(tl.where(m2, x * A2, 0.0), axis=1) + u * sB
                 if SOFTPLUS:
                     gdt = gdt * tl.where(raw <= 20.0, 1.0 / (1.0 + tl.exp(-raw)), 1.0)
                 tl.store(DDELTA + b * sd_b + k * sd_k + offs_d * sd_d + idx, gdt, mask=md)

@@ -67,7 +67,9 @@ if AVAILABLE:
         l_safe = tl.where(mq, l_i, 1.0)
         tl.store(OUT + (bh * N + offs_q[:, None]) * DV + offs_v[None, :], acc / l_safe[:, None],
                  mask=mq[:, None] & mv[None, :])
-        tl.store(LSE + bh * N + offs_q, m_i + tl.log(l_safe), mask=mq)
+        # an infinite max is the logsumexp itself (torch.logsumexp), not inf - inf = NaN
+        lse = tl.where((m_i == float("inf")) | (m_i == float("-inf")), m_i, m_i + tl.log(l_safe))
+        tl.store(LSE + bh * N + offs_q, lse, mask=mq)
 
     @triton.jit
     def _bwd_dq_kernel(Q, K, V, DO, LSE, DROW, KEYS, VALID, REL, RPB, AK, AV, DQ, DS, DAK, DAV, N, H, HKV, KP,

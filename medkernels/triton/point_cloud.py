@@ -4,9 +4,10 @@ Distances are computed as the CPU kernels and the references compute them (chann
 multiply-add: ``enable_fp_fusion=False``), so the indices agree across backends.
 
 * FPS: one program per cloud; each step sweeps the cloud in blocks, keeping the running minimum
-  distance in a global buffer, and takes the block maxima's first maximum.
+  distance in a global buffer, and takes the block maxima's first maximum (NaN as torch does: minimum
+  propagates it, argmax takes the first NaN).
 * kNN: one program per query; a candidate is one int64 key (the distance's bits above the point's
-  index, so keys order by distance, then index). Per block of points: sort the block's keys, keep the
+  index, so keys order by distance, then index; NaN as one canonical NaN, after +inf). Per block of points: sort the block's keys, keep the
   k smallest, merge with the running best (minimum against the reversed block, then a sort: a bitonic
   merge).
 """
@@ -50,20 +51,27 @@ if AVAILABLE:
         last = start
         tl.store(out, last.to(tl.int64))
         for i in range(1, npoint):
+            # torch's NaN rules (as the textbook loop): minimum propagates NaN, argmax takes the first NaN
             best_val = -1.0
             best_idx = 0
+            best_nan = 0
             for j0 in range(0, n, BLOCK):
                 offs = j0 + offs0
                 mask = offs < n
                 d = _sqdist(x + last * C, x, offs, mask, C, C)
-                nd = tl.minimum(tl.load(dist + offs, mask=mask, other=0.0), d)
+                nd = tl.minimum(tl.load(dist + offs, mask=mask, other=0.0), d, propagate_nan=tl.PropagateNan.ALL)
                 tl.store(dist + offs, nd, mask=mask)
-                nd = tl.where(mask, nd, -1.0)
+                isnan = mask & (nd != nd)
+                first_nan = tl.min(tl.where(isnan, offs, 0x7FFFFFFF), 0)
+                nd = tl.where(mask & (nd == nd), nd, -1.0)
                 m = tl.max(nd, 0)
                 a = tl.argmax(nd, 0, tie_break_left=True)
-                take = m > best_val
-                best_idx = tl.where(take, j0 + a, best_idx)
+                block_nan = first_nan < 0x7FFFFFFF
+                take_nan = block_nan & (best_nan == 0)
+                take = (best_nan == 0) & (first_nan == 0x7FFFFFFF) & (m > best_val)
+                best_idx = tl.where(take_nan, first_nan, tl.where(take, j0 + a, best_idx))
                 best_val = tl.where(take, m, best_val)
+                best_nan = tl.where(block_nan, 1, best_nan)
             last = best_idx
             tl.store(out + i, last.to(tl.int64))
 
@@ -89,7 +97,9 @@ if AVAILABLE:
                 offs = j0 + offs0
                 mask = offs < n
                 d = _sqdist(q, p, offs, mask, C, C)
-                key = (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | offs.to(tl.int64)
+                # non-negative floats order as their bits; one canonical NaN above +inf (a stable sort's order)
+                bits = tl.where(d != d, 0x7FC00000, d.to(tl.int32, bitcast=True))
+                key = (bits.to(tl.int64) << 32) | offs.to(tl.int64)
                 key = tl.sort(tl.where(mask, key, big))
                 top = tl.min(tl.reshape(key, [BN // KP, KP]), 0)  # the KP smallest, sorted
                 best = tl.sort(tl.minimum(best, tl.flip(top, 0)))

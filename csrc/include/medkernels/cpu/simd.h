@@ -87,6 +87,21 @@ inline T hsum(vec<T> v) {
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Integer lane vectors: 0, 1, ..., lanes - 1, and the mask of lanes below n (a vector's real lanes
+// when the rest is padding; select with `mask ? x : vec<T>{}`).
+template <class T>
+inline typename Simd<T>::I lane_iota() {
+  typename Simd<T>::I v{};
+  for (int l = 0; l < lanes<T>; ++l) v[l] = l;
+  return v;
+}
+template <class T>
+inline typename Simd<T>::I lanes_below(int64_t n) {
+  typename Simd<T>::I m{};
+  for (int l = 0; l < lanes<T>; ++l) m[l] = l < n ? -1 : 0;
+  return m;
+}
+
 // Carves 64-byte aligned arrays out of one scratch block. Built on address 0 it only measures, so
 // the size the torch side allocates comes from the same code that carves.
 struct Carver {
@@ -254,6 +269,12 @@ inline T slog(T x) {
     return __builtin_logf(x);
   else
     return __builtin_log(x);
+}
+// A row's logsumexp from its max mx and sum of exp(s - mx), as torch.logsumexp: an infinite max is the
+// result itself (a +inf logit gives +inf, not inf - inf = NaN).
+template <class T>
+inline T row_lse(T mx, T sum) {
+  return mx == T(__builtin_inf()) || mx == T(-__builtin_inf()) ? mx : mx + slog(sum);
 }
 
 // x[i] = exp(x[i] - shift) for i < n with x[i] <= shift (softmax), vectorised; returns the sum (fixed order).
