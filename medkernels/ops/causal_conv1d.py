@@ -28,10 +28,22 @@ def _silu(activation, fn) -> bool:
     return activation is not None
 
 
+def _is_tensor(fn: str, name: str, t, optional: bool = True) -> None:
+    """TypeError unless ``t`` is a tensor (or None when ``optional``)."""
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        allowed = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"{fn}: {name} must be {allowed}, got {type(t).__name__}")
+
+
 def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out):
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    """The checks shared by causal_conv1d_fn and causal_conv1d_ref (every backend sees valid input)."""
+    _is_tensor(fn, "x", x, optional=False)
+    _is_tensor(fn, "weight", weight, optional=False)
+    for name, t in (("bias", bias), ("seq_idx", seq_idx), ("initial_states", initial_states),
+                    ("final_states_out", final_states_out)):
+        _is_tensor(fn, name, t)
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -62,9 +74,11 @@ def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, fi
                                        or initial_states.dtype != x.dtype):
         raise ValueError(f"{fn}: initial_states must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in x's "
                          f"dtype, got {tuple(initial_states.shape)} {initial_states.dtype}")
-    if final_states_out is not None and final_states_out.shape != (batch, dim, width - 1):
-        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)}, "
-                         f"got {tuple(final_states_out.shape)}")
+    # The final states are x's values: a buffer of another dtype would round (or truncate) them.
+    if final_states_out is not None and (final_states_out.shape != (batch, dim, width - 1)
+                                         or final_states_out.dtype != x.dtype):
+        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in "
+                         f"x's dtype ({x.dtype}), got {tuple(final_states_out.shape)} {final_states_out.dtype}")
 
 
 def _finish(out, final_states, return_final_states, final_states_out):
@@ -231,18 +245,23 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     Args:
         x: (batch, dim, seqlen), float32/float16/bfloat16 (float64 for gradcheck). Any strides.
         weight: (dim, width), x's dtype or float32; any width >= 1.
-        bias: optional (dim,).
+        bias: optional (dim,), x's dtype or float32.
         seq_idx: optional int32 (batch, seqlen): a tap reading a token of another segment contributes 0
             (packed sequences). Not with initial_states or return_final_states (as upstream).
         initial_states: optional (batch, dim, width - 1) inputs before the first token, x's dtype.
         return_final_states: also return the last width - 1 inputs (batch, dim, width - 1).
-        final_states_out: optional preallocated (batch, dim, width - 1) to write the final states into.
+        final_states_out: optional preallocated (batch, dim, width - 1) tensor in x's dtype to write
+            the final states into (used only with return_final_states, as upstream).
         activation: None, "silu" or "swish" (silu).
         backend: None/"auto", "triton", "cpu" or "reference".
 
     Returns:
         out (batch, dim, seqlen) in x's dtype, or ``(out, final_states)``. Differentiable in x, weight,
         bias and initial_states, also through the final states.
+
+    Raises:
+        TypeError: a tensor argument that is not a torch.Tensor (or None where optional).
+        ValueError: a wrong shape, dtype or device, naming the argument; every tensor must be on x's device.
     """
     fn = "causal_conv1d_fn"
     silu = _silu(activation, fn)
