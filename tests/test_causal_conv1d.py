@@ -214,6 +214,84 @@ def test_update_circular_buffer_and_state_indices():
     assert cache[[0, 2, 4]].abs().sum() == 0
 
 
+def test_update_circular_buffer_with_more_tokens_than_state():
+    """seqlen 7 > state_len 5: the buffer keeps the last 5 tokens, as 7 single steps leave it."""
+    x, w, b, _ = inputs(seqlen=7)
+    state = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(2))
+    steps, pos = state.clone(), torch.tensor([3, 9], dtype=torch.int32)
+    out = ops.causal_conv1d_update(x, state, w, b, "silu", cache_seqlens=pos)
+    outs = [ops.causal_conv1d_update(x[..., t], steps, w, b, "silu", cache_seqlens=pos + t) for t in range(7)]
+    close(out, torch.stack(outs, -1), *OUT, "out")
+    assert torch.equal(state, steps)
+
+
+def test_update_with_no_tokens_leaves_the_state():
+    _, w, b, _ = inputs()
+    state = torch.randn(2, 6, 3)
+    before = state.clone()
+    out = ops.causal_conv1d_update(torch.randn(2, 6, 0), state, w, b)
+    assert out.shape == (2, 6, 0) and torch.equal(state, before)
+
+
+PAD = -1  # causal-conv1d's padding slot in conv_state_indices
+
+
+def pad_slot_case(seqlen, circular, seed=0):
+    """A 5-row cache, 4 batch rows of which rows 1 and 3 are padding; the real rows use cache rows 3 and 0."""
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(5, 6, 4, generator=g)
+    x = torch.randn(4, 6, seqlen, generator=g)
+    w, b = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    rows = torch.tensor([3, PAD, 0, PAD], dtype=torch.int32)
+    seqlens = torch.tensor([6, 2, 1, 9], dtype=torch.int32) if circular else None
+    return x, cache, w, b, rows, seqlens
+
+
+@pytest.mark.parametrize("seqlen", [None, 1, 3])  # None: 2-D x (batch, dim)
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_update_padding_slot(seqlen, circular, index_dtype):
+    """-1 in conv_state_indices: that row outputs zeros, no state row is written (the last cache row, which
+    a Python index -1 would hit, included), and the other rows get what they get without padding rows."""
+    x, cache, w, b, rows, seqlens = pad_slot_case(seqlen or 1, circular)
+    rows, seqlens = rows.to(index_dtype), None if seqlens is None else seqlens.to(index_dtype)
+    x = x[..., 0] if seqlen is None else x
+    real = torch.tensor([0, 2])
+    cache_real = cache.clone()
+    out_real = ops.causal_conv1d_update(x[real], cache_real, w, b, "silu", None if seqlens is None else seqlens[real],
+                                        rows[real])
+    before = cache.clone()
+    out = ops.causal_conv1d_update(x, cache, w, b, "silu", seqlens, rows)
+    assert out.shape == x.shape
+    assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
+    assert torch.equal(out[real], out_real)
+    assert torch.equal(cache, cache_real)
+    assert torch.equal(cache[[1, 2, 4]], before[[1, 2, 4]])  # cache row 4 = conv_state[-1]
+    assert not torch.equal(cache[[0, 3]], before[[0, 3]])
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_update_padding_rows_read_nothing(circular):
+    """Every row padding: zeros out, even with inf/nan in the cache, and the cache is unchanged."""
+    x, cache, w, b, _, seqlens = pad_slot_case(2, circular)
+    cache[0] = float("nan")
+    cache[4] = float("inf")
+    before = cache.clone()
+    out = ops.causal_conv1d_update(x, cache, w, b, None, seqlens, torch.full((4,), PAD, dtype=torch.int32))
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(cache.nan_to_num(), before.nan_to_num()) and cache[0].isnan().all()
+
+
+def test_update_padding_slot_under_torch_compile():
+    x, cache, w, b, rows, seqlens = pad_slot_case(2, True)
+    eager_cache = cache.clone()
+    eager = ops.causal_conv1d_update(x, eager_cache, w, b, "silu", seqlens, rows)
+    compiled = torch.compile(ops.causal_conv1d_update, fullgraph=True)(x, cache, w, b, "silu", seqlens, rows)
+    close(compiled, eager, *OUT, "out")
+    assert torch.equal(compiled[[1, 3]], torch.zeros_like(compiled[[1, 3]]))
+    assert torch.equal(cache, eager_cache)
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -270,9 +348,74 @@ BAD = [
      ValueError, r"causal_conv1d_ref: final_states_out must be"),
     ("reference bias list", lambda: ops.causal_conv1d_ref(torch.randn(2, 6, 5), torch.randn(6, 4), [0.0] * 6),
      TypeError, r"causal_conv1d_ref: bias must be a torch.Tensor or None"),
-    ("update state", lambda: ops.causal_conv1d_update(torch.randn(2, 6), torch.zeros(2, 6, 2), torch.randn(6, 4)),
-     ValueError, r"conv_state must be \(batch, dim, state_len >= width - 1\)"),
 ]
+
+
+def update(x=(2, 6), state=(2, 6, 3), weight=(6, 4), bias=None, activation=None, seqlens=None, rows=None):
+    """causal_conv1d_update with float32 tensors made from shapes (anything else passes through as is)."""
+    make = lambda v: torch.randn(*v) if isinstance(v, tuple) else v  # noqa: E731
+    return ops.causal_conv1d_update(make(x), make(state), make(weight), make(bias), activation, seqlens, rows)
+
+
+i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+UPDATE_BAD = [
+    ("x list", lambda: update(x=[[0.0] * 6] * 2), TypeError,
+     r"causal_conv1d_update: x must be a torch.Tensor, got list"),
+    ("conv_state list", lambda: update(state=[0.0]), TypeError, r"conv_state must be a torch.Tensor, got list"),
+    ("weight list", lambda: update(weight=[[0.0] * 4] * 6), TypeError, r"weight must be a torch.Tensor, got list"),
+    ("bias list", lambda: update(bias=[0.0] * 6), TypeError, r"bias must be a torch.Tensor or None, got list"),
+    ("cache_seqlens list", lambda: update(seqlens=[0, 0]), TypeError, r"cache_seqlens must be a torch.Tensor or None"),
+    ("indices list", lambda: update(state=(5, 6, 3), rows=[0, 1]), TypeError,
+     r"conv_state_indices must be a torch.Tensor or None"),
+    ("x rank", lambda: update(x=(2, 6, 1, 1)), ValueError, r"x must be \(batch, dim\) or \(batch, dim, seqlen\)"),
+    ("x integer", lambda: update(x=torch.ones(2, 6, dtype=torch.int64)), ValueError,
+     r"x must be float32, float16 or bfloat16 \(or float64\), got torch.int64"),
+    ("x complex", lambda: update(x=torch.ones(2, 6, dtype=torch.complex64)), ValueError,
+     r"x must be float32.*complex64"),
+    ("x bool", lambda: update(x=torch.ones(2, 6, dtype=torch.bool)), ValueError, r"x must be float32.*bool"),
+    ("weight dim", lambda: update(weight=(5, 4)), ValueError,
+     r"weight must be \(dim, width\) with dim=6, got \(5, 4\)"),
+    ("weight 3-D", lambda: update(weight=(6, 1, 4)), ValueError, r"weight must be \(dim, width\) with dim=6"),
+    ("weight integer", lambda: update(weight=torch.ones(6, 4, dtype=torch.int32)), ValueError,
+     r"weight must be float32, float16, bfloat16 or float64, got torch.int32"),
+    ("bias size", lambda: update(bias=(5,)), ValueError, r"bias must be \(dim,\) = \(6,\), got \(5,\)"),
+    ("bias integer", lambda: update(bias=torch.ones(6, dtype=torch.int64)), ValueError,
+     r"bias must be float32, float16, bfloat16 or float64, got torch.int64"),
+    ("conv_state short", lambda: update(state=(2, 6, 2)), ValueError,
+     r"conv_state must be \(batch=2, dim=6, state_len >= width - 1 = 3\), got \(2, 6, 2\)"),
+    ("conv_state batch", lambda: update(state=(3, 6, 3)), ValueError, r"conv_state must be \(batch=2, dim=6"),
+    ("conv_state rank", lambda: update(state=(2, 6)), ValueError, r"conv_state must be \(batch=2, dim=6"),
+    ("conv_state integer", lambda: update(state=torch.zeros(2, 6, 3, dtype=torch.int32)), ValueError,
+     r"conv_state must be float32, float16, bfloat16 or float64, got torch.int32"),
+    ("conv_state device", lambda: update(state=torch.zeros(2, 6, 3, device="meta")), ValueError,
+     r"conv_state is on meta but x is on cpu"),
+    ("weight device", lambda: update(weight=torch.zeros(6, 4, device="meta")), ValueError,
+     r"weight is on meta but x is on cpu"),
+    ("bias device", lambda: update(bias=torch.zeros(6, device="meta")), ValueError, r"bias is on meta but x is on cpu"),
+    ("cache_seqlens length", lambda: update(seqlens=i32(0, 0, 0)), ValueError,
+     r"cache_seqlens must have shape \(batch,\) = \(2,\), got \(3,\)"),
+    ("cache_seqlens float", lambda: update(seqlens=torch.zeros(2)), ValueError,
+     r"cache_seqlens must be an int32 \(or int64\) tensor, got torch.float32"),
+    ("cache_seqlens negative", lambda: update(seqlens=i32(3, -1)), ValueError, r"cache_seqlens must be >= 0"),
+    ("cache_seqlens device", lambda: update(seqlens=torch.zeros(2, dtype=torch.int32, device="meta")), ValueError,
+     r"cache_seqlens is on meta but x is on cpu"),
+    ("indices too large", lambda: update(state=(5, 6, 3), rows=i32(0, 5)), ValueError,
+     r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\) \(-1: padding row\), "
+     r"got values in \[0, 5\]"),
+    ("indices below -1", lambda: update(state=(5, 6, 3), rows=i32(-2, 1)), ValueError,
+     r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\)"),
+    ("indices length", lambda: update(state=(5, 6, 3), rows=i32(0, 1, 2)), ValueError,
+     r"conv_state_indices must have shape \(batch,\) = \(2,\), got \(3,\)"),
+    ("indices float", lambda: update(state=(5, 6, 3), rows=torch.tensor([0.0, 1.7])), ValueError,
+     r"conv_state_indices must be an int32 \(or int64\) tensor, got torch.float32"),
+    ("indices repeated", lambda: update(x=(3, 6), state=(5, 6, 3), rows=i32(4, -1, 4)), ValueError,
+     r"conv_state_indices must not repeat a state row .*; repeated: \[4\]"),
+    ("indices device", lambda: update(state=(5, 6, 3), rows=torch.zeros(2, dtype=torch.int32, device="meta")),
+     ValueError, r"conv_state_indices is on meta but x is on cpu"),
+    ("update activation", lambda: update(activation="gelu"), ValueError,
+     r"causal_conv1d_update: activation must be None, 'silu' or 'swish'"),
+]
+BAD += UPDATE_BAD
 
 
 @pytest.mark.parametrize("case,call,exc,match", BAD, ids=[b[0] for b in BAD])
