@@ -45,6 +45,56 @@ def inputs(batch=2, dim=6, seqlen=13, width=4, dtype=torch.float32, seed=0, devi
 BACKENDS = ["cpu", "reference"]
 
 
+def segments(batch, seqlen, starts, device="cpu"):
+    """int32 seq_idx (batch, seqlen): row 0 starts a new segment at each of ``starts``, the other rows
+    put only their last token in a segment of its own."""
+    rows = [[sum(t >= s for s in starts) for t in range(seqlen)]]
+    rows += [[0] * (seqlen - 1) + [1]] * (batch - 1)
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def oracle(x, w, b, init, seq_idx, activation):
+    """causal-conv1d's formula in float64 -> [out] (+ [final states] with init); with seq_idx, applied to
+    each packed segment on its own (independent of the masking the backends do)."""
+    if seq_idx is None:
+        out, final = upstream_formula(x, w, b, init, activation)
+        return [out] if init is None else [out, final]
+    rows = []
+    for i, ids in enumerate(seq_idx.tolist()):
+        cuts = [t for t in range(len(ids)) if t == 0 or ids[t] != ids[t - 1]] + [len(ids)]
+        rows.append(torch.cat([upstream_formula(x[i:i + 1, :, a:e], w, b, None, activation)[0]
+                               for a, e in zip(cuts, cuts[1:])], -1))
+    return [torch.cat(rows)]
+
+
+def outputs_and_grads(call, leaves, seed=1):
+    """call(*leaves) -> tensor or tuple: (outputs, gradients w.r.t. leaves of a seeded random projection)."""
+    res = call(*leaves)
+    outs = list(res) if isinstance(res, (tuple, list)) else [res]
+    g = torch.Generator().manual_seed(seed)
+    cot = [torch.randn(o.shape, generator=g).to(o) for o in outs]
+    return outs, list(torch.autograd.grad(outs, leaves, cot))
+
+
+def against_oracle(backend, x, w, b, init, seq_idx, activation="silu", tol=None):
+    """Forward (out, final states) and backward of ``backend`` vs the float64 oracle."""
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b) + (() if init is None else (init,))]
+    ref_leaves = [t.detach().cpu().double().requires_grad_(True) for t in leaves]
+    seq_cpu = None if seq_idx is None else seq_idx.cpu()
+    outs, grads = outputs_and_grads(
+        lambda *t: ops.causal_conv1d_fn(t[0], t[1], t[2], seq_idx, t[3] if init is not None else None,
+                                        return_final_states=init is not None, activation=activation,
+                                        backend=backend), leaves)
+    outs_r, grads_r = outputs_and_grads(
+        lambda *t: oracle(t[0], t[1], t[2], t[3] if init is not None else None, seq_cpu, activation), ref_leaves)
+    assert len(outs) == len(outs_r)
+    for i, (a, r) in enumerate(zip(outs, outs_r)):
+        assert a.shape == r.shape, f"output {i}: {tuple(a.shape)} != {tuple(r.shape)}"
+        close(a.cpu(), r, *((0, 0) if i else tol or OUT), ["out", "final_states (copies of inputs)"][i])
+    for name, a, r in zip(["x", "weight", "bias", "initial_states"], grads, grads_r):
+        close(a.cpu(), r, *(tol or GRAD), f"d{name}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("activation", [None, "silu"])
@@ -163,6 +213,86 @@ def test_torch_compile_fullgraph():
     close(lc, le, *OUT, "loss")
     for a, r in zip(torch.autograd.grad(lc, [x, w, b, init]), torch.autograd.grad(le, [x, w, b, init])):
         close(a, r, *OUT, "grad")
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+@pytest.mark.parametrize("mode", ["plain", "states", "seq_idx"])
+def test_cpu_kernel_on_every_isa(cpu_isa, width, mode):
+    """The CPU kernel of each compiled instruction set (avx2, and the baseline every x86-64 runs)."""
+    x, w, b, init = inputs(seqlen=21, width=width, seed=width)
+    seq = segments(2, 21, [5, 6, 17]) if mode == "seq_idx" else None
+    against_oracle("cpu", x, w, b, init if mode == "states" else None, seq)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seqlen", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["plain", "states", "seq_idx"])
+def test_sequence_shorter_than_width(backend, seqlen, mode):
+    """width 4, seqlen 1..3: the final states then mix initial states (or zeros) and x."""
+    x, w, b, init = inputs(seqlen=seqlen, width=4, seed=seqlen)
+    seq = segments(2, seqlen, [1]) if mode == "seq_idx" else None
+    against_oracle(backend, x, w, b, init if mode == "states" else None, seq)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["channel_last", "every_other"])
+def test_strided_float32_x_forward_and_backward(backend, layout):
+    x, w, b, init = inputs(seqlen=13)
+    if layout == "channel_last":  # a (batch, seqlen, dim) tensor seen as (batch, dim, seqlen)
+        base, view = x.transpose(1, 2).contiguous(), lambda t: t.transpose(1, 2)
+    else:  # every other element of a longer sequence
+        base, view = torch.zeros(2, 6, 26), lambda t: t[..., ::2]
+        base[..., ::2] = x
+    assert not view(base).is_contiguous() and torch.equal(view(base), x)
+    leaves = [base.requires_grad_(True)] + [t.clone().requires_grad_(True) for t in (w, b, init)]
+    outs, grads = outputs_and_grads(lambda xb, w, b, init: ops.causal_conv1d_fn(
+        view(xb), w, b, None, init, True, activation="silu", backend=backend), leaves)
+    ref_leaves = [t.double().requires_grad_(True) for t in (x, w, b, init)]
+    outs_r, grads_r = outputs_and_grads(lambda *t: oracle(*t, None, "silu"), ref_leaves)
+    for a, r, what in zip(outs, outs_r, ["out", "final_states"]):
+        close(a, r, *OUT, what)
+    close(view(grads[0]), grads_r[0], *GRAD, "dx")
+    if layout == "every_other":
+        assert not grads[0][..., 1::2].any(), "dx leaked into elements x does not view"
+    for name, a, r in zip(["weight", "bias", "initial_states"], grads[1:], grads_r[1:]):
+        close(a, r, *GRAD, f"d{name}")
+
+
+@requires_triton
+@pytest.mark.parametrize("mode", ["states", "seq_idx"])
+def test_triton_across_block_boundaries(mode):
+    """Two block boundaries and a ragged tail: seqlen 37 in the interpreter (blocks of 16), 517 on a GPU
+    (blocks of 256); the segments start at a block boundary and right after one."""
+    from medkernels.triton import causal_conv1d as tcc
+
+    block = tcc._block(0)
+    seqlen = 2 * block + 5
+    x, w, b, init = inputs(batch=2, dim=3, seqlen=seqlen, width=4, seed=5, device=TEST_DEVICE)
+    seq = segments(2, seqlen, [block, block + 1, 2 * block + 2], TEST_DEVICE) if mode == "seq_idx" else None
+    against_oracle("triton", x, w, b, init if mode == "states" else None, seq, tol=TRITON)
+
+
+@pytest.mark.parametrize("mode", ["states", "seq_idx"])
+def test_same_bits_for_every_thread_count(mode):
+    """The CPU kernel splits (batch * dim) rows over threads: forward and backward must not depend on how."""
+    x, w, b, init = inputs(batch=3, dim=40, seqlen=300, width=4, seed=3)
+    seq = segments(3, 300, [100, 101, 250]) if mode == "seq_idx" else None
+    init = init if mode == "states" else None
+    leaves = [x, w, b] + ([] if init is None else [init])
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3, 7):
+            torch.set_num_threads(n)
+            runs.append(outputs_and_grads(lambda *t: ops.causal_conv1d_fn(
+                t[0], t[1], t[2], seq, t[3] if init is not None else None, init is not None, activation="silu",
+                backend="cpu"), [t.clone().requires_grad_(True) for t in leaves]))
+    finally:
+        torch.set_num_threads(before)
+    first = runs[0][0] + runs[0][1]
+    for n, (outs, grads) in zip((2, 3, 7), runs[1:]):
+        for i, (a, r) in enumerate(zip(outs + grads, first)):
+            assert torch.equal(a, r), f"{n} threads: tensor {i} differs from 1 thread"
 
 
 def opcheck_samples():
