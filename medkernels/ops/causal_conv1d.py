@@ -28,10 +28,22 @@ def _silu(activation, fn) -> bool:
     return activation is not None
 
 
+def _is_tensor(fn: str, name: str, t, optional: bool = True) -> None:
+    """TypeError unless ``t`` is a tensor (or None when ``optional``)."""
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        allowed = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"{fn}: {name} must be {allowed}, got {type(t).__name__}")
+
+
 def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out):
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    """The checks shared by causal_conv1d_fn and causal_conv1d_ref (every backend sees valid input)."""
+    _is_tensor(fn, "x", x, optional=False)
+    _is_tensor(fn, "weight", weight, optional=False)
+    for name, t in (("bias", bias), ("seq_idx", seq_idx), ("initial_states", initial_states),
+                    ("final_states_out", final_states_out)):
+        _is_tensor(fn, name, t)
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -62,9 +74,11 @@ def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, fi
                                        or initial_states.dtype != x.dtype):
         raise ValueError(f"{fn}: initial_states must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in x's "
                          f"dtype, got {tuple(initial_states.shape)} {initial_states.dtype}")
-    if final_states_out is not None and final_states_out.shape != (batch, dim, width - 1):
-        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)}, "
-                         f"got {tuple(final_states_out.shape)}")
+    # The final states are x's values: a buffer of another dtype would round (or truncate) them.
+    if final_states_out is not None and (final_states_out.shape != (batch, dim, width - 1)
+                                         or final_states_out.dtype != x.dtype):
+        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in "
+                         f"x's dtype ({x.dtype}), got {tuple(final_states_out.shape)} {final_states_out.dtype}")
 
 
 def _finish(out, final_states, return_final_states, final_states_out):
@@ -231,18 +245,23 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     Args:
         x: (batch, dim, seqlen), float32/float16/bfloat16 (float64 for gradcheck). Any strides.
         weight: (dim, width), x's dtype or float32; any width >= 1.
-        bias: optional (dim,).
+        bias: optional (dim,), x's dtype or float32.
         seq_idx: optional int32 (batch, seqlen): a tap reading a token of another segment contributes 0
             (packed sequences). Not with initial_states or return_final_states (as upstream).
         initial_states: optional (batch, dim, width - 1) inputs before the first token, x's dtype.
         return_final_states: also return the last width - 1 inputs (batch, dim, width - 1).
-        final_states_out: optional preallocated (batch, dim, width - 1) to write the final states into.
+        final_states_out: optional preallocated (batch, dim, width - 1) tensor in x's dtype to write
+            the final states into (used only with return_final_states, as upstream).
         activation: None, "silu" or "swish" (silu).
         backend: None/"auto", "triton", "cpu" or "reference".
 
     Returns:
         out (batch, dim, seqlen) in x's dtype, or ``(out, final_states)``. Differentiable in x, weight,
         bias and initial_states, also through the final states.
+
+    Raises:
+        TypeError: a tensor argument that is not a torch.Tensor (or None where optional).
+        ValueError: a wrong shape, dtype or device, naming the argument; every tensor must be on x's device.
     """
     fn = "causal_conv1d_fn"
     silu = _silu(activation, fn)
@@ -264,56 +283,149 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     return _finish(out, final, return_final_states, final_states_out)
 
 
+def _check_index_tensor(fn: str, name: str, t: torch.Tensor, batch: int, x: torch.Tensor) -> None:
+    """An integer (batch,) tensor on x's device (values are checked by the caller)."""
+    if t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{fn}: {name} must be an int32 (or int64) tensor, got {t.dtype}")
+    if t.shape != (batch,):
+        raise ValueError(f"{fn}: {name} must have shape (batch,) = ({batch},), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+
+
+def _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_indices) -> None:
+    """Every malformed causal_conv1d_update call is a TypeError/ValueError naming the argument. ``x`` is
+    already (batch, dim, seqlen). Value checks (index ranges, duplicates, negative lengths) need the
+    data, so they run in eager mode only, not while torch.compile traces."""
+    if x.dim() != 3:
+        raise ValueError(f"{fn}: x must be (batch, dim) or (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    batch, dim, _ = x.shape
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{fn}: x must be float32, float16 or bfloat16 (or float64), got {x.dtype}")
+    if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        raise ValueError(f"{fn}: weight must be (dim, width) with dim={dim}, got {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if conv_state.dim() != 3 or conv_state.shape[1] != dim or conv_state.shape[2] < width - 1 or (
+            conv_state_indices is None and conv_state.shape[0] != batch):
+        rows = "cache_size" if conv_state_indices is not None else f"batch={batch}"
+        raise ValueError(f"{fn}: conv_state must be ({rows}, dim={dim}, state_len >= width - 1 = {width - 1}), got "
+                         f"{tuple(conv_state.shape)}")
+    for name, t in (("conv_state", conv_state), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{fn}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if bias is not None and bias.shape != (dim,):
+        raise ValueError(f"{fn}: bias must be (dim,) = ({dim},), got {tuple(bias.shape)}")
+    for name, t in (("conv_state", conv_state), ("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+    checking = not torch.compiler.is_compiling()
+    if cache_seqlens is not None:
+        _check_index_tensor(fn, "cache_seqlens", cache_seqlens, batch, x)
+        if checking and batch and int(cache_seqlens.min()) < 0:
+            raise ValueError(f"{fn}: cache_seqlens must be >= 0, got {cache_seqlens.tolist()}")
+    if conv_state_indices is not None:
+        _check_index_tensor(fn, "conv_state_indices", conv_state_indices, batch, x)
+        if checking and batch:
+            slots = conv_state.shape[0]
+            low, high = int(conv_state_indices.min()), int(conv_state_indices.max())
+            if low < -1 or high >= slots:
+                raise ValueError(f"{fn}: conv_state_indices must be in [-1, conv_state.shape[0]) = [-1, {slots}) "
+                                 f"(-1: padding row), got values in [{low}, {high}]")
+            used = conv_state_indices[conv_state_indices >= 0]
+            unique, counts = torch.unique(used, return_counts=True)
+            if bool((counts > 1).any()):
+                raise ValueError(f"{fn}: conv_state_indices must not repeat a state row (two batch rows would "
+                                 f"update the same state in place); repeated: {unique[counts > 1].tolist()}")
+
+
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
                          conv_state_indices=None):
     """One or more decoding steps of the causal conv, updating ``conv_state`` in place
     (causal-conv1d's ``causal_conv1d_update``).
 
+    Computed in float32 (float64 for float64 x), like :func:`causal_conv1d_ref`; the new inputs are
+    stored in ``conv_state``'s dtype.
+
     Args:
-        x: (batch, dim) or (batch, dim, seqlen) new tokens.
-        conv_state: (batch, dim, state_len) with state_len >= width - 1: the latest inputs, oldest first.
-            With ``conv_state_indices``, a larger cache whose rows ``conv_state_indices`` are used.
-        weight: (dim, width); bias: optional (dim,).
+        x: (batch, dim) or (batch, dim, seqlen) new tokens; float32/float16/bfloat16/float64.
+        conv_state: (batch, dim, state_len) with state_len >= width - 1: the latest inputs, oldest
+            first; any float dtype, on x's device. With ``conv_state_indices``, a cache
+            (cache_size, dim, state_len) whose rows ``conv_state_indices`` are used.
+        weight: (dim, width), any float dtype.
+        bias: optional (dim,), any float dtype.
         activation: None, "silu" or "swish".
-        cache_seqlens: optional int32 (batch,): treat conv_state as a circular buffer written at
-            ``cache_seqlens % state_len``.
-        conv_state_indices: optional int32 (batch,): rows of conv_state to use (continuous batching).
+        cache_seqlens: optional int32 (or int64) (batch,), values >= 0: treat each state row as a
+            circular buffer; its width - 1 inputs before position ``cache_seqlens % state_len`` are
+            read and x is written from there on (of an x longer than state_len, only the last
+            state_len tokens are kept).
+        conv_state_indices: optional int32 (or int64) (batch,), values in [-1, cache_size): the
+            row of ``conv_state`` each batch row uses (continuous batching). -1 is causal-conv1d's
+            padding slot: that batch row outputs zeros, whatever the cache holds, and changes no
+            state row (not the last one either); the other rows are unaffected. Two batch rows may not use the same state row (the
+            in-place update would be ambiguous): ValueError. Index values (range, repeats) and
+            ``cache_seqlens >= 0`` are checked in eager mode only, not under torch.compile.
 
     Returns:
-        (batch, dim) or (batch, dim, seqlen) in x's dtype.
+        (batch, dim) or (batch, dim, seqlen), matching x, in x's dtype.
+
+    Raises:
+        TypeError: a tensor argument that is not a torch.Tensor.
+        ValueError: a wrong shape, dtype, device, index value or activation, naming the argument.
     """
     fn = "causal_conv1d_update"
     silu = _silu(activation, fn)
+    _is_tensor(fn, "x", x, optional=False)
+    _is_tensor(fn, "conv_state", conv_state, optional=False)
+    _is_tensor(fn, "weight", weight, optional=False)
+    for name, t in (("bias", bias), ("cache_seqlens", cache_seqlens), ("conv_state_indices", conv_state_indices)):
+        _is_tensor(fn, name, t)
     squeeze = x.dim() == 2
     if squeeze:
         x = x.unsqueeze(-1)
-    if x.dim() != 3 or not isinstance(conv_state, torch.Tensor) or conv_state.dim() != 3:
-        raise ValueError(f"{fn}: x must be (batch, dim[, seqlen]) and conv_state (batch, dim, state_len)")
+    _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_indices)
     batch, dim, seqlen = x.shape
-    width = weight.shape[-1]
-    state = conv_state if conv_state_indices is None else conv_state[conv_state_indices.long()]
-    if state.shape[:2] != (batch, dim) or state.shape[2] < width - 1 or weight.shape != (dim, width):
-        raise ValueError(f"{fn}: conv_state must be (batch, dim, state_len >= width - 1) = ({batch}, {dim}, >= "
-                         f"{width - 1}) and weight (dim, width), got {tuple(state.shape)} and {tuple(weight.shape)}")
-    state_len = state.shape[-1]
+    width, state_len = weight.shape[1], conv_state.shape[2]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if cache_seqlens is None:
-        ext = torch.cat([state, x], dim=-1)
-        new_state = ext[..., -state_len:]
+    if conv_state_indices is None:
+        state, pad = conv_state, None
+    else:
+        idx = conv_state_indices.long()
+        pad = idx < 0  # padding rows: read slot 0 (or zeros) instead, and mask everything they produce
+        slot = idx.clamp(min=0)
+        state = conv_state[slot] if conv_state.shape[0] else conv_state.new_zeros(batch, dim, state_len)
+    if cache_seqlens is None or state_len == 0:
+        ext = torch.cat([state, x], dim=-1)  # (batch, dim, state_len + seqlen), the promoted dtype: exact
+        new_state = ext[..., ext.shape[-1] - state_len:].to(conv_state.dtype)
     else:
         pos = cache_seqlens.long()[:, None]
         read = torch.remainder(torch.arange(-(width - 1), 0, device=x.device)[None] + pos, state_len)
         ext = torch.cat([state.gather(2, read[:, None].expand(-1, dim, -1)), x], dim=-1)
-        write = torch.remainder(torch.arange(seqlen, device=x.device)[None] + pos, state_len)
-        new_state = state.scatter(2, write[:, None].expand(-1, dim, -1), x.to(state.dtype))
-    out = F.conv1d(ext.to(acc), weight.to(acc)[:, None], None if bias is None else bias.to(acc), groups=dim)
-    out = out[..., -seqlen:]
+        # Only the last min(seqlen, state_len) tokens survive; writing all of them would scatter to
+        # repeated positions, whose winner scatter does not define.
+        keep = min(seqlen, state_len)
+        write = torch.remainder(torch.arange(seqlen - keep, seqlen, device=x.device)[None] + pos, state_len)
+        new_state = state.scatter(2, write[:, None].expand(-1, dim, -1), x[..., seqlen - keep:].to(state.dtype))
+    ext = ext[..., ext.shape[-1] - (width - 1 + seqlen):].to(acc)  # the inputs the seqlen outputs read
+    if seqlen:
+        out = F.conv1d(ext, weight.to(acc)[:, None], None if bias is None else bias.to(acc), groups=dim)
+    else:  # F.conv1d rejects an input shorter than the kernel
+        out = ext.new_zeros(batch, dim, 0)
     if silu:
         out = F.silu(out)
+    if pad is not None:
+        out = out.masked_fill(pad[:, None, None], 0.0)  # zeros even if slot 0 holds inf/nan
     with torch.no_grad():
-        if conv_state_indices is None:
+        if pad is None:
             conv_state.copy_(new_state)
-        else:
-            conv_state[conv_state_indices.long()] = new_state.to(conv_state.dtype)
+        elif conv_state.shape[0]:
+            # Without data-dependent shapes (torch.compile): a padding row writes to the row the first
+            # real batch row writes, the very same values, so the repeated index is harmless; when
+            # every row pads, it writes slot 0's own content back.
+            real = ~pad
+            first = torch.argmax(real.to(torch.int32)).reshape(1)  # a tensor index: no .item() (compile)
+            any_real = real.any()
+            fill = torch.where(any_real, new_state.index_select(0, first), conv_state[:1])  # (1, dim, state_len)
+            target = torch.where(pad, torch.where(any_real, slot.index_select(0, first), 0), slot)
+            conv_state.index_copy_(0, target, torch.where(pad[:, None, None], fill, new_state))
     out = out.to(x.dtype)
     return out.squeeze(-1) if squeeze else out
