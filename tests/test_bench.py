@@ -5,8 +5,9 @@ import json
 
 import torch
 
+from medkernels import ops
 from medkernels.bench import cli
-from medkernels.bench.cases import Target, cases_for
+from medkernels.bench.cases import Case, Target, cases_for
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.bench.runner import Result, backends_for, time_call
 
@@ -74,3 +75,97 @@ def test_reference_runs_only_where_the_case_lists_it():
     no_ref = dataclasses.replace(knn, reference_backends=())
     names = backends_for(no_ref, torch.device("cpu"), torch.float32, None)
     assert "reference" not in names and "cpu" in names
+
+
+# --- --check, and the JSON written case by case -----------------------------------------------------
+
+
+def _tiny_case(label="n=64", targets=(), cpu_raises=None, interrupt=False) -> Case:
+    """A case doubling 64 numbers on the reference and the CPU "backend" (no real kernel involved)."""
+
+    def call(backend, x):
+        if backend not in ("reference", "cpu"):
+            raise ops.BackendUnavailableError(f"{backend}: not in this test")
+        if interrupt:
+            raise KeyboardInterrupt
+        if backend == "cpu" and cpu_raises is not None:
+            raise cpu_raises
+        return x["x"] * 2
+
+    return Case(op="tiny", label=label, params={}, profiles=("quick",),
+                make_inputs=lambda device, dtype: {"x": torch.ones(64, device=device, dtype=dtype)},
+                call=call, differentiable=(), targets=targets)
+
+
+ALWAYS = Target("cpu at any speed", "cpu", "fwd", "speedup", 0.0)  # time ratios are >= 0: met whatever the timing
+NEVER = Target("cpu peak memory below zero", "cpu", "fwd", "memory", -1.0)  # ratios of bytes are >= 0: never met
+
+
+def _run(monkeypatch, tmp_path, cases, *extra):
+    monkeypatch.setattr(cli, "cases_for", lambda profile, only=None: cases)
+    out = tmp_path / "r.json"
+    rc = cli.main(["--profile", "quick", "--device", "cpu", "--min-time", "0", "--no-progress", "--json", str(out),
+                   *extra])
+    return rc, json.loads(out.read_text())
+
+
+def test_check_passes_when_every_target_is_met(monkeypatch, tmp_path, capsys):
+    rc, data = _run(monkeypatch, tmp_path, [_tiny_case(targets=(ALWAYS,))], "--check")
+    assert rc == 0
+    assert data["status"] == "complete" and data["cases_done"] == data["cases_planned"] == 1
+    assert [t["met"] for t in data["targets"]] == [True] and data["targets"][0]["op"] == "tiny"
+    assert "check passed" in capsys.readouterr().err
+
+
+def test_check_fails_on_an_unmet_target_and_says_which(monkeypatch, tmp_path, capsys):
+    rc, data = _run(monkeypatch, tmp_path, [_tiny_case(targets=(ALWAYS, NEVER))], "--check")
+    assert rc == 1
+    assert [t["met"] for t in data["targets"]] == [True, False]
+    err = capsys.readouterr().err
+    assert "check failed: 1 problem(s)" in err and "target not met: cpu peak memory below zero (n=64 float32)" in err
+    # without --check the run still exits 0 (the documented default), saying how many targets were missed
+    rc, _ = _run(monkeypatch, tmp_path, [_tiny_case(targets=(ALWAYS, NEVER))])
+    assert rc == 0 and "1 target(s) not met" in capsys.readouterr().err
+
+
+def test_check_fails_when_a_backend_raises_and_the_run_goes_on(monkeypatch, tmp_path, capsys):
+    broken = _tiny_case("broken", targets=(ALWAYS,), cpu_raises=RuntimeError("planted kernel failure"))
+    rc, data = _run(monkeypatch, tmp_path, [broken, _tiny_case("after")], "--check")
+    assert rc == 1
+    assert data["cases_done"] == 2, "the cases after the failure still run"
+    rows = {(r["case"], r["backend"]): r for r in data["results"]}
+    assert rows[("broken", "cpu")]["error"] == "RuntimeError: planted kernel failure"
+    assert rows[("after", "cpu")]["error"] is None
+    err = capsys.readouterr().err
+    assert "check failed: 2 problem(s)" in err
+    assert "failed: tiny [broken] float32 cpu fwd: RuntimeError: planted kernel failure" in err
+    assert "target not measured: cpu at any speed" in err  # its row is missing, so it cannot count as met
+
+
+def test_check_fails_when_a_case_cannot_start(monkeypatch, tmp_path, capsys):
+    def no_inputs(device, dtype):
+        raise RuntimeError("planted: out of memory")
+
+    case = dataclasses.replace(_tiny_case("no inputs"), make_inputs=no_inputs)
+    rc, data = _run(monkeypatch, tmp_path, [case, _tiny_case("after")], "--check")
+    assert rc == 1 and data["cases_done"] == 2
+    assert data["results"][0]["backend"] == "setup" and "planted: out of memory" in data["results"][0]["error"]
+
+
+def test_interrupted_run_keeps_the_finished_cases(monkeypatch, tmp_path, capsys):
+    rc, data = _run(monkeypatch, tmp_path, [_tiny_case("first"), _tiny_case("second", interrupt=True)], "--check")
+    assert rc == 130
+    assert data["status"] == "interrupted" and data["cases_done"] == 1 and data["cases_planned"] == 2
+    assert {r["case"] for r in data["results"]} == {"first"}
+    assert "interrupted after 1 of 2 cases" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tmp")), "the JSON is replaced atomically"
+
+
+def test_gpu_profile_times_references_only_at_small_shapes():
+    """The GPU check's time budget: the references that loop over the sequence (selective scan, the
+    Mamba block) run only where L <= 1024; the large scan is timed against CUDA and the copy bandwidth."""
+    for case in cases_for("gpu"):
+        if case.op in ("selective_scan", "mamba_block") and "reference" in case.reference_backends:
+            assert case.params["seqlen"] <= 1024, case.label
+    scan = [c for c in cases_for("gpu") if c.op == "selective_scan"]
+    assert any(not c.reference_backends for c in scan) and any(c.reference_backends for c in scan)

@@ -109,7 +109,8 @@ def _mamba_ssm_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def _scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,), targets=()) -> Case:
+def _scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,), targets=(),
+               reference=True) -> Case:
     label = f"B={batch} D={dim} N={dstate} L={seqlen} {bc} B/C, D, z, delta_bias, softplus"
     return Case(
         op="selective_scan",
@@ -121,6 +122,7 @@ def _scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,)
         call=_scan_call,
         differentiable=("u", "delta", "A", "B", "C", "D", "z", "delta_bias"),
         dtypes=dtypes,
+        reference_backends=("reference",) if reference else (),
         peers={"mamba_ssm": Peer(_mamba_ssm_call, _mamba_ssm_unavailable)},
         targets=targets,
     )
@@ -500,9 +502,14 @@ CASES: list[Case] = [
     _scan_case(1, 256, 16, 4096, "variable", ("full",)),
     _scan_case(2, 768, 16, 1024, "fixed", ("full",)),
     _scan_case(1, 1536, 64, 2048, "variable", ("full",)),
+    # The GPU profile times the pure-PyTorch references (a Python loop over the sequence, or whole-tensor
+    # gathers) only at shapes where a call takes well under a second, so that the profile fits
+    # scripts/gpu_check.sh's time budget; the large shapes are timed against each other and the copy bandwidth.
     _scan_case(8, 1536, 16, 4096, "variable", ("gpu",), (torch.bfloat16, torch.float32), (
         Target("CUDA forward moves its bytes at >= 60% of the copy bandwidth", "cuda", "fwd", "bandwidth", 0.6),
         Target("Triton forward within 1.5x of the CUDA forward", "triton", "fwd", "speedup", 1 / 1.5, against="cuda"),
+    ), reference=False),
+    _scan_case(2, 768, 16, 1024, "variable", ("gpu",), (torch.float32,), (
         Target("CUDA forward+backward >= 30x the reference", "cuda", "fwd+bwd", "speedup", 30.0),
     )),
     _na_case((12, 12), 3, 2, ("quick",), heads=2, dim=8),
@@ -510,7 +517,7 @@ CASES: list[Case] = [
     _conv_case(8, 3072, 8192, 4, ("gpu",)),
     _mamba_case(2, 1024, 256, 16, ("default", "full"),
                 (Target("forward+backward >= 10x the block on reference ops", "cpu", "fwd+bwd", "speedup", 10.0),)),
-    _mamba_case(8, 2048, 768, 16, ("gpu",), dtypes=(torch.bfloat16,)),
+    _mamba_case(4, 1024, 768, 16, ("gpu",), dtypes=(torch.bfloat16,)),  # the reference block loops over L
     _na_case((64, 64), 7, 1, ("default", "full"), _na_targets(False)),
     _na_case((64, 64), 7, 2, ("default", "full"), _na_targets(False)),
     _na_case((16, 16, 16), 5, 1, ("default", "full"), _na_targets(True)),

@@ -3,7 +3,10 @@
 Prints, per case, the median time, the speed-up over the reference (and over the best peer
 library measured in the same run), the effective bandwidth and the peak memory of the forward
 pass and of forward+backward, then checks the case's targets; writes everything as JSON with the
-machine, torch and commit recorded.
+machine, torch and commit recorded (rewritten after each case, so an interrupted run keeps what it measured).
+
+Exit status: 0 once the run completes, whatever it measured; with ``--check``, 1 when a target is not met
+(or could not be measured) or a backend or peer raised, with the reasons printed. 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -160,6 +163,9 @@ def _format_target(c: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="medkernels-bench", description=__doc__.split("\n\n")[0],
+                                epilog="exit status: 0 once the run completes, whatever it measured; with --check,\n"
+                                       "1 when a target is not met or a backend failed (the reasons are printed);\n"
+                                       "130 when interrupted (the JSON keeps the cases it finished).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="quick (seconds), default (under 2 minutes on 2 cores), full, gpu; "
@@ -173,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="where to write the JSON results "
                    "(default: bench-results/<profile>-<time>.json; '-' for none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a target is not met or not measured, or a backend or peer raised "
+                        "(default: exit 0 whatever was measured)")
     p.add_argument("--list", action="store_true", help="list the cases of the profile and exit")
     return p.parse_args(argv)
 
@@ -201,48 +210,120 @@ def main(argv: list[str] | None = None) -> int:
           f"commit {info['commit'][:10]}{'+dirty' if info['dirty'] else ''}"
           + (f" | copy {info['copy_gbps']:.0f} GB/s" if "copy_gbps" in info else ""))
 
-    plan = []
-    for c in cases:
-        for dt in c.dtypes:
-            names = backends_for(c, device, dt, only_backends)
-            plan.append((c, dt, names))
+    plan = [(c, dt) for c in cases for dt in c.dtypes]
+
     def steps(c, names):
         peers = [p for p in c.peers.values() if p.unavailable(device) is None]
         if not (c.differentiable or c.parameters):
             return len(names) + len(peers)
         return 2 * len(names) + sum(1 if p.forward_only else 2 for p in peers)
 
-    total = sum(steps(c, names) for c, _, names in plan)
-    progress = Progress(total, not args.no_progress)
+    def candidates(c):  # the backends a case may run here, before probing them
+        return list(dict.fromkeys([*c.reference_backends, *(
+            b for b in ops.BACKENDS if b != "reference" and not (only_backends and b not in only_backends)
+            and not (b == "triton" and device.type != "cuda"))]))
 
+    # Backends are probed case by case (just before the case runs), so results come in from the first case on;
+    # the progress total starts from the candidates and shrinks as probes rule some out.
+    progress = Progress(sum(steps(c, candidates(c)) for c, _ in plan), not args.no_progress)
+
+    path = None if args.json == "-" else \
+        Path(args.json or f"bench-results/{profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     all_results: list[Result] = []
     targets: list[dict] = []
-    blocks: list[str] = []
-    for c, dt, names in plan:
-        results = list(run_case(c, dt, device, names, args.min_time, on_step=progress.step))
-        all_results += results
-        notes = {name: why for name, spec in c.peers.items() if (why := spec.unavailable(device))}
-        checked = check_targets(c, results, info.get("copy_gbps")) if dt == c.dtypes[0] else []
-        targets += [{"case": c.label, "dtype": str(dt).replace("torch.", ""), **t} for t in checked]
-        progress.close()
-        block = format_case(c.title(dt), results, notes)
-        if checked:
-            block += "\n" + "\n".join(_format_target(t) for t in checked)
-        blocks.append(block)
-        print("\n" + block, flush=True)
-    progress.close()
 
-    if args.json != "-":
-        path = Path(args.json or f"bench-results/{profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "profile": profile,
-                   "machine": info, "results": [r.as_dict() for r in all_results], "targets": targets}
-        path.write_text(json.dumps(payload, indent=1))
+    def save(status: str, partial: list[Result] = ()) -> None:
+        if path is not None:
+            write_json(path, {"created": created, "profile": profile, "status": status,
+                              "cases_done": done, "cases_planned": len(plan), "machine": info,
+                              "results": [r.as_dict() for r in [*all_results, *partial]], "targets": targets})
+
+    done, current = 0, []  # current: the rows of the case under way
+    save("running")
+    try:
+        for c, dt in plan:
+            current = []
+            try:
+                inputs = c.make_inputs(device, dt)
+                names = backends_for(c, device, dt, only_backends, probe=inputs)
+            except Exception as exc:  # the case could not even start (e.g. out of memory): reported, not fatal
+                progress.total -= steps(c, candidates(c))
+                current.append(setup_failure(c, dt, exc))
+            else:
+                progress.total -= steps(c, candidates(c)) - steps(c, names)
+                for r in run_case(c, dt, device, names, args.min_time, on_step=progress.step, inputs=inputs):
+                    current.append(r)
+                    save("running", current)  # each pass's rows as they come: a timeout loses the least
+                del inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the next case starts from a clean allocator
+            results, current = current, []
+            all_results += results
+            notes = {name: why for name, spec in c.peers.items() if (why := spec.unavailable(device))}
+            checked = check_targets(c, results, info.get("copy_gbps")) if dt == c.dtypes[0] else []
+            targets += [{"op": c.op, "case": c.label, "dtype": str(dt).replace("torch.", ""), **t} for t in checked]
+            progress.close()
+            block = format_case(c.title(dt), results, notes)
+            if checked:
+                block += "\n" + "\n".join(_format_target(t) for t in checked)
+            print("\n" + block, flush=True)
+            done += 1
+            save("running")
+    except KeyboardInterrupt:
+        progress.close()
+        save("interrupted", current)
+        print(f"\ninterrupted after {done} of {len(plan)} cases" + (f"; results so far: {path}" if path else ""),
+              file=sys.stderr, flush=True)
+        return 130
+    progress.close()
+    save("complete")
+    if path is not None:
         print(f"\nresults: {path}")
-    unmet = [t for t in targets if not t["met"]]
-    if unmet:
-        print(f"{len(unmet)} target(s) not met", file=sys.stderr)
+
+    failures = check_failures(all_results, targets)
+    if args.check:
+        if failures:
+            print(f"check failed: {len(failures)} problem(s)", file=sys.stderr)
+            for f in failures:
+                print(f"  {f}", file=sys.stderr)
+            return 1
+        print("check passed: every target met, no backend failed", file=sys.stderr)
+    else:
+        unmet = [t for t in targets if not t["met"]]
+        if unmet:
+            print(f"{len(unmet)} target(s) not met", file=sys.stderr)
     return 0
+
+
+def setup_failure(case, dtype: torch.dtype, exc: Exception) -> Result:
+    """The row that stands for a case whose inputs or backend probes raised."""
+    return Result(case.op, case.label, str(dtype).replace("torch.", ""), "setup", "fwd", float("nan"), [], 0,
+                  float("nan"), 0, error=f"{type(exc).__name__}: {exc}")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Writes ``payload`` to ``path`` atomically (a reader or a kill never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def check_failures(results: list[Result], targets: list[dict]) -> list[str]:
+    """Why ``--check`` fails: every measurement that raised, then every target not met or not measured."""
+    out = [f"failed: {r.op} [{r.case}] {r.dtype} {r.backend} {r.passname}: {r.error}" for r in results if r.error]
+    for t in targets:
+        if t["met"]:
+            continue
+        where = f"{t['case']} {t['dtype']}"
+        if t["value"] is None:
+            out.append(f"target not measured: {t['target']} ({where}: no {t['backend']} or {t['against']} "
+                       f"{t['pass']} row)")
+        else:
+            out.append(f"target not met: {t['target']} ({where}): {t['value']:.3f}, "
+                       f"bound {'<=' if t['metric'] == 'memory' else '>='} {t['bound']:.3f}")
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

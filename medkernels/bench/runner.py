@@ -104,10 +104,14 @@ def _work(case: Case, runner: Callable[[dict], object], inputs: dict, passname: 
     return fwd_bwd, moved
 
 
-def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set[str] | None) -> list[str]:
-    """The reference, then each medkernels backend that runs this case here (probed with one call)."""
+def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set[str] | None,
+                 probe: dict | None = None) -> list[str]:
+    """The reference, then each medkernels backend that runs this case here (probed with one call, on
+    ``probe`` when given, else on fresh inputs). A backend whose probe raises anything but
+    BackendUnavailableError is kept: its measurement then reports the error."""
     names = list(case.reference_backends)
-    probe = case.make_inputs(device, dtype)
+    if probe is None:
+        probe = case.make_inputs(device, dtype)
     for name in ops.BACKENDS:
         # "reference" runs only where the case lists it (some are too slow for a profile)
         if name in names or name == "reference" or (only and name not in only):
@@ -119,14 +123,18 @@ def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set
                 case.call(name, probe)
         except ops.BackendUnavailableError:
             continue
+        except Exception:  # it should run here but broke: kept, so that the measurement reports the error
+            pass
         names.append(name)
     return names
 
 
 def run_case(case: Case, dtype: torch.dtype, device: torch.device, backends: list[str], min_time: float,
-             on_step: Callable[[str], None] = lambda s: None) -> Iterator[Result]:
-    """Measures every backend and available peer of one case, both passes."""
-    inputs = case.make_inputs(device, dtype)
+             on_step: Callable[[str], None] = lambda s: None, inputs: dict | None = None) -> Iterator[Result]:
+    """Measures every backend and available peer of one case, both passes (on ``inputs`` when given,
+    else on fresh ones)."""
+    if inputs is None:
+        inputs = case.make_inputs(device, dtype)
     runners: dict[str, Callable[[dict], object]] = {b: (lambda x, b=b: case.call(b, x)) for b in backends}
     forward_only = set()
     for peer, spec in case.peers.items():
