@@ -55,6 +55,25 @@ def cpu_reason(op: str):
     return reason
 
 
+def no_double_backward(public: str, *backward_ops: str) -> None:
+    """Makes differentiating ``public``'s gradient an error instead of a silent zero.
+
+    The fused backward kernels (``torch.ops.medkernels.<backward_op>``) are not differentiable; without an
+    autograd formula, torch would treat their outputs as constants and a second derivative (a gradient
+    penalty, a Hessian-vector product) would come out as zeros with only a generic warning. This
+    registers, on each backward op, a formula that raises a clear error when autograd reaches it.
+    """
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{public}: double backward (differentiating its gradient, e.g. for a gradient penalty) is not "
+            "supported by its fused kernels; call it with backend='reference' where second derivatives are "
+            "needed (the pure-PyTorch reference is differentiable twice)")
+
+    for op in backward_ops:
+        torch.library.register_autograd(f"medkernels::{op}", backward)
+
+
 def cpu_isas() -> list[str]:
     """CPU instruction sets with compiled kernels that this CPU runs, widest first."""
     return list(_C.cpu_isas()) if HAS_C else []

@@ -158,6 +158,7 @@ if _library.HAS_C:
     torch.library.register_fake("medkernels::causal_conv1d_bwd")(_bwd_fake)
     torch.library.register_autograd("medkernels::causal_conv1d_fwd",
                                     _backward_with(torch.ops.medkernels.causal_conv1d_bwd), setup_context=_setup)
+    _library.no_double_backward("causal_conv1d_fn", "causal_conv1d_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -219,6 +220,7 @@ if _library.HAS_TRITON:
     torch.library.register_autograd("medkernels::causal_conv1d_fwd_triton",
                                     _backward_with(torch.ops.medkernels.causal_conv1d_bwd_triton),
                                     setup_context=_setup)
+    _library.no_double_backward("causal_conv1d_fn", "causal_conv1d_bwd_triton")
 
 _why_not_cpu = _library.cpu_reason("causal_conv1d_fwd")
 

@@ -153,6 +153,7 @@ if _library.HAS_C:
     torch.library.register_autograd("medkernels::dilated_attention3d_fwd",
                                     _backward_with(torch.ops.medkernels.dilated_attention3d_bwd),
                                     setup_context=_setup)
+    _library.no_double_backward("dilated_attention3d", "dilated_attention3d_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -182,6 +183,7 @@ if _library.HAS_TRITON:
     torch.library.register_autograd("medkernels::dilated_attention3d_fwd_triton",
                                     _backward_with(torch.ops.medkernels.dilated_attention3d_bwd_triton),
                                     setup_context=_setup)
+    _library.no_double_backward("dilated_attention3d", "dilated_attention3d_bwd_triton")
 
 _why_not_cpu = _library.cpu_reason("dilated_attention3d_fwd")
 

@@ -172,6 +172,7 @@ if _library.HAS_C:
     torch.library.register_autograd("medkernels::multi_order_selective_scan_fwd",
                                     _backward_with(torch.ops.medkernels.multi_order_selective_scan_bwd),
                                     setup_context=_setup_context)
+    _library.no_double_backward("multi_order_selective_scan", "multi_order_selective_scan_bwd")
 
 
 if _library.HAS_TRITON:
@@ -210,6 +211,7 @@ if _library.HAS_TRITON:
     torch.library.register_autograd("medkernels::multi_order_selective_scan_fwd_triton",
                                     _backward_with(torch.ops.medkernels.multi_order_selective_scan_bwd_triton),
                                     setup_context=_setup_context)
+    _library.no_double_backward("multi_order_selective_scan", "multi_order_selective_scan_bwd_triton")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -277,6 +277,7 @@ if _library.HAS_C:
     torch.library.register_fake("medkernels::na_bwd")(_na_bwd_fake)
     torch.library.register_autograd("medkernels::na_fwd", _na_fwd_backward_with(torch.ops.medkernels.na_bwd),
                                     setup_context=_na_fwd_setup)
+    _library.no_double_backward("na1d/na2d/na3d", "na_bwd")
 
     @torch.library.register_fake("medkernels::na_qk")
     def _na_qk_fake(query, key, kernel_size, dilation, is_causal, rpb):
@@ -299,6 +300,7 @@ if _library.HAS_C:
         return dq, dk, None, None, None, drpb if rpb is not None else None
 
     torch.library.register_autograd("medkernels::na_qk", _na_qk_backward, setup_context=_na_qk_setup)
+    _library.no_double_backward("na1d_qk/na2d_qk/na3d_qk", "na_qk_bwd")
 
     @torch.library.register_fake("medkernels::na_av")
     def _na_av_fake(attn, value, kernel_size, dilation, is_causal):
@@ -320,6 +322,7 @@ if _library.HAS_C:
         return dattn, dv, None, None, None
 
     torch.library.register_autograd("medkernels::na_av", _na_av_backward, setup_context=_na_av_setup)
+    _library.no_double_backward("na1d_av/na2d_av/na3d_av", "na_av_bwd")
 
 
 def _inverse_index(keys: torch.Tensor, valid: torch.Tensor):
@@ -419,6 +422,7 @@ if _library.HAS_TRITON:
     torch.library.register_autograd("medkernels::na_fwd_triton",
                                     _na_fwd_backward_with(torch.ops.medkernels.na_bwd_triton),
                                     setup_context=_na_fwd_setup)
+    _library.no_double_backward("na1d/na2d/na3d", "na_bwd_triton")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ if _library.HAS_C:
     torch.library.register_fake("medkernels::rswaf_kan_bwd")(_bwd_fake)
     torch.library.register_autograd("medkernels::rswaf_kan_fwd", _backward_with(torch.ops.medkernels.rswaf_kan_bwd),
                                     setup_context=_setup)
+    _library.no_double_backward("rswaf_kan", "rswaf_kan_bwd")
 
 if _library.HAS_TRITON:
     from medkernels.triton import rswaf_kan as _tkan
@@ -153,6 +154,7 @@ if _library.HAS_TRITON:
     torch.library.register_fake("medkernels::rswaf_kan_bwd_triton")(_bwd_fake)
     torch.library.register_autograd("medkernels::rswaf_kan_fwd_triton",
                                     _backward_with(torch.ops.medkernels.rswaf_kan_bwd_triton), setup_context=_setup)
+    _library.no_double_backward("rswaf_kan", "rswaf_kan_bwd_triton")
 
 _why_not_cpu = _library.cpu_reason("rswaf_kan_fwd")
 

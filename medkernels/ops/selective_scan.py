@@ -250,6 +250,7 @@ if _library.HAS_C:
     torch.library.register_autograd("medkernels::selective_scan_fwd",
                                     _backward_with(torch.ops.medkernels.selective_scan_bwd),
                                     setup_context=_setup_context)
+    _library.no_double_backward(_OP, "selective_scan_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -300,6 +301,7 @@ if _library.HAS_TRITON:
     torch.library.register_autograd("medkernels::selective_scan_fwd_triton",
                                     _backward_with(torch.ops.medkernels.selective_scan_bwd_triton),
                                     setup_context=_setup_context)
+    _library.no_double_backward(_OP, "selective_scan_bwd_triton")
 
 
 # ---------------------------------------------------------------------------------------------
