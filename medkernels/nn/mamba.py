@@ -122,7 +122,8 @@ class Mamba(nn.Module):
                 return out
 
         # (B, L, d_model) -> (B, 2 * d_inner, L) in one matmul
-        xz = (self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t()).reshape(-1, batch, seqlen)
+        xz = (self.in_proj.weight @ hidden_states.reshape(batch * seqlen, self.d_model).t()).reshape(
+            2 * self.d_inner, batch, seqlen)  # explicit sizes: an empty sequence is valid input
         xz = xz.permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]

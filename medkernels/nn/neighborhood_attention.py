@@ -70,7 +70,11 @@ class _NeighborhoodAttention(nn.Module):
                              f"channels), got {x.dim()=}.")
         B, *spatial, C = x.shape
         if C != self.embed_dim:
-            raise ValueError(f"{type(self).__name__}: expected embedding dimension {self.embed_dim}, got {C}.")
+            layout = "[B, " + ", ".join(f"X{i}" for i in range(n)) + ", C]"
+            hint = (f"; a channels-first [B, C, ...] tensor must be permuted to {layout} first"
+                    if x.shape[1] == self.embed_dim else "")
+            raise ValueError(f"{type(self).__name__}: expected embedding dimension {self.embed_dim}, got {C} (the "
+                             f"layout is channels-last {layout}, got shape {tuple(x.shape)}{hint}).")
         qkv = self.qkv(x).reshape(B, *spatial, 3, self.num_heads, self.head_dim)
         if self.training and self.attn_drop_rate > 0:
             # Attention dropout needs the weights: the unfused path (heads first), as natten 0.17.

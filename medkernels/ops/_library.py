@@ -42,11 +42,12 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 def cpu_reason(op: str):
     """The "cpu" backend's reason function (see ``choose_backend``) for an op whose CPU kernel is
-    ``torch.ops.medkernels.<op>``: None when the first input is on the CPU and the kernel is loaded."""
+    ``torch.ops.medkernels.<op>``: None when the first input is on the CPU (or the meta device: the
+    registered op's fake implementation then gives a shape-only result) and the kernel is loaded."""
     loaded = has_kernel(op, "CPU")
 
     def reason(x, *rest, forced: bool = False, **kw) -> str | None:
-        if x.device.type != "cpu":
+        if x.device.type not in ("cpu", "meta"):
             return f"inputs are on {x.device.type}, not cpu"
         if not loaded:
             return f"the compiled kernels are not loaded ({LOAD_ERROR})"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import _library
 from ._backend import Reason, choose_backend
+from ._checks import has_values
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update"]
 
@@ -320,7 +321,7 @@ def _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_ind
     for name, t in (("conv_state", conv_state), ("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
-    checking = not torch.compiler.is_compiling()
+    checking = has_values(x)
     if cache_seqlens is not None:
         _check_index_tensor(fn, "cache_seqlens", cache_seqlens, batch, x)
         if checking and batch and int(cache_seqlens.min()) < 0:

@@ -166,6 +166,9 @@ def _check_x(fn, x):
         raise ValueError(f"{fn}: x must be (..., H, W) with at least 2 dims, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{fn}: x must be floating point (float32 or float64), got {x.dtype}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{fn}: x's last two axes (H, W) must be >= 1 (a transform of no samples is undefined), "
+                         f"got shape {tuple(x.shape)}")
 
 
 def _transform(fn, x, out_hw, norm, inverse, backend):

@@ -22,6 +22,7 @@ import torch
 
 from . import _library
 from ._backend import Reason, choose_backend
+from ._checks import softmax_scale
 
 __all__ = ["dilated_attention3d", "dilated_attention3d_ref", "dilated_groups"]
 
@@ -228,7 +229,7 @@ def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, ret
     """
     fn = "dilated_attention3d"
     group = _check(fn, query, key, value, group_size, scope)
-    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = softmax_scale(fn, scale, query.shape[-1])
     name = choose_backend(fn, _REASONS, backend, query)
     if name == "reference":
         out, lse = _reference(query, key, value, group, scope, scale)

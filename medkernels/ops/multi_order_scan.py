@@ -21,6 +21,7 @@ import torch
 
 from . import _library
 from ._backend import Reason, choose_backend
+from ._checks import has_values
 from .selective_scan import _FLOAT_DTYPES, _param_dtype, selective_scan_ref
 
 __all__ = ["multi_order_selective_scan", "multi_order_selective_scan_ref", "check_orders"]
@@ -50,7 +51,7 @@ def check_orders(fn: str, orders: torch.Tensor, batch: int | None = None, seqlen
     if batch is not None and (orders.shape[0] != batch or orders.shape[2] != seqlen):
         raise ValueError(f"{fn}: orders must have shape (batch, K, seqlen) = ({batch}, K, {seqlen}), "
                          f"got {tuple(orders.shape)}")
-    if torch.compiler.is_compiling() or orders.device.type == "meta" or orders.numel() == 0:
+    if not has_values(orders) or orders.numel() == 0:
         return
     L = orders.shape[2]
     want = torch.arange(L, device=orders.device)

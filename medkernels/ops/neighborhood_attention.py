@@ -26,6 +26,7 @@ import torch
 
 from . import _library
 from ._backend import Reason, choose_backend
+from ._checks import softmax_scale
 
 __all__ = [
     "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
@@ -186,9 +187,10 @@ def _na_fused_ref(query, key, value, kernel, stride, dilation, causal, scale, rp
     B, H, Hk = query.shape[0], query.shape[-2], key.shape[-2]
     acc = _acc(query)
     keys, valid, rel = _window_index(spatial, kernel, stride, dilation, causal, query.device)
-    q = query.reshape(B, -1, H, query.shape[-1]).to(acc)
-    k = key.reshape(B, -1, Hk, key.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=2)
-    v = value.reshape(B, -1, Hk, value.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=2)
+    N = math.prod(spatial)  # explicit sizes: -1 is ambiguous for an empty batch
+    q = query.reshape(B, N, H, query.shape[-1]).to(acc)
+    k = key.reshape(B, N, Hk, key.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=2)
+    v = value.reshape(B, N, Hk, value.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=2)
     kg, vg = k[:, keys], v[:, keys]  # [B, N, slots, H, D]
     logits = torch.einsum("bnhd,bnkhd->bnhk", q, kg) * scale
     if rpb is not None:
@@ -214,8 +216,9 @@ def _qk_ref(query, key, kernel, dilation, causal, rpb):
     B, H, Hk = query.shape[0], query.shape[1], key.shape[1]
     acc = _acc(query)
     keys, valid, rel = _window_index(spatial, kernel, (1,) * na_dim, dilation, causal, query.device)
-    q = query.reshape(B, H, -1, query.shape[-1]).to(acc)
-    k = key.reshape(B, Hk, -1, key.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=1)
+    N = math.prod(spatial)
+    q = query.reshape(B, H, N, query.shape[-1]).to(acc)
+    k = key.reshape(B, Hk, N, key.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=1)
     attn = torch.einsum("bhnd,bhnkd->bhnk", q, k[:, :, keys])
     if rpb is not None:
         attn = attn + rpb.to(acc).reshape(H, -1)[:, rel]
@@ -229,8 +232,9 @@ def _av_ref(attn, value, kernel, dilation, causal):
     B, H, Hk = attn.shape[0], attn.shape[1], value.shape[1]
     acc = _acc(value)
     keys, valid, _ = _window_index(spatial, kernel, (1,) * na_dim, dilation, causal, value.device)
-    a = attn.reshape(B, H, -1, keys.shape[1]).to(acc).masked_fill(~valid, 0.0)
-    v = value.reshape(B, Hk, -1, value.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=1)
+    N = math.prod(spatial)
+    a = attn.reshape(B, H, N, keys.shape[1]).to(acc).masked_fill(~valid, 0.0)
+    v = value.reshape(B, Hk, N, value.shape[-1]).to(acc).repeat_interleave(H // Hk, dim=1)
     out = torch.einsum("bhnk,bhnkd->bhnd", a, v[:, :, keys])
     return out.reshape(*attn.shape[:-1], value.shape[-1]).to(value.dtype)
 
@@ -482,7 +486,7 @@ def _na(na_dim, fn, query, key, value, kernel_size, stride, dilation, is_causal,
     kernel, stride, dilation, causal = _normalize(fn, na_dim, query.shape[1:1 + na_dim], kernel_size, stride,
                                                   dilation, is_causal)
     _check_rpb(fn, rpb, query.shape[-2], kernel, query)
-    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = softmax_scale(fn, scale, query.shape[-1])
     name = choose_backend(fn, _FUSED_REASONS, backend, query)
     if name == "reference":
         out, lse = _na_fused_ref(query, key, value, kernel, stride, dilation, causal, scale, rpb, additional_keys,

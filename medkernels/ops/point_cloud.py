@@ -24,6 +24,7 @@ import torch
 
 from . import _library
 from ._backend import Reason, choose_backend
+from ._checks import has_values
 
 __all__ = ["furthest_point_sample", "furthest_point_sample_ref", "knn", "knn_ref"]
 
@@ -64,7 +65,7 @@ def _check_lengths(fn: str, name: str, lengths, like: torch.Tensor, lo: int, hi:
     if lengths.device != like.device:
         raise ValueError(f"{fn}: {name} must be on {like.device} like the points, got {lengths.device}")
     lengths = lengths.to(torch.int64)
-    if not torch.compiler.is_compiling() and lengths.numel():
+    if has_values(lengths) and lengths.numel():
         low, high = int(lengths.min()), int(lengths.max())
         if low < lo or high > hi:
             raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}] ({what}), got values in [{low}, {high}]")
