@@ -19,7 +19,8 @@ def test_auto_takes_the_first_backend_that_can_run_in_order():
     assert choose_backend("op", _reasons(), None) == "cuda"
     assert choose_backend("op", _reasons(cuda="no gpu"), "auto") == "triton"
     assert choose_backend("op", _reasons(cuda="no gpu", triton="no triton"), None) == "cpu"
-    assert choose_backend("op", _reasons(cuda="a", triton="b", cpu="c"), None) == "reference"
+    with pytest.warns(RuntimeWarning, match="op: no faster backend"):
+        assert choose_backend("op", _reasons(cuda="a", triton="b", cpu="c"), None) == "reference"
 
 
 def test_skipped_backends_are_logged_with_their_reason(caplog):
@@ -65,3 +66,47 @@ def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # outside the interpreter, Triton needs CUDA tensors
     with pytest.raises(BackendUnavailableError, match="selective_scan_fn: backend='triton' cannot run"):
         selective_scan_fn(*args, backend="triton")
+
+
+def test_falling_back_to_the_reference_warns_once_with_the_reasons():
+    x = torch.zeros(2)
+    reasons = _reasons(cuda="no CUDA build", triton="deterministic mode", cpu="inputs are on cpu-ish")
+    with pytest.warns(RuntimeWarning, match=r"fallop: no faster backend can run these cpu inputs.*"
+                                            r"skipped: cuda: no CUDA build; triton: deterministic mode"):
+        assert choose_backend("fallop", reasons, None, x) == "reference"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same fall-back again: silent
+        assert choose_backend("fallop", reasons, None, x) == "reference"
+        assert choose_backend("fallop", reasons, "reference", x) == "reference", "asked for: never a warning"
+
+
+def test_without_the_extension_cpu_ops_raise_instead_of_running_the_reference(tmp_path):
+    """A broken build (simulated: the extension module cannot be imported) is loud at import, and an op on
+    CPU tensors raises instead of quietly running the Python-loop reference; the reference stays available."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, warnings
+sys.modules["medkernels._C"] = None  # the import fails, as for a build against another torch
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import medkernels
+from medkernels import ops
+assert any("could not be loaded" in str(x.message) for x in w), [str(x.message) for x in w]
+import torch
+args = (torch.randn(1, 4, 8), torch.rand(1, 4, 8), -torch.rand(4, 3), torch.randn(4, 3), torch.randn(4, 3))
+try:
+    ops.selective_scan_fn(*args)
+except ops.BackendUnavailableError as e:
+    assert "did not load" in str(e) and "backend='reference'" in str(e), e
+else:
+    raise SystemExit("no error")
+ops.selective_scan_fn(*args, backend="reference")
+print("OK")
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MEDKERNELS_BACKEND"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr

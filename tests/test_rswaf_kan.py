@@ -13,8 +13,10 @@ from conftest import LONG, TEST_DEVICE, close, requires_triton
 from medkernels import nn as mknn
 from medkernels import ops
 
-# dtype -> (rtol, atol as a fraction of the largest reference value)
-TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2),
+# dtype -> (rtol, atol as a fraction of the largest reference value). float32: the kernel and the float32
+# reference sum up to ~4000 products in different orders; measured at most 1.7e-6 (out, 520 channels x 8),
+# 1.4e-6 (inv), 1.2e-6 (grid), 7e-7 (x, w) over SHAPES and 40 sweep seeds.
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-6, 4e-6), torch.float16: (1e-2, 1e-2),
        torch.bfloat16: (5e-2, 5e-2)}
 
 

@@ -2,8 +2,9 @@
 
 ``medkernels._C`` registers the ``torch.ops.medkernels.*`` operators (C++/CUDA kernels). If it
 cannot be loaded (a source checkout that was never built, or a torch upgraded after the build),
-medkernels still imports: the reference backend (and Triton, where present) keep working, and a
-warning says why the compiled kernels are missing and how to rebuild.
+medkernels still imports, with a warning that says why the compiled kernels are missing and how to
+rebuild; an op on CPU tensors then raises (see _backend._fell_back) instead of quietly running the slow
+reference, which stays available with backend='reference' (and Triton, where present, on GPUs).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     LOAD_ERROR = str(exc)
     warnings.warn(
         "medkernels: the compiled kernels (medkernels._C) could not be loaded: "
-        f"{exc}. Only the reference backend is available. Rebuild against the installed torch with "
-        "`pip install --no-build-isolation .` (torch must be installed first).",
+        f"{exc}. Every op on CPU tensors raises until it is rebuilt against the installed torch "
+        "(`pip install --no-build-isolation .`, torch installed first); backend='reference' runs the slow "
+        "pure-PyTorch oracles explicitly.",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -6,6 +6,7 @@ import), and only when ``backend="triton"`` is forced: that is how CI tests them
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -14,6 +15,27 @@ AVAILABLE = importlib.util.find_spec("triton") is not None
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_force_gpu_configs = False
+
+
+def gpu_configs() -> bool:
+    """Whether launches take the GPU launch configuration (block sizes, chunk lengths). Always on a GPU; in
+    the interpreter only inside :func:`force_gpu_configs`: it runs every program slowly, so by default it
+    uses small tiles, and tests run each kernel once with the GPU's tiles there (issue 11)."""
+    return _force_gpu_configs or not interpreting()
+
+
+@contextlib.contextmanager
+def force_gpu_configs():
+    """Within the block, interpreted launches use the GPU launch configuration (see :func:`gpu_configs`)."""
+    global _force_gpu_configs
+    before, _force_gpu_configs = _force_gpu_configs, True
+    try:
+        yield
+    finally:
+        _force_gpu_configs = before
 
 
 def interpreter_or_gpu(x, forced: bool = False) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, interpreting
+from . import AVAILABLE, gpu_configs
 
 if AVAILABLE:
     import triton
@@ -87,7 +87,7 @@ if AVAILABLE:
 
 
 def _block(n: int) -> int:
-    return 16 if interpreting() else 256
+    return 256 if gpu_configs() else 16
 
 
 def forward(x, w, bias, init, seq, silu: bool):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, interpreting
+from . import AVAILABLE, gpu_configs
 
 
 if AVAILABLE:
@@ -159,7 +159,7 @@ if AVAILABLE:
 
 
 def _blocks(n_tokens: int, d: int, dv: int):
-    block = 16 if interpreting() else 32
+    block = 32 if gpu_configs() else 16
     return block, triton.cdiv(n_tokens, block), triton.next_power_of_2(d), triton.next_power_of_2(dv)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, interpreting
+from . import AVAILABLE, gpu_configs
 
 if AVAILABLE:
     import triton
@@ -126,7 +126,7 @@ def _precision(weight) -> str:
 
 def _tiles(G: int):
     GP = triton.next_power_of_2(G)
-    if interpreting():
+    if not gpu_configs():
         return 16, 16, max(1, 16 // GP), GP
     return 64, 64, max(1, 64 // GP), GP
 

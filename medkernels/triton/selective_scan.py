@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, interpreting
+from . import AVAILABLE, gpu_configs
 
 if AVAILABLE:
     import triton
@@ -183,7 +183,7 @@ if AVAILABLE:
 
 
 def chunk_len() -> int:
-    return 16 if interpreting() else 64
+    return 64 if gpu_configs() else 16
 
 
 def _bc_strides(t):
