@@ -392,7 +392,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     Non-finite inputs (an inf or NaN in u, delta, delta_bias, ...) give the reference's result on every
     backend, NaN where it has NaN and +-inf where it has +-inf: a decay that underflows is exactly 0
     there, as torch.exp. One exception: a timestep of -inf without softplus (a decay of exp(+inf)),
-    where the Triton backend's parallel scan may give NaN for the reference's +-inf.
+    where the GPU backends' parallel scans (Triton, CUDA) combine the infinite factors in another order
+    and may give NaN for the reference's +-inf.
 
     Raises:
         TypeError, ValueError: malformed inputs, naming the argument and what was expected.
