@@ -149,30 +149,15 @@ inline void gemm_pack_a(const GemmArgs& g, int64_t i0, int64_t mr, int64_t k0, i
   }
 }
 
-// C tile (MR x NR at c, leading dim ldc) = (acc ? C : 0) + A panel * B panel over kc.
+// C tile (MR x NR at c, leading dim ldc) = (acc ? C : 0) + A panel * B panel over kc: gemm_block on the
+// packed panels (A(r, k) = a[k * MR + r], B rows NR apart).
 template <class T>
 inline void gemm_micro(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bool acc) {
-  constexpr int MR = kGemmMR<T>, NV = kGemmNV<T>, W = lanes<T>;
-  vec<T> r[MR][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) r[i][v] = acc ? vload(c + i * ldc + v * W) : vec<T>{};
-  for (int64_t kk = 0; kk < kc; ++kk, a += MR, b += NV * W) {
-    vec<T> bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = vload(b + v * W);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const vec<T> av = vsplat(a[i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) r[i][v] += av * bv[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, r[i][v]);
+  constexpr int MR = kGemmMR<T>, NV = kGemmNV<T>;
+  if (acc)
+    gemm_block<T, MR, NV, true>(kc, a, 1, MR, b, kGemmNR<T>, c, ldc);
+  else
+    gemm_block<T, MR, NV, false>(kc, a, 1, MR, b, kGemmNR<T>, c, ldc);
 }
 
 template <class T>
