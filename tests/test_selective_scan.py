@@ -61,9 +61,11 @@ def run(fn, inputs, delta_softplus, grad_out, grad_last, **kw):
 # through the recurrence, the state and the batch * seqlen reductions). Measured over the seeded grid
 # (MEDKERNELS_LONG_TESTS=1 included, chunk sizes 2..64, both ISAs, the Triton interpreter): out,
 # last_state 1.9, du 2.4, ddelta 4.2, dz 1.8, dB 3.9, dC 3.2, dA 4.2, dD 1.0, ddelta_bias 1.0,
-# dinitial_state 5.2; set about 3x above. Independent of seqlen (1..4097) on this grid: the decays
-# bound how far an error carries.
-ULPS = {"out": 6, "last_state": 6, "u": 6, "delta": 12, "z": 6, "B": 12, "C": 12, "A": 12, "D": 3, "delta_bias": 3,
+# dinitial_state 5.2; over six other seeds of that grid (and 24 of the no-decay A = 0 case, where an
+# error carries over the whole sequence) at most out 3.0, last_state 3.0, du 3.4, ddelta 6.0, dz 3.3,
+# dB 3.8, dC 3.7, dA 6.8, dD 1.3, ddelta_bias 1.3, dinitial_state 6.4. Set 3-4x above the first and
+# 2x or more above the second. Independent of seqlen (1..4097): the decays bound how far an error carries.
+ULPS = {"out": 6, "last_state": 6, "u": 8, "delta": 12, "z": 8, "B": 12, "C": 12, "A": 16, "D": 3, "delta_bias": 3,
         "initial_state": 16}
 
 
