@@ -168,3 +168,44 @@ def scan_terms(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     if h0 is not None:
         res["initial_state"] = g
     return res
+
+
+def attention_terms(build, inputs: dict, grad_out=None, grad_lse=None) -> dict:
+    """sum|terms| of masked softmax attention's output, LSE and gradients, in float64.
+
+    ``build(**tensors)`` returns (logits [B, H, N, M] before masking, scale and bias included;
+    allowed, broadcastable to the logits; values [B, H, M, Dv]; layout, which takes a [B, H, N, X]
+    tensor to the op's output layout); ``inputs`` are the op's tensors by name. The logits' own
+    size S = build(|inputs|) bounds their rounding, so P = softmax carries a relative error of a few
+    ulp of E = 1 + S; then out sums P E (|v| + |out|), lse |lse| + sum P E, dS = P (dO.v - dO.out + dlse)
+    sums P E (|dO|.|v| + |dO|.|out| + |dlse|), and dq, dk, dv, the biases follow dS and P E through
+    build by autograd on |inputs| (so GQA, extra tokens and bias tables sum as the op does).
+    Keys: out, lse and (with grad_out) the input names."""
+    x = {k: v.detach().cpu().double() for k, v in inputs.items() if v is not None}
+    with torch.no_grad():
+        logits, allowed, values, layout = build(**x)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        P = torch.exp(logits - lse)
+        out = P @ values
+    absx = {k: v.abs().requires_grad_(True) for k, v in x.items()}
+    S, _, Va, _ = build(**absx)
+    S = S.masked_fill(~allowed, 0.0)
+    PE = P * (1 + S.detach())
+    res = {"out": layout(PE @ values.abs() + PE.sum(-1, keepdim=True) * out.abs()),
+           "lse": layout(lse.abs() + PE.sum(-1, keepdim=True))[..., 0]}
+    if grad_out is None:
+        return res
+    # the layouts are permutations and reshapes: back to [B, H, N, X] through autograd of layout
+    probe = torch.zeros_like(out, requires_grad=True)
+    (dO,) = torch.autograd.grad(layout(probe), probe, grad_out.detach().cpu().double().abs())
+    glse = torch.zeros_like(lse)
+    if grad_lse is not None:
+        probe = torch.zeros_like(lse, requires_grad=True)
+        (glse,) = torch.autograd.grad(layout(probe)[..., 0], probe, grad_lse.detach().cpu().double().abs())
+    dS = PE * (dO @ values.abs().transpose(-1, -2) + (dO * out.abs()).sum(-1, keepdim=True) + glse)
+    loss = (dS * S).sum() + ((PE @ Va) * dO).sum()
+    names = list(absx)
+    for name, g in zip(names, torch.autograd.grad(loss, [absx[k] for k in names], allow_unused=True)):
+        res[name] = torch.zeros_like(x[name]) if g is None else g
+    return res
