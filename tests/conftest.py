@@ -186,7 +186,8 @@ def attention_terms(build, inputs: dict, grad_out=None, grad_lse=None) -> dict:
         logits, allowed, values, layout = build(**x)
         logits = logits.masked_fill(~allowed, float("-inf"))
         lse = torch.logsumexp(logits, -1, keepdim=True)
-        P = torch.exp(logits - lse)
+        P = torch.exp(logits - lse).nan_to_num(0.0)  # rows with no key at all (padding) are 0
+        lse = lse.nan_to_num(0.0, neginf=0.0)
         out = P @ values
     absx = {k: v.abs().requires_grad_(True) for k, v in x.items()}
     S, _, Va, _ = build(**absx)
