@@ -210,3 +210,16 @@ def attention_terms(build, inputs: dict, grad_out=None, grad_lse=None) -> dict:
     for name, g in zip(names, torch.autograd.grad(loss, [absx[k] for k in names], allow_unused=True)):
         res[name] = torch.zeros_like(x[name]) if g is None else g
     return res
+
+
+def close_as_pytorch(actual: torch.Tensor, truth: torch.Tensor, pytorch: torch.Tensor, what: str, *, factor: float,
+                     floor_ulps: float = 2.0, dtype: torch.dtype | None = None) -> None:
+    """flash-attention's rule for composite computations: max|actual - truth| <= factor * max|pytorch -
+    truth| + floor_ulps * eps * max|truth|, where ``pytorch`` is the same computation in plain PyTorch at
+    actual's precision and ``truth`` a float64 (or higher-precision) one: the kernels' error at most
+    ``factor`` times PyTorch's own (the floor keeps a lucky exact PyTorch result from making it zero)."""
+    dtype = dtype or actual.dtype
+    p, t = _common(pytorch, truth)
+    err_pt = (p - t).abs().max().item() if t.numel() else 0.0
+    tmax = t.abs().max().item() if t.numel() else 0.0
+    close_ulp(actual, truth, what, ulps=1, dtype=dtype, scale=factor * err_pt / EPS[dtype] + floor_ulps * tmax)
