@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, attention_terms, close, close_ulp, requires_triton
+from conftest import LONG, TEST_DEVICE, attention_terms, close, close_ulp, requires_triton, ulps_factor
 
 from medkernels import nn as mknn
 from medkernels import ops
@@ -90,7 +90,7 @@ def check_against_oracle(c, backend, dtype=torch.float32, device="cpu"):
         if a.dtype in (torch.float16, torch.bfloat16):  # half an ulp of the dtype of sum|terms|
             close_ulp(a, r, name, ulps=LOWP_ULPS, dtype=a.dtype, scale=terms[name])
         else:
-            close_ulp(a, r, name, ulps=ULPS[name], dtype=a.dtype, scale=terms[name])
+            close_ulp(a, r, name, ulps=ULPS[name] * ulps_factor(backend), dtype=a.dtype, scale=terms[name])
 
     check("out", out, ref)
     check("lse", lse, ref_lse)
@@ -356,7 +356,7 @@ def test_module_attention_dropout_and_drop_path_train_only():
     a.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     blk.eval()
-    torch.testing.assert_close(blk(x), blk(x))
+    torch.testing.assert_close(blk(x), blk(x), rtol=0, atol=0)
 
 
 def test_module_config_errors():

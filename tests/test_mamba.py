@@ -41,16 +41,17 @@ def test_parameters_and_initialisation_match_mamba_ssm():
     m = mknn.Mamba(64)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == UPSTREAM_SHAPES
     assert m.d_inner == 128 and m.dt_rank == math.ceil(64 / 16)
-    torch.testing.assert_close(m.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(128, -1))
+    torch.testing.assert_close(m.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(128, -1), rtol=0,
+                               atol=0)
     assert m.A_log.dtype == torch.float32 and m.A_log._no_weight_decay and m.D._no_weight_decay
-    torch.testing.assert_close(m.D, torch.ones(128))
+    torch.testing.assert_close(m.D, torch.ones(128), rtol=0, atol=0)
     assert m.dt_proj.bias._no_reinit
     dt = F.softplus(m.dt_proj.bias)
     assert dt.min() >= 1e-4 * 0.999 and dt.max() <= 0.1 * 1.001
     bound = m.dt_rank ** -0.5
     assert m.dt_proj.weight.abs().max() <= bound
     mc = mknn.Mamba(64, dt_init="constant", dt_scale=2.0, bias=True, conv_bias=False)
-    torch.testing.assert_close(mc.dt_proj.weight, torch.full_like(mc.dt_proj.weight, 2.0 * bound))
+    torch.testing.assert_close(mc.dt_proj.weight, torch.full_like(mc.dt_proj.weight, 2.0 * bound), rtol=0, atol=0)
     assert mc.in_proj.bias is not None and mc.conv1d.bias is None
     with pytest.raises(ValueError, match="dt_init must be"):
         mknn.Mamba(64, dt_init="zeros")

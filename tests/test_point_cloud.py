@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, close_ulp, requires_triton
+from conftest import LONG, TEST_DEVICE, close_ulp, requires_triton, ulps_factor
 
 from medkernels import ops
 
@@ -230,11 +230,12 @@ def test_knn_triton(seed):
     rd, ri = ops.knn_ref(q, p, k, query_lengths=qlen, lengths=lengths)
     assert torch.equal(i.cpu(), ri)
     terms, dq_terms, _ = knn_terms(q, p, ri, torch.ones(rd.shape))
-    close_ulp(d.cpu(), rd, "distances", ulps=KNN_ULPS, scale=terms)
+    f = ulps_factor("triton")
+    close_ulp(d.cpu(), rd, "distances", ulps=KNN_ULPS * f, scale=terms)
     gq = torch.autograd.grad(d.sum(), qd)[0]
     want = torch.autograd.grad(ops.knn_ref(q.requires_grad_(True), p, k, query_lengths=qlen, lengths=lengths)[0].sum(),
                                q)[0]
-    close_ulp(gq.cpu(), want, "dquery", ulps=KNN_GRAD_ULPS, scale=dq_terms)
+    close_ulp(gq.cpu(), want, "dquery", ulps=KNN_GRAD_ULPS * f, scale=dq_terms)
 
 
 # --- compile, opcheck --------------------------------------------------------------------------------
