@@ -27,35 +27,54 @@ def axis_rules(L: int, K: int, s: int, d: int, causal: bool):
     return allowed, rel
 
 
+def dense_problem(kernel, stride, dilation, causal, scale=None):
+    """build(query, key, value, rpb=None, additional_keys=None, additional_values=None) -> (logits
+    [B, H, N, M] before masking, allowed [N, M], values [B, H, M, Dv], layout), the dense masked
+    attention problem of neighborhood attention in float64; layout takes [B, H, N, X] back to the
+    heads-last [B, *spatial, H, X]. Differentiable in every tensor (tests/conftest.attention_terms)."""
+
+    def build(query, key, value, rpb=None, additional_keys=None, additional_values=None):
+        q, k, v = query, key, value
+        nd = q.dim() - 3
+        spatial = tuple(q.shape[1:1 + nd])
+        B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
+        Hk = k.shape[-2]
+        sc = D ** -0.5 if scale is None else scale
+        N = 1
+        for L in spatial:
+            N *= L
+        allowed = torch.ones(N, N, dtype=torch.bool)
+        rels = []
+        for a in range(nd):
+            al, rl = axis_rules(spatial[a], kernel[a], stride[a], dilation[a], causal[a])
+            shape = [spatial[a] if i == a else 1 for i in range(nd)]
+            allowed &= al.reshape(shape + shape).expand(*spatial, *spatial).reshape(N, N)
+            rels.append(rl.reshape(shape + shape).expand(*spatial, *spatial).reshape(N, N))
+        qf = q.double().reshape(B, N, H, D).transpose(1, 2)
+        kf = k.double().reshape(B, N, Hk, D).transpose(1, 2).repeat_interleave(H // Hk, 1)
+        vf = v.double().reshape(B, N, Hk, -1).transpose(1, 2).repeat_interleave(H // Hk, 1)
+        logits = sc * qf @ kf.transpose(-1, -2)
+        if rpb is not None:
+            logits = logits + rpb.double()[(slice(None), *rels)]
+        if additional_keys is not None:
+            akf = additional_keys.double().transpose(1, 2).repeat_interleave(H // Hk, 1)
+            avf = additional_values.double().transpose(1, 2).repeat_interleave(H // Hk, 1)
+            logits = torch.cat([logits, sc * qf @ akf.transpose(-1, -2)], -1)
+            vf = torch.cat([vf, avf], 2)
+            allowed = torch.cat([allowed, torch.ones(N, akf.shape[2], dtype=torch.bool)], -1)
+
+        def layout(t):
+            return t.transpose(1, 2).reshape(B, *spatial, H, t.shape[-1])
+
+        return logits, allowed, vf, layout
+
+    return build
+
+
 def dense_na(q, k, v, kernel, stride, dilation, causal, scale=None, rpb=None, add_k=None, add_v=None):
     """q [B, *spatial, H, D] heads-last. Returns (out [B, *spatial, H, Dv], lse [B, *spatial, H]) in float64."""
-    nd = q.dim() - 3
-    spatial = tuple(q.shape[1:1 + nd])
-    B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
-    Hk = k.shape[-2]
-    scale = D ** -0.5 if scale is None else scale
-    N = 1
-    for L in spatial:
-        N *= L
-    allowed = torch.ones(N, N, dtype=torch.bool)
-    rels = []
-    for a in range(nd):
-        al, rl = axis_rules(spatial[a], kernel[a], stride[a], dilation[a], causal[a])
-        shape = [spatial[a] if i == a else 1 for i in range(nd)]
-        allowed &= al.reshape(shape + shape).expand(*spatial, *spatial).reshape(N, N)
-        rels.append(rl.reshape(shape + shape).expand(*spatial, *spatial).reshape(N, N))
-    qf = q.double().reshape(B, N, H, D).transpose(1, 2)
-    kf = k.double().reshape(B, N, Hk, D).transpose(1, 2).repeat_interleave(H // Hk, 1)
-    vf = v.double().reshape(B, N, Hk, -1).transpose(1, 2).repeat_interleave(H // Hk, 1)
-    logits = scale * qf @ kf.transpose(-1, -2)
-    if rpb is not None:
-        logits = logits + rpb.double()[(slice(None), *rels)]
+    logits, allowed, vf, layout = dense_problem(kernel, stride, dilation, causal, scale)(q, k, v, rpb, add_k, add_v)
     logits = logits.masked_fill(~allowed, float("-inf"))
-    if add_k is not None:
-        akf = add_k.double().transpose(1, 2).repeat_interleave(H // Hk, 1)
-        avf = add_v.double().transpose(1, 2).repeat_interleave(H // Hk, 1)
-        logits = torch.cat([logits, scale * qf @ akf.transpose(-1, -2)], -1)
-        vf = torch.cat([vf, avf], 2)
     lse = torch.logsumexp(logits, -1)
     out = torch.softmax(logits, -1) @ vf
-    return out.transpose(1, 2).reshape(B, *spatial, H, -1), lse.transpose(1, 2).reshape(B, *spatial, H)
+    return layout(out), layout(lse[..., None])[..., 0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close
+from conftest import close_as_pytorch
 
 from medkernels.nn import PointSSMGroupBlock, point_scan_orders
 
@@ -20,6 +20,8 @@ def _block_and_inputs(dim=16, L=37, batch=2, d_state=8, seed=0):
 
 
 def test_block_equals_the_block_on_reference_ops():
+    """The block on the CPU kernels against the official forward in float64, as accurate as the same
+    block on the reference ops in float32 (flash-attention's rule)."""
     block, x, xyz = _block_and_inputs()
     outs, grads = [], []
     for backend in ("cpu", "reference"):
@@ -30,11 +32,18 @@ def test_block_equals_the_block_on_reference_ops():
         outs.append(out)
         grads.append([xi.grad] + [p.grad.clone() for p in block.parameters()])
         block.zero_grad()
-    close(outs[0], outs[1], 1e-4, 1e-4, "out")
     names = ["x"] + [n for n, _ in block.named_parameters()]
-    for name, a, b in zip(names, *grads):
+    sd = {k: v.detach().double().requires_grad_(True) for k, v in block.state_dict().items()}
+    x64 = x.double().requires_grad_(True)
+    truth = _official_forward(sd, x64, xyz.double(), block.post_normalization)
+    want = torch.autograd.grad(truth.square().sum(), [x64] + [sd[n] for n in names[1:]])
+    # beyond 2 ulp of max|truth|, measured at most 0.4x (out) and 1.4x (gradients) the reference ops' error
+    # over 30 seeds; 3.9x once in 8 other seeds (dt_projs_weight, 128 entries: PyTorch's own max error on
+    # such small sums varies several-fold)
+    close_as_pytorch(outs[0], truth, outs[1], "out", factor=3)
+    for name, a, b, t in zip(names, *grads, want):
         assert a is not None and torch.isfinite(a).all(), name
-        close(a, b, 1e-3, 1e-3 * (b.abs().max().item() + 1), f"d{name}")
+        close_as_pytorch(a, t, b, f"d{name}", factor=8)
     assert all(g.abs().sum() > 0 for g in grads[0]), "every parameter gets a gradient"
 
 
@@ -203,4 +212,6 @@ def test_block_equals_the_official_forward(post_normalization):
     block.load_state_dict(sd, strict=True)
     x, xyz = torch.randn(2, 33, 40), torch.randn(2, 33, 3)
     with torch.no_grad():
-        close(block(x, xyz), _official_forward(sd, x, xyz, post_normalization), 1e-4, 1e-4, "out")
+        truth = _official_forward({k: v.double() for k, v in sd.items()}, x.double(), xyz.double(), post_normalization)
+        # as accurate as the official forward in float32 (flash-attention's rule; measured at most 1.2x)
+        close_as_pytorch(block(x, xyz), truth, _official_forward(sd, x, xyz, post_normalization), "out", factor=3)
