@@ -22,7 +22,8 @@ TORCH_LIBRARY(medkernels, m) {
   m.def(
       "selective_scan_bwd(Tensor grad_out, Tensor? grad_last_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
       "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor checkpoints, "
-      "bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "bool delta_softplus, int chunk_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)",
       {at::Tag::pt2_compliant_tag});
 
   // Multi-order selective scan (PointMamba2's group Point-SSM): u (batch, dim, seqlen) scanned along K
@@ -56,9 +57,8 @@ TORCH_LIBRARY(medkernels, m) {
       "Tensor? additional_values) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // Unfused, heads-first (batch, heads, *spatial, dim): attn (batch, heads, *spatial, prod(kernel_size)).
-  m.def(
-      "na_qk(Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, Tensor? rpb) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+  m.def("na_qk(Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, Tensor? rpb) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   m.def(
       "na_qk_bwd(Tensor grad_attn, Tensor query, Tensor key, int[] kernel_size, int[] dilation, bool[] is_causal, "
       "Tensor? rpb) -> (Tensor, Tensor, Tensor)",

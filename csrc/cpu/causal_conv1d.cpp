@@ -31,10 +31,12 @@ ConvShape check(const char* op, const Tensor& x, const Tensor& weight, const std
               ": x must be float32, float16, bfloat16 or float64, got ", st);
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1) && weight.size(1) >= 1, op,
               ": weight must be (dim, width) with dim=", x.size(1), ", got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == st || weight.scalar_type() == at::kFloat, op, ": weight must have x's dtype or float32");
+  TORCH_CHECK(weight.scalar_type() == st || weight.scalar_type() == at::kFloat, op,
+              ": weight must have x's dtype or float32");
   if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), op, ": bias must be (dim,)");
   if (seq_idx) {
-    TORCH_CHECK(seq_idx->scalar_type() == at::kInt || seq_idx->scalar_type() == at::kLong, op, ": seq_idx must be int32");
+    TORCH_CHECK(seq_idx->scalar_type() == at::kInt || seq_idx->scalar_type() == at::kLong, op,
+                ": seq_idx must be int32");
     TORCH_CHECK(seq_idx->dim() == 2 && seq_idx->size(0) == x.size(0) && seq_idx->size(1) == x.size(2), op,
                 ": seq_idx must be (batch, seqlen)");
     TORCH_CHECK(!initial_states, op, ": initial_states must be None when seq_idx is given");
@@ -85,21 +87,24 @@ ConvProblem prepare(const ConvShape& s, const Tensor& x, const Tensor& weight, c
   return pr;
 }
 
-std::tuple<Tensor, Tensor> causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+std::tuple<Tensor, Tensor> causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& weight,
+                                                 const std::optional<Tensor>& bias,
                                                  const std::optional<Tensor>& seq_idx,
                                                  const std::optional<Tensor>& initial_states, bool return_final_states,
                                                  bool silu) {
   const ConvShape s = check("causal_conv1d_fwd", x, weight, bias, seq_idx, initial_states);
   TORCH_CHECK(!(seq_idx && return_final_states), "causal_conv1d_fwd: final states are not returned with seq_idx");
   Tensor out = at::empty({s.batch, s.dim, s.seqlen}, x.options());
-  Tensor fin = return_final_states ? at::empty({s.batch, s.dim, s.width - 1}, x.options()) : at::empty({0}, x.options());
+  Tensor fin =
+      return_final_states ? at::empty({s.batch, s.dim, s.width - 1}, x.options()) : at::empty({0}, x.options());
   ConvProblem pr = prepare(s, x, weight, bias, seq_idx, initial_states, silu, "causal_conv1d_fwd");
   pr.p.out = out.data_ptr();
   pr.p.final_states = return_final_states ? fin.data_ptr() : nullptr;
-  const ConvKernelTable& kern = conv_kernels();
+  const CausalConv1dKernelTable& kern = causal_conv1d_kernels();
   if (s.batch * s.dim > 0) {
     Scratch scratch(kern.scratch_bytes(pr.p));
-    at::parallel_for(0, s.batch * s.dim, 8, [&](int64_t r0, int64_t r1) { kern.fwd(pr.p, r0, r1, scratch.for_thread()); });
+    at::parallel_for(0, s.batch * s.dim, 8,
+                     [&](int64_t r0, int64_t r1) { kern.fwd(pr.p, r0, r1, scratch.for_thread()); });
   }
   return {out, fin};
 }
@@ -131,7 +136,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(
   p.dinit = initial_states ? dinit.data_ptr() : nullptr;
   p.dweight_part = dw_part.data_ptr();
   p.dbias_part = db_part.data_ptr();
-  const ConvKernelTable& kern = conv_kernels();
+  const CausalConv1dKernelTable& kern = causal_conv1d_kernels();
   if (s.batch * s.dim > 0) {
     Scratch scratch(kern.scratch_bytes(p));
     at::parallel_for(0, s.batch * s.dim, 8, [&](int64_t r0, int64_t r1) { kern.bwd(p, r0, r1, scratch.for_thread()); });

@@ -163,7 +163,8 @@ int64_t conv_scratch_bytes(const ConvParams& p) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const ConvKernelTable kConvTable{MK_STR(MK_ISA), MK_VEC_BYTES, &conv_fwd_entry, &conv_bwd_entry, &conv_scratch_bytes};
+const CausalConv1dKernelTable kCausalConv1dTable{MK_STR(MK_ISA), MK_VEC_BYTES, &conv_fwd_entry, &conv_bwd_entry,
+                                                 &conv_scratch_bytes};
 #undef MK_STR
 #undef MK_STR2
 

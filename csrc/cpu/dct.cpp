@@ -28,7 +28,7 @@ Tensor separable2d_cpu(const Tensor& x, const Tensor& mh, const Tensor& mw) {
               ", got ", mh.sizes(), " ", mh.scalar_type());
   TORCH_CHECK(mw.dim() == 2 && mw.size(1) == w && mw.scalar_type() == st, op, ": mw must be (out_w, ", w, ") in ", st,
               ", got ", mw.sizes(), " ", mw.scalar_type());
-  const Sep2dKernelTable& kern = sep2d_kernels();
+  const DctKernelTable& kern = dct_kernels();
   Sep2dParams p;
   p.acc = st == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
   p.h = h;

@@ -56,7 +56,7 @@ int64_t sep2d_scratch_bytes(const Sep2dParams& p) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const Sep2dKernelTable kSep2dTable{MK_STR(MK_ISA), MK_VEC_BYTES, &sep2d_entry, &sep2d_scratch_bytes};
+const DctKernelTable kDctTable{MK_STR(MK_ISA), MK_VEC_BYTES, &sep2d_entry, &sep2d_scratch_bytes};
 #undef MK_STR
 #undef MK_STR2
 

@@ -78,14 +78,15 @@ std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, co
                                       at::IntArrayRef group_size, bool global_scope, double scale) {
   constexpr const char* op = "dilated_attention3d_fwd";
   check_qkv(op, query, key, value);
-  const DaKernelTable& kern = da_kernels();
+  const DilatedAttentionKernelTable& kern = dilated_attention_kernels();
   const Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
   DaParams p = problem(op, q, group_size, global_scope, scale, kern.vector_bytes);
   p.q = view_of(q);
   p.k = view_of(k);
   p.v = view_of(v);
   Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  Tensor lse = at::empty(q.sizes().slice(0, 5), q.options().dtype(p.acc == ScalarKind::Float64 ? at::kDouble : at::kFloat));
+  Tensor lse =
+      at::empty(q.sizes().slice(0, 5), q.options().dtype(p.acc == ScalarKind::Float64 ? at::kDouble : at::kFloat));
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   run(tasks_of(p), p, kern.fwd, kern.scratch_bytes(p, false));
@@ -101,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
   TORCH_CHECK(grad_out.sizes() == query.sizes() && out.sizes() == query.sizes(), op,
               ": grad_out and out must have query's shape ", query.sizes());
   TORCH_CHECK(lse.sizes() == query.sizes().slice(0, 5), op, ": lse must be (batch, D, H, W, heads), got ", lse.sizes());
-  const DaKernelTable& kern = da_kernels();
+  const DilatedAttentionKernelTable& kern = dilated_attention_kernels();
   const Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
   DaParams p = problem(op, q, group_size, global_scope, scale, kern.vector_bytes);
   const at::ScalarType acc = p.acc == ScalarKind::Float64 ? at::kDouble : at::kFloat;

@@ -72,7 +72,8 @@ inline DaTask da_task(const DaParams& p, int64_t task, int64_t* c0, int64_t* c1,
   const int64_t rest = task / p.heads, groups = p.ngroups[0] * p.ngroups[1] * p.ngroups[2];
   const int64_t gi = rest % groups;
   t.b = rest / groups;
-  const int64_t g0 = gi / (p.ngroups[1] * p.ngroups[2]), g1 = (gi / p.ngroups[2]) % p.ngroups[1], g2 = gi % p.ngroups[2];
+  const int64_t g0 = gi / (p.ngroups[1] * p.ngroups[2]), g1 = (gi / p.ngroups[2]) % p.ngroups[1],
+                g2 = gi % p.ngroups[2];
   int64_t n = 0;
   for (int64_t m0 = 0; m0 < p.group[0]; ++m0) {
     const int64_t x0 = g0 * p.grp_step[0] + m0 * p.pos_step[0];
@@ -243,7 +244,7 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
           for (int64_t j = valid; j < nb; ++j) row[j] = Acc(0);
         }
         gemm<true>(nb, dp, mb, s.s, 1, ls, s.dout + i0 * dp, dp, s.dv + j0 * dp, dp);  // dV += P^T dO
-        gemm<false>(mb, nb, dp, s.dout + i0 * dp, dp, 1, s.vt + j0, tp, s.ds, ls);    // dP = dO V^T
+        gemm<false>(mb, nb, dp, s.dout + i0 * dp, dp, 1, s.vt + j0, tp, s.ds, ls);     // dP = dO V^T
         for (int64_t i = 0; i < mb; ++i) {
           const vec<Acc> d = vsplat(s.drow[i0 + i]);
           Acc* ds = s.ds + i * ls;
@@ -293,7 +294,8 @@ int64_t da_scratch_bytes(const DaParams& p, bool backward) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const DaKernelTable kDaTable{MK_STR(MK_ISA), MK_VEC_BYTES, &da_fwd_entry, &da_bwd_entry, &da_scratch_bytes};
+const DilatedAttentionKernelTable kDilatedAttentionTable{MK_STR(MK_ISA), MK_VEC_BYTES, &da_fwd_entry, &da_bwd_entry,
+                                                         &da_scratch_bytes};
 #undef MK_STR
 #undef MK_STR2
 

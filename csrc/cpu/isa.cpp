@@ -68,19 +68,16 @@ std::string active_isa() { return kNames[current().load()]; }
 
 void set_isa(const std::string& name) { current().store(parse(name)); }
 
-// The kernel table of a family for the instruction set in use.
+// Each family's kernel table for the instruction set in use (medkernels/cpu/families.def).
 #if defined(MEDKERNELS_HAVE_AVX2)
 #define MK_PICK(family) (current().load() == kAvx2 ? family##_avx2() : family##_base())
 #else
 #define MK_PICK(family) family##_base()
 #endif
-const SelectiveScanKernelTable& selective_scan_kernels() { return MK_PICK(selective_scan_kernels); }
-const NaKernelTable& na_kernels() { return MK_PICK(na_kernels); }
-const ConvKernelTable& conv_kernels() { return MK_PICK(conv_kernels); }
-const DaKernelTable& da_kernels() { return MK_PICK(da_kernels); }
-const Sep2dKernelTable& sep2d_kernels() { return MK_PICK(sep2d_kernels); }
-const PointCloudKernelTable& point_cloud_kernels() { return MK_PICK(point_cloud_kernels); }
-const KanKernelTable& kan_kernels() { return MK_PICK(kan_kernels); }
+#define MK_FAMILY(family, Type) \
+  const Type##KernelTable& family##_kernels() { return MK_PICK(family##_kernels); }
+#include "medkernels/cpu/families.def"
+#undef MK_FAMILY
 #undef MK_PICK
 
 }  // namespace medkernels::cpu

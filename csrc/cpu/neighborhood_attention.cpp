@@ -90,7 +90,8 @@ void set_axes(Problem& pr, const char* op, at::IntArrayRef spatial, at::IntArray
       TORCH_CHECK(K >= 2, op, ": kernel_size must be >= 2, got ", K);
       TORCH_CHECK(s >= 1 && s <= K, op, ": stride must be in [1, kernel_size], got ", s);
       TORCH_CHECK(d >= 1, op, ": dilation must be >= 1, got ", d);
-      TORCH_CHECK(K * d <= L, op, ": kernel_size * dilation must not exceed the axis size (", K, " * ", d, " > ", L, ")");
+      TORCH_CHECK(K * d <= L, op, ": kernel_size * dilation must not exceed the axis size (", K, " * ", d, " > ", L,
+                  ")");
     }
     pr.tables[a] = axis_tables(L, K, s, d, c);
     NaAxis& ax = pr.p.axis[a];
@@ -169,8 +170,8 @@ Tensor canon_rpb(const char* op, const Tensor& rpb, const Problem& pr, int64_t h
   const int64_t n = int64_t(pr.spatial.size());
   std::vector<int64_t> want{heads};
   for (int64_t a = 3 - n; a < 3; ++a) want.push_back(pr.p.axis[a].R);
-  TORCH_CHECK(rpb.sizes().vec() == want, op, ": rpb must have shape ", at::IntArrayRef(want), " (heads, 2K-1 per axis), got ",
-              rpb.sizes());
+  TORCH_CHECK(rpb.sizes().vec() == want, op, ": rpb must have shape ", at::IntArrayRef(want),
+              " (heads, 2K-1 per axis), got ", rpb.sizes());
   return rpb.to(pr.acc).contiguous();
 }
 
@@ -216,9 +217,11 @@ Problem make_problem(const char* op, at::IntArrayRef spatial, at::IntArrayRef ke
 
 // Fused problem from heads-last q/k/v.
 Problem fused_problem(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, at::IntArrayRef kernel,
-                      at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal, int vector_bytes) {
+                      at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal,
+                      int vector_bytes) {
   check_float(op, "query", q);
-  TORCH_CHECK(q.dim() >= 4 && q.dim() <= 6, op, ": query must be (batch, *spatial, heads, head_dim) with 1-3 spatial dims");
+  TORCH_CHECK(q.dim() >= 4 && q.dim() <= 6, op,
+              ": query must be (batch, *spatial, heads, head_dim) with 1-3 spatial dims");
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"key", k}, {"value", v}}) {
     TORCH_CHECK(t.scalar_type() == q.scalar_type(), op, ": ", name, " must have dtype ", q.scalar_type());
     TORCH_CHECK(t.device() == q.device(), op, ": ", name, " must be on ", q.device());
@@ -249,7 +252,8 @@ Additional canon_additional(const char* op, const Problem& pr, const Tensor& q, 
   }
   TORCH_CHECK(ak->size(1) == av->size(1), op, ": additional_keys and additional_values need the same count");
   const NaParams& p = pr.p;
-  return {canon_heads_last(*ak, p.batch, ak->size(1), p.dpad, pr.acc), canon_heads_last(*av, p.batch, av->size(1), p.dvpad, pr.acc)};
+  return {canon_heads_last(*ak, p.batch, ak->size(1), p.dpad, pr.acc),
+          canon_heads_last(*av, p.batch, av->size(1), p.dvpad, pr.acc)};
 }
 
 // ---- fused ------------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Te
                                       double scale, const std::optional<Tensor>& rpb,
                                       const std::optional<Tensor>& add_k, const std::optional<Tensor>& add_v) {
   constexpr const char* op = "na_fwd";
-  const NaKernelTable& kern = na_kernels();
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = fused_problem(op, q, k, v, kernel, stride, dilation, causal, kern.vector_bytes);
   NaParams& p = pr.p;
   const Tensor qc = canon_heads_last(q, p.batch, p.tokens, p.dpad, pr.acc, scale);
@@ -290,15 +294,16 @@ std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Te
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
-    const Tensor& grad_out, const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-    at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal, double scale,
-    const std::optional<Tensor>& rpb, const std::optional<Tensor>& add_k, const std::optional<Tensor>& add_v) {
+    const Tensor& grad_out, const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& out, const Tensor& lse, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation,
+    const c10::List<bool>& causal, double scale, const std::optional<Tensor>& rpb, const std::optional<Tensor>& add_k,
+    const std::optional<Tensor>& add_v) {
   constexpr const char* op = "na_bwd";
-  const NaKernelTable& kern = na_kernels();
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = fused_problem(op, q, k, v, kernel, stride, dilation, causal, kern.vector_bytes);
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes().slice(0, out.dim() - 1) == q.sizes().slice(0, q.dim() - 1) &&
-                  out.size(-1) == v.size(-1),
+  TORCH_CHECK(grad_out.sizes() == out.sizes() &&
+                  out.sizes().slice(0, out.dim() - 1) == q.sizes().slice(0, q.dim() - 1) && out.size(-1) == v.size(-1),
               op, ": grad_out and out must be (batch, *spatial, heads, value_dim)");
   TORCH_CHECK(lse.numel() == p.batch * p.tokens * p.heads, op, ": lse must be (batch, *spatial, heads)");
   const Tensor qc = canon_heads_last(q, p.batch, p.tokens, p.dpad, pr.acc, scale);
@@ -374,8 +379,10 @@ Problem unfused_problem(const char* op, const Tensor& a, const Tensor& b, at::In
                         at::IntArrayRef dilation, const c10::List<bool>& causal, int vector_bytes, int64_t b_dim) {
   check_float(op, "first input", a);
   TORCH_CHECK(a.dim() >= 4 && a.dim() <= 6, op, ": inputs must be (batch, heads, *spatial, dim) with 1-3 spatial dims");
-  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), op, ": inputs must share dtype and device");
-  TORCH_CHECK(b.dim() == a.dim() && b.size(0) == a.size(0) && b.sizes().slice(2, a.dim() - 3) == a.sizes().slice(2, a.dim() - 3),
+  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), op,
+              ": inputs must share dtype and device");
+  TORCH_CHECK(b.dim() == a.dim() && b.size(0) == a.size(0) &&
+                  b.sizes().slice(2, a.dim() - 3) == a.sizes().slice(2, a.dim() - 3),
               op, ": inputs must match in batch and spatial dims");
   TORCH_CHECK(b.size(1) >= 1 && a.size(1) % b.size(1) == 0, op, ": heads must be a multiple of the key/value heads");
   const std::vector<int64_t> ones(kernel.size(), 1);
@@ -386,8 +393,9 @@ Problem unfused_problem(const char* op, const Tensor& a, const Tensor& b, at::In
 Tensor na_qk_cpu(const Tensor& q, const Tensor& k, at::IntArrayRef kernel, at::IntArrayRef dilation,
                  const c10::List<bool>& causal, const std::optional<Tensor>& rpb) {
   constexpr const char* op = "na_qk";
-  const NaKernelTable& kern = na_kernels();
-  TORCH_CHECK(q.dim() >= 4 && k.dim() == q.dim() && k.size(-1) == q.size(-1), op, ": query and key must be (batch, heads, *spatial, head_dim)");
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
+  TORCH_CHECK(q.dim() >= 4 && k.dim() == q.dim() && k.size(-1) == q.size(-1), op,
+              ": query and key must be (batch, heads, *spatial, head_dim)");
   Problem pr = unfused_problem(op, q, k, kernel, dilation, causal, kern.vector_bytes, q.size(-1));
   NaParams& p = pr.p;
   const Tensor qc = canon_heads_first(q, p.tokens, p.dpad, pr.acc), kc = canon_heads_first(k, p.tokens, p.dpad, pr.acc);
@@ -405,10 +413,11 @@ std::tuple<Tensor, Tensor, Tensor> na_qk_bwd_cpu(const Tensor& grad_attn, const 
                                                  at::IntArrayRef kernel, at::IntArrayRef dilation,
                                                  const c10::List<bool>& causal, const std::optional<Tensor>& rpb) {
   constexpr const char* op = "na_qk_bwd";
-  const NaKernelTable& kern = na_kernels();
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, q, k, kernel, dilation, causal, kern.vector_bytes, q.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_attn.numel() == p.batch * p.heads * p.tokens * p.kprod, op, ": grad_attn must be (batch, heads, *spatial, kernel volume)");
+  TORCH_CHECK(grad_attn.numel() == p.batch * p.heads * p.tokens * p.kprod, op,
+              ": grad_attn must be (batch, heads, *spatial, kernel volume)");
   const Tensor qc = canon_heads_first(q, p.tokens, p.dpad, pr.acc), kc = canon_heads_first(k, p.tokens, p.dpad, pr.acc);
   const Tensor gc = grad_attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor rc = rpb ? canon_rpb(op, *rpb, pr, p.heads) : Tensor();
@@ -433,10 +442,11 @@ std::tuple<Tensor, Tensor, Tensor> na_qk_bwd_cpu(const Tensor& grad_attn, const 
 Tensor na_av_cpu(const Tensor& attn, const Tensor& v, at::IntArrayRef kernel, at::IntArrayRef dilation,
                  const c10::List<bool>& causal) {
   constexpr const char* op = "na_av";
-  const NaKernelTable& kern = na_kernels();
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, attn, v, kernel, dilation, causal, kern.vector_bytes, v.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(attn.size(-1) == p.kprod, op, ": attn's last dim must be the kernel volume ", p.kprod, ", got ", attn.size(-1));
+  TORCH_CHECK(attn.size(-1) == p.kprod, op, ": attn's last dim must be the kernel volume ", p.kprod, ", got ",
+              attn.size(-1));
   const Tensor ac = attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor vc = canon_heads_first(v, p.tokens, p.dvpad, pr.acc);
   p.attn = ac.const_data_ptr();
@@ -448,12 +458,14 @@ Tensor na_av_cpu(const Tensor& attn, const Tensor& v, at::IntArrayRef kernel, at
 }
 
 std::tuple<Tensor, Tensor> na_av_bwd_cpu(const Tensor& grad_out, const Tensor& attn, const Tensor& v,
-                                         at::IntArrayRef kernel, at::IntArrayRef dilation, const c10::List<bool>& causal) {
+                                         at::IntArrayRef kernel, at::IntArrayRef dilation,
+                                         const c10::List<bool>& causal) {
   constexpr const char* op = "na_av_bwd";
-  const NaKernelTable& kern = na_kernels();
+  const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, attn, v, kernel, dilation, causal, kern.vector_bytes, v.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_out.numel() == p.batch * p.heads * p.tokens * v.size(-1), op, ": grad_out must be (batch, heads, *spatial, value_dim)");
+  TORCH_CHECK(grad_out.numel() == p.batch * p.heads * p.tokens * v.size(-1), op,
+              ": grad_out must be (batch, heads, *spatial, value_dim)");
   const Tensor ac = attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor vc = canon_heads_first(v, p.tokens, p.dvpad, pr.acc);
   const Tensor doc = canon_heads_first(grad_out, p.tokens, p.dvpad, pr.acc);

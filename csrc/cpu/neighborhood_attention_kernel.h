@@ -113,8 +113,8 @@ inline int64_t max_inverse(const NaParams& p) {
 
 template <class T>
 struct NaBufs {
-  T *s, *s2;          // per-key scores / second quantity, n + n_add (+ a vector of slack)
-  T *acc, *acc2;      // head-dim accumulators
+  T *s, *s2;      // per-key scores / second quantity, n + n_add (+ a vector of slack)
+  T *acc, *acc2;  // head-dim accumulators
   int64_t *idx, *rel, *slot;
   uintptr_t end;
   NaBufs(uintptr_t base, const NaParams& p) {
@@ -239,7 +239,7 @@ void bwd_query_tasks(const NaParams& p, int64_t task0, int64_t task1, void* scra
         s.s[n + a] = dotv(qt, hd.ak + a * p.dpad, nvd);
         s.s2[n + a] = dotv(dot, hd.av + a * p.dvpad, nvv);
       }
-      exp_shift(s.s, tot, lse[t]);  // s = P
+      exp_shift(s.s, tot, lse[t]);                                               // s = P
       for (int64_t c = 0; c < tot; ++c) s.s2[c] = s.s[c] * (s.s2[c] - drow[t]);  // s2 = dS
       zero(s.acc, p.dpad);
       for (int64_t c = 0; c < n; ++c) {
@@ -425,12 +425,12 @@ void av_bwd_key_tasks(const NaParams& p, int64_t task0, int64_t task1, void* scr
 
 // ---- entry points ------------------------------------------------------------------------------
 
-#define MK_NA_ENTRY(name)                                                        \
+#define MK_NA_ENTRY(name)                                                       \
   void name##_entry(const NaParams& p, int64_t t0, int64_t t1, void* scratch) { \
-    if (p.acc == ScalarKind::Float64)                                            \
-      name##_tasks<double>(p, t0, t1, scratch);                                  \
-    else                                                                         \
-      name##_tasks<float>(p, t0, t1, scratch);                                   \
+    if (p.acc == ScalarKind::Float64)                                           \
+      name##_tasks<double>(p, t0, t1, scratch);                                 \
+    else                                                                        \
+      name##_tasks<float>(p, t0, t1, scratch);                                  \
   }
 MK_NA_ENTRY(fwd)
 MK_NA_ENTRY(bwd_query)
@@ -449,9 +449,9 @@ int64_t na_scratch_bytes(const NaParams& p) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const NaKernelTable kNaTable{MK_STR(MK_ISA),      MK_VEC_BYTES,       &fwd_entry,          &bwd_query_entry,
-                             &bwd_key_entry,      &qk_entry,          &qk_bwd_query_entry, &qk_bwd_key_entry,
-                             &av_entry,           &av_bwd_query_entry, &av_bwd_key_entry,  &na_scratch_bytes};
+const NeighborhoodAttentionKernelTable kNeighborhoodAttentionTable{
+    MK_STR(MK_ISA),      MK_VEC_BYTES,      &fwd_entry, &bwd_query_entry,    &bwd_key_entry,    &qk_entry,
+    &qk_bwd_query_entry, &qk_bwd_key_entry, &av_entry,  &av_bwd_query_entry, &av_bwd_key_entry, &na_scratch_bytes};
 #undef MK_STR
 #undef MK_STR2
 

@@ -40,9 +40,9 @@ const int64_t* lengths_of(const std::optional<Tensor>& lengths, Tensor& keep, co
                           int64_t batch, int64_t lo, int64_t hi) {
   if (!lengths.has_value()) return nullptr;
   const Tensor& l = *lengths;
-  TORCH_CHECK(l.device().is_cpu() && l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == batch, op, ": ",
-              name, " must be a CPU int64 tensor of shape (", batch, "), got ", l.scalar_type(), " ", l.sizes(),
-              " on ", l.device());
+  TORCH_CHECK(l.device().is_cpu() && l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == batch, op, ": ", name,
+              " must be a CPU int64 tensor of shape (", batch, "), got ", l.scalar_type(), " ", l.sizes(), " on ",
+              l.device());
   keep = l.contiguous();
   const int64_t* d = keep.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < batch; ++b)
@@ -91,9 +91,8 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
     Tensor dist = at::empty({p.npad}, xyz.options().dtype(acc));
     for (int64_t b = 0; b < batch; ++b) {
       FpsShared shared;
-      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-        kern.fps_parts(p, b, q0, q1, parts, dist.data_ptr(), &shared);
-      });
+      at::parallel_for(0, parts, 1,
+                       [&](int64_t q0, int64_t q1) { kern.fps_parts(p, b, q0, q1, parts, dist.data_ptr(), &shared); });
     }
   } else {
     Scratch scratch(kern.fps_scratch_bytes(p));
@@ -133,8 +132,8 @@ KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Ten
   // The quantisation box, NaN coordinates ignored (amin/amax would propagate them).
   const Tensor lo = p.nan_to_num(inf, inf, -inf).amin(1);
   const Tensor hi = (valid.defined() ? pts.masked_fill(valid.logical_not().unsqueeze(2), -inf) : pts)
-                       .nan_to_num(-inf, inf, -inf)
-                       .amax(1);
+                        .nan_to_num(-inf, inf, -inf)
+                        .amax(1);
   const Tensor scale = 1023.0 / (hi - lo).clamp_min(1e-30);
   Tensor code = morton(pts, lo, scale);
   if (valid.defined()) code.masked_fill_(valid.logical_not(), std::numeric_limits<int64_t>::max());
@@ -165,8 +164,8 @@ std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, in
               op, ": query must be (B, M, C) and points (B, N, C) with the same B and C >= 1, got ", query.sizes(),
               " and ", points.sizes());
   const at::ScalarType acc = acc_type(query, op, "query");
-  TORCH_CHECK(points.scalar_type() == query.scalar_type(), op, ": points must have query's dtype ",
-              query.scalar_type(), ", got ", points.scalar_type());
+  TORCH_CHECK(points.scalar_type() == query.scalar_type(), op, ": points must have query's dtype ", query.scalar_type(),
+              ", got ", points.scalar_type());
   const int64_t batch = query.size(0), m = query.size(1), n = points.size(1), c = query.size(2);
   TORCH_CHECK(k >= 1 && k <= n, op, ": k must be in [1, N = ", n, "], got ", k);
   Tensor dists = at::empty({batch, m, k}, query.options().dtype(acc));

@@ -250,13 +250,10 @@ inline void with_point_types(ScalarKind acc, int64_t c, F&& f) {
 void fps_clouds_entry(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
   with_point_types(p.acc, p.c, [&]<class T, int CC>() { fps_clouds_t<T, CC>(p, b0, b1, scratch); });
 }
-void fps_parts_entry(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist,
-                     FpsShared* sh) {
+void fps_parts_entry(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* sh) {
   with_point_types(p.acc, p.c, [&]<class T, int CC>() { fps_parts_t<T, CC>(p, b, q0, q1, parts, dist, sh); });
 }
-int64_t fps_scratch_bytes(const FpsParams& p) {
-  return round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64);
-}
+int64_t fps_scratch_bytes(const FpsParams& p) { return round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64); }
 
 // ---- k nearest neighbours --------------------------------------------------------------------------
 
@@ -300,7 +297,7 @@ struct TopK {
   // identity). The filter !(d > thr) passes everything while thr is NaN, and NaN distances always
   // (wants() then decides).
   void offer(vec<T> d, int64_t j, const int64_t* order) {
-    unsigned bits = ~lane_bits<T>(d > vsplat<T>(thr)) & ((1u << lanes<T>) - 1);
+    unsigned bits = ~lane_bits<T>(d > vsplat<T>(thr)) & ((1u << lanes<T>)-1);
     while (bits) {
       const int l = __builtin_ctz(bits);
       bits &= bits - 1;
@@ -326,8 +323,8 @@ void knn_query(const KnnParams& p, const T* pl, int64_t n, const T* q, TopK<T>& 
 // when its box's lower bound exceeds the k-th distance by more than rounding could explain, so
 // every point that could enter (or tie) is still offered: the result equals brute force.
 template <class T, int CC>
-void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi,
-                      int64_t nbpad, int64_t seed, const T* q, TopK<T>& top) {
+void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi, int64_t nbpad,
+                      int64_t seed, const T* q, TopK<T>& top) {
   constexpr int L = lanes<T>;
   const int64_t cc = CC > 0 ? CC : p.c;
   const Query<T, CC> qv(q, 1, p.c);
@@ -394,8 +391,8 @@ int64_t knn_scratch_bytes(const KnnParams& p) { return round_up(p.k * 8, 64) * 2
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const PointCloudKernelTable kPointCloudTable{MK_STR(MK_ISA), MK_VEC_BYTES, &fps_clouds_entry, &fps_parts_entry,
-                                             &fps_scratch_bytes, &knn_entry, &knn_scratch_bytes};
+const PointCloudKernelTable kPointCloudTable{MK_STR(MK_ISA),     MK_VEC_BYTES, &fps_clouds_entry, &fps_parts_entry,
+                                             &fps_scratch_bytes, &knn_entry,   &knn_scratch_bytes};
 #undef MK_STR
 #undef MK_STR2
 

@@ -6,10 +6,11 @@
 // the shapes. Per tile, the kernel (rswaf_kan_kernel.h) forms the tile's basis in a scratch buffer
 // (parallel over rows) and the kernels' packed GEMM multiplies it by the matching weight columns,
 // accumulating the output over channel chunks. The GEMM's reduction order depends on the shapes only
-// (a BLAS reblocks with the thread count), so the results are the same bits for every thread count. The backward recomputes the tile's basis, forms dL/dphi = grad_out @ weight
-// for the tile only and contracts it at once into dx (whole channels per tile: no accumulation) and the
-// grid and inv_den row partials; dweight's columns of the chunk are grad_out^T @ phi of the tile. The
-// (tokens, in * G) basis never exists: scratch is one or two tiles of about 2M elements.
+// (a BLAS reblocks with the thread count), so the results are the same bits for every thread count. The backward
+// recomputes the tile's basis, forms dL/dphi = grad_out @ weight for the tile only and contracts it at once into dx
+// (whole channels per tile: no accumulation) and the grid and inv_den row partials; dweight's columns of the chunk are
+// grad_out^T @ phi of the tile. The (tokens, in * G) basis never exists: scratch is one or two tiles of about 2M
+// elements.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -49,9 +50,10 @@ Problem setup(const char* op, const Tensor& x, const Tensor& grid, const Tensor&
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
               ": x must be float32, float16, bfloat16 or float64, got ", st);
   TORCH_CHECK(x.dim() >= 1, op, ": x must be (..., in), got a 0-dim tensor");
-  for (const auto& [name, t] :
-       {std::pair<const char*, const Tensor&>{"x", x}, {"grid", grid}, {"inv_denominator", inv_den},
-        {"weight", weight}})
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"x", x},
+                                {"grid", grid},
+                                {"inv_denominator", inv_den},
+                                {"weight", weight}})
     TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
   const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op,
@@ -123,7 +125,7 @@ Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_
   constexpr const char* op = "rswaf_kan_fwd";
   Problem pr = setup(op, x, grid, inv_den, weight);
   const KanParams& p = pr.p;
-  const KanKernelTable& kern = kan_kernels();
+  const RswafKanKernelTable& kern = rswaf_kan_kernels();
   Tensor out_acc = at::empty({pr.tokens, pr.out}, x.options().dtype(pr.acc));
   if (pr.tokens > 0 && pr.out > 0) {
     if (p.k == 0) {
@@ -164,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape(x, pr.out)), op, ": grad_out must be ",
               at::IntArrayRef(out_shape(x, pr.out)), ", got ", grad_out.sizes());
   KanParams& p = pr.p;
-  const KanKernelTable& kern = kan_kernels();
+  const RswafKanKernelTable& kern = rswaf_kan_kernels();
   const auto acc_opts = x.options().dtype(pr.acc);
   const bool need_da = need_x || need_grid || need_inv;
   const bool work = pr.tokens > 0 && pr.out > 0 && p.k > 0;
@@ -201,8 +203,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
           });
         } else {
           rows_parallel(n, [&](int64_t r0, int64_t r1) {
-            kern.basis(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, phi_base + r0 * kc * esize,
-                       scratch.for_thread());
+            kern.basis(p, KanTile{b0 + r0, b0 + r1, c0, c0 + m, kc}, phi_base + r0 * kc * esize, scratch.for_thread());
           });
         }
         if (need_w) {

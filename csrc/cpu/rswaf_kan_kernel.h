@@ -10,9 +10,9 @@
 // infinite weight meets the same 0 * inf = NaN on every backend.
 #pragma once
 
+#include "medkernels/cpu/gemm.h"
 #include "medkernels/cpu/rswaf_kan.h"
 #include "medkernels/cpu/simd.h"
-#include "medkernels/cpu/gemm.h"
 
 namespace medkernels::cpu::MK_ISA {
 namespace {
@@ -202,13 +202,13 @@ int64_t kan_scratch_bytes(const KanParams& p) {
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const KanKernelTable kKanTable{MK_STR(MK_ISA),
-                               MK_VEC_BYTES,
-                               &kan_basis_entry,
-                               &kan_backward_entry,
-                               &kan_scratch_bytes,
-                               {&gemm_packed_b_bytes_entry, &gemm_b_panel_count_entry, &gemm_pack_b_entry,
-                                &gemm_scratch_bytes_entry, &gemm_tiles_entry}};
+const RswafKanKernelTable kRswafKanTable{MK_STR(MK_ISA),
+                                         MK_VEC_BYTES,
+                                         &kan_basis_entry,
+                                         &kan_backward_entry,
+                                         &kan_scratch_bytes,
+                                         {&gemm_packed_b_bytes_entry, &gemm_b_panel_count_entry, &gemm_pack_b_entry,
+                                          &gemm_scratch_bytes_entry, &gemm_tiles_entry}};
 #undef MK_STR
 #undef MK_STR2
 

@@ -15,11 +15,15 @@
 #include "common.h"
 #include "medkernels/cpu/isa.h"
 #include "medkernels/cpu/selective_scan.h"
+#include "selective_scan_common.h"
 
 namespace medkernels::cpu {
 namespace {
 
 using at::Tensor;
+using scan::check_param;
+using scan::check_seq;
+using scan::sum_over_batch;
 
 // The problem, checked, with the padded acc copies the kernels read.
 struct Problem {
@@ -28,24 +32,9 @@ struct Problem {
   Tensor A_pad, B_pad, C_pad, D_acc, bias_acc, init_acc;
 };
 
-void check_seq(const char* op, const char* name, const Tensor& t, const Tensor& u) {
-  TORCH_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
-  TORCH_CHECK(t.sizes() == u.sizes(), op, ": ", name, " must have shape ", u.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == u.scalar_type(), op, ": ", name, " must have dtype ", u.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.size(2) <= 1 || t.stride(2) == 1, op, ": ", name, " must have unit stride along seqlen");
-}
-
-void check_param(const char* op, const char* name, const Tensor& t, at::IntArrayRef shape, at::ScalarType acc,
-                 const Tensor& u) {
-  TORCH_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == acc, op, ": ", name, " must have dtype ", acc, ", got ", t.scalar_type());
-}
-
 // Fixed (dim, N) or variable (batch, N, L) / (batch, G, N, L) B or C -> padded acc copy.
-Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t batch, int64_t dim, int64_t N,
-                  int64_t L, int64_t Np, at::ScalarType acc, const Tensor& u, int64_t& groups) {
+Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t batch, int64_t dim, int64_t N, int64_t L,
+                  int64_t Np, at::ScalarType acc, const Tensor& u, int64_t& groups) {
   TORCH_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
   if (t.dim() == 2) {
     check_param(op, name, t, {dim, N}, acc, u);
@@ -59,7 +48,8 @@ Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t bat
               ", got ", t.scalar_type());
   const Tensor t4 = t.dim() == 3 ? t.unsqueeze(1) : t;
   groups = t4.size(1);
-  TORCH_CHECK(groups >= 1 && dim % groups == 0, op, ": ", name, " has ", groups, " groups, which must divide dim=", dim);
+  TORCH_CHECK(groups >= 1 && dim % groups == 0, op, ": ", name, " has ", groups,
+              " groups, which must divide dim=", dim);
   TORCH_CHECK(t4.size(0) == batch && t4.size(2) == N && t4.size(3) == L, op, ": ", name,
               " must have shape (batch, [groups,] dstate, seqlen) = (", batch, ", ", groups, ", ", N, ", ", L,
               "), got ", t.sizes());
@@ -68,10 +58,9 @@ Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t bat
   return out;
 }
 
-Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                const Tensor& C, const std::optional<Tensor>& D, const std::optional<Tensor>& z,
-                const std::optional<Tensor>& delta_bias, const std::optional<Tensor>& initial_state,
-                bool delta_softplus, int64_t chunk_size, int vector_bytes) {
+Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                const std::optional<Tensor>& D, const std::optional<Tensor>& z, const std::optional<Tensor>& delta_bias,
+                const std::optional<Tensor>& initial_state, bool delta_softplus, int64_t chunk_size, int vector_bytes) {
   TORCH_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
   TORCH_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
   const at::ScalarType st = u.scalar_type();
@@ -83,8 +72,8 @@ Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tens
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
   check_seq(op, "delta", delta, u);
   if (z) check_seq(op, "z", *z, u);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1, op, ": A must have shape (dim, dstate) with dim=",
-              dim, ", got ", A.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1, op,
+              ": A must have shape (dim, dstate) with dim=", dim, ", got ", A.sizes());
   const int64_t N = A.size(1);
   check_param(op, "A", A, {dim, N}, acc, u);
   if (D) check_param(op, "D", *D, {dim}, acc, u);
@@ -135,13 +124,10 @@ Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tens
   return pr;
 }
 
-std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
-                                                          const Tensor& B, const Tensor& C,
-                                                          const std::optional<Tensor>& D,
-                                                          const std::optional<Tensor>& z,
-                                                          const std::optional<Tensor>& delta_bias,
-                                                          const std::optional<Tensor>& initial_state,
-                                                          bool delta_softplus, int64_t chunk_size) {
+std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(
+    const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const std::optional<Tensor>& D, const std::optional<Tensor>& z, const std::optional<Tensor>& delta_bias,
+    const std::optional<Tensor>& initial_state, bool delta_softplus, int64_t chunk_size) {
   const SelectiveScanKernelTable& kern = selective_scan_kernels();
   Problem pr = prepare("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                        chunk_size, kern.vector_bytes);
@@ -179,25 +165,6 @@ std::vector<int64_t> channel_blocks(int64_t batch, int64_t dim, int64_t groups_B
   }
   starts.push_back(dim);
   return starts;
-}
-
-// out[d, n] = sum_b part[b, d, n] for n < N (part is (batch, dim, Np)), in batch order.
-Tensor sum_over_batch(const Tensor& part, int64_t N) {
-  const int64_t batch = part.size(0), dim = part.size(1), Np = part.size(2);
-  Tensor out = at::empty({dim, N}, part.options());
-  AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "selective_scan_bwd_reduce", [&] {
-    const scalar_t* src = part.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, dim, 64, [&](int64_t d0, int64_t d1) {
-      for (int64_t d = d0; d < d1; ++d)
-        for (int64_t n = 0; n < N; ++n) {
-          scalar_t s = 0;
-          for (int64_t b = 0; b < batch; ++b) s += src[(b * dim + d) * Np + n];
-          dst[d * N + n] = s;
-        }
-    });
-  });
-  return out;
 }
 
 // grad[b, g, n, t] = sum over the blocks of group g of part[b, blk, t, n], in block order.
@@ -238,8 +205,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     bool delta_softplus, int64_t chunk_size) {
   constexpr const char* op = "selective_scan_bwd";
   const SelectiveScanKernelTable& kern = selective_scan_kernels();
-  Problem pr = prepare(op, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size,
-                       kern.vector_bytes);
+  Problem pr =
+      prepare(op, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size, kern.vector_bytes);
   SelectiveScanBwdParams q;
   q.fwd = pr.p;
   SelectiveScanFwdParams& p = q.fwd;
@@ -313,286 +280,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
 }
 
-// ------------------------------------------------------------------------------------------------
-// Multi-order selective scan: K scans of one sequence along K orderings, summed in the original order.
-// The kernels walk each ordering through its index; per ordering only B and C are transposed into
-// (batch, L, dstate_pad) scratch in that order. No permuted copy of u or delta exists.
-
-struct MultiProblem {
-  SelectiveScanFwdParams p;
-  at::ScalarType acc;
-  int64_t channels = 0;
-  Tensor A_pad, D_acc, bias_acc, orders, delta3, B, C, Bt, Ct;
-};
-
-MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                           const Tensor& C, const std::optional<Tensor>& D, const std::optional<Tensor>& delta_bias,
-                           const Tensor& orders, bool delta_softplus, int64_t chunk_size, int vector_bytes) {
-  TORCH_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
-  TORCH_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
-  const at::ScalarType st = u.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": u must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(chunk_size >= 1, op, ": chunk_size must be >= 1, got ", chunk_size);
-  const at::ScalarType acc = st == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t batch = u.size(0), ch = u.size(1), L = u.size(2);
-  TORCH_CHECK(orders.device() == u.device(), op, ": orders must be on ", u.device(), ", got ", orders.device());
-  TORCH_CHECK(orders.scalar_type() == at::kLong, op, ": orders must be int64, got ", orders.scalar_type());
-  TORCH_CHECK(orders.dim() == 3 && orders.size(0) == batch && orders.size(1) >= 1 && orders.size(2) == L, op,
-              ": orders must have shape (batch, K, seqlen) with batch=", batch, ", K >= 1, seqlen=", L, ", got ",
-              orders.sizes());
-  const int64_t K = orders.size(1);
-  TORCH_CHECK(A.dim() == 3 && A.size(0) == K && A.size(1) == ch && A.size(2) >= 1, op,
-              ": A must have shape (K, dim, dstate) = (", K, ", ", ch, ", dstate), got ", A.sizes());
-  const int64_t N = A.size(2);
-  check_param(op, "A", A, {K, ch, N}, acc, u);
-  for (auto [name, t] : {std::pair<const char*, const Tensor*>{"delta", &delta}, {"B", &B}, {"C", &C}}) {
-    const int64_t mid = t == &delta ? ch : N;
-    TORCH_CHECK(t->device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t->device());
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(1) == K && t->size(2) == mid && t->size(3) == L, op,
-                ": ", name, " must have shape (", batch, ", ", K, ", ", mid, ", ", L, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == st, op, ": ", name, " must have dtype ", st, ", got ", t->scalar_type());
-  }
-  if (D) check_param(op, "D", *D, {K, ch}, acc, u);
-  if (delta_bias) check_param(op, "delta_bias", *delta_bias, {K, ch}, acc, u);
-
-  MultiProblem pr;
-  pr.acc = acc;
-  pr.channels = ch;
-  pr.orders = orders.contiguous();
-  // Each row of orders must be a permutation: the kernels index through it.
-  {
-    const int64_t* o = pr.orders.const_data_ptr<int64_t>();
-    std::atomic<int64_t> bad{-1};
-    at::parallel_for(0, batch * K, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<uint8_t> seen(L);
-      for (int64_t r = r0; r < r1; ++r) {
-        std::fill(seen.begin(), seen.end(), uint8_t(0));
-        for (int64_t t = 0; t < L; ++t) {
-          const int64_t v = o[r * L + t];
-          if (v < 0 || v >= L || seen[v]) {
-            bad.store(r);
-            break;
-          }
-          seen[v] = 1;
-        }
-      }
-    });
-    const int64_t r = bad.load();
-    TORCH_CHECK_VALUE(r < 0, op, ": orders[", r / std::max<int64_t>(K, 1), ", ", r % std::max<int64_t>(K, 1),
-                      "] is not a permutation of 0..", L - 1);
-  }
-
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(acc));
-  const int64_t Np = (N + lanes - 1) / lanes * lanes;
-  SelectiveScanFwdParams& p = pr.p;
-  p.batch = batch;
-  p.dim = K * ch;
-  p.seqlen = L;
-  p.dstate = N;
-  p.dstate_pad = Np;
-  p.chunk = chunk_size;
-  p.n_chunks = (L + chunk_size - 1) / chunk_size;
-  p.groups_B = p.groups_C = K;
-  p.dtype = kind_of(st, op);
-  p.delta_softplus = delta_softplus;
-  p.order = pr.orders.const_data_ptr<int64_t>();
-  p.n_orders = K;
-
-  pr.A_pad = at::zeros({K * ch, Np}, u.options().dtype(acc));
-  pr.A_pad.narrow(1, 0, N).copy_(A.reshape({K * ch, N}));
-  if (D) pr.D_acc = D->contiguous();
-  if (delta_bias) pr.bias_acc = delta_bias->contiguous();
-  // delta (batch, K, dim, L) as (batch, K * dim, L); rows need unit stride along L.
-  pr.delta3 = delta.stride(3) == 1 && delta.stride(1) == ch * delta.stride(2) ? delta : delta.contiguous();
-  pr.delta3 = pr.delta3.view({batch, K * ch, L});
-  pr.B = B.contiguous();
-  pr.C = C.contiguous();
-  // One ordering of B and C at a time, in its token order, zero padded to Np.
-  pr.Bt = at::zeros({batch, L, Np}, u.options().dtype(acc));
-  pr.Ct = at::zeros({batch, L, Np}, u.options().dtype(acc));
-
-  p.u = u.const_data_ptr();
-  p.u_batch_stride = u.stride(0);
-  p.u_dim_stride = u.stride(1);
-  p.delta = pr.delta3.const_data_ptr();
-  p.delta_batch_stride = pr.delta3.stride(0);
-  p.delta_dim_stride = pr.delta3.stride(1);
-  p.A = pr.A_pad.const_data_ptr();
-  p.B = pr.Bt.const_data_ptr();
-  p.C = pr.Ct.const_data_ptr();
-  p.D = D ? pr.D_acc.const_data_ptr() : nullptr;
-  p.delta_bias = delta_bias ? pr.bias_acc.const_data_ptr() : nullptr;
-  return pr;
-}
-
-// dst[b, t, n] = src[b, k, n, order[b, k, t]] for every batch: src (batch, K, N, L) contiguous,
-// dst (batch, L, Np) with zero padding.
-void gather_in_order(const Tensor& src, const Tensor& orders, int64_t k, Tensor& dst) {
-  const int64_t batch = src.size(0), K = src.size(1), N = src.size(2), L = src.size(3), Np = dst.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "multi_order_scan_gather", [&] {
-    using src_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "multi_order_scan_gather_acc", [&] {
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const src_t* s = src.const_data_ptr<src_t>() + (b * K + k) * N * L;
-          const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
-          scalar_t* d = dst.data_ptr<scalar_t>() + b * L * Np;
-          for (int64_t n = 0; n < N; ++n)
-            for (int64_t t = 0; t < L; ++t) d[t * Np + n] = static_cast<scalar_t>(s[n * L + o[t]]);
-        }
-      });
-    });
-  });
-}
-
-// dst[b, k, n, order[b, k, t]] = sum over blocks (in block order) of part[b, blk, t, n] for every
-// batch: part (batch, n_blocks, L, Np).
-void scatter_from_order(const Tensor& part, const Tensor& orders, int64_t k, Tensor& dst) {
-  const int64_t batch = part.size(0), n_blocks = part.size(1), L = part.size(2), Np = part.size(3);
-  const int64_t K = dst.size(1), N = dst.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "multi_order_scan_scatter", [&] {
-    using dst_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "multi_order_scan_scatter_acc", [&] {
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<scalar_t> acc(Np);
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* s = part.const_data_ptr<scalar_t>() + b * n_blocks * L * Np;
-          const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
-          dst_t* d = dst.data_ptr<dst_t>() + (b * K + k) * N * L;
-          for (int64_t t = 0; t < L; ++t) {
-            std::fill(acc.begin(), acc.end(), scalar_t(0));
-            for (int64_t blk = 0; blk < n_blocks; ++blk) {
-              const scalar_t* row = s + (blk * L + t) * Np;
-              for (int64_t n = 0; n < N; ++n) acc[n] += row[n];
-            }
-            const int64_t to = o[t];
-            for (int64_t n = 0; n < N; ++n) d[n * L + to] = static_cast<dst_t>(acc[n]);
-          }
-        }
-      });
-    });
-  });
-}
-
-// The acc rows (batch, channels, seqlen) the kernels add the orderings into: `dst` itself when it
-// is acc, else a new acc tensor that the caller copies over.
-Tensor sum_rows_for(const Tensor& dst, at::ScalarType acc) {
-  return dst.scalar_type() == acc ? dst.zero_() : at::zeros(dst.sizes(), dst.options().dtype(acc));
-}
-
-std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
-                                                              const Tensor& B, const Tensor& C,
-                                                              const std::optional<Tensor>& D,
-                                                              const std::optional<Tensor>& delta_bias,
-                                                              const Tensor& orders, bool delta_softplus,
-                                                              int64_t chunk_size) {
-  const SelectiveScanKernelTable& kern = selective_scan_kernels();
-  MultiProblem pr = prepare_multi("multi_order_selective_scan_fwd", u, delta, A, B, C, D, delta_bias, orders,
-                                  delta_softplus, chunk_size, kern.vector_bytes);
-  SelectiveScanFwdParams& p = pr.p;
-  Tensor out = at::empty({p.batch, pr.channels, p.seqlen}, u.options());
-  Tensor ckpt = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, u.options().dtype(pr.acc));
-  p.checkpoints = ckpt.data_ptr();
-  if (out.numel() == 0) return {out, ckpt};
-  Scratch scratch(kern.fwd_scratch_bytes(p));
-  Tensor sum = sum_rows_for(out, pr.acc);
-  p.order_sum = sum.data_ptr();
-  for (int64_t k = 0; k < p.n_orders; ++k) {  // in order: the sum's bits do not depend on threads
-    gather_in_order(pr.B, pr.orders, k, pr.Bt);
-    gather_in_order(pr.C, pr.orders, k, pr.Ct);
-    at::parallel_for(0, p.batch * pr.channels, 1,
-                     [&](int64_t r0, int64_t r1) { kern.fwd_multi(p, k, r0, r1, scratch.for_thread()); });
-  }
-  if (!sum.is_same(out)) out.copy_(sum);
-  return {out, ckpt};
-}
-
-// Channel blocks of the multi-order backward. A task is one (batch, block) of one ordering and
-// keeps a (seqlen, dstate_pad) partial dB and dC, so blocks trade threads for memory: about
-// kTasks tasks per ordering over the batch, blocks of at least 16 channels, cut by shape only.
-std::vector<int64_t> multi_channel_blocks(int64_t batch, int64_t channels) {
-  constexpr int64_t kTasks = 2, kMinChannels = 16;
-  const int64_t want = (kTasks + batch - 1) / std::max<int64_t>(batch, 1);
-  const int64_t nb = std::max<int64_t>(1, std::min(want, channels / kMinChannels));
-  std::vector<int64_t> starts;
-  for (int64_t k = 0; k <= nb; ++k) starts.push_back(channels * k / nb);
-  return starts;
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_selective_scan_bwd_cpu(
-    const Tensor& grad_out, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-    const std::optional<Tensor>& D, const std::optional<Tensor>& delta_bias, const Tensor& orders,
-    const Tensor& checkpoints, bool delta_softplus, int64_t chunk_size) {
-  constexpr const char* op = "multi_order_selective_scan_bwd";
-  const SelectiveScanKernelTable& kern = selective_scan_kernels();
-  MultiProblem pr =
-      prepare_multi(op, u, delta, A, B, C, D, delta_bias, orders, delta_softplus, chunk_size, kern.vector_bytes);
-  SelectiveScanBwdParams q;
-  q.fwd = pr.p;
-  SelectiveScanFwdParams& p = q.fwd;
-  const int64_t K = p.n_orders, ch = pr.channels, N = p.dstate, Np = p.dstate_pad, L = p.seqlen;
-  const auto acc_opts = u.options().dtype(pr.acc);
-  check_seq(op, "grad_out", grad_out, u);
-  check_param(op, "checkpoints", checkpoints, {p.batch, p.dim, p.n_chunks, N}, pr.acc, u);
-  const Tensor ckpt = checkpoints.contiguous();
-  p.checkpoints = const_cast<void*>(ckpt.const_data_ptr());
-  q.grad_out = grad_out.const_data_ptr();
-  q.grad_out_batch_stride = grad_out.stride(0);
-  q.grad_out_dim_stride = grad_out.stride(1);
-
-  auto empty = [&] { return at::empty({0}, acc_opts); };
-  Tensor du = at::empty({p.batch, ch, L}, u.options());
-  Tensor ddelta = at::empty({p.batch, K, ch, L}, u.options());
-  Tensor dB = at::empty({p.batch, K, N, L}, B.options());
-  Tensor dC = at::empty({p.batch, K, N, L}, C.options());
-  q.grad_delta = ddelta.data_ptr();
-  Tensor part_A = at::zeros({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_D = D ? at::zeros({p.batch, p.dim}, acc_opts) : empty();
-  Tensor part_bias = delta_bias ? at::zeros({p.batch, p.dim}, acc_opts) : empty();
-  q.part_A = part_A.data_ptr();
-  q.part_D = D ? part_D.data_ptr() : nullptr;
-  q.part_bias = delta_bias ? part_bias.data_ptr() : nullptr;
-
-  const std::vector<int64_t> starts = multi_channel_blocks(p.batch, ch);
-  q.n_blocks = int64_t(starts.size()) - 1;
-  q.block_start = starts.data();
-  if (p.batch * ch * L > 0) {
-    Tensor part_B = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
-    Tensor part_C = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
-    q.part_B_var = part_B.data_ptr();
-    q.part_C_var = part_C.data_ptr();
-    Scratch scratch(kern.bwd_scratch_bytes(q));
-    Tensor sum = sum_rows_for(du, pr.acc);
-    p.order_sum = sum.data_ptr();
-    for (int64_t k = 0; k < K; ++k) {  // in order: grad_u's bits do not depend on threads
-      gather_in_order(pr.B, pr.orders, k, pr.Bt);
-      gather_in_order(pr.C, pr.orders, k, pr.Ct);
-      at::parallel_for(0, p.batch * q.n_blocks, 1,
-                       [&](int64_t t0, int64_t t1) { kern.bwd_multi(q, k, t0, t1, scratch.for_thread()); });
-      scatter_from_order(part_B, pr.orders, k, dB);
-      scatter_from_order(part_C, pr.orders, k, dC);
-    }
-    if (!sum.is_same(du)) du.copy_(sum);
-  } else {
-    du.zero_();
-    ddelta.zero_();
-    dB.zero_();
-    dC.zero_();
-  }
-  Tensor dA = sum_over_batch(part_A, N).view({K, ch, N});
-  Tensor dD = D ? sum_over_batch(part_D.unsqueeze(2), 1).view({K, ch}) : empty();
-  Tensor dbias = delta_bias ? sum_over_batch(part_bias.unsqueeze(2), 1).view({K, ch}) : empty();
-  return {du, ddelta, dA, dB, dC, dD, dbias};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
   m.impl("selective_scan_fwd", &selective_scan_fwd_cpu);
   m.impl("selective_scan_bwd", &selective_scan_bwd_cpu);
-  m.impl("multi_order_selective_scan_fwd", &multi_order_selective_scan_fwd_cpu);
-  m.impl("multi_order_selective_scan_bwd", &multi_order_selective_scan_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

@@ -45,8 +45,7 @@ inline void store_state(Acc* dst, const vec<Acc>* src, int64_t n, int nv) {
 
 // dt = softplus?(delta + bias) and du = dt * u over a chunk; sg = d softplus / d x when wanted.
 template <class Acc>
-inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, Acc* dt, Acc* du, Acc* sg,
-                     int64_t n) {
+inline void chunk_dt(const SelectiveScanFwdParams& p, Acc bias, const Acc* uf, Acc* dt, Acc* du, Acc* sg, int64_t n) {
   using V = vec<Acc>;
   constexpr int W = lanes<Acc>;
   for (int64_t i = 0; i < n; i += W) {
@@ -85,12 +84,12 @@ inline void add_seq(Acc* acc, const int64_t* idx, int64_t t0, const Acc* src, in
 template <class S>
 struct Row {
   using Acc = typename AccOf<S>::type;
-  int64_t index;                 // b * dim + d
-  int64_t channel;               // the row of u (and out, grad_out): d, or d % channels with orderings
-  const int64_t* idx;            // the row's ordering (seqlen,), or null
-  const S *u, *delta, *z;        // (seqlen,), unit stride; z may be null
-  const Acc *A, *B, *C;          // A: (dstate_pad,); B/C: the row's group at t = 0, or the fixed row
-  int64_t B_step, C_step;        // dstate_pad for variable B/C, 0 for fixed
+  int64_t index;           // b * dim + d
+  int64_t channel;         // the row of u (and out, grad_out): d, or d % channels with orderings
+  const int64_t* idx;      // the row's ordering (seqlen,), or null
+  const S *u, *delta, *z;  // (seqlen,), unit stride; z may be null
+  const Acc *A, *B, *C;    // A: (dstate_pad,); B/C: the row's group at t = 0, or the fixed row
+  int64_t B_step, C_step;  // dstate_pad for variable B/C, 0 for fixed
   Acc D, bias;
   Row(const SelectiveScanFwdParams& p, int64_t b, int64_t d) : index(b * p.dim + d) {
     const int64_t L = p.seqlen, Np = p.dstate_pad, channels = p.dim / p.n_orders;
@@ -307,8 +306,8 @@ struct BwdBufs {
 // One chunk of one row. `st` is the row's record; Bp/Cp are the block's dB/dC rows for this chunk;
 // with orderings du is added to gu_row (the original order) instead of stored.
 template <class S, int NV>
-void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d,
-               int64_t c, typename AccOf<S>::type* st, typename AccOf<S>::type* Bp, typename AccOf<S>::type* Cp,
+void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d, int64_t c,
+               typename AccOf<S>::type* st, typename AccOf<S>::type* Bp, typename AccOf<S>::type* Cp,
                typename AccOf<S>::type* gu_row) {
   using Acc = typename AccOf<S>::type;
   using V = vec<Acc>;
@@ -323,8 +322,7 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
 
   const Row<S> r(p, b, d);
   const int64_t row = r.index;
-  const S* grow =
-      static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + r.channel * q.grad_out_dim_stride;
+  const S* grow = static_cast<const S*>(q.grad_out) + b * q.grad_out_batch_stride + r.channel * q.grad_out_dim_stride;
   load_seq(r.u, r.idx, t0, s.uf, n);
   load_seq(r.delta, r.idx, t0, s.dt, n);
   load_seq(grow, r.idx, t0, s.gy, n);
@@ -454,9 +452,8 @@ void bwd_chunk(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>
 // Bpart/Cpart: the block's variable dB/dC partial rows (seqlen, dstate_pad), or null when fixed;
 // gu: with orderings, per row of the block the grad_u sum (seqlen,), else null.
 template <class S, int NV>
-void bwd_block(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d0,
-               int64_t d1, typename AccOf<S>::type* Bpart, typename AccOf<S>::type* Cpart,
-               typename AccOf<S>::type* gu) {
+void bwd_block(const SelectiveScanBwdParams& q, BwdBufs<typename AccOf<S>::type>& s, int64_t b, int64_t d0, int64_t d1,
+               typename AccOf<S>::type* Bpart, typename AccOf<S>::type* Cpart, typename AccOf<S>::type* gu) {
   using Acc = typename AccOf<S>::type;
   const SelectiveScanFwdParams& p = q.fwd;
   const int64_t Np = p.dstate_pad, N = p.dstate, T = p.chunk, L = p.seqlen;
@@ -583,9 +580,9 @@ void bwd_multi_entry(const SelectiveScanBwdParams& q, int64_t k, int64_t t0, int
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)
-const SelectiveScanKernelTable kTable{MK_STR(MK_ISA),      MK_VEC_BYTES,       &fwd_entry,
-                                      &bwd_entry,           &fwd_scratch_bytes, &bwd_scratch_bytes,
-                                      &fwd_multi_entry,     &bwd_multi_entry};
+const SelectiveScanKernelTable kSelectiveScanTable{MK_STR(MK_ISA),   MK_VEC_BYTES,       &fwd_entry,
+                                                   &bwd_entry,       &fwd_scratch_bytes, &bwd_scratch_bytes,
+                                                   &fwd_multi_entry, &bwd_multi_entry};
 #undef MK_STR
 #undef MK_STR2
 

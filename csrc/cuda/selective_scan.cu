@@ -23,20 +23,32 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <class T>
 __device__ __forceinline__ float to_f(T v);
 template <>
-__device__ __forceinline__ float to_f<float>(float v) { return v; }
+__device__ __forceinline__ float to_f<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f<__half>(__half v) {
+  return __half2float(v);
+}
 template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
 template <class T>
 __device__ __forceinline__ T from_f(float v);
 template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
+__device__ __forceinline__ float from_f<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_f<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // An affine map h -> a h + b; compose(x, y) applies x first, then y.
 struct Pair {
@@ -213,149 +225,149 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanCudaParams p) {
   __shared__ float acc_A[kScanMaxState], acc_B[kScanMaxState], acc_C[kScanMaxState];
   const int64_t rows_per_block = p.det_channels > 0 ? p.det_channels : 1;
   for (int64_t k = 0; k < rows_per_block; ++k) {
-  __syncthreads();  // the previous channel's shared state has been written out
-  const Row<T, kVarB, kVarC> r(p, int64_t(blockIdx.x) * rows_per_block + k);
-  const int64_t N = r.N, L = r.L, d = r.row % p.dim, b = r.row / p.dim;
-  for (int64_t n = threadIdx.x; n < N; n += kThreads) {
-    carry_g[n] = p.grad_last ? p.grad_last[r.row * N + n] : 0.f;
-    acc_A[n] = acc_B[n] = acc_C[n] = 0.f;
-  }
-  __syncthreads();
-  const T* gout = static_cast<const T*>(p.grad_out) + b * p.grad_out_b + d * p.grad_out_d;
-  float sum_D = 0.f, sum_bias = 0.f;
-  for (int64_t c = p.n_chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk + int64_t(threadIdx.x) * kItems;
-    const int64_t chunk_end = (c + 1) * kChunk < L ? (c + 1) * kChunk - 1 : L - 1;  // last real token
-    float uf[kItems], raw[kItems], dt[kItems], gy[kItems], gdt[kItems], gu[kItems];
-    float dt_after = 0.f;  // dt of token t0 + kItems (the next thread's first)
-#pragma unroll
-    for (int i = 0; i <= kItems; ++i) {
-      const int64_t t = t0 + i;
-      const bool ok = t < L;
-      const float rw = ok ? to_f(r.delta[t]) + r.bias : 0.f;
-      const float dtv = ok ? (p.softplus ? softplus_f(rw) : rw) : 0.f;
-      if (i == kItems) {
-        dt_after = dtv;
-        break;
-      }
-      raw[i] = rw;
-      dt[i] = dtv;
-      uf[i] = ok ? to_f(r.u[t]) : 0.f;
-      gy[i] = ok ? to_f(gout[t]) : 0.f;
+    __syncthreads();  // the previous channel's shared state has been written out
+    const Row<T, kVarB, kVarC> r(p, int64_t(blockIdx.x) * rows_per_block + k);
+    const int64_t N = r.N, L = r.L, d = r.row % p.dim, b = r.row / p.dim;
+    for (int64_t n = threadIdx.x; n < N; n += kThreads) {
+      carry_g[n] = p.grad_last ? p.grad_last[r.row * N + n] : 0.f;
+      acc_A[n] = acc_B[n] = acc_C[n] = 0.f;
     }
-    const float* ckpt = p.checkpoints + (r.row * p.n_chunks + c) * N;
-    if (r.z) {  // the gate needs y: recompute it over all states
-      float y[kItems] = {};
-      for (int64_t n = 0; n < N; ++n) {
-        float bv[kItems], da[kItems], dbu[kItems], h[kItems];
-        Pair total;
-        scan_state(p, r, n, t0, p.A[d * N + n] * kLog2e, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
+    __syncthreads();
+    const T* gout = static_cast<const T*>(p.grad_out) + b * p.grad_out_b + d * p.grad_out_d;
+    float sum_D = 0.f, sum_bias = 0.f;
+    for (int64_t c = p.n_chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunk + int64_t(threadIdx.x) * kItems;
+      const int64_t chunk_end = (c + 1) * kChunk < L ? (c + 1) * kChunk - 1 : L - 1;  // last real token
+      float uf[kItems], raw[kItems], dt[kItems], gy[kItems], gdt[kItems], gu[kItems];
+      float dt_after = 0.f;  // dt of token t0 + kItems (the next thread's first)
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) y[i] += h[i] * r.Cv(p, n, t0 + i);
+      for (int i = 0; i <= kItems; ++i) {
+        const int64_t t = t0 + i;
+        const bool ok = t < L;
+        const float rw = ok ? to_f(r.delta[t]) + r.bias : 0.f;
+        const float dtv = ok ? (p.softplus ? softplus_f(rw) : rw) : 0.f;
+        if (i == kItems) {
+          dt_after = dtv;
+          break;
+        }
+        raw[i] = rw;
+        dt[i] = dtv;
+        uf[i] = ok ? to_f(r.u[t]) : 0.f;
+        gy[i] = ok ? to_f(gout[t]) : 0.f;
       }
-      T* dz = static_cast<T*>(p.dz) + r.row * L;
+      const float* ckpt = p.checkpoints + (r.row * p.n_chunks + c) * N;
+      if (r.z) {  // the gate needs y: recompute it over all states
+        float y[kItems] = {};
+        for (int64_t n = 0; n < N; ++n) {
+          float bv[kItems], da[kItems], dbu[kItems], h[kItems];
+          Pair total;
+          scan_state(p, r, n, t0, p.A[d * N + n] * kLog2e, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) y[i] += h[i] * r.Cv(p, n, t0 + i);
+        }
+        T* dz = static_cast<T*>(p.dz) + r.row * L;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          const int64_t t = t0 + i;
+          if (t >= L) continue;
+          const float zv = to_f(r.z[t]), s = sigmoid_f(zv), o = y[i] + r.D * uf[i];
+          dz[t] = from_f<T>(gy[i] * o * s * (1.f + zv * (1.f - s)));
+          gy[i] *= zv * s;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        sum_D += gy[i] * uf[i];
+        gdt[i] = 0.f;
+        gu[i] = gy[i] * r.D;
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const float a_n = p.A[d * N + n], a2 = a_n * kLog2e;
+        float h[kItems], dbu[kItems], bv[kItems], da[kItems];
+        Pair total;
+        scan_state(p, r, n, t0, a2, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
+        // adjoint: g_i = a'_i g_{i+1} + b'_i, scanned from the chunk's end
+        Pair radj[kItems];
+        Pair ragg{1.f, 0.f};
+#pragma unroll
+        for (int i = kItems - 1; i >= 0; --i) {
+          const int64_t t = t0 + i;
+          const float cv = r.Cv(p, n, t);
+          if (t > chunk_end) {
+            radj[i] = Pair{0.f, 0.f};
+          } else if (t == chunk_end) {
+            radj[i] = Pair{0.f, gy[i] * cv + carry_g[n]};
+          } else {
+            const float dt_next = i + 1 < kItems ? dt[i + 1] : dt_after;
+            radj[i] = Pair{exp2f(dt_next * a2), gy[i] * cv};
+          }
+          ragg = compose(ragg, radj[i]);
+        }
+        Pair rtotal;
+        float gv = block_exclusive_scan<true>(ragg, Pair{0.f, 0.f}, &rtotal, smem).b;
+        float part_A = 0.f, part_B = 0.f, part_C = 0.f;
+        float g_first = 0.f;
+#pragma unroll
+        for (int i = kItems - 1; i >= 0; --i) {
+          const int64_t t = t0 + i;
+          gv = radj[i].a * gv + radj[i].b;
+          if (t >= L) continue;
+          const float x = gv * (h[i] - dbu[i]);
+          part_A += x * dt[i];
+          gdt[i] += x * a_n + uf[i] * gv * bv[i];
+          gu[i] += dt[i] * gv * bv[i];
+          const float gb = gv * dt[i] * uf[i], gc = gy[i] * h[i];
+          // Deterministic mode: this block owns its partial row and this thread its tokens: plain adds.
+          if (kVarB && p.det_channels > 0)
+            p.dB[(int64_t(blockIdx.x) * N + n) * L + t] += gb;
+          else if (kVarB)
+            atomicAdd(p.dB + ((b * p.groups_B + d / (p.dim / p.groups_B)) * N + n) * L + t, gb);
+          else
+            part_B += gb;
+          if (kVarC && p.det_channels > 0)
+            p.dC[(int64_t(blockIdx.x) * N + n) * L + t] += gc;
+          else if (kVarC)
+            atomicAdd(p.dC + ((b * p.groups_C + d / (p.dim / p.groups_C)) * N + n) * L + t, gc);
+          else
+            part_C += gc;
+          if (i == 0) g_first = gv * da[0];
+        }
+        part_A = block_sum(part_A, fsmem);
+        if (!kVarB) part_B = block_sum(part_B, fsmem);
+        if (!kVarC) part_C = block_sum(part_C, fsmem);
+        if (threadIdx.x == 0) {
+          acc_A[n] += part_A;
+          acc_B[n] += part_B;
+          acc_C[n] += part_C;
+          carry_g[n] = g_first;  // thread 0 holds the chunk's first token
+        }
+        __syncthreads();
+      }
+      T* du = static_cast<T*>(p.du) + r.row * L;
+      T* ddelta = static_cast<T*>(p.ddelta) + r.row * L;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         const int64_t t = t0 + i;
         if (t >= L) continue;
-        const float zv = to_f(r.z[t]), s = sigmoid_f(zv), o = y[i] + r.D * uf[i];
-        dz[t] = from_f<T>(gy[i] * o * s * (1.f + zv * (1.f - s)));
-        gy[i] *= zv * s;
+        float g = gdt[i];
+        if (p.softplus && raw[i] <= 20.f) g *= sigmoid_f(raw[i]);
+        sum_bias += g;
+        ddelta[t] = from_f<T>(g);
+        du[t] = from_f<T>(gu[i]);
       }
     }
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      sum_D += gy[i] * uf[i];
-      gdt[i] = 0.f;
-      gu[i] = gy[i] * r.D;
+    sum_D = block_sum(sum_D, fsmem);
+    sum_bias = block_sum(sum_bias, fsmem);
+    if (threadIdx.x == 0) {
+      p.dD_part[r.row] = sum_D;
+      p.dbias_part[r.row] = sum_bias;
     }
-    for (int64_t n = 0; n < N; ++n) {
-      const float a_n = p.A[d * N + n], a2 = a_n * kLog2e;
-      float h[kItems], dbu[kItems], bv[kItems], da[kItems];
-      Pair total;
-      scan_state(p, r, n, t0, a2, dt, uf, ckpt[n], smem, bv, da, dbu, h, &total);
-      // adjoint: g_i = a'_i g_{i+1} + b'_i, scanned from the chunk's end
-      Pair radj[kItems];
-      Pair ragg{1.f, 0.f};
-#pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        const int64_t t = t0 + i;
-        const float cv = r.Cv(p, n, t);
-        if (t > chunk_end) {
-          radj[i] = Pair{0.f, 0.f};
-        } else if (t == chunk_end) {
-          radj[i] = Pair{0.f, gy[i] * cv + carry_g[n]};
-        } else {
-          const float dt_next = i + 1 < kItems ? dt[i + 1] : dt_after;
-          radj[i] = Pair{exp2f(dt_next * a2), gy[i] * cv};
-        }
-        ragg = compose(ragg, radj[i]);
-      }
-      Pair rtotal;
-      float gv = block_exclusive_scan<true>(ragg, Pair{0.f, 0.f}, &rtotal, smem).b;
-      float part_A = 0.f, part_B = 0.f, part_C = 0.f;
-      float g_first = 0.f;
-#pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        const int64_t t = t0 + i;
-        gv = radj[i].a * gv + radj[i].b;
-        if (t >= L) continue;
-        const float x = gv * (h[i] - dbu[i]);
-        part_A += x * dt[i];
-        gdt[i] += x * a_n + uf[i] * gv * bv[i];
-        gu[i] += dt[i] * gv * bv[i];
-        const float gb = gv * dt[i] * uf[i], gc = gy[i] * h[i];
-        // Deterministic mode: this block owns its partial row and this thread its tokens: plain adds.
-        if (kVarB && p.det_channels > 0)
-          p.dB[(int64_t(blockIdx.x) * N + n) * L + t] += gb;
-        else if (kVarB)
-          atomicAdd(p.dB + ((b * p.groups_B + d / (p.dim / p.groups_B)) * N + n) * L + t, gb);
-        else
-          part_B += gb;
-        if (kVarC && p.det_channels > 0)
-          p.dC[(int64_t(blockIdx.x) * N + n) * L + t] += gc;
-        else if (kVarC)
-          atomicAdd(p.dC + ((b * p.groups_C + d / (p.dim / p.groups_C)) * N + n) * L + t, gc);
-        else
-          part_C += gc;
-        if (i == 0) g_first = gv * da[0];
-      }
-      part_A = block_sum(part_A, fsmem);
-      if (!kVarB) part_B = block_sum(part_B, fsmem);
-      if (!kVarC) part_C = block_sum(part_C, fsmem);
-      if (threadIdx.x == 0) {
-        acc_A[n] += part_A;
-        acc_B[n] += part_B;
-        acc_C[n] += part_C;
-        carry_g[n] = g_first;  // thread 0 holds the chunk's first token
-      }
-      __syncthreads();
+    for (int64_t n = threadIdx.x; n < N; n += kThreads) {
+      p.dA_part[r.row * N + n] = acc_A[n];
+      if (!kVarB) p.dB[r.row * N + n] = acc_B[n];
+      if (!kVarC) p.dC[r.row * N + n] = acc_C[n];
+      p.dinit[r.row * N + n] = carry_g[n];
     }
-    T* du = static_cast<T*>(p.du) + r.row * L;
-    T* ddelta = static_cast<T*>(p.ddelta) + r.row * L;
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const int64_t t = t0 + i;
-      if (t >= L) continue;
-      float g = gdt[i];
-      if (p.softplus && raw[i] <= 20.f) g *= sigmoid_f(raw[i]);
-      sum_bias += g;
-      ddelta[t] = from_f<T>(g);
-      du[t] = from_f<T>(gu[i]);
-    }
-  }
-  sum_D = block_sum(sum_D, fsmem);
-  sum_bias = block_sum(sum_bias, fsmem);
-  if (threadIdx.x == 0) {
-    p.dD_part[r.row] = sum_D;
-    p.dbias_part[r.row] = sum_bias;
-  }
-  for (int64_t n = threadIdx.x; n < N; n += kThreads) {
-    p.dA_part[r.row * N + n] = acc_A[n];
-    if (!kVarB) p.dB[r.row * N + n] = acc_B[n];
-    if (!kVarC) p.dC[r.row * N + n] = acc_C[n];
-    p.dinit[r.row * N + n] = carry_g[n];
-  }
   }  // the channels of this block
 }
 
@@ -364,12 +376,12 @@ int launch(bool bwd, const ScanCudaParams& p, cudaStream_t stream) {
   const int64_t rows_per_block = bwd && p.det_channels > 0 ? p.det_channels : 1;
   const dim3 grid(static_cast<unsigned>(p.batch * p.dim / rows_per_block)), block(kThreads);
   const bool vb = p.groups_B > 0, vc = p.groups_C > 0;
-#define MK_LAUNCH(VB, VC)                                                \
-  if (vb == VB && vc == VC) {                                            \
-    if (bwd)                                                             \
-      bwd_kernel<T, VB, VC><<<grid, block, 0, stream>>>(p);              \
-    else                                                                 \
-      fwd_kernel<T, VB, VC><<<grid, block, 0, stream>>>(p);              \
+#define MK_LAUNCH(VB, VC)                                   \
+  if (vb == VB && vc == VC) {                               \
+    if (bwd)                                                \
+      bwd_kernel<T, VB, VC><<<grid, block, 0, stream>>>(p); \
+    else                                                    \
+      fwd_kernel<T, VB, VC><<<grid, block, 0, stream>>>(p); \
   }
   MK_LAUNCH(true, true)
   MK_LAUNCH(true, false)
@@ -383,9 +395,10 @@ int dispatch(bool bwd, const ScanCudaParams& p, void* stream) {
   if (p.batch * p.dim == 0) return 0;
   const auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
-    case Dtype::F32: return launch<float>(bwd, p, s);
-    case Dtype::F16: return launch<__half>(bwd, p, s);
-    case Dtype::BF16: return launch<__nv_bfloat16>(bwd, p, s);
+    case ScalarKind::Float32: return launch<float>(bwd, p, s);
+    case ScalarKind::Float16: return launch<__half>(bwd, p, s);
+    case ScalarKind::BFloat16: return launch<__nv_bfloat16>(bwd, p, s);
+    default: break;  // no float64 kernel: the torch side never asks for one
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -16,14 +16,14 @@ namespace {
 
 using at::Tensor;
 
-Dtype dtype_of(at::ScalarType t, const char* op) {
+ScalarKind dtype_of(at::ScalarType t, const char* op) {
   switch (t) {
-    case at::kFloat: return Dtype::F32;
-    case at::kHalf: return Dtype::F16;
-    case at::kBFloat16: return Dtype::BF16;
+    case at::kFloat: return ScalarKind::Float32;
+    case at::kHalf: return ScalarKind::Float16;
+    case at::kBFloat16: return ScalarKind::BFloat16;
     default: TORCH_CHECK(false, op, ": the CUDA kernel takes float32, float16 or bfloat16, got ", t);
   }
-  return Dtype::F32;
+  return ScalarKind::Float32;
 }
 
 void set_bc(const char* op, const char* name, const Tensor& t, const Tensor& u, int64_t N, const void*& ptr,
@@ -57,7 +57,8 @@ ScanCudaParams prepare(const char* op, const Tensor& u, const Tensor& delta, con
               " tokens, got chunk_size=", chunk_size);
   const int64_t N = A.size(1);
   TORCH_CHECK(N >= 1 && N <= kScanMaxState, op, ": the CUDA kernel supports dstate up to ", kScanMaxState, ", got ", N);
-  for (const Tensor* t : {&delta, &u}) TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1, op, ": unit stride along seqlen expected");
+  for (const Tensor* t : {&delta, &u})
+    TORCH_CHECK(t->size(2) <= 1 || t->stride(2) == 1, op, ": unit stride along seqlen expected");
   TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == u.scalar_type(), op, ": delta must match u");
   TORCH_CHECK(A.scalar_type() == at::kFloat && A.is_contiguous() && A.size(0) == u.size(1), op,
               ": A must be contiguous float32 (dim, dstate)");
@@ -76,8 +77,9 @@ ScanCudaParams prepare(const char* op, const Tensor& u, const Tensor& delta, con
   p.delta_b = delta.stride(0);
   p.delta_d = delta.stride(1);
   if (z) {
-    TORCH_CHECK(z->sizes() == u.sizes() && z->scalar_type() == u.scalar_type() && (z->size(2) <= 1 || z->stride(2) == 1),
-                op, ": z must match u, unit stride along seqlen");
+    TORCH_CHECK(
+        z->sizes() == u.sizes() && z->scalar_type() == u.scalar_type() && (z->size(2) <= 1 || z->stride(2) == 1), op,
+        ": z must match u, unit stride along seqlen");
     p.z = z->const_data_ptr();
     p.z_b = z->stride(0);
     p.z_d = z->stride(1);
@@ -86,7 +88,9 @@ ScanCudaParams prepare(const char* op, const Tensor& u, const Tensor& delta, con
   set_bc(op, "B", B, u, N, p.B, p.groups_B, p.B_b, p.B_g, p.B_n, p.B_l);
   set_bc(op, "C", C, u, N, p.C, p.groups_C, p.C_b, p.C_g, p.C_n, p.C_l);
   for (const auto* t : {&D, &delta_bias})
-    if (*t) TORCH_CHECK((*t)->scalar_type() == at::kFloat && (*t)->is_contiguous(), op, ": D and delta_bias must be contiguous float32");
+    if (*t)
+      TORCH_CHECK((*t)->scalar_type() == at::kFloat && (*t)->is_contiguous(), op,
+                  ": D and delta_bias must be contiguous float32");
   p.D = D ? D->const_data_ptr<float>() : nullptr;
   p.delta_bias = delta_bias ? delta_bias->const_data_ptr<float>() : nullptr;
   if (initial_state)
@@ -188,8 +192,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   };
   Tensor dB_out = var_out(dB, p.groups_B, B);
   Tensor dC_out = var_out(dC, p.groups_C, C);
-  return {du, ddelta, dA_part.sum(0), dB_out, dC_out, D ? dD_part.sum(0) : empty(), z ? dz : empty(),
-          delta_bias ? dbias_part.sum(0) : empty(), initial_state ? dinit : empty()};
+  return {du,
+          ddelta,
+          dA_part.sum(0),
+          dB_out,
+          dC_out,
+          D ? dD_part.sum(0) : empty(),
+          z ? dz : empty(),
+          delta_bias ? dbias_part.sum(0) : empty(),
+          initial_state ? dinit : empty()};
 }
 
 }  // namespace

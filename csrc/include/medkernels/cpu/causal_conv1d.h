@@ -29,17 +29,12 @@ struct ConvParams {
   void* dbias_part = nullptr;    // acc (batch, dim)
 };
 
-struct ConvKernelTable {
+struct CausalConv1dKernelTable {
   const char* isa;
   int vector_bytes;
   void (*fwd)(const ConvParams&, int64_t row_begin, int64_t row_end, void* scratch);
   void (*bwd)(const ConvParams&, int64_t row_begin, int64_t row_end, void* scratch);
   int64_t (*scratch_bytes)(const ConvParams&);
 };
-
-const ConvKernelTable& conv_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const ConvKernelTable& conv_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -19,17 +19,12 @@ struct Sep2dParams {
   void* out = nullptr;  // (images, oh, ow) contiguous
 };
 
-struct Sep2dKernelTable {
+struct DctKernelTable {
   const char* isa;
   int vector_bytes;
   // Tasks: images.
   void (*run)(const Sep2dParams&, int64_t image_begin, int64_t image_end, void* scratch);
   int64_t (*scratch_bytes)(const Sep2dParams&);
 };
-
-const Sep2dKernelTable& sep2d_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const Sep2dKernelTable& sep2d_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -37,7 +37,7 @@ struct DaParams {
   void* dv = nullptr;
 };
 
-struct DaKernelTable {
+struct DilatedAttentionKernelTable {
   const char* isa;
   int vector_bytes;
   // Tasks: batch * groups * heads, in that order (heads fastest).
@@ -45,10 +45,5 @@ struct DaKernelTable {
   void (*bwd)(const DaParams&, int64_t task_begin, int64_t task_end, void* scratch);
   int64_t (*scratch_bytes)(const DaParams&, bool backward);
 };
-
-const DaKernelTable& da_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const DaKernelTable& da_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

@@ -15,8 +15,7 @@ namespace {
 
 // C[MR x NV*lanes] (+)= sum_k A(r, k) * B[k, :], A(r, k) = A[r * a_rs + k * a_ks].
 template <class T, int MR, int NV, bool kAcc>
-inline void gemm_block(int64_t K, const T* A, int64_t a_rs, int64_t a_ks, const T* B, int64_t ldb, T* C,
-                       int64_t ldc) {
+inline void gemm_block(int64_t K, const T* A, int64_t a_rs, int64_t a_ks, const T* B, int64_t ldb, T* C, int64_t ldc) {
   constexpr int W = lanes<T>;
   vec<T> acc[MR][NV];
 #pragma GCC unroll 8
@@ -63,8 +62,8 @@ inline void gemm_rows(int64_t M, int64_t K, const T* A, int64_t a_rs, int64_t a_
 // C (M x N) = A (M x K) * B (K x N), or += with kAcc. B and C are row-major with leading dims ldb and
 // ldc; N must be a whole number of vectors (callers pad with zeros).
 template <bool kAcc, class T>
-inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_ks, const T* B, int64_t ldb,
-                 T* C, int64_t ldc) {
+inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_ks, const T* B, int64_t ldb, T* C,
+                 int64_t ldc) {
   constexpr int W = lanes<T>;
   int64_t j = 0;
   for (; j + 2 * W <= N; j += 2 * W) gemm_rows<T, 2, kAcc>(M, K, A, a_rs, a_ks, B + j, ldb, C + j, ldc);
@@ -162,7 +161,8 @@ inline void gemm_micro(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bo
 
 template <class T>
 inline int64_t gemm_scratch_t(const GemmArgs& g) {
-  return round_up(kGemmMC * kGemmKC, kGemmMR<T>) * int64_t(sizeof(T)) + kGemmMR<T> * kGemmNR<T> * int64_t(sizeof(T)) + 128;
+  return round_up(kGemmMC * kGemmKC, kGemmMR<T>) * int64_t(sizeof(T)) + kGemmMR<T> * kGemmNR<T> * int64_t(sizeof(T)) +
+         128;
 }
 
 template <class T>

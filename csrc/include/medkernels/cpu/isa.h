@@ -1,16 +1,8 @@
-// Run-time choice of the CPU instruction set for the kernel bodies.
+// Run-time choice of the CPU instruction set for the kernel bodies, and each kernel family's table for it.
 #pragma once
 
 #include <string>
 #include <vector>
-
-#include "medkernels/cpu/causal_conv1d.h"
-#include "medkernels/cpu/dct.h"
-#include "medkernels/cpu/dilated_attention.h"
-#include "medkernels/cpu/neighborhood_attention.h"
-#include "medkernels/cpu/point_cloud.h"
-#include "medkernels/cpu/selective_scan.h"
-#include "medkernels/cpu/rswaf_kan.h"
 
 namespace medkernels::cpu {
 
@@ -21,12 +13,15 @@ std::string active_isa();
 // Selects an instruction set by name ("base", "avx2"); throws std::invalid_argument otherwise.
 void set_isa(const std::string& name);
 
-const SelectiveScanKernelTable& selective_scan_kernels();
-const NaKernelTable& na_kernels();
-const ConvKernelTable& conv_kernels();
-const DaKernelTable& da_kernels();
-const Sep2dKernelTable& sep2d_kernels();
-const PointCloudKernelTable& point_cloud_kernels();
-const KanKernelTable& kan_kernels();
+// Per family (medkernels/cpu/families.def): <family>_kernels() is the table of the instruction set in use;
+// <family>_kernels_<isa>() the one compiled for <isa>. The torch side includes medkernels/cpu/<family>.h for
+// the table's definition.
+#define MK_FAMILY(family, Type)                     \
+  struct Type##KernelTable;                         \
+  const Type##KernelTable& family##_kernels();      \
+  const Type##KernelTable& family##_kernels_base(); \
+  const Type##KernelTable& family##_kernels_avx2();
+#include "medkernels/cpu/families.def"
+#undef MK_FAMILY
 
 }  // namespace medkernels::cpu

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -35,12 +35,12 @@ struct NaParams {
   NaAxis axis[3];
   int64_t tile = 64;  // queries (or keys) per task
 
-  double scale = 1.0;       // fused: the softmax scale (q below is already multiplied by it)
+  double scale = 1.0;  // fused: the softmax scale (q below is already multiplied by it)
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
-  const void* rpb = nullptr;  // (heads, R0, R1, R2), optional
-  int64_t n_add = 0;          // additional keys/values attended by every query
+  const void* rpb = nullptr;    // (heads, R0, R1, R2), optional
+  int64_t n_add = 0;            // additional keys/values attended by every query
   const void* add_k = nullptr;  // (batch, kv_heads, n_add, dpad)
   const void* add_v = nullptr;  // (batch, kv_heads, n_add, dvpad)
 
@@ -48,12 +48,12 @@ struct NaParams {
   void* out = nullptr;  // (batch, heads, tokens, dvpad)
   void* lse = nullptr;  // (batch, heads, tokens)
   // backward
-  const void* dout = nullptr;  // (batch, heads, tokens, dvpad)
-  const void* drow = nullptr;  // (batch, heads, tokens): <dout, out> per query
-  void* dq = nullptr;          // (batch, heads, tokens, dpad)
-  void* dk = nullptr;          // (batch, kv_heads, tokens, dpad)
-  void* dv = nullptr;          // (batch, kv_heads, tokens, dvpad)
-  void* drpb_part = nullptr;   // (query tasks, R0 * R1 * R2): per task, reduced in task order
+  const void* dout = nullptr;   // (batch, heads, tokens, dvpad)
+  const void* drow = nullptr;   // (batch, heads, tokens): <dout, out> per query
+  void* dq = nullptr;           // (batch, heads, tokens, dpad)
+  void* dk = nullptr;           // (batch, kv_heads, tokens, dpad)
+  void* dv = nullptr;           // (batch, kv_heads, tokens, dvpad)
+  void* drpb_part = nullptr;    // (query tasks, R0 * R1 * R2): per task, reduced in task order
   void* dadd_k_part = nullptr;  // (query tasks, n_add, dpad)
   void* dadd_v_part = nullptr;  // (query tasks, n_add, dvpad)
 
@@ -64,14 +64,15 @@ struct NaParams {
   void* dattn_out = nullptr;
 };
 
-struct NaKernelTable {
+struct NeighborhoodAttentionKernelTable {
   const char* isa;
   int vector_bytes;
   // Query tasks: (batch * heads * ceil(tokens / tile)); key tasks: (batch * kv_heads * ceil(tokens / tile)).
   void (*fwd)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);
-  void (*bwd_query)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);  // dq, bias/additional partials
-  void (*bwd_key)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);    // dk, dv
-  void (*qk)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);         // attn_out (+rpb)
+  void (*bwd_query)(const NaParams&, int64_t task_begin, int64_t task_end,
+                    void* scratch);  // dq, bias/additional partials
+  void (*bwd_key)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);  // dk, dv
+  void (*qk)(const NaParams&, int64_t task_begin, int64_t task_end, void* scratch);       // attn_out (+rpb)
   void (*qk_bwd_query)(const NaParams&, int64_t, int64_t, void*);  // dq from dattn, bias partials
   void (*qk_bwd_key)(const NaParams&, int64_t, int64_t, void*);    // dk from dattn
   void (*av)(const NaParams&, int64_t, int64_t, void*);            // out from attn, v
@@ -79,10 +80,5 @@ struct NaKernelTable {
   void (*av_bwd_key)(const NaParams&, int64_t, int64_t, void*);    // dv from attn, dout
   int64_t (*scratch_bytes)(const NaParams&);
 };
-
-const NaKernelTable& na_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const NaKernelTable& na_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -34,8 +34,8 @@ inline int64_t gemm_tile_count(const GemmArgs& g) { return ((g.m + kGemmMC - 1) 
 struct GemmKernels {
   int64_t (*packed_b_bytes)(const GemmArgs&);
   int64_t (*b_panel_count)(const GemmArgs&);
-  void (*pack_b)(const GemmArgs&, int64_t panel_begin, int64_t panel_end);  // independent panels
-  int64_t (*scratch_bytes)(const GemmArgs&);                               // per thread
+  void (*pack_b)(const GemmArgs&, int64_t panel_begin, int64_t panel_end);              // independent panels
+  int64_t (*scratch_bytes)(const GemmArgs&);                                            // per thread
   void (*tiles)(const GemmArgs&, int64_t tile_begin, int64_t tile_end, void* scratch);  // independent tiles
 };
 

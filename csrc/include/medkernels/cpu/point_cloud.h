@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -13,7 +13,7 @@ namespace medkernels::cpu {
 struct FpsParams {
   ScalarKind acc = ScalarKind::Float32;  // Float32 or Float64 (planes and distances)
   int64_t batch = 0, c = 0, npad = 0, npoint = 0, start = 0;
-  const void* planes = nullptr;     // (batch, c, npad): coordinate planes, npad a whole number of vectors
+  const void* planes = nullptr;      // (batch, c, npad): coordinate planes, npad a whole number of vectors
   const int64_t* lengths = nullptr;  // (batch,) points per cloud (all npad-padded), or null: every cloud has n
   int64_t n = 0;                     // points per cloud when lengths is null
   int64_t* out = nullptr;            // (batch, npoint)
@@ -21,21 +21,21 @@ struct FpsParams {
 
 // Shared state of one cloud sampled by `parts` threads together (one spin barrier per step).
 struct FpsShared {
-  int64_t arrived = 0;          // monotone: parts * steps finished
-  double best_val[2][64] = {};  // per step parity and part: the part's largest distance
+  int64_t arrived = 0;           // monotone: parts * steps finished
+  double best_val[2][64] = {};   // per step parity and part: the part's largest distance
   int64_t best_idx[2][64] = {};  // and its lowest index
 };
 
 struct KnnParams {
   ScalarKind acc = ScalarKind::Float32;
   int64_t batch = 0, m = 0, n = 0, c = 0, k = 0, npad = 0;
-  const void* query = nullptr;        // (batch, m, c) contiguous
-  const void* planes = nullptr;       // (batch, c, npad): the points' coordinate planes
+  const void* query = nullptr;             // (batch, m, c) contiguous
+  const void* planes = nullptr;            // (batch, c, npad): the points' coordinate planes
   const int64_t* query_lengths = nullptr;  // (batch,) or null
   const int64_t* lengths = nullptr;        // (batch,) or null
-  void* dists = nullptr;              // (batch, m, k) in the acc type
-  int64_t* idx = nullptr;             // (batch, m, k)
-  int64_t block = 16;                 // queries per task
+  void* dists = nullptr;                   // (batch, m, k) in the acc type
+  int64_t* idx = nullptr;                  // (batch, m, k)
+  int64_t block = 16;                      // queries per task
   // Spatial blocks (low C): planes hold the points sorted along a Morton curve, in blocks of
   // kKnnCell points (padding +inf); order maps a sorted position to the point's index, and each query
   // starts at its own cell's block and skips blocks whose bounding box is provably too far.
@@ -53,17 +53,11 @@ struct PointCloudKernelTable {
   void (*fps_clouds)(const FpsParams&, int64_t b0, int64_t b1, void* scratch);
   // Parts [q0, q1) of `parts` of cloud b, run concurrently with the other parts (a spin barrier per
   // step: every part must be running); dist is the cloud's (npad) distance buffer shared by the parts.
-  void (*fps_parts)(const FpsParams&, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist,
-                    FpsShared* shared);
+  void (*fps_parts)(const FpsParams&, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* shared);
   int64_t (*fps_scratch_bytes)(const FpsParams&);
   // Tasks: (batch, block of `block` queries).
   void (*knn)(const KnnParams&, int64_t task_begin, int64_t task_end, void* scratch);
   int64_t (*knn_scratch_bytes)(const KnnParams&);
 };
-
-const PointCloudKernelTable& point_cloud_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const PointCloudKernelTable& point_cloud_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

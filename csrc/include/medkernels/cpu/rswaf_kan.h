@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "medkernels/cpu/packed_gemm.h"
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -32,7 +32,7 @@ struct KanTile {
   int64_t r0, r1, c0, c1, ld;
 };
 
-struct KanKernelTable {
+struct RswafKanKernelTable {
   const char* isa;
   int vector_bytes;
   // The basis of the tile into `phi` (acc).
@@ -43,10 +43,5 @@ struct KanKernelTable {
   int64_t (*scratch_bytes)(const KanParams&);
   GemmKernels gemm;
 };
-
-const KanKernelTable& kan_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const KanKernelTable& kan_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 namespace medkernels::cpu {
 
@@ -63,9 +63,9 @@ struct SelectiveScanBwdParams {
   int64_t grad_out_batch_stride = 0, grad_out_dim_stride = 0;
   const void* grad_last_state = nullptr;  // acc (batch, dim, dstate) contiguous, optional
 
-  void* grad_u = nullptr;      // dtype (batch, dim, seqlen) contiguous
-  void* grad_delta = nullptr;  // dtype (batch, dim, seqlen) contiguous
-  void* grad_z = nullptr;      // dtype (batch, dim, seqlen) contiguous, when z is given
+  void* grad_u = nullptr;              // dtype (batch, dim, seqlen) contiguous
+  void* grad_delta = nullptr;          // dtype (batch, dim, seqlen) contiguous
+  void* grad_z = nullptr;              // dtype (batch, dim, seqlen) contiguous, when z is given
   void* grad_initial_state = nullptr;  // acc (batch, dim, dstate), when an initial state is given
 
   // Per (batch, channel) partial sums; the torch side reduces them over batch in a fixed order.
@@ -81,8 +81,8 @@ struct SelectiveScanBwdParams {
   // result has the same bits on every run and for every thread count.
   int64_t n_blocks = 0;
   const int64_t* block_start = nullptr;  // n_blocks + 1 channel offsets
-  void* part_B_var = nullptr;  // acc (batch, n_blocks, seqlen, dstate_pad), when B is variable
-  void* part_C_var = nullptr;  // acc (batch, n_blocks, seqlen, dstate_pad), when C is variable
+  void* part_B_var = nullptr;            // acc (batch, n_blocks, seqlen, dstate_pad), when B is variable
+  void* part_C_var = nullptr;            // acc (batch, n_blocks, seqlen, dstate_pad), when C is variable
   // With fwd.order set, block_start cuts the `channels` of u, a task is one (batch, block) of one
   // ordering and part_B_var / part_C_var are (batch, n_blocks, seqlen, dstate_pad) for that
   // ordering, in its token order; grad_u goes to fwd.order_sum.
@@ -104,10 +104,5 @@ struct SelectiveScanKernelTable {
   // Tasks t in [begin, end) are (batch, block) = (t / n_blocks, t % n_blocks), along ordering k.
   void (*bwd_multi)(const SelectiveScanBwdParams&, int64_t k, int64_t task_begin, int64_t task_end, void* scratch);
 };
-
-const SelectiveScanKernelTable& selective_scan_kernels_base();
-#if defined(MEDKERNELS_HAVE_AVX2)
-const SelectiveScanKernelTable& selective_scan_kernels_avx2();
-#endif
 
 }  // namespace medkernels::cpu

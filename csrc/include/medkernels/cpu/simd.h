@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "medkernels/cpu/scalar_kind.h"
+#include "medkernels/scalar_kind.h"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -130,7 +130,8 @@ inline void reduce_lanes_strided(const T* P, T* y, int64_t n, int64_t every) {
       const __m256 c = _mm256_hadd_ps(_mm256_loadu_ps(r + 4 * st), _mm256_loadu_ps(r + 5 * st));
       const __m256 d = _mm256_hadd_ps(_mm256_loadu_ps(r + 6 * st), _mm256_loadu_ps(r + 7 * st));
       const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
-      _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31)));
+      _mm256_storeu_ps(y + i,
+                       _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31)));
     }
   }
 #endif
@@ -170,7 +171,7 @@ inline vf32 vexp2(vf32 x) {
   const vf32 xc = vmin_nan(vsplat(128.0f), vmax_nan(vsplat(-125.0f), x));
   const vf32 magic = vsplat(12582912.0f);  // 1.5 * 2^23: t's low mantissa bits hold round(xc)
   const vf32 t = xc + magic;
-  const vf32 f = xc - (t - magic);  // in [-0.5, 0.5], exact
+  const vf32 f = xc - (t - magic);    // in [-0.5, 0.5], exact
   vf32 p = vsplat(1.535336196e-04f);  // minimax fit of (2^f - 1) / f, 1.6 ulp in float32
   p = p * f + 1.339887502e-03f;
   p = p * f + 9.618436918e-03f;
@@ -360,8 +361,8 @@ inline f16 f16_from_float(float f) {  // round to nearest even, integer arithmet
   x &= 0x7fffffffu;
   if (x >= 0x7f800000u) return f16{uint16_t(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u))};
   if (x >= 0x477ff000u) return f16{uint16_t(sign | 0x7c00u)};  // rounds to inf
-  if (x < 0x38800000u) {                                      // below 2^-14: a subnormal half or 0
-    if (x <= 0x33000000u) return f16{sign};                   // <= 2^-25 rounds to 0
+  if (x < 0x38800000u) {                                       // below 2^-14: a subnormal half or 0
+    if (x <= 0x33000000u) return f16{sign};                    // <= 2^-25 rounds to 0
     const uint32_t e = x >> 23, m = (x & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126u - e;
     uint32_t h = m >> shift;

@@ -3,9 +3,9 @@
 
 #include <cstdint>
 
-namespace medkernels::cuda {
+#include "medkernels/scalar_kind.h"
 
-enum class Dtype : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
+namespace medkernels::cuda {
 
 constexpr int kScanThreads = 128;
 constexpr int kScanItems = 8;
@@ -13,7 +13,7 @@ constexpr int kScanChunk = kScanThreads * kScanItems;  // tokens between saved s
 constexpr int kScanMaxState = 256;
 
 struct ScanCudaParams {
-  Dtype dtype = Dtype::F32;  // u, delta, z, variable B/C, out, du, ddelta, dz
+  ScalarKind dtype = ScalarKind::Float32;  // u, delta, z, variable B/C, out, du, ddelta, dz (no Float64)
   int64_t batch = 0, dim = 0, seqlen = 0, dstate = 0, n_chunks = 0;
   int64_t groups_B = 0, groups_C = 0;  // 0: fixed (dim, dstate) float32
   bool softplus = false;
@@ -42,8 +42,9 @@ struct ScanCudaParams {
   void* du = nullptr;                // (batch, dim, seqlen) contiguous
   void* ddelta = nullptr;
   void* dz = nullptr;
-  float* dA_part = nullptr;     // (batch, dim, dstate): per row, summed over batch by the caller
-  float* dB = nullptr;          // variable: (batch, groups, dstate, seqlen), zeroed, atomics; fixed: (batch, dim, dstate)
+  float* dA_part = nullptr;  // (batch, dim, dstate): per row, summed over batch by the caller
+  float* dB = nullptr;       // variable: (batch, groups, dstate, seqlen), zeroed, atomics;
+                             // fixed: (batch, dim, dstate)
   float* dC = nullptr;
   float* dD_part = nullptr;     // (batch, dim)
   float* dbias_part = nullptr;  // (batch, dim)

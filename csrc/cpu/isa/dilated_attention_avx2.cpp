@@ -1,8 +1,0 @@
-// Dilated-attention kernels for AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c; see CMakeLists.txt).
-#define MK_ISA avx2
-#define MK_VEC_BYTES 32
-#include "../dilated_attention_kernel.h"
-
-namespace medkernels::cpu {
-const DaKernelTable& da_kernels_avx2() { return avx2::kDaTable; }
-}  // namespace medkernels::cpu

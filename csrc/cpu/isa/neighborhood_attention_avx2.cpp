@@ -1,8 +1,0 @@
-// Neighborhood-attention kernels for AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c; see CMakeLists.txt).
-#define MK_ISA avx2
-#define MK_VEC_BYTES 32
-#include "../neighborhood_attention_kernel.h"
-
-namespace medkernels::cpu {
-const NaKernelTable& na_kernels_avx2() { return avx2::kNaTable; }
-}  // namespace medkernels::cpu
