@@ -11,7 +11,6 @@ from conftest import TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
-from medkernels.bench.peers import spatial_attention
 
 sfft = pytest.importorskip("scipy.fft")
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
-from medkernels.ops import dilated_attention as _da
+from medkernels.ops.checks import group_size3
 
 from ._layers import DropPath, Mlp
 
@@ -51,7 +51,7 @@ class DilatedAttention3d(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.group_size = _da._group_size(name, group_size)
+        self.group_size = group_size3(name, group_size)
         self.scope = scope
         self.scale = qk_scale or self.head_dim ** -0.5
         self.backend = backend
@@ -69,11 +69,8 @@ class DilatedAttention3d(nn.Module):
         group = self.group_size if group_size is None else group_size
         B, D, H, W, C = x.shape
         q, k, v = self.qkv(x).reshape(B, D, H, W, 3, self.num_heads, self.head_dim).unbind(4)  # strided views
-        if self.training and self.attn_drop.p > 0:
-            out, _ = _da._reference(q, k, v, _da._group_size("DilatedAttention3d", group), self.scope, self.scale,
-                                    attn_dropout=self.attn_drop)
-        else:
-            out = ops.dilated_attention3d(q, k, v, group, self.scope, self.scale, backend=self.backend)
+        dropout_p = self.attn_drop.p if self.training else 0.0  # > 0: the reference runs (ops warns once)
+        out = ops.dilated_attention3d(q, k, v, group, self.scope, self.scale, dropout_p=dropout_p, backend=self.backend)
         return self.proj_drop(self.proj(out.reshape(B, D, H, W, C)))
 
     def extra_repr(self) -> str:

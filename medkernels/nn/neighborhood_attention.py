@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
-from medkernels.ops import neighborhood_attention as _na
+from medkernels.ops.checks import na_causal, na_dims
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
 
@@ -39,10 +39,10 @@ class _NeighborhoodAttention(nn.Module):
         if not 0.0 <= attn_drop < 1.0 or not 0.0 <= proj_drop < 1.0:
             raise ValueError(f"{name}: attn_drop and proj_drop must be in [0, 1), got {attn_drop=}, {proj_drop=}")
         n = self.na_dim
-        self.kernel_size = _na._dims("kernel_size", kernel_size, n, 2, "all >= 2")
-        self.stride = _na._dims("stride", stride, n, 1, "all positive")
-        self.dilation = _na._dims("dilation", dilation, n, 1, "all positive")
-        self.is_causal = _na._causal(is_causal, n)
+        self.kernel_size = na_dims("kernel_size", kernel_size, n, 2, "all >= 2")
+        self.stride = na_dims("stride", stride, n, 1, "all positive")
+        self.dilation = na_dims("dilation", dilation, n, 1, "all positive")
+        self.is_causal = na_causal(is_causal, n)
         if any(s > k for s, k in zip(self.stride, self.kernel_size)):
             raise ValueError(f"{name}: Stride cannot be larger than kernel size along any dimension, got "
                              f"kernel_size={self.kernel_size}, stride={self.stride}.")

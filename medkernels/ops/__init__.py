@@ -3,9 +3,12 @@
 This is the only layer that knows about kernels: every op validates its inputs, picks a backend
 (cuda > triton > cpu > reference; see :func:`choose_backend`) and calls a registered
 ``torch.ops.medkernels`` operator, so it works under torch.compile(fullgraph=True).
+:func:`can_run` / :func:`why_not` say whether (and why not) a backend can run an op on given inputs;
+:mod:`medkernels.ops.checks` holds the argument checks modules share with the ops.
 """
 
-from ._backend import BACKENDS, BackendUnavailableError, choose_backend
+from . import checks
+from ._backend import BACKENDS, BackendUnavailableError, can_run, choose_backend, ops_with_backends, why_not
 from ._library import cpu_isa, cpu_isas, set_cpu_isa
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 from .dct import dct2d, dct2d_ref, dct_matrix, idct2d, idct2d_ref
@@ -23,7 +26,11 @@ from .rswaf_kan import rswaf_basis, rswaf_kan, rswaf_kan_ref
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "can_run",
+    "checks",
     "choose_backend",
+    "ops_with_backends",
+    "why_not",
     "cpu_isa",
     "cpu_isas",
     "set_cpu_isa",

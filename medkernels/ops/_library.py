@@ -42,20 +42,45 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"medkernels::{op}", dispatch_key)
 
 
-def cpu_reason(op: str):
-    """The "cpu" backend's reason function (see ``choose_backend``) for an op whose CPU kernel is
-    ``torch.ops.medkernels.<op>``: None when the first input is on the CPU (or the meta device: the
-    registered op's fake implementation then gives a shape-only result) and the kernel is loaded."""
-    loaded = has_kernel(op, "CPU")
+def has_op(op: str) -> bool:
+    """Whether ``torch.ops.medkernels.<op>`` is defined (a compiled op when the extension loaded, a Triton
+    custom op when triton is installed)."""
+    try:
+        getattr(torch.ops.medkernels, op)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
-    def reason(x, *rest, forced: bool = False, **kw) -> str | None:
-        if x.device.type not in ("cpu", "meta"):
-            return f"inputs are on {x.device.type}, not cpu"
-        if not loaded:
-            return f"the compiled kernels are not loaded ({LOAD_ERROR})"
-        return None
 
-    return reason
+def register_kernel(public: str, *pairs: tuple[str, str | None], fwd_fake, bwd_fake=None, setup_context=None,
+                    backward=None, twice_differentiable: bool = False) -> None:
+    """Registers an op's operators with torch.library: one call per op, for every backend's pair.
+
+    For each ``(forward op, backward op)`` pair that is defined (the compiled pair when the extension
+    loaded, the Triton pair when triton is installed; others are skipped): ``fwd_fake`` (and ``bwd_fake``)
+    as the fake implementations (torch.compile, meta tensors), and, with ``backward``, the forward's autograd
+    formula ``backward(ctx, bwd_op, *grads)`` (``bwd_op``: the pair's backward operator, or None) with
+    ``setup_context``. Unless ``twice_differentiable`` (a backward that is itself a differentiable op), a
+    second derivative through the backward operator raises (:func:`no_double_backward`).
+
+    Args:
+        public: the public op's name, for messages.
+        *pairs: ``(forward, backward)`` operator names under ``torch.ops.medkernels``; backward may be None
+            (a backward written with differentiable torch ops) or the forward itself.
+    """
+    for fwd, bwd in pairs:
+        if not has_op(fwd):
+            continue
+        torch.library.register_fake(f"medkernels::{fwd}")(fwd_fake)
+        if bwd is not None and bwd != fwd:
+            torch.library.register_fake(f"medkernels::{bwd}")(bwd_fake)
+        if backward is not None:
+            bwd_op = None if bwd is None else getattr(torch.ops.medkernels, bwd)
+            torch.library.register_autograd(f"medkernels::{fwd}",
+                                            lambda ctx, *grads, _op=bwd_op: backward(ctx, _op, *grads),
+                                            setup_context=setup_context)
+        if bwd is not None and bwd != fwd and not twice_differentiable:
+            no_double_backward(public, bwd)
 
 
 def no_double_backward(public: str, *backward_ops: str) -> None:

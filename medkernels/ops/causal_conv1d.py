@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _library
-from ._backend import Reason, choose_backend
-from ._checks import has_values
+from ._backend import Backends
+from .checks import has_values
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_ref", "causal_conv1d_update"]
 
@@ -139,27 +139,17 @@ def _setup(ctx, inputs, output):
     ctx.has_final = return_final_states
 
 
-def _backward_with(bwd_op):
-    def backward(ctx, dout, dfinal):
-        x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(x)
-        elif dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        dx, dw, db, dinit = bwd_op(x, weight, bias, seq_idx, initial_states, dout,
-                                   dfinal if ctx.has_final else None, ctx.silu)
-        return (dx, dw, db if bias is not None else None, None, dinit if initial_states is not None else None,
-                None, None)
+def _backward(ctx, bwd_op, dout, dfinal):
+    x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(x)
+    elif dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    dx, dw, db, dinit = bwd_op(x, weight, bias, seq_idx, initial_states, dout, dfinal if ctx.has_final else None,
+                               ctx.silu)
+    return (dx, dw, db if bias is not None else None, None, dinit if initial_states is not None else None,
+            None, None)
 
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::causal_conv1d_fwd")(_fwd_fake)
-    torch.library.register_fake("medkernels::causal_conv1d_bwd")(_bwd_fake)
-    torch.library.register_autograd("medkernels::causal_conv1d_fwd",
-                                    _backward_with(torch.ops.medkernels.causal_conv1d_bwd), setup_context=_setup)
-    _library.no_double_backward("causal_conv1d_fn", "causal_conv1d_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -216,29 +206,12 @@ if _library.HAS_TRITON:
         dinit = x.new_empty((0,)) if initial_states is None else dext[..., :width - 1].to(x.dtype, copy=True)
         return dext[..., width - 1:].to(x.dtype, copy=True), dw, db, dinit
 
-    torch.library.register_fake("medkernels::causal_conv1d_fwd_triton")(_fwd_fake)
-    torch.library.register_fake("medkernels::causal_conv1d_bwd_triton")(_bwd_fake)
-    torch.library.register_autograd("medkernels::causal_conv1d_fwd_triton",
-                                    _backward_with(torch.ops.medkernels.causal_conv1d_bwd_triton),
-                                    setup_context=_setup)
-    _library.no_double_backward("causal_conv1d_fn", "causal_conv1d_bwd_triton")
 
-_why_not_cpu = _library.cpu_reason("causal_conv1d_fwd")
+_library.register_kernel("causal_conv1d_fn", ("causal_conv1d_fwd", "causal_conv1d_bwd"),
+                         ("causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"),
+                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
 
-
-def _why_not_triton(x, *rest, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    return interpreter_or_gpu(x, forced)
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": lambda x, *a, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                                else "no CUDA causal conv1d kernel (the Triton kernel is the GPU path)"),
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
+BACKENDS = Backends("causal_conv1d_fn", cpu="causal_conv1d_fwd", triton="causal_conv1d_fwd_triton")
 
 
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
@@ -269,7 +242,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     fn = "causal_conv1d_fn"
     silu = _silu(activation, fn)
     _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out)
-    name = choose_backend(fn, _REASONS, backend, x)
+    name = BACKENDS.choose(backend, x)
     if name == "reference":
         return causal_conv1d_ref(x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out,
                                  activation)

@@ -18,7 +18,7 @@ import math
 import torch
 
 from . import _library
-from ._backend import Reason, choose_backend
+from ._backend import Backends
 
 __all__ = ["dct2d", "idct2d", "dct2d_ref", "idct2d_ref", "dct_matrix"]
 
@@ -91,25 +91,18 @@ def _sep_setup(ctx, inputs, output):
     ctx.save_for_backward(x, mh, mw)
 
 
-def _sep_backward_with(op):
-    def backward(ctx, g):
-        x, mh, mw = ctx.saved_tensors
-        gx = gmh = gmw = None
-        if ctx.needs_input_grad[0]:
-            gx = op(g.contiguous(), mh.t().contiguous(), mw.t().contiguous())
-        if ctx.needs_input_grad[1]:  # dMh = sum_b G_b Mw X_b^T
-            gmh = torch.einsum("...ij,jk,...lk->il", g, mw, x)
-        if ctx.needs_input_grad[2]:  # dMw = sum_b G_b^T Mh X_b
-            gmw = torch.einsum("...ij,ik,...kl->jl", g, mh, x)
-        return gx, gmh, gmw
+def _sep_backward(ctx, op, g):
+    """The product is linear: dX = Mh^T G Mw, through the same op (so differentiable again)."""
+    x, mh, mw = ctx.saved_tensors
+    gx = gmh = gmw = None
+    if ctx.needs_input_grad[0]:
+        gx = op(g.contiguous(), mh.t().contiguous(), mw.t().contiguous())
+    if ctx.needs_input_grad[1]:  # dMh = sum_b G_b Mw X_b^T
+        gmh = torch.einsum("...ij,jk,...lk->il", g, mw, x)
+    if ctx.needs_input_grad[2]:  # dMw = sum_b G_b^T Mh X_b
+        gmw = torch.einsum("...ij,ik,...kl->jl", g, mh, x)
+    return gx, gmh, gmw
 
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::separable2d")(_sep_fake)
-    torch.library.register_autograd("medkernels::separable2d", _sep_backward_with(torch.ops.medkernels.separable2d),
-                                    setup_context=_sep_setup)
 
 if _library.HAS_TRITON:
     from medkernels.triton import dct as _tdct
@@ -118,29 +111,12 @@ if _library.HAS_TRITON:
     def _sep_triton(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
         return _tdct.separable2d(x, mh, mw)
 
-    torch.library.register_fake("medkernels::separable2d_triton")(_sep_fake)
-    torch.library.register_autograd("medkernels::separable2d_triton",
-                                    _sep_backward_with(torch.ops.medkernels.separable2d_triton),
-                                    setup_context=_sep_setup)
 
-_why_not_cpu = _library.cpu_reason("separable2d")
+_library.register_kernel("dct2d/idct2d", ("separable2d", "separable2d"), ("separable2d_triton", "separable2d_triton"),
+                         fwd_fake=_sep_fake, setup_context=_sep_setup, backward=_sep_backward,
+                         twice_differentiable=True)
 
-
-def _why_not_triton(x, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    if x.dtype != torch.float32:
-        return f"the Triton DCT computes in float32, got {x.dtype}"
-    return interpreter_or_gpu(x, forced)
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                            else "no CUDA DCT kernel (the triton backend is the GPU path)"),
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
+BACKENDS = {fn: Backends(fn, cpu="separable2d", triton="separable2d_triton") for fn in ("dct2d", "idct2d")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,10 +151,11 @@ def _check_x(fn, x):
 
 
 def _transform(fn, x, out_hw, norm, inverse, backend):
+    """The separable product with the bases on the chosen backend (the reference: the two matmuls)."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute)
     mh, mw = _bases(x.shape[-2], x.shape[-1], out_hw[0], out_hw[1], norm, inverse, compute, x.device)
-    name = choose_backend(fn, _REASONS, backend, xc)
+    name = BACKENDS[fn.removesuffix("_ref")].choose(backend, xc, op=fn)
     if name == "reference":
         out = torch.matmul(torch.matmul(mh, xc), mw.t())
     elif name == "triton":
@@ -238,9 +215,15 @@ def idct2d(x, norm="ortho", *, s=None, backend=None):
 
 def dct2d_ref(x, norm="ortho", *, keep=None):
     """Pure-PyTorch :func:`dct2d`: two matmuls with the (truncated) float64-built cosine bases."""
-    return dct2d(x, norm, keep=keep, backend="reference")
+    fn = "dct2d_ref"
+    _check_x(fn, x)
+    _check_norm(fn, norm)
+    return _transform(fn, x, _pair(fn, "keep", keep, x.shape[-2:], at_least=False), norm, False, "reference")
 
 
 def idct2d_ref(x, norm="ortho", *, s=None):
     """Pure-PyTorch :func:`idct2d`: two matmuls with the (truncated) float64-built inverse bases."""
-    return idct2d(x, norm, s=s, backend="reference")
+    fn = "idct2d_ref"
+    _check_x(fn, x)
+    _check_norm(fn, norm)
+    return _transform(fn, x, _pair(fn, "s", s, x.shape[-2:], at_least=True), norm, True, "reference")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from . import _library
-from ._backend import Reason, choose_backend
-from ._checks import softmax_scale
+from ._backend import Backends
+from .checks import group_size3, softmax_scale
 
 __all__ = ["dilated_attention3d", "dilated_attention3d_ref", "dilated_groups"]
 
@@ -32,15 +32,6 @@ _SCOPES = ("local", "global")
 
 def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _group_size(fn: str, group_size) -> tuple[int, int, int]:
-    if isinstance(group_size, int) and not isinstance(group_size, bool):
-        group_size = (group_size,) * 3
-    if (isinstance(group_size, (tuple, list)) and len(group_size) == 3
-            and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in group_size)):
-        return tuple(group_size)
-    raise ValueError(f"{fn}: group_size must be an int or a tuple of 3 ints, each >= 1, got {group_size!r}")
 
 
 def _check(fn, query, key, value, group_size, scope):
@@ -61,7 +52,7 @@ def _check(fn, query, key, value, group_size, scope):
             raise ValueError(f"{fn}: {name} must have query's shape {tuple(query.shape)}, got {tuple(t.shape)}")
     if scope not in _SCOPES:
         raise ValueError(f"{fn}: scope must be 'local' or 'global', got {scope!r}")
-    return _group_size(fn, group_size)
+    return group_size3(fn, group_size)
 
 
 def dilated_groups(spatial, group_size, scope, device=None):
@@ -78,7 +69,7 @@ def dilated_groups(spatial, group_size, scope, device=None):
         ``(d * H + h) * W + w`` of each group's members in row-major member order, and whether each
         member exists (False where it would sit in the padding; its index is then 0).
     """
-    group = _group_size("dilated_groups", group_size)
+    group = group_size3("dilated_groups", group_size)
     if scope not in _SCOPES:
         raise ValueError(f"dilated_groups: scope must be 'local' or 'global', got {scope!r}")
     coords, valids = [], []
@@ -100,9 +91,9 @@ def dilated_groups(spatial, group_size, scope, device=None):
     return torch.where(valid, index.reshape(shape), 0), valid
 
 
-def _reference(query, key, value, group, scope, scale, attn_dropout=None):
-    """Gathers every group by index and runs masked dense attention in float32 (float64).
-    ``attn_dropout`` (a module or function) is applied to the attention weights (for nn modules)."""
+def _reference(query, key, value, group, scope, scale, dropout_p=0.0):
+    """Gathers every group by index and runs masked dense attention in float32 (float64), with dropout
+    of probability ``dropout_p`` on the attention weights."""
     B, D, H, W, nh, d = query.shape
     acc = _acc(query)
     index, valid = dilated_groups((D, H, W), group, scope, query.device)
@@ -111,8 +102,8 @@ def _reference(query, key, value, group, scope, scale, attn_dropout=None):
     logits = logits.masked_fill(~valid[None, :, None, None, :], float("-inf"))
     lse = torch.logsumexp(logits, dim=-1)  # [B, G, nh, T]
     weights = torch.exp(logits - lse[..., None])
-    if attn_dropout is not None:
-        weights = attn_dropout(weights)
+    if dropout_p > 0:
+        weights = torch.nn.functional.dropout(weights, dropout_p)
     o = torch.einsum("bghqk,bgkhd->bgqhd", weights, v)
     rows = index[valid]
     out = o.new_zeros(B, D * H * W, nh, d)
@@ -137,24 +128,13 @@ def _setup(ctx, inputs, output):
     ctx.args = (group_size, global_scope, scale)
 
 
-def _backward_with(bwd_op):
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        dq, dk, dv = bwd_op(grad_out, grad_lse, query, key, value, out, lse, *ctx.args)
-        return dq, dk, dv, None, None, None
+def _backward(ctx, bwd_op, grad_out, grad_lse):
+    query, key, value, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = bwd_op(grad_out, grad_lse, query, key, value, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None
 
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::dilated_attention3d_fwd")(_fwd_fake)
-    torch.library.register_fake("medkernels::dilated_attention3d_bwd")(_bwd_fake)
-    torch.library.register_autograd("medkernels::dilated_attention3d_fwd",
-                                    _backward_with(torch.ops.medkernels.dilated_attention3d_bwd),
-                                    setup_context=_setup)
-    _library.no_double_backward("dilated_attention3d", "dilated_attention3d_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -179,32 +159,27 @@ if _library.HAS_TRITON:
                                    group_size, global_scope, scale)
         return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
-    torch.library.register_fake("medkernels::dilated_attention3d_fwd_triton")(_fwd_fake)
-    torch.library.register_fake("medkernels::dilated_attention3d_bwd_triton")(_bwd_fake)
-    torch.library.register_autograd("medkernels::dilated_attention3d_fwd_triton",
-                                    _backward_with(torch.ops.medkernels.dilated_attention3d_bwd_triton),
-                                    setup_context=_setup)
-    _library.no_double_backward("dilated_attention3d", "dilated_attention3d_bwd_triton")
 
-_why_not_cpu = _library.cpu_reason("dilated_attention3d_fwd")
+_library.register_kernel("dilated_attention3d", ("dilated_attention3d_fwd", "dilated_attention3d_bwd"),
+                         ("dilated_attention3d_fwd_triton", "dilated_attention3d_bwd_triton"),
+                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
 
-
-def _why_not_triton(query, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    return interpreter_or_gpu(query, forced)
+def _no_dropout(query, dropout_p=0.0):
+    return "dropout on the attention weights runs on the reference backend only" if dropout_p > 0 else None
 
 
-_REASONS: dict[str, Reason] = {
-    "cuda": lambda query, **k: (f"inputs are on {query.device.type}, not cuda" if query.device.type != "cuda"
-                                else "no CUDA dilated-attention kernel (the triton backend is the GPU path)"),
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
+BACKENDS = Backends("dilated_attention3d", cpu="dilated_attention3d_fwd", triton="dilated_attention3d_fwd_triton",
+                    limits={"cpu": _no_dropout, "triton": _no_dropout})
 
 
-def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, return_lse=False, backend=None):
+def _check_dropout(fn: str, dropout_p) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{fn}: dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    return float(dropout_p)
+
+
+def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, return_lse=False, dropout_p=0.0,
+                        backend=None):
     """D-Former group self-attention over a 3D token grid (local or global dilated scope).
 
     Args:
@@ -217,6 +192,8 @@ def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, ret
             partition: the token at ``m * I + r`` is in group r, ``I = padded size / group size``).
         scale: softmax scale, default ``head_dim ** -0.5``.
         return_lse: also return the logsumexp ``[B, D, H, W, heads]`` (float32; float64 for float64).
+        dropout_p: dropout on the attention weights (as SDPA's; D-Former's ``attn_drop`` in training). The
+            fused kernels have none: above 0 the reference runs (the automatic choice warns once).
         backend: None/"auto", "cuda", "triton", "cpu" or "reference" (see medkernels.ops.choose_backend).
 
     Returns:
@@ -225,26 +202,28 @@ def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, ret
 
     Raises:
         TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches, a bad
-            group_size or scope.
+            group_size, scope, scale or dropout_p.
     """
     fn = "dilated_attention3d"
     group = _check(fn, query, key, value, group_size, scope)
     scale = softmax_scale(fn, scale, query.shape[-1])
-    name = choose_backend(fn, _REASONS, backend, query)
+    dropout_p = _check_dropout(fn, dropout_p)
+    name = BACKENDS.choose(backend, query, dropout_p)
     if name == "reference":
-        out, lse = _reference(query, key, value, group, scope, scale)
-    elif name == "triton":
-        out, lse = torch.ops.medkernels.dilated_attention3d_fwd_triton(query, key, value, list(group),
-                                                                       scope == "global", scale)
-    else:
-        out, lse = torch.ops.medkernels.dilated_attention3d_fwd(query, key, value, list(group), scope == "global",
-                                                                scale)
+        return dilated_attention3d_ref(query, key, value, group, scope, scale, return_lse=return_lse,
+                                       dropout_p=dropout_p)
+    op = (torch.ops.medkernels.dilated_attention3d_fwd_triton if name == "triton"
+          else torch.ops.medkernels.dilated_attention3d_fwd)
+    out, lse = op(query, key, value, list(group), scope == "global", scale)
     return (out, lse) if return_lse else out
 
 
-def dilated_attention3d_ref(query, key, value, group_size, scope, scale=None, *, return_lse=False):
+def dilated_attention3d_ref(query, key, value, group_size, scope, scale=None, *, return_lse=False, dropout_p=0.0):
     """Pure-PyTorch :func:`dilated_attention3d` (the oracle): gathers every group by index
     (:func:`dilated_groups`) and runs masked dense softmax attention in float32 (float64 for float64).
     Arguments and returns as :func:`dilated_attention3d`."""
-    return dilated_attention3d(query, key, value, group_size, scope, scale, return_lse=return_lse,
-                               backend="reference")
+    fn = "dilated_attention3d_ref"
+    group = _check(fn, query, key, value, group_size, scope)
+    out, lse = _reference(query, key, value, group, scope, softmax_scale(fn, scale, query.shape[-1]),
+                          _check_dropout(fn, dropout_p))
+    return (out, lse) if return_lse else out

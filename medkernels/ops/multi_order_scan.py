@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from . import _library
-from ._backend import Reason, choose_backend
-from ._checks import has_values
+from ._backend import Backends
+from .checks import has_values
 from .selective_scan import _FLOAT_DTYPES, _param_dtype, selective_scan_ref
 
 __all__ = ["multi_order_selective_scan", "multi_order_selective_scan_ref", "check_orders"]
@@ -152,28 +152,16 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _backward_with(bwd_op):
-    def backward(ctx, grad_out, _grad_checkpoints):
-        u, delta, A, B, C, D, delta_bias, orders, checkpoints = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(u)
-        elif grad_out.stride(-1) != 1:
-            grad_out = grad_out.contiguous()
-        du, ddelta, dA, dB, dC, dD, dbias = bwd_op(grad_out, u, delta, A, B, C, D, delta_bias, orders, checkpoints,
-                                                    ctx.delta_softplus, ctx.chunk_size)
-        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
-                None, None, None)
-
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::multi_order_selective_scan_fwd")(_fwd_fake)
-    torch.library.register_fake("medkernels::multi_order_selective_scan_bwd")(_bwd_fake)
-    torch.library.register_autograd("medkernels::multi_order_selective_scan_fwd",
-                                    _backward_with(torch.ops.medkernels.multi_order_selective_scan_bwd),
-                                    setup_context=_setup_context)
-    _library.no_double_backward("multi_order_selective_scan", "multi_order_selective_scan_bwd")
+def _backward(ctx, bwd_op, grad_out, _grad_checkpoints):
+    u, delta, A, B, C, D, delta_bias, orders, checkpoints = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(u)
+    elif grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    du, ddelta, dA, dB, dC, dD, dbias = bwd_op(grad_out, u, delta, A, B, C, D, delta_bias, orders, checkpoints,
+                                                ctx.delta_softplus, ctx.chunk_size)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
+            None, None, None)
 
 
 if _library.HAS_TRITON:
@@ -207,41 +195,14 @@ if _library.HAS_TRITON:
                 empty.clone() if D is None else dD.to(D.dtype),
                 empty.clone() if delta_bias is None else dbias.to(delta_bias.dtype))
 
-    torch.library.register_fake("medkernels::multi_order_selective_scan_fwd_triton")(_fwd_fake)
-    torch.library.register_fake("medkernels::multi_order_selective_scan_bwd_triton")(_bwd_fake)
-    torch.library.register_autograd("medkernels::multi_order_selective_scan_fwd_triton",
-                                    _backward_with(torch.ops.medkernels.multi_order_selective_scan_bwd_triton),
-                                    setup_context=_setup_context)
-    _library.no_double_backward("multi_order_selective_scan", "multi_order_selective_scan_bwd_triton")
 
+_library.register_kernel(_OP, ("multi_order_selective_scan_fwd", "multi_order_selective_scan_bwd"),
+                         ("multi_order_selective_scan_fwd_triton", "multi_order_selective_scan_bwd_triton"),
+                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup_context, backward=_backward)
 
-# ---------------------------------------------------------------------------------------------
-# Backends.
-
-def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
-    return "there is no CUDA kernel for the multi-order scan (the Triton one runs on CUDA)"
-
-
-def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    why = interpreter_or_gpu(u, forced)
-    if why is None and u.dtype == torch.float64:
-        return "the Triton kernel computes in float32; float64 runs on the cpu or reference backend"
-    if why is None and torch.are_deterministic_algorithms_enabled():
-        return "deterministic algorithms are on and the Triton kernels sum with atomics"
-    return why
-
-
-_why_not_cpu = _library.cpu_reason("multi_order_selective_scan_fwd")
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": _why_not_cuda,
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *args, **kw: None,
-}
+# The Triton kernels sum the orderings and dB/dC with atomics.
+BACKENDS = Backends(_OP, cpu="multi_order_selective_scan_fwd", triton="multi_order_selective_scan_fwd_triton",
+                    triton_atomics=True)
 
 
 def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delta_softplus=True, backend=None):
@@ -277,7 +238,7 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, delta_bias, orders)
-    name = choose_backend(_OP, _REASONS, backend, u)
+    name = BACKENDS.choose(backend, u)
     if name == "reference":
         return multi_order_selective_scan_ref(u, delta, A, B, C, D, delta_bias, orders,
                                               delta_softplus=delta_softplus)

@@ -20,13 +20,12 @@ window is shorter), ``na{1,2,3}d_av`` applies attention weights to values.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
 from . import _library
-from ._backend import Reason, choose_backend
-from ._checks import softmax_scale
+from ._backend import Backends
+from .checks import na_causal, na_dims, softmax_scale
 
 __all__ = [
     "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
@@ -39,27 +38,6 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # ---------------------------------------------------------------------------------------------
 # Arguments: natten's rules and messages.
-
-
-def _dims(name: str, value, na_dim: int, minimum: int, what: str) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        value = None
-    if isinstance(value, int) and value >= minimum:
-        return (value,) * na_dim
-    if (isinstance(value, Sequence) and len(value) == na_dim
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value)):
-        return tuple(value)
-    raise ValueError(f"Invalid value for `{name}`; expected an integer or tuple of {na_dim} integers, {what}, "
-                     f"got {type(value)=}, {value=}.")
-
-
-def _causal(value, na_dim: int) -> tuple[bool, ...]:
-    if isinstance(value, bool):
-        return (value,) * na_dim
-    if isinstance(value, Sequence) and len(value) == na_dim and all(isinstance(c, bool) for c in value):
-        return tuple(value)
-    raise ValueError(f"Invalid value for `is_causal`; expected a boolean or tuple of {na_dim} booleans, "
-                     f"got {type(value)=}, {value=}.")
 
 
 def _check_args_against_input(fn: str, spatial, kernel, stride, dilation) -> None:
@@ -264,69 +242,62 @@ def _na_fwd_setup(ctx, inputs, output):
     ctx.args = (kernel_size, stride, dilation, is_causal, scale)
 
 
-def _na_fwd_backward_with(bwd_op):
-    def backward(ctx, grad_out, grad_lse):
-        query, key, value, out, lse, rpb, ak, av = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        dq, dk, dv, drpb, dak, dav = bwd_op(grad_out, grad_lse, query, key, value, out, lse, *ctx.args, rpb, ak, av)
-        return (dq, dk, dv, None, None, None, None, None, drpb if rpb is not None else None,
-                dak if ak is not None else None, dav if av is not None else None)
-
-    return backward
+def _na_fwd_backward(ctx, bwd_op, grad_out, grad_lse):
+    query, key, value, out, lse, rpb, ak, av = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, drpb, dak, dav = bwd_op(grad_out, grad_lse, query, key, value, out, lse, *ctx.args, rpb, ak, av)
+    return (dq, dk, dv, None, None, None, None, None, drpb if rpb is not None else None,
+            dak if ak is not None else None, dav if av is not None else None)
 
 
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::na_fwd")(_na_fwd_fake)
-    torch.library.register_fake("medkernels::na_bwd")(_na_bwd_fake)
-    torch.library.register_autograd("medkernels::na_fwd", _na_fwd_backward_with(torch.ops.medkernels.na_bwd),
-                                    setup_context=_na_fwd_setup)
-    _library.no_double_backward("na1d/na2d/na3d", "na_bwd")
+def _na_qk_fake(query, key, kernel_size, dilation, is_causal, rpb):
+    return query.new_empty((*query.shape[:-1], math.prod(kernel_size)))
 
-    @torch.library.register_fake("medkernels::na_qk")
-    def _na_qk_fake(query, key, kernel_size, dilation, is_causal, rpb):
-        return query.new_empty((*query.shape[:-1], math.prod(kernel_size)))
 
-    @torch.library.register_fake("medkernels::na_qk_bwd")
-    def _na_qk_bwd_fake(grad_attn, query, key, kernel_size, dilation, is_causal, rpb):
-        return (torch.empty_like(query, memory_format=torch.contiguous_format),
-                torch.empty_like(key, memory_format=torch.contiguous_format),
-                query.new_empty((0,), dtype=_acc(query)) if rpb is None else torch.empty_like(rpb))
+def _na_qk_bwd_fake(grad_attn, query, key, kernel_size, dilation, is_causal, rpb):
+    return (torch.empty_like(query, memory_format=torch.contiguous_format),
+            torch.empty_like(key, memory_format=torch.contiguous_format),
+            query.new_empty((0,), dtype=_acc(query)) if rpb is None else torch.empty_like(rpb))
 
-    def _na_qk_setup(ctx, inputs, output):
-        query, key, kernel_size, dilation, is_causal, rpb = inputs
-        ctx.save_for_backward(query, key, rpb)
-        ctx.args = (kernel_size, dilation, is_causal)
 
-    def _na_qk_backward(ctx, grad_attn):
-        query, key, rpb = ctx.saved_tensors
-        dq, dk, drpb = torch.ops.medkernels.na_qk_bwd(grad_attn, query, key, *ctx.args, rpb)
-        return dq, dk, None, None, None, drpb if rpb is not None else None
+def _na_qk_setup(ctx, inputs, output):
+    query, key, kernel_size, dilation, is_causal, rpb = inputs
+    ctx.save_for_backward(query, key, rpb)
+    ctx.args = (kernel_size, dilation, is_causal)
 
-    torch.library.register_autograd("medkernels::na_qk", _na_qk_backward, setup_context=_na_qk_setup)
-    _library.no_double_backward("na1d_qk/na2d_qk/na3d_qk", "na_qk_bwd")
 
-    @torch.library.register_fake("medkernels::na_av")
-    def _na_av_fake(attn, value, kernel_size, dilation, is_causal):
-        return value.new_empty((*attn.shape[:-1], value.shape[-1]))
+def _na_qk_backward(ctx, bwd_op, grad_attn):
+    query, key, rpb = ctx.saved_tensors
+    dq, dk, drpb = bwd_op(grad_attn, query, key, *ctx.args, rpb)
+    return dq, dk, None, None, None, drpb if rpb is not None else None
 
-    @torch.library.register_fake("medkernels::na_av_bwd")
-    def _na_av_bwd_fake(grad_out, attn, value, kernel_size, dilation, is_causal):
-        return (torch.empty_like(attn, memory_format=torch.contiguous_format),
-                torch.empty_like(value, memory_format=torch.contiguous_format))
 
-    def _na_av_setup(ctx, inputs, output):
-        attn, value, kernel_size, dilation, is_causal = inputs
-        ctx.save_for_backward(attn, value)
-        ctx.args = (kernel_size, dilation, is_causal)
+def _na_av_fake(attn, value, kernel_size, dilation, is_causal):
+    return value.new_empty((*attn.shape[:-1], value.shape[-1]))
 
-    def _na_av_backward(ctx, grad_out):
-        attn, value = ctx.saved_tensors
-        dattn, dv = torch.ops.medkernels.na_av_bwd(grad_out, attn, value, *ctx.args)
-        return dattn, dv, None, None, None
 
-    torch.library.register_autograd("medkernels::na_av", _na_av_backward, setup_context=_na_av_setup)
-    _library.no_double_backward("na1d_av/na2d_av/na3d_av", "na_av_bwd")
+def _na_av_bwd_fake(grad_out, attn, value, kernel_size, dilation, is_causal):
+    return (torch.empty_like(attn, memory_format=torch.contiguous_format),
+            torch.empty_like(value, memory_format=torch.contiguous_format))
+
+
+def _na_av_setup(ctx, inputs, output):
+    attn, value, kernel_size, dilation, is_causal = inputs
+    ctx.save_for_backward(attn, value)
+    ctx.args = (kernel_size, dilation, is_causal)
+
+
+def _na_av_backward(ctx, bwd_op, grad_out):
+    attn, value = ctx.saved_tensors
+    dattn, dv = bwd_op(grad_out, attn, value, *ctx.args)
+    return dattn, dv, None, None, None
+
+
+_library.register_kernel("na1d_qk/na2d_qk/na3d_qk", ("na_qk", "na_qk_bwd"), fwd_fake=_na_qk_fake,
+                         bwd_fake=_na_qk_bwd_fake, setup_context=_na_qk_setup, backward=_na_qk_backward)
+_library.register_kernel("na1d_av/na2d_av/na3d_av", ("na_av", "na_av_bwd"), fwd_fake=_na_av_fake,
+                         bwd_fake=_na_av_bwd_fake, setup_context=_na_av_setup, backward=_na_av_backward)
 
 
 def _inverse_index(keys: torch.Tensor, valid: torch.Tensor):
@@ -421,50 +392,16 @@ if _library.HAS_TRITON:
         return (_triton_back(dq, query, H, query.dtype), _triton_back(dk, key, Hk, key.dtype),
                 _triton_back(dv, value, Hk, value.dtype), drpb, dak_out, dav_out)
 
-    torch.library.register_fake("medkernels::na_fwd_triton")(_na_fwd_fake)
-    torch.library.register_fake("medkernels::na_bwd_triton")(_na_bwd_fake)
-    torch.library.register_autograd("medkernels::na_fwd_triton",
-                                    _na_fwd_backward_with(torch.ops.medkernels.na_bwd_triton),
-                                    setup_context=_na_fwd_setup)
-    _library.no_double_backward("na1d/na2d/na3d", "na_bwd_triton")
 
 
-# ---------------------------------------------------------------------------------------------
-# Backends.
+_library.register_kernel("na1d/na2d/na3d", ("na_fwd", "na_bwd"), ("na_fwd_triton", "na_bwd_triton"),
+                         fwd_fake=_na_fwd_fake, bwd_fake=_na_bwd_fake, setup_context=_na_fwd_setup,
+                         backward=_na_fwd_backward)
 
-_why_not_cpu = _library.cpu_reason("na_fwd")
-
-
-def _why_not_cuda(query, *rest, **kw) -> str | None:
-    if query.device.type != "cuda":
-        return f"inputs are on {query.device.type}, not cuda"
-    return "no CUDA neighborhood-attention kernel in this version (the triton backend is the GPU path)"
-
-
-def _why_not_triton(query, *rest, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    return interpreter_or_gpu(query, forced)
-
-
-_FUSED_REASONS: dict[str, Reason] = {"cuda": _why_not_cuda, "triton": _why_not_triton, "cpu": _why_not_cpu,
-                                     "reference": lambda *a, **k: None}
-_UNFUSED_REASONS: dict[str, Reason] = {
-    "cuda": _why_not_cuda,
-    "triton": lambda query, *a, **k: "the unfused qk/av pair has no Triton kernel (reference runs on GPU)",
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
-
-
-def can_run_cpu(query: torch.Tensor) -> bool:
-    """Whether the C++ CPU backend can run neighborhood attention on tensors like ``query``."""
-    return _why_not_cpu(query) is None
-
-
-def can_run_triton(query: torch.Tensor) -> bool:
-    """Whether the Triton backend can run fused neighborhood attention on tensors like ``query``."""
-    return _why_not_triton(query) is None
+# One declaration per public function (the fused ones share their kernels; so do the unfused pair's).
+FUSED_BACKENDS = {f"na{n}d": Backends(f"na{n}d", cpu="na_fwd", triton="na_fwd_triton") for n in (1, 2, 3)}
+QK_BACKENDS = {f"na{n}d_qk": Backends(f"na{n}d_qk", cpu="na_qk") for n in (1, 2, 3)}
+AV_BACKENDS = {f"na{n}d_av": Backends(f"na{n}d_av", cpu="na_av") for n in (1, 2, 3)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,32 +409,22 @@ def can_run_triton(query: torch.Tensor) -> bool:
 
 
 def _normalize(fn, na_dim, spatial, kernel_size, stride, dilation, is_causal):
-    kernel = _dims("kernel_size", kernel_size, na_dim, 2, "all >= 2")
-    stride = _dims("stride", stride, na_dim, 1, "all positive")
-    dilation = _dims("dilation", dilation, na_dim, 1, "all positive")
-    causal = _causal(is_causal, na_dim)
+    kernel = na_dims("kernel_size", kernel_size, na_dim, 2, "all >= 2")
+    stride = na_dims("stride", stride, na_dim, 1, "all positive")
+    dilation = na_dims("dilation", dilation, na_dim, 1, "all positive")
+    causal = na_causal(is_causal, na_dim)
     _check_args_against_input(fn, spatial, kernel, stride, dilation)
     return kernel, stride, dilation, causal
 
 
-def _na(na_dim, fn, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
-        additional_values, rpb, return_lse, backend):
+def _na_args(na_dim, fn, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+             additional_values, rpb):
+    """Checks a fused call's arguments: (kernel, stride, dilation, causal, scale) normalised."""
     _check_fused(fn, na_dim, query, key, value, additional_keys, additional_values)
     kernel, stride, dilation, causal = _normalize(fn, na_dim, query.shape[1:1 + na_dim], kernel_size, stride,
                                                   dilation, is_causal)
     _check_rpb(fn, rpb, query.shape[-2], kernel, query)
-    scale = softmax_scale(fn, scale, query.shape[-1])
-    name = choose_backend(fn, _FUSED_REASONS, backend, query)
-    if name == "reference":
-        out, lse = _na_fused_ref(query, key, value, kernel, stride, dilation, causal, scale, rpb, additional_keys,
-                                 additional_values)
-    elif name == "triton":
-        out, lse = torch.ops.medkernels.na_fwd_triton(query, key, value, list(kernel), list(stride), list(dilation),
-                                                      list(causal), scale, rpb, additional_keys, additional_values)
-    else:
-        out, lse = torch.ops.medkernels.na_fwd(query, key, value, list(kernel), list(stride), list(dilation),
-                                               list(causal), scale, rpb, additional_keys, additional_values)
-    return (out, lse) if return_lse else out
+    return kernel, stride, dilation, causal, softmax_scale(fn, scale, query.shape[-1])
 
 
 def _na_doc(na_dim: int) -> str:
@@ -533,13 +460,24 @@ def _make_fused(na_dim: int):
 
     def na(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
            additional_keys=None, additional_values=None, *, rpb=None, return_lse=False, backend=None):
-        return _na(na_dim, fn_name, query, key, value, kernel_size, stride, dilation, is_causal, scale,
-                   additional_keys, additional_values, rpb, return_lse, backend)
+        args = _na_args(na_dim, fn_name, query, key, value, kernel_size, stride, dilation, is_causal, scale,
+                        additional_keys, additional_values, rpb)
+        name = FUSED_BACKENDS[fn_name].choose(backend, query)
+        if name == "reference":
+            return na_ref(query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                          additional_values, rpb=rpb, return_lse=return_lse)
+        kernel, stride_, dilation_, causal, scale_ = args
+        op = torch.ops.medkernels.na_fwd_triton if name == "triton" else torch.ops.medkernels.na_fwd
+        out, lse = op(query, key, value, list(kernel), list(stride_), list(dilation_), list(causal), scale_, rpb,
+                      additional_keys, additional_values)
+        return (out, lse) if return_lse else out
 
     def na_ref(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
                additional_keys=None, additional_values=None, *, rpb=None, return_lse=False):
-        return _na(na_dim, f"{fn_name}_ref", query, key, value, kernel_size, stride, dilation, is_causal, scale,
-                   additional_keys, additional_values, rpb, return_lse, "reference")
+        args = _na_args(na_dim, f"{fn_name}_ref", query, key, value, kernel_size, stride, dilation, is_causal,
+                        scale, additional_keys, additional_values, rpb)
+        out, lse = _na_fused_ref(query, key, value, *args, rpb, additional_keys, additional_values)
+        return (out, lse) if return_lse else out
 
     na.__name__ = na.__qualname__ = fn_name
     na.__doc__ = _na_doc(na_dim)
@@ -569,31 +507,39 @@ def _make_unfused(na_dim: int):
     def prepare(fn, spatial, kernel_size, dilation, is_causal):
         return _normalize(fn, na_dim, spatial, kernel_size, 1, dilation, is_causal)
 
-    def qk(query, key, kernel_size, dilation=1, is_causal=False, rpb=None, *, backend=None):
-        _check_unfused(qk_name, na_dim, query, "query", key, "key")
+    def qk_args(fn, query, key, kernel_size, dilation, is_causal, rpb):
+        _check_unfused(fn, na_dim, query, "query", key, "key")
         if query.shape[-1] != key.shape[-1]:
-            raise ValueError(f"{qk_name}: Q and K head dims must match, got {query.shape[-1]=}, {key.shape[-1]=}.")
-        kernel, _, dilation_, causal = prepare(qk_name, query.shape[2:2 + na_dim], kernel_size, dilation, is_causal)
-        _check_rpb(qk_name, rpb, query.shape[1], kernel, query)
-        if choose_backend(qk_name, _UNFUSED_REASONS, backend, query) == "reference":
-            return _qk_ref(query, key, kernel, dilation_, causal, rpb)
+            raise ValueError(f"{fn}: Q and K head dims must match, got {query.shape[-1]=}, {key.shape[-1]=}.")
+        kernel, _, dilation_, causal = prepare(fn, query.shape[2:2 + na_dim], kernel_size, dilation, is_causal)
+        _check_rpb(fn, rpb, query.shape[1], kernel, query)
+        return kernel, dilation_, causal
+
+    def av_args(fn, attn, value, kernel_size, dilation, is_causal):
+        _check_unfused(fn, na_dim, attn, "attn", value, "value")
+        kernel, _, dilation_, causal = prepare(fn, attn.shape[2:2 + na_dim], kernel_size, dilation, is_causal)
+        if attn.shape[-1] != math.prod(kernel):
+            raise ValueError(f"{fn}: attn's last dim must be prod(kernel_size) = {math.prod(kernel)}, "
+                             f"got {attn.shape[-1]}")
+        return kernel, dilation_, causal
+
+    def qk(query, key, kernel_size, dilation=1, is_causal=False, rpb=None, *, backend=None):
+        kernel, dilation_, causal = qk_args(qk_name, query, key, kernel_size, dilation, is_causal, rpb)
+        if QK_BACKENDS[qk_name].choose(backend, query) == "reference":
+            return qk_ref(query, key, kernel_size, dilation, is_causal, rpb)
         return torch.ops.medkernels.na_qk(query, key, list(kernel), list(dilation_), list(causal), rpb)
 
     def av(attn, value, kernel_size, dilation=1, is_causal=False, *, backend=None):
-        _check_unfused(av_name, na_dim, attn, "attn", value, "value")
-        kernel, _, dilation_, causal = prepare(av_name, attn.shape[2:2 + na_dim], kernel_size, dilation, is_causal)
-        if attn.shape[-1] != math.prod(kernel):
-            raise ValueError(f"{av_name}: attn's last dim must be prod(kernel_size) = {math.prod(kernel)}, "
-                             f"got {attn.shape[-1]}")
-        if choose_backend(av_name, _UNFUSED_REASONS, backend, attn) == "reference":
-            return _av_ref(attn, value, kernel, dilation_, causal)
+        kernel, dilation_, causal = av_args(av_name, attn, value, kernel_size, dilation, is_causal)
+        if AV_BACKENDS[av_name].choose(backend, attn) == "reference":
+            return av_ref(attn, value, kernel_size, dilation, is_causal)
         return torch.ops.medkernels.na_av(attn, value, list(kernel), list(dilation_), list(causal))
 
     def qk_ref(query, key, kernel_size, dilation=1, is_causal=False, rpb=None):
-        return qk(query, key, kernel_size, dilation, is_causal, rpb, backend="reference")
+        return _qk_ref(query, key, *qk_args(f"{qk_name}_ref", query, key, kernel_size, dilation, is_causal, rpb), rpb)
 
     def av_ref(attn, value, kernel_size, dilation=1, is_causal=False):
-        return av(attn, value, kernel_size, dilation, is_causal, backend="reference")
+        return _av_ref(attn, value, *av_args(f"{av_name}_ref", attn, value, kernel_size, dilation, is_causal))
 
     sp = ", ".join(f"X{i}" for i in range(na_dim))
     qk.__doc__ = f"""Neighborhood attention logits (natten 0.17's unfused ``{qk_name}``), heads first.

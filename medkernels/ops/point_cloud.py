@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 from . import _library
-from ._backend import Reason, choose_backend
-from ._checks import has_values
+from ._backend import Backends
+from .checks import has_values
 
 __all__ = ["furthest_point_sample", "furthest_point_sample_ref", "knn", "knn_ref"]
 
@@ -72,24 +72,8 @@ def _check_lengths(fn: str, name: str, lengths, like: torch.Tensor, lo: int, hi:
     return lengths
 
 
-_why_not_cpu = _library.cpu_reason("furthest_point_sample")
-
-
-def _why_not_triton(x, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    if x.dtype == torch.float64:
-        return "the Triton kernels compute in float32 (float64 runs on cpu or reference)"
-    return interpreter_or_gpu(x, forced)
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                            else "no CUDA point-cloud kernel (the triton backend is the GPU path)"),
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
+FPS_BACKENDS = Backends("furthest_point_sample", cpu="furthest_point_sample", triton="furthest_point_sample_triton")
+KNN_BACKENDS = Backends("knn", cpu="knn", triton="knn_triton")
 
 
 def _sqdist(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -109,9 +93,6 @@ def _fps_fake(xyz, npoint, lengths, start_idx):
     return xyz.new_empty((xyz.shape[0], npoint), dtype=torch.int64)
 
 
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::furthest_point_sample")(_fps_fake)
-
 if _library.HAS_TRITON:
     from medkernels.triton import point_cloud as _tpc
 
@@ -119,7 +100,9 @@ if _library.HAS_TRITON:
     def _fps_triton(xyz: torch.Tensor, npoint: int, lengths: torch.Tensor | None, start_idx: int) -> torch.Tensor:
         return _tpc.furthest_point_sample(xyz, npoint, lengths, start_idx)
 
-    torch.library.register_fake("medkernels::furthest_point_sample_triton")(_fps_fake)
+
+_library.register_kernel("furthest_point_sample", ("furthest_point_sample", None),
+                         ("furthest_point_sample_triton", None), fwd_fake=_fps_fake)
 
 
 def _fps_reference(xyz, npoint, lengths, start_idx):
@@ -161,7 +144,22 @@ def furthest_point_sample(xyz, npoint, *, lengths=None, start_idx=0, backend=Non
         TypeError / ValueError: a bad rank, dtype or device; ``npoint`` > N (or a length);
             ``start_idx`` outside the cloud.
     """
-    fn = "furthest_point_sample"
+    npoint, lengths, start_idx = _fps_args("furthest_point_sample", xyz, npoint, lengths, start_idx)
+    name = FPS_BACKENDS.choose(backend, xyz)
+    if name == "reference":
+        return furthest_point_sample_ref(xyz, npoint, lengths=lengths, start_idx=start_idx)
+    if name == "triton":
+        return torch.ops.medkernels.furthest_point_sample_triton(xyz, npoint, lengths, start_idx)
+    return torch.ops.medkernels.furthest_point_sample(xyz, npoint, lengths, start_idx)
+
+
+def furthest_point_sample_ref(xyz, npoint, *, lengths=None, start_idx=0):
+    """Pure-PyTorch :func:`furthest_point_sample`: the textbook loop, one step per sampled point."""
+    return _fps_reference(xyz, *_fps_args("furthest_point_sample_ref", xyz, npoint, lengths, start_idx))
+
+
+def _fps_args(fn, xyz, npoint, lengths, start_idx):
+    """Checks FPS's arguments: (npoint, lengths as int64 or None, start_idx)."""
     _check_cloud(fn, "xyz", xyz)
     n = xyz.shape[1]
     if n == 0:
@@ -170,17 +168,7 @@ def furthest_point_sample(xyz, npoint, *, lengths=None, start_idx=0, backend=Non
     start_idx = _check_int(fn, "start_idx", start_idx, 0, n - 1, "an index into the cloud")
     lengths = _check_lengths(fn, "lengths", lengths, xyz, max(npoint, start_idx + 1), n,
                              "each cloud needs at least npoint points and start_idx")
-    name = choose_backend(fn, _REASONS, backend, xyz)
-    if name == "reference":
-        return _fps_reference(xyz, npoint, lengths, start_idx)
-    if name == "triton":
-        return torch.ops.medkernels.furthest_point_sample_triton(xyz, npoint, lengths, start_idx)
-    return torch.ops.medkernels.furthest_point_sample(xyz, npoint, lengths, start_idx)
-
-
-def furthest_point_sample_ref(xyz, npoint, *, lengths=None, start_idx=0):
-    """Pure-PyTorch :func:`furthest_point_sample`: the textbook loop, one step per sampled point."""
-    return furthest_point_sample(xyz, npoint, lengths=lengths, start_idx=start_idx, backend="reference")
+    return npoint, lengths, start_idx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +185,7 @@ def _knn_setup(ctx, inputs, output):
     ctx.save_for_backward(query, points, output[1])
 
 
-def _knn_backward(ctx, grad_dists, grad_idx):
+def _knn_backward(ctx, _bwd_op, grad_dists, grad_idx):
     """d = sum_c (q_c - p_c)^2: dq = sum_j 2 (q - p_j) g_j, dp_j -= 2 (q - p_j) g_j (padded entries skipped)."""
     query, points, idx = ctx.saved_tensors
     B, M, K = idx.shape
@@ -215,10 +203,6 @@ def _knn_backward(ctx, grad_dists, grad_idx):
     return gq, gp, None, None, None
 
 
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::knn")(_knn_fake)
-    torch.library.register_autograd("medkernels::knn", _knn_backward, setup_context=_knn_setup)
-
 if _library.HAS_TRITON:
 
     @torch.library.custom_op("medkernels::knn_triton", mutates_args=())
@@ -226,8 +210,10 @@ if _library.HAS_TRITON:
                     lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return _tpc.knn(query, points, k, query_lengths, lengths)
 
-    torch.library.register_fake("medkernels::knn_triton")(_knn_fake)
-    torch.library.register_autograd("medkernels::knn_triton", _knn_backward, setup_context=_knn_setup)
+
+# The backward is torch ops (gathers, scatter-adds): differentiable again.
+_library.register_kernel("knn", ("knn", None), ("knn_triton", None), fwd_fake=_knn_fake, setup_context=_knn_setup,
+                         backward=_knn_backward)
 
 
 def _knn_reference(query, points, k, query_lengths, lengths):
@@ -272,7 +258,23 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
     Raises:
         TypeError / ValueError: a bad rank, dtype or device; ``k`` larger than the number of points.
     """
-    fn = "knn"
+    k, query_lengths, lengths = _knn_args("knn", query, points, k, query_lengths, lengths, sorted)
+    name = KNN_BACKENDS.choose(backend, query)
+    if name == "reference":
+        return knn_ref(query, points, k, query_lengths=query_lengths, lengths=lengths)
+    if name == "triton":
+        return torch.ops.medkernels.knn_triton(query, points, k, query_lengths, lengths)
+    return torch.ops.medkernels.knn(query, points, k, query_lengths, lengths)
+
+
+def knn_ref(query, points, k, *, query_lengths=None, lengths=None, sorted=True):
+    """Pure-PyTorch :func:`knn`: all pairwise distances, a stable sort, the first k."""
+    k, query_lengths, lengths = _knn_args("knn_ref", query, points, k, query_lengths, lengths, sorted)
+    return _knn_reference(query, points, k, query_lengths, lengths)
+
+
+def _knn_args(fn, query, points, k, query_lengths, lengths, sorted):
+    """Checks kNN's arguments: (k, query_lengths, lengths), the lengths as int64 or None."""
     _check_cloud(fn, "query", query)
     _check_cloud(fn, "points", points)
     if points.shape[0] != query.shape[0] or points.shape[2] != query.shape[2]:
@@ -289,14 +291,4 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
     k = _check_int(fn, "k", k, 1, n, "at most N, the number of points")
     lengths = _check_lengths(fn, "lengths", lengths, points, k, n, "each cloud needs at least k points")
     query_lengths = _check_lengths(fn, "query_lengths", query_lengths, query, 0, query.shape[1], "at most M")
-    name = choose_backend(fn, _REASONS, backend, query)
-    if name == "reference":
-        return _knn_reference(query, points, k, query_lengths, lengths)
-    if name == "triton":
-        return torch.ops.medkernels.knn_triton(query, points, k, query_lengths, lengths)
-    return torch.ops.medkernels.knn(query, points, k, query_lengths, lengths)
-
-
-def knn_ref(query, points, k, *, query_lengths=None, lengths=None, sorted=True):
-    """Pure-PyTorch :func:`knn`: all pairwise distances, a stable sort, the first k."""
-    return knn(query, points, k, query_lengths=query_lengths, lengths=lengths, sorted=sorted, backend="reference")
+    return k, query_lengths, lengths

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _library
-from ._backend import Reason, choose_backend
+from ._backend import Backends
 
 __all__ = ["rswaf_kan", "rswaf_kan_ref", "rswaf_basis"]
 
@@ -119,22 +119,12 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _backward_with(bwd_op):
-    def backward(ctx, grad_out):
-        x, grid, inv_denominator, weight = ctx.saved_tensors
-        mask = [bool(n) for n in ctx.needs_input_grad[:4]]
-        grads = bwd_op(grad_out.contiguous(), x, grid, inv_denominator, weight, mask)
-        return tuple(g if need else None for g, need in zip(grads, mask))
+def _backward(ctx, bwd_op, grad_out):
+    x, grid, inv_denominator, weight = ctx.saved_tensors
+    mask = [bool(n) for n in ctx.needs_input_grad[:4]]
+    grads = bwd_op(grad_out.contiguous(), x, grid, inv_denominator, weight, mask)
+    return tuple(g if need else None for g, need in zip(grads, mask))
 
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::rswaf_kan_fwd")(_fwd_fake)
-    torch.library.register_fake("medkernels::rswaf_kan_bwd")(_bwd_fake)
-    torch.library.register_autograd("medkernels::rswaf_kan_fwd", _backward_with(torch.ops.medkernels.rswaf_kan_bwd),
-                                    setup_context=_setup)
-    _library.no_double_backward("rswaf_kan", "rswaf_kan_bwd")
 
 if _library.HAS_TRITON:
     from medkernels.triton import rswaf_kan as _tkan
@@ -150,30 +140,11 @@ if _library.HAS_TRITON:
                                                                             torch.Tensor]:
         return _tkan.backward(grad_out, x, grid, inv_denominator, weight, output_mask)
 
-    torch.library.register_fake("medkernels::rswaf_kan_fwd_triton")(_fwd_fake)
-    torch.library.register_fake("medkernels::rswaf_kan_bwd_triton")(_bwd_fake)
-    torch.library.register_autograd("medkernels::rswaf_kan_fwd_triton",
-                                    _backward_with(torch.ops.medkernels.rswaf_kan_bwd_triton), setup_context=_setup)
-    _library.no_double_backward("rswaf_kan", "rswaf_kan_bwd_triton")
 
-_why_not_cpu = _library.cpu_reason("rswaf_kan_fwd")
+_library.register_kernel("rswaf_kan", ("rswaf_kan_fwd", "rswaf_kan_bwd"), ("rswaf_kan_fwd_triton", "rswaf_kan_bwd_triton"),
+                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
 
-
-def _why_not_triton(x, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    if x.dtype == torch.float64:
-        return "the Triton KAN kernels compute in float32; float64 runs on the cpu and reference backends"
-    return interpreter_or_gpu(x, forced)
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                            else "no CUDA KAN kernel (the triton backend is the GPU path)"),
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *a, **k: None,
-}
+BACKENDS = Backends("rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_triton")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,15 +171,10 @@ def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
     Raises:
         TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches.
     """
-    fn = "rswaf_kan"
-    _check(fn, x, grid, inv_denominator, weight)
-    acc = _acc(x)
-    g = grid.to(acc)
-    inv = (inv_denominator.to(acc) if isinstance(inv_denominator, torch.Tensor)
-           else torch.full((), float(inv_denominator), dtype=acc, device=x.device))
-    name = choose_backend(fn, _REASONS, backend, x)
+    g, inv = _prepare("rswaf_kan", x, grid, inv_denominator, weight)
+    name = BACKENDS.choose(backend, x)
     if name == "reference":
-        return _reference(x, g, inv, weight)
+        return rswaf_kan_ref(x, grid, inv_denominator, weight)
     if name == "triton":
         return torch.ops.medkernels.rswaf_kan_fwd_triton(x, g, inv, weight)
     return torch.ops.medkernels.rswaf_kan_fwd(x, g, inv, weight)
@@ -217,4 +183,13 @@ def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
 def rswaf_kan_ref(x, grid, inv_denominator, weight):
     """Pure-PyTorch :func:`rswaf_kan` (the oracle): :func:`rswaf_basis` materialised in float32 (float64
     for float64), then ``F.linear``. Arguments and returns as :func:`rswaf_kan`."""
-    return rswaf_kan(x, grid, inv_denominator, weight, backend="reference")
+    return _reference(x, *_prepare("rswaf_kan_ref", x, grid, inv_denominator, weight), weight)
+
+
+def _prepare(fn, x, grid, inv_denominator, weight):
+    """Checks the arguments; the grid and inv_denominator as (G,) and 0-dim tensors in the compute dtype."""
+    _check(fn, x, grid, inv_denominator, weight)
+    acc = _acc(x)
+    inv = (inv_denominator.to(acc) if isinstance(inv_denominator, torch.Tensor)
+           else torch.full((), float(inv_denominator), dtype=acc, device=x.device))
+    return grid.to(acc), inv

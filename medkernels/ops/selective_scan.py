@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from . import _library
-from ._backend import Reason, choose_backend
+from ._backend import Backends
 
-__all__ = ["selective_scan_fn", "selective_scan_ref", "can_run_cuda", "can_run_triton", "can_run_cpu"]
+__all__ = ["selective_scan_fn", "selective_scan_ref"]
 
 _OP = "selective_scan_fn"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -227,30 +227,19 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[2])
 
 
-def _backward_with(bwd_op):
-    def backward(ctx, grad_out, grad_last_state, _grad_checkpoints):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(u)
-        elif grad_out.stride(-1) != 1:
-            grad_out = grad_out.contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = bwd_op(
-            grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
-            ctx.delta_softplus, ctx.chunk_size)
-        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-                ddelta_bias if delta_bias is not None else None, dinitial if initial_state is not None else None,
-                None, None)
+def _backward(ctx, bwd_op, grad_out, grad_last_state, _grad_checkpoints):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(u)
+    elif grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = bwd_op(
+        grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
+        ctx.delta_softplus, ctx.chunk_size)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+            ddelta_bias if delta_bias is not None else None, dinitial if initial_state is not None else None,
+            None, None)
 
-    return backward
-
-
-if _library.HAS_C:
-    torch.library.register_fake("medkernels::selective_scan_fwd")(_fwd_fake)
-    torch.library.register_fake("medkernels::selective_scan_bwd")(_bwd_fake)
-    torch.library.register_autograd("medkernels::selective_scan_fwd",
-                                    _backward_with(torch.ops.medkernels.selective_scan_bwd),
-                                    setup_context=_setup_context)
-    _library.no_double_backward(_OP, "selective_scan_bwd")
 
 if _library.HAS_TRITON:
     from typing import Optional
@@ -296,69 +285,34 @@ if _library.HAS_TRITON:
                 empty.clone() if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
                 empty.clone() if initial_state is None else dinit.to(initial_state.dtype))
 
-    torch.library.register_fake("medkernels::selective_scan_fwd_triton")(_fwd_fake)
-    torch.library.register_fake("medkernels::selective_scan_bwd_triton")(_bwd_fake)
-    torch.library.register_autograd("medkernels::selective_scan_fwd_triton",
-                                    _backward_with(torch.ops.medkernels.selective_scan_bwd_triton),
-                                    setup_context=_setup_context)
-    _library.no_double_backward(_OP, "selective_scan_bwd_triton")
+
+
+_library.register_kernel(_OP, ("selective_scan_fwd", "selective_scan_bwd"),
+                         ("selective_scan_fwd_triton", "selective_scan_bwd_triton"),
+                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup_context, backward=_backward)
 
 
 # ---------------------------------------------------------------------------------------------
 # Backends.
 
-_HAS_CUDA_KERNEL = _library.has_kernel("selective_scan_fwd", "CUDA")
 # The CUDA kernel's chunk (csrc/include/medkernels/cuda/selective_scan.h: 128 threads x 8 tokens).
 _CUDA_CHUNK = 1024
 _CUDA_MAX_STATE = 256
 
 
-def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:  # deterministic mode: see csrc/cuda
-    if u.device.type != "cuda":
-        return f"inputs are on {u.device.type}, not cuda"
-    if not _HAS_CUDA_KERNEL:
-        return "medkernels was built without CUDA kernels (rebuild with MEDKERNELS_CUDA=ON)"
-    if u.dtype == torch.float64:
-        return "the CUDA kernel computes in float32; float64 runs on the cpu or reference backend"
+def _cuda_limit(u, A=None, *rest) -> str | None:  # deterministic mode: see csrc/cuda
     if A is not None and A.shape[1] > _CUDA_MAX_STATE:
         return f"the CUDA kernel supports dstate up to {_CUDA_MAX_STATE}, got {A.shape[1]}"
     return None
 
 
-def _why_not_triton(u, A=None, B=None, C=None, *rest, forced: bool = False) -> str | None:
-    from medkernels.triton import interpreter_or_gpu
-
-    why = interpreter_or_gpu(u, forced)
-    if why is None and torch.are_deterministic_algorithms_enabled() and any(
-            t is not None and t.dim() > 2 for t in (B, C)):
-        return "deterministic algorithms are on and the Triton backward sums variable dB/dC with atomics"
-    return why
+def _variable_bc(u, A=None, B=None, C=None, *rest) -> bool:
+    """The Triton backward sums variable dB/dC with atomics."""
+    return any(t is not None and t.dim() > 2 for t in (B, C))
 
 
-_why_not_cpu = _library.cpu_reason("selective_scan_fwd")
-
-
-_REASONS: dict[str, Reason] = {
-    "cuda": _why_not_cuda,
-    "triton": _why_not_triton,
-    "cpu": _why_not_cpu,
-    "reference": lambda *args, **kw: None,
-}
-
-
-def can_run_cuda(u: torch.Tensor, A: torch.Tensor | None = None) -> bool:
-    """Whether the CUDA backend can run a selective scan on tensors like ``u`` (and ``A``)."""
-    return _why_not_cuda(u, A) is None
-
-
-def can_run_triton(u: torch.Tensor) -> bool:
-    """Whether the Triton backend can run a selective scan on tensors like ``u``."""
-    return _why_not_triton(u) is None
-
-
-def can_run_cpu(u: torch.Tensor) -> bool:
-    """Whether the C++ CPU backend can run a selective scan on tensors like ``u``."""
-    return _why_not_cpu(u) is None
+BACKENDS = Backends(_OP, cpu="selective_scan_fwd", cuda="selective_scan_fwd", triton="selective_scan_fwd_triton",
+                    triton_atomics=_variable_bc, limits={"cuda": _cuda_limit})
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -401,7 +355,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, z, delta_bias, initial_state)
-    name = choose_backend(_OP, _REASONS, backend, u, A, B, C)
+    name = BACKENDS.choose(backend, u, A, B, C)
     if name == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                   initial_state=initial_state)
