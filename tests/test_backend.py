@@ -110,3 +110,57 @@ print("OK")
     env = {k: v for k, v in __import__("os").environ.items() if k != "MEDKERNELS_BACKEND"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_every_public_op_answers_can_run_and_why_not():
+    from medkernels import ops
+
+    names = ops.ops_with_backends()
+    assert {"selective_scan_fn", "causal_conv1d_fn", "na1d", "na2d", "na3d", "na2d_qk", "na2d_av",
+            "dilated_attention3d", "dct2d", "idct2d", "furthest_point_sample", "knn", "rswaf_kan",
+            "multi_order_selective_scan"} <= set(names)
+    x = torch.randn(1, 4, 8)
+    for name in names:
+        assert ops.why_not(name, "reference", x) is None
+        assert ops.why_not(name, "cuda", x) == "inputs are on cpu, not cuda"
+        assert ops.can_run(name, "cpu", x), name
+    with pytest.raises(KeyError, match="'nope' is not an op with backends"):
+        ops.can_run("nope", "cpu", x)
+
+
+def test_the_shared_rules(monkeypatch):
+    from medkernels import ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors may run the Triton interpreter when asked
+    x32, x64 = torch.randn(1, 4, 8), torch.randn(1, 4, 8, dtype=torch.float64)
+    assert ops.why_not("selective_scan_fn", "triton", x64) == (
+        "the Triton kernels compute in float32; float64 runs on the cpu or reference backend")
+    assert ops.why_not("na2d_qk", "triton", x32) == "na2d_qk has no Triton kernel"
+    assert ops.why_not("knn", "cuda", x32.cuda() if torch.cuda.is_available() else x32) is not None
+    prev = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert "atomics" in ops.why_not("multi_order_selective_scan", "triton", x32)
+        B = torch.randn(1, 3, 8)  # variable B: the scan's Triton backward sums it with atomics
+        assert "atomics" in ops.why_not("selective_scan_fn", "triton", x32, torch.randn(4, 3), B)
+        assert ops.why_not("selective_scan_fn", "triton", x32, torch.randn(4, 3), torch.randn(4, 3)) is None
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def test_dilated_attention_dropout_runs_on_the_reference():
+    from medkernels import ops
+
+    q, k, v = (torch.randn(1, 2, 4, 4, 2, 8) for _ in range(3))
+    assert ops.why_not("dilated_attention3d", "cpu", q, 0.1) == (
+        "dropout on the attention weights runs on the reference backend only")
+    with pytest.raises(BackendUnavailableError, match="dropout"):
+        ops.dilated_attention3d(q, k, v, 2, "local", dropout_p=0.1, backend="cpu")
+    with pytest.warns(RuntimeWarning, match="dilated_attention3d: no faster backend.*dropout"):
+        torch.manual_seed(0)
+        out = ops.dilated_attention3d(q, k, v, 2, "local", dropout_p=0.5)
+    torch.manual_seed(0)
+    assert torch.equal(out, ops.dilated_attention3d_ref(q, k, v, 2, "local", dropout_p=0.5))
+    assert not torch.equal(out, ops.dilated_attention3d(q, k, v, 2, "local"))
+    with pytest.raises(ValueError, match=r"dilated_attention3d: dropout_p must be a float in \[0, 1\)"):
+        ops.dilated_attention3d(q, k, v, 2, "local", dropout_p=1.0)
