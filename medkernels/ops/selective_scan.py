@@ -311,6 +311,7 @@ _HAS_CUDA_KERNEL = _library.has_kernel("selective_scan_fwd", "CUDA")
 # The CUDA kernel's chunk (csrc/include/medkernels/cuda/selective_scan.h: 128 threads x 8 tokens).
 _CUDA_CHUNK = 1024
 _CUDA_MAX_STATE = 256
+_TRITON_MAX_STATE = 64  # medkernels.triton.selective_scan.MAX_STATE (that module needs triton)
 
 
 def _why_not_cuda(u, A=None, *rest, forced: bool = False) -> str | None:  # deterministic mode: see csrc/cuda
@@ -329,6 +330,11 @@ def _why_not_triton(u, A=None, B=None, C=None, *rest, forced: bool = False) -> s
     from medkernels.triton import interpreter_or_gpu
 
     why = interpreter_or_gpu(u, forced)
+    if why is None and u.dtype == torch.float64:
+        return "the Triton kernels compute in float32; float64 runs on the cpu or reference backend"
+    if why is None and A is not None and A.shape[1] > _TRITON_MAX_STATE:
+        return (f"the Triton kernels support dstate up to {_TRITON_MAX_STATE} (the CUDA kernel up to "
+                f"{_CUDA_MAX_STATE}), got {A.shape[1]}")
     if why is None and torch.are_deterministic_algorithms_enabled() and any(
             t is not None and t.dim() > 2 for t in (B, C)):
         return "deterministic algorithms are on and the Triton backward sums variable dB/dC with atomics"
@@ -414,7 +420,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     if name == "triton":
         from medkernels.triton.selective_scan import chunk_len
 
-        op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len()
+        op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len(A.shape[1])
     elif name == "cuda":
         op, chunk = torch.ops.medkernels.selective_scan_fwd, _CUDA_CHUNK
     else:
