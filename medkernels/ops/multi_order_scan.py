@@ -218,16 +218,21 @@ if _library.HAS_TRITON:
 # ---------------------------------------------------------------------------------------------
 # Backends.
 
+_TRITON_MAX_STATE = 256  # medkernels.triton.multi_order_scan.MAX_STATE (that module needs triton)
+
+
 def _why_not_cuda(u, *rest, forced: bool = False) -> str | None:
     return "there is no CUDA kernel for the multi-order scan (the Triton one runs on CUDA)"
 
 
-def _why_not_triton(u, *rest, forced: bool = False) -> str | None:
+def _why_not_triton(u, A=None, *rest, forced: bool = False) -> str | None:
     from medkernels.triton import interpreter_or_gpu
 
     why = interpreter_or_gpu(u, forced)
     if why is None and u.dtype == torch.float64:
         return "the Triton kernel computes in float32; float64 runs on the cpu or reference backend"
+    if why is None and A is not None and A.shape[-1] > _TRITON_MAX_STATE:
+        return f"the Triton kernels support dstate up to {_TRITON_MAX_STATE}, got {A.shape[-1]}"
     if why is None and torch.are_deterministic_algorithms_enabled():
         return "deterministic algorithms are on and the Triton kernels sum with atomics"
     return why
@@ -277,7 +282,7 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, delta_bias, orders)
-    name = choose_backend(_OP, _REASONS, backend, u)
+    name = choose_backend(_OP, _REASONS, backend, u, A)
     if name == "reference":
         return multi_order_selective_scan_ref(u, delta, A, B, C, D, delta_bias, orders,
                                               delta_softplus=delta_softplus)
