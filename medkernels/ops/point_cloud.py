@@ -84,12 +84,22 @@ def _why_not_triton(x, forced: bool = False) -> str | None:
 
 
 _REASONS: dict[str, Reason] = {
-    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                            else "no CUDA point-cloud kernel (the triton backend is the GPU path)"),
+    "cuda": lambda x, *a, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
+                                else "no CUDA point-cloud kernel (the triton backend is the GPU path)"),
     "triton": _why_not_triton,
     "cpu": _why_not_cpu,
     "reference": lambda *a, **k: None,
 }
+_TRITON_MAX_K = 256  # medkernels.triton.point_cloud.MAX_K (that module needs triton)
+
+
+def _why_not_triton_knn(x, k: int = 1, forced: bool = False) -> str | None:
+    if k > _TRITON_MAX_K:
+        return f"the Triton kNN keeps at most {_TRITON_MAX_K} neighbours, got k = {k}"
+    return _why_not_triton(x, forced=forced)
+
+
+_KNN_REASONS: dict[str, Reason] = {**_REASONS, "triton": _why_not_triton_knn}
 
 
 def _sqdist(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -289,7 +299,7 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
     k = _check_int(fn, "k", k, 1, n, "at most N, the number of points")
     lengths = _check_lengths(fn, "lengths", lengths, points, k, n, "each cloud needs at least k points")
     query_lengths = _check_lengths(fn, "query_lengths", query_lengths, query, 0, query.shape[1], "at most M")
-    name = choose_backend(fn, _REASONS, backend, query)
+    name = choose_backend(fn, _KNN_REASONS, backend, query, k)
     if name == "reference":
         return _knn_reference(query, points, k, query_lengths, lengths)
     if name == "triton":
