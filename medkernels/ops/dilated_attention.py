@@ -189,10 +189,18 @@ if _library.HAS_TRITON:
 _why_not_cpu = _library.cpu_reason("dilated_attention3d_fwd")
 
 
+_TRITON_MAX_HEAD_DIM = 128  # medkernels.triton.dilated_attention.MAX_HEAD_DIM (that module needs triton)
+
+
 def _why_not_triton(query, forced: bool = False) -> str | None:
     from medkernels.triton import interpreter_or_gpu
 
-    return interpreter_or_gpu(query, forced)
+    why = interpreter_or_gpu(query, forced)
+    if why is None and query.dtype == torch.float64:
+        return "the Triton kernels compute in float32; float64 runs on the cpu or reference backend"
+    if why is None and query.shape[-1] > _TRITON_MAX_HEAD_DIM:
+        return f"the Triton kernels support head_dim up to {_TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}"
+    return why
 
 
 _REASONS: dict[str, Reason] = {

@@ -441,10 +441,17 @@ def _why_not_cuda(query, *rest, **kw) -> str | None:
     return "no CUDA neighborhood-attention kernel in this version (the triton backend is the GPU path)"
 
 
-def _why_not_triton(query, *rest, forced: bool = False) -> str | None:
+_TRITON_MAX_HEAD_DIM = 256  # medkernels.triton.neighborhood_attention.MAX_HEAD_DIM (that module needs triton)
+
+
+def _why_not_triton(query, value=None, *rest, forced: bool = False) -> str | None:
     from medkernels.triton import interpreter_or_gpu
 
-    return interpreter_or_gpu(query, forced)
+    why = interpreter_or_gpu(query, forced)
+    dim = max(query.shape[-1], 0 if value is None else value.shape[-1])
+    if why is None and dim > _TRITON_MAX_HEAD_DIM:
+        return f"the Triton kernels support head dims up to {_TRITON_MAX_HEAD_DIM}, got {dim}"
+    return why
 
 
 _FUSED_REASONS: dict[str, Reason] = {"cuda": _why_not_cuda, "triton": _why_not_triton, "cpu": _why_not_cpu,
@@ -487,7 +494,7 @@ def _na(na_dim, fn, query, key, value, kernel_size, stride, dilation, is_causal,
                                                   dilation, is_causal)
     _check_rpb(fn, rpb, query.shape[-2], kernel, query)
     scale = softmax_scale(fn, scale, query.shape[-1])
-    name = choose_backend(fn, _FUSED_REASONS, backend, query)
+    name = choose_backend(fn, _FUSED_REASONS, backend, query, value)
     if name == "reference":
         out, lse = _na_fused_ref(query, key, value, kernel, stride, dilation, causal, scale, rpb, additional_keys,
                                  additional_values)
