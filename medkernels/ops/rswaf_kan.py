@@ -159,17 +159,22 @@ if _library.HAS_TRITON:
 _why_not_cpu = _library.cpu_reason("rswaf_kan_fwd")
 
 
-def _why_not_triton(x, forced: bool = False) -> str | None:
+_TRITON_MAX_GRID = 32  # medkernels.triton.rswaf_kan.MAX_GRID (that module needs triton)
+
+
+def _why_not_triton(x, grid=None, forced: bool = False) -> str | None:
     from medkernels.triton import interpreter_or_gpu
 
     if x.dtype == torch.float64:
         return "the Triton KAN kernels compute in float32; float64 runs on the cpu and reference backends"
+    if grid is not None and grid.shape[0] > _TRITON_MAX_GRID:
+        return f"the Triton KAN kernels support up to {_TRITON_MAX_GRID} grid points, got {grid.shape[0]}"
     return interpreter_or_gpu(x, forced)
 
 
 _REASONS: dict[str, Reason] = {
-    "cuda": lambda x, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
-                            else "no CUDA KAN kernel (the triton backend is the GPU path)"),
+    "cuda": lambda x, *a, **k: (f"inputs are on {x.device.type}, not cuda" if x.device.type != "cuda"
+                                else "no CUDA KAN kernel (the triton backend is the GPU path)"),
     "triton": _why_not_triton,
     "cpu": _why_not_cpu,
     "reference": lambda *a, **k: None,
@@ -206,7 +211,7 @@ def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
     g = grid.to(acc)
     inv = (inv_denominator.to(acc) if isinstance(inv_denominator, torch.Tensor)
            else torch.full((), float(inv_denominator), dtype=acc, device=x.device))
-    name = choose_backend(fn, _REASONS, backend, x)
+    name = choose_backend(fn, _REASONS, backend, x, g)
     if name == "reference":
         return _reference(x, g, inv, weight)
     if name == "triton":
