@@ -338,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(elapsed, 1), "ok": n_fail == 0}, indent=1))
     if cuda_error:
         print(f"\nCUDA: {cuda_error}")
-    print(f"\n{len(rows)} Triton compiles, {len(cuda)} CUDA kernels, {n_fail} failing, {elapsed:.0f} s; "
-          f"JSON: {args.json}")
+    busy = sum(r["seconds"] for r in rows)
+    print(f"\n{len(rows)} Triton compiles ({busy:.0f} s of compiling in {args.jobs} processes), {len(cuda)} CUDA "
+          f"kernels, {n_fail} failing, {elapsed:.0f} s; JSON: {args.json}")
     return 1 if n_fail else 0
 
 
