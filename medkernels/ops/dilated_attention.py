@@ -168,8 +168,17 @@ def _no_dropout(query, dropout_p=0.0):
     return "dropout on the attention weights runs on the reference backend only" if dropout_p > 0 else None
 
 
+_TRITON_MAX_HEAD_DIM = 128  # medkernels.triton.dilated_attention.MAX_HEAD_DIM (that module needs triton)
+
+
+def _triton_limits(query, dropout_p=0.0):
+    if query.shape[-1] > _TRITON_MAX_HEAD_DIM:
+        return f"the Triton kernels support head_dim up to {_TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}"
+    return _no_dropout(query, dropout_p)
+
+
 BACKENDS = Backends("dilated_attention3d", cpu="dilated_attention3d_fwd", triton="dilated_attention3d_fwd_triton",
-                    limits={"cpu": _no_dropout, "triton": _no_dropout})
+                    limits={"cpu": _no_dropout, "triton": _triton_limits})
 
 
 def _check_dropout(fn: str, dropout_p) -> float:

@@ -200,9 +200,18 @@ _library.register_kernel(_OP, ("multi_order_selective_scan_fwd", "multi_order_se
                          ("multi_order_selective_scan_fwd_triton", "multi_order_selective_scan_bwd_triton"),
                          fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup_context, backward=_backward)
 
+_TRITON_MAX_STATE = 256  # medkernels.triton.multi_order_scan.MAX_STATE (that module needs triton)
+
+
+def _triton_state_limit(u, A=None, *rest) -> str | None:
+    if A is not None and A.shape[-1] > _TRITON_MAX_STATE:
+        return f"the Triton kernels support dstate up to {_TRITON_MAX_STATE}, got {A.shape[-1]}"
+    return None
+
+
 # The Triton kernels sum the orderings and dB/dC with atomics.
 BACKENDS = Backends(_OP, cpu="multi_order_selective_scan_fwd", triton="multi_order_selective_scan_fwd_triton",
-                    triton_atomics=True)
+                    triton_atomics=True, limits={"triton": _triton_state_limit})
 
 
 def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delta_softplus=True, backend=None):
@@ -238,7 +247,7 @@ def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delt
         BackendUnavailableError: a forced backend cannot run these inputs.
     """
     _check_inputs(_OP, u, delta, A, B, C, D, delta_bias, orders)
-    name = BACKENDS.choose(backend, u)
+    name = BACKENDS.choose(backend, u, A)
     if name == "reference":
         return multi_order_selective_scan_ref(u, delta, A, B, C, D, delta_bias, orders,
                                               delta_softplus=delta_softplus)

@@ -399,7 +399,18 @@ _library.register_kernel("na1d/na2d/na3d", ("na_fwd", "na_bwd"), ("na_fwd_triton
                          backward=_na_fwd_backward)
 
 # One declaration per public function (the fused ones share their kernels; so do the unfused pair's).
-FUSED_BACKENDS = {f"na{n}d": Backends(f"na{n}d", cpu="na_fwd", triton="na_fwd_triton") for n in (1, 2, 3)}
+_TRITON_MAX_HEAD_DIM = 256  # medkernels.triton.neighborhood_attention.MAX_HEAD_DIM (that module needs triton)
+
+
+def _triton_head_dims(query, value=None, *rest) -> str | None:
+    dim = max(query.shape[-1], 0 if value is None else value.shape[-1])
+    if dim > _TRITON_MAX_HEAD_DIM:
+        return f"the Triton kernels support head dims up to {_TRITON_MAX_HEAD_DIM}, got {dim}"
+    return None
+
+
+FUSED_BACKENDS = {f"na{n}d": Backends(f"na{n}d", cpu="na_fwd", triton="na_fwd_triton",
+                                      limits={"triton": _triton_head_dims}) for n in (1, 2, 3)}
 QK_BACKENDS = {f"na{n}d_qk": Backends(f"na{n}d_qk", cpu="na_qk") for n in (1, 2, 3)}
 AV_BACKENDS = {f"na{n}d_av": Backends(f"na{n}d_av", cpu="na_av") for n in (1, 2, 3)}
 
@@ -462,7 +473,7 @@ def _make_fused(na_dim: int):
            additional_keys=None, additional_values=None, *, rpb=None, return_lse=False, backend=None):
         args = _na_args(na_dim, fn_name, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                         additional_keys, additional_values, rpb)
-        name = FUSED_BACKENDS[fn_name].choose(backend, query)
+        name = FUSED_BACKENDS[fn_name].choose(backend, query, value)
         if name == "reference":
             return na_ref(query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                           additional_values, rpb=rpb, return_lse=return_lse)

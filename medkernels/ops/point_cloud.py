@@ -73,7 +73,14 @@ def _check_lengths(fn: str, name: str, lengths, like: torch.Tensor, lo: int, hi:
 
 
 FPS_BACKENDS = Backends("furthest_point_sample", cpu="furthest_point_sample", triton="furthest_point_sample_triton")
-KNN_BACKENDS = Backends("knn", cpu="knn", triton="knn_triton")
+_TRITON_MAX_K = 256  # medkernels.triton.point_cloud.MAX_K (that module needs triton)
+
+
+def _triton_max_k(x, k: int = 1) -> str | None:
+    return f"the Triton kNN keeps at most {_TRITON_MAX_K} neighbours, got k = {k}" if k > _TRITON_MAX_K else None
+
+
+KNN_BACKENDS = Backends("knn", cpu="knn", triton="knn_triton", limits={"triton": _triton_max_k})
 
 
 def _sqdist(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -259,7 +266,7 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
         TypeError / ValueError: a bad rank, dtype or device; ``k`` larger than the number of points.
     """
     k, query_lengths, lengths = _knn_args("knn", query, points, k, query_lengths, lengths, sorted)
-    name = KNN_BACKENDS.choose(backend, query)
+    name = KNN_BACKENDS.choose(backend, query, k)
     if name == "reference":
         return knn_ref(query, points, k, query_lengths=query_lengths, lengths=lengths)
     if name == "triton":

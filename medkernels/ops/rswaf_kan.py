@@ -144,7 +144,17 @@ if _library.HAS_TRITON:
 _library.register_kernel("rswaf_kan", ("rswaf_kan_fwd", "rswaf_kan_bwd"), ("rswaf_kan_fwd_triton", "rswaf_kan_bwd_triton"),
                          fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
 
-BACKENDS = Backends("rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_triton")
+_TRITON_MAX_GRID = 32  # medkernels.triton.rswaf_kan.MAX_GRID (that module needs triton)
+
+
+def _triton_grid_limit(x, grid=None) -> str | None:
+    if grid is not None and grid.shape[0] > _TRITON_MAX_GRID:
+        return f"the Triton KAN kernels support up to {_TRITON_MAX_GRID} grid points, got {grid.shape[0]}"
+    return None
+
+
+BACKENDS = Backends("rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_triton",
+                    limits={"triton": _triton_grid_limit})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +182,7 @@ def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
         TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches.
     """
     g, inv = _prepare("rswaf_kan", x, grid, inv_denominator, weight)
-    name = BACKENDS.choose(backend, x)
+    name = BACKENDS.choose(backend, x, g)
     if name == "reference":
         return rswaf_kan_ref(x, grid, inv_denominator, weight)
     if name == "triton":

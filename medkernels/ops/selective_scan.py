@@ -298,6 +298,7 @@ _library.register_kernel(_OP, ("selective_scan_fwd", "selective_scan_bwd"),
 # The CUDA kernel's chunk (csrc/include/medkernels/cuda/selective_scan.h: 128 threads x 8 tokens).
 _CUDA_CHUNK = 1024
 _CUDA_MAX_STATE = 256
+_TRITON_MAX_STATE = 64  # medkernels.triton.selective_scan.MAX_STATE (that module needs triton)
 
 
 def _cuda_limit(u, A=None, *rest) -> str | None:  # deterministic mode: see csrc/cuda
@@ -311,8 +312,15 @@ def _variable_bc(u, A=None, B=None, C=None, *rest) -> bool:
     return any(t is not None and t.dim() > 2 for t in (B, C))
 
 
+def _triton_limit(u, A=None, *rest) -> str | None:
+    if A is not None and A.shape[1] > _TRITON_MAX_STATE:
+        return (f"the Triton kernels support dstate up to {_TRITON_MAX_STATE} (the CUDA kernel up to "
+                f"{_CUDA_MAX_STATE}), got {A.shape[1]}")
+    return None
+
+
 BACKENDS = Backends(_OP, cpu="selective_scan_fwd", cuda="selective_scan_fwd", triton="selective_scan_fwd_triton",
-                    triton_atomics=_variable_bc, limits={"cuda": _cuda_limit})
+                    triton_atomics=_variable_bc, limits={"cuda": _cuda_limit, "triton": _triton_limit})
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -368,7 +376,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     if name == "triton":
         from medkernels.triton.selective_scan import chunk_len
 
-        op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len()
+        op, chunk = torch.ops.medkernels.selective_scan_fwd_triton, chunk_len(A.shape[1])
     elif name == "cuda":
         op, chunk = torch.ops.medkernels.selective_scan_fwd, _CUDA_CHUNK
     else:

@@ -5,9 +5,11 @@ seqlen) int32 segment ids. Weight/bias gradients are reductions the caller does 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from . import AVAILABLE, gpu_configs
+from . import AVAILABLE, LaunchConfig, gpu_configs, make_config
 
 if AVAILABLE:
     import triton
@@ -86,8 +88,40 @@ if AVAILABLE:
         tl.store(DEXT + row * n_ext + offs_p, acc, mask=mp)
 
 
+#: Tokens per program on a GPU (16 in the interpreter).
+GPU_BLOCK = 256
+
+
 def _block(n: int) -> int:
-    return 256 if gpu_configs() else 16
+    return GPU_BLOCK if gpu_configs() else 16
+
+
+def launch_config(kernel: str, *, has_bias: bool, has_init: bool, has_seq: bool, silu: bool,
+                  gpu: bool = True) -> LaunchConfig:
+    """The launch of one kernel (``"fwd"``, ``"grad_pre"`` or ``"dx"``): a pure function of which optional
+    inputs are present (all tensors are float32, seq_idx int32). ``gpu``: the GPU's tiles, else the
+    interpreter's. The dL/dpre kernel recomputes the pre-activation only for silu, so without it the other
+    flags are off (one variant)."""
+    f32, i32 = torch.float32, torch.int32
+    block = GPU_BLOCK if gpu else 16
+    if kernel == "dx":
+        return make_config(_dx_kernel, pointers=dict(G=f32, W=f32, SEQ=i32, DEXT=f32), num_warps=4, num_stages=3,
+                           constexprs=dict(HAS_SEQ=has_seq, BT=block))
+    if kernel == "grad_pre" and not silu:
+        has_bias = has_init = has_seq = False
+    fn, out = (_fwd_kernel, {"OUT": f32}) if kernel == "fwd" else (_grad_pre_kernel, {"DOUT": f32, "G": f32})
+    return make_config(fn, pointers=dict(X=f32, W=f32, BIAS=f32, INIT=f32, SEQ=i32, **out), num_warps=4,
+                       num_stages=3, constexprs=dict(HAS_BIAS=has_bias, HAS_INIT=has_init, HAS_SEQ=has_seq,
+                                                     SILU=silu, BT=block))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU."""
+    seen: dict[LaunchConfig, None] = {}
+    for kernel in ("fwd", "grad_pre", "dx"):
+        for flags in itertools.product((False, True), repeat=4):
+            seen[launch_config(kernel, **dict(zip(("has_bias", "has_init", "has_seq", "silu"), flags)))] = None
+    return list(seen)
 
 
 def forward(x, w, bias, init, seq, silu: bool):
@@ -96,10 +130,11 @@ def forward(x, w, bias, init, seq, silu: bool):
     out = torch.empty_like(x)
     dummy = x.new_empty(1)
     BT = _block(L)
+    cfg = launch_config("fwd", has_bias=bias is not None, has_init=init is not None, has_seq=seq is not None,
+                        silu=silu, gpu=gpu_configs())
     _fwd_kernel[(triton.cdiv(L, BT), B * D)](
         x, w, bias if bias is not None else dummy, init if init is not None else dummy,
-        seq if seq is not None else dummy.int(), out, D, L, w.shape[1], HAS_BIAS=bias is not None,
-        HAS_INIT=init is not None, HAS_SEQ=seq is not None, SILU=silu, BT=BT)
+        seq if seq is not None else dummy.int(), out, D, L, w.shape[1], **cfg.launch_kwargs())
     return out
 
 
@@ -110,12 +145,12 @@ def backward(x, w, bias, init, seq, dout, silu: bool):
     dummy = x.new_empty(1)
     BT = _block(L)
     g = torch.empty_like(x)
-    common = dict(HAS_SEQ=seq is not None, BT=BT)
+    flags = dict(has_bias=bias is not None, has_init=init is not None, has_seq=seq is not None, silu=silu,
+                 gpu=gpu_configs())
     _grad_pre_kernel[(triton.cdiv(L, BT), B * D)](
         x, w, bias if bias is not None else dummy, init if init is not None else dummy,
-        seq if seq is not None else dummy.int(), dout, g, D, L, W, HAS_BIAS=bias is not None,
-        HAS_INIT=init is not None, SILU=silu, **common)
+        seq if seq is not None else dummy.int(), dout, g, D, L, W, **launch_config("grad_pre", **flags).launch_kwargs())
     dext = x.new_empty((B, D, L + W - 1))
     _dx_kernel[(triton.cdiv(L + W - 1, BT), B * D)](g, w, seq if seq is not None else dummy.int(), dext, D, L, W,
-                                                    **common)
+                                                    **launch_config("dx", **flags).launch_kwargs())
     return g, dext

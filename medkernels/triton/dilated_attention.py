@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE
+from . import AVAILABLE, HALF_AND_FLOAT, LaunchConfig, make_config, next_pow2
 
 if AVAILABLE:
     import triton
@@ -176,23 +176,64 @@ def _unit_last(t):
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch(kernel, blocks, query, key, value, extra, group_size, global_scope, scale):
+#: The largest head_dim the Triton kernels take (larger ones run on the cpu or reference backend).
+MAX_HEAD_DIM = 128
+_KERNELS = ("fwd", "dkdv", "dq")
+#: (num_warps, num_stages) by kernel, up to BD 64 and at BD 128 (measured: the pipelined dK/dV loop spills at BD 128).
+_LAUNCH = {"fwd": ((8, 3), (16, 3)), "dkdv": ((8, 3), (4, 1)), "dq": ((4, 3), (8, 3))}
+
+
+def tiles(head_dim: int) -> tuple[int, int]:
+    """(BM = BN, BD): BD the head_dim rounded up to a power of two (at least 16), 16 queries/keys per block.
+
+    The products are IEEE float32 (exact, as the other backends), which ``tl.dot`` computes with FMAs; each
+    thread then holds its rows' operands along the whole reduction axis, which for q k^T and dO v^T is the
+    head dim. 16-row blocks (tl.dot's smallest) keep them in registers up to BD 128 (the dK/dV kernel at
+    BD 128 with 4 warps and no software pipelining); larger heads run on the other backends.
+    """
+    return 16, max(16, next_pow2(head_dim))
+
+
+def launch_config(kernel: str, dtype: torch.dtype, head_dim: int) -> LaunchConfig:
+    """The launch of ``"fwd"``, ``"dkdv"`` or ``"dq"`` for q/k/v of ``dtype`` (read in place, converted on load):
+    a pure function of the shapes."""
+    f32 = torch.float32
+    bm, bd = tiles(head_dim)
+    qkv = dict(Q=dtype, K=dtype, V=dtype)
+    if kernel == "fwd":
+        fn, rest = _fwd_kernel, ("OUT", "LSE")
+    elif kernel == "dkdv":
+        fn, rest = _bwd_dkdv_kernel, ("DO", "LSE", "DROW", "DK", "DV")
+    else:
+        fn, rest = _bwd_dq_kernel, ("DO", "LSE", "DROW", "DQ")
+    warps, stages = _LAUNCH[kernel][bd > 64]
+    return make_config(fn, pointers={**qkv, **{n: f32 for n in rest}}, floats=("scale",), num_warps=warps,
+                       num_stages=stages, constexprs=dict(BM=bm, BN=bm, BD=bd))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU."""
+    return list(dict.fromkeys(launch_config(k, dt, d) for k in _KERNELS for dt in HALF_AND_FLOAT
+                              for d in range(1, MAX_HEAD_DIM + 1)))
+
+
+def _launch(kernel, name, blocks, query, key, value, extra, group_size, global_scope, scale):
     B, S0, S1, S2, H, DIM = query.shape
     g, ng, gs, ps = _geometry((S0, S1, S2), group_size, global_scope)
     T = g[0] * g[1] * g[2]
     q, k, v = (_unit_last(t) for t in (query, key, value))
-    BM = BN = 16 if T <= 16 else 32 if T <= 256 else 64
-    BD = max(16, triton.next_power_of_2(DIM))
-    grid = (triton.cdiv(T, blocks(BM, BN)), ng[0] * ng[1] * ng[2], B * H)
+    cfg = launch_config(name, query.dtype, DIM)
+    c = dict(cfg.constexprs)
+    grid = (triton.cdiv(T, blocks(c["BM"], c["BN"])), ng[0] * ng[1] * ng[2], B * H)
     kernel[grid](q, k, v, *extra, *_strides(q), *_strides(k), *_strides(v), S0, S1, S2, H, DIM, T, ng[1], ng[2],
-                 g[1], g[2], *gs, *ps, scale, BM=BM, BN=BN, BD=BD)
+                 g[1], g[2], *gs, *ps, float(scale), **cfg.launch_kwargs())
 
 
 def forward(query, key, value, group_size, global_scope: bool, scale: float):
     """Returns out (float32, contiguous, query's shape) and lse (float32, [B, D, H, W, heads])."""
     out = torch.empty(query.shape, device=query.device, dtype=torch.float32)
     lse = torch.empty(query.shape[:-1], device=query.device, dtype=torch.float32)
-    _launch(_fwd_kernel, lambda bm, bn: bm, query, key, value, (out, lse), group_size, global_scope, scale)
+    _launch(_fwd_kernel, "fwd", lambda bm, bn: bm, query, key, value, (out, lse), group_size, global_scope, scale)
     return out, lse
 
 
@@ -200,8 +241,8 @@ def backward(grad_out, query, key, value, lse, drow, group_size, global_scope: b
     """dq, dk, dv (float32, contiguous). lse and drow = <dO, O> - dlse are float32 [B, D, H, W, heads]."""
     do = grad_out.float().contiguous()
     dq, dk, dv = (torch.empty(query.shape, device=query.device, dtype=torch.float32) for _ in range(3))
-    _launch(_bwd_dkdv_kernel, lambda bm, bn: bn, query, key, value, (do, lse, drow, dk, dv), group_size,
+    _launch(_bwd_dkdv_kernel, "dkdv", lambda bm, bn: bn, query, key, value, (do, lse, drow, dk, dv), group_size,
             global_scope, scale)
-    _launch(_bwd_dq_kernel, lambda bm, bn: bm, query, key, value, (do, lse, drow, dq), group_size, global_scope,
+    _launch(_bwd_dq_kernel, "dq", lambda bm, bn: bm, query, key, value, (do, lse, drow, dq), group_size, global_scope,
             scale)
     return dq, dk, dv

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, gpu_configs
+from . import AVAILABLE, HALF_AND_FLOAT, LaunchConfig, gpu_configs, make_config, next_pow2
 
 if AVAILABLE:
     import triton
@@ -22,7 +22,7 @@ if AVAILABLE:
     @triton.jit
     def _token(U, DELTA, BIAS, B, C, ORD, b, k, t, L, N, offs_d, md, offs_n, mn, bias, K,
                su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
-               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+               HAS_BIAS, SOFTPLUS):
         """Step t of ordering k: the token, u, raw delta, dt, B_t, C_t (float32)."""
         idx = tl.load(ORD + (b * K + k) * L + t)
         u = tl.load(U + b * su_b + offs_d * su_d + idx, mask=md, other=0.0).to(tl.float32)
@@ -37,22 +37,17 @@ if AVAILABLE:
         return idx, u, raw, dt, Bt, Ct
 
     @triton.jit
-    def _ordering_params(A, D, BIAS, k, DIM, N, offs_d, md, offs_n, m2, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    def _ordering_params(A, D, BIAS, k, DIM, N, offs_d, md, offs_n, m2, HAS_D, HAS_BIAS):
         """Ordering k's A (BD, BN) block, D and delta_bias (BD,) for channels offs_d (zeros when absent)."""
         A2 = tl.load(A + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], mask=m2, other=0.0)
-        Dv = tl.zeros([offs_d.shape[0]], tl.float32)
-        if HAS_D:
-            Dv = tl.load(D + k * DIM + offs_d, mask=md, other=0.0)
-        bias = tl.zeros([offs_d.shape[0]], tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(BIAS + k * DIM + offs_d, mask=md, other=0.0)
+        Dv = tl.load(D + k * DIM + offs_d, mask=md & HAS_D, other=0.0)
+        bias = tl.load(BIAS + k * DIM + offs_d, mask=md & HAS_BIAS, other=0.0)
         return A2, Dv, bias
 
     @triton.jit
     def _fwd_kernel(U, DELTA, A, B, C, D, BIAS, ORD, OUT, CKPT, L, DIM, N, K, n_chunks,
                     su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
-                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+                    HAS_D, HAS_BIAS, SOFTPLUS, CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
         bk = tl.program_id(0)
         b, k = bk // K, bk % K
         offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -78,8 +73,7 @@ if AVAILABLE:
     def _bwd_kernel(GY, U, DELTA, A, B, C, D, BIAS, ORD, CKPT, SCR,
                     DU, DDELTA, DA, DB, DC, DD, DBIAS, L, DIM, N, K, n_chunks,
                     su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n, sg_b, sg_d,
-                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+                    HAS_D, HAS_BIAS, SOFTPLUS, CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
         bk = tl.program_id(0)
         b, k = bk // K, bk % K
         pid = bk * tl.num_programs(1) + tl.program_id(1)
@@ -134,19 +128,63 @@ if AVAILABLE:
                 gbias += gdt
                 carry = g * dA
         tl.atomic_add(DA + (k * DIM + offs_d[:, None]) * N + offs_n[None, :], gA, mask=m2)
-        if HAS_D:
-            tl.atomic_add(DD + k * DIM + offs_d, gD, mask=md)
-        if HAS_BIAS:
-            tl.atomic_add(DBIAS + k * DIM + offs_d, gbias, mask=md)
+        tl.atomic_add(DD + k * DIM + offs_d, gD, mask=md & HAS_D)
+        tl.atomic_add(DBIAS + k * DIM + offs_d, gbias, mask=md & HAS_BIAS)
 
     def chunk_len() -> int:
         """Tokens between saved states (small in the interpreter, to exercise chunk boundaries)."""
-        return 64 if gpu_configs() else 4
+        return GPU_CHUNK if gpu_configs() else 4
 
-    def _config(dim: int, N: int) -> tuple[int, int]:
-        BN = triton.next_power_of_2(max(N, 1))
-        BD = max(1, min(triton.next_power_of_2(dim), max(1, 4096 // BN), 32))
-        return BD, BN
+
+#: Tokens between saved states on a GPU; the largest dstate the Triton kernels take (as selective_scan).
+GPU_CHUNK = 64
+MAX_STATE = 256
+#: Elements of a program's (BD channels, BN states) tile: the backward keeps about eight such float32
+#: tiles live (state, carry, dA, gA, ...); at 512 they fit 8 warps' registers (4 warps spill on sm_80).
+TILE = 512
+
+
+def tiles(dstate: int) -> tuple[int, int]:
+    """(BD, BN): BN a power of two >= dstate (at least 16), BD = TILE // BN channels (at most 32)."""
+    bn = max(16, next_pow2(dstate))
+    return min(32, max(1, TILE // bn)), bn
+
+
+def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int) -> LaunchConfig:
+    """The launch of the forward (or backward) kernel: a pure function of the shapes.
+
+    Args:
+        backward: the backward kernel instead of the forward one.
+        dtype: u's storage dtype (delta, B, C and grad_out share it; the kernels convert on load).
+        dstate: N.
+        chunk: tokens between saved states (CH), from ``chunk_len()``.
+
+    Returns:
+        The :class:`~medkernels.triton.LaunchConfig`.
+    """
+    bd, bn = tiles(dstate)
+    if backward:
+        kernel, names = _bwd_kernel, ("GY", "U", "DELTA", "A", "B", "C", "D", "BIAS", "ORD", "CKPT", "SCR", "DU",
+                                      "DDELTA", "DA", "DB", "DC", "DD", "DBIAS")
+    else:
+        kernel, names = _fwd_kernel, ("U", "DELTA", "A", "B", "C", "D", "BIAS", "ORD", "OUT", "CKPT")
+    stored = {"GY", "U", "DELTA", "B", "C"}
+    pointers = {n: dtype if n in stored else torch.int64 if n == "ORD" else torch.float32 for n in names}
+    return make_config(kernel, pointers=pointers, flags=("HAS_D", "HAS_BIAS", "SOFTPLUS"),
+                       num_warps=8 if backward else 4, num_stages=3, constexprs=dict(CH=chunk, BD=bd, BN=bn))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU."""
+    seen: dict[LaunchConfig, None] = {}
+    for backward in (False, True):
+        for dtype in HALF_AND_FLOAT:
+            for n in range(1, MAX_STATE + 1):
+                seen[launch_config(backward, dtype, n, GPU_CHUNK)] = None
+    return list(seen)
+
+
+if AVAILABLE:
 
     def forward(u, delta, A, B, C, D, delta_bias, orders, softplus: bool, chunk: int):
         """u (batch, dim, L), delta (batch, K, dim, L), B/C (batch, K, N, L) with unit stride along L;
@@ -158,13 +196,14 @@ if AVAILABLE:
         ckpt = torch.empty(batch, K * dim, n_chunks, N, device=u.device, dtype=torch.float32)
         if out.numel() == 0:
             return out, ckpt
-        BD, BN = _config(dim, N)
+        cfg = launch_config(False, u.dtype, N, chunk)
+        BD = dict(cfg.constexprs)["BD"]
         dummy = A
         _fwd_kernel[(batch * K, triton.cdiv(dim, BD))](
             u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
             orders, out, ckpt, L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
             delta.stride(2), B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CH=chunk, BD=BD, BN=BN)
+            D is not None, delta_bias is not None, bool(softplus), **cfg.launch_kwargs())
         return out, ckpt
 
     def backward(grad_out, u, delta, A, B, C, D, delta_bias, orders, ckpt, softplus: bool, chunk: int):
@@ -183,7 +222,8 @@ if AVAILABLE:
         dbias = torch.zeros(K, dim, **f32) if delta_bias is not None else None
         if u.numel() == 0:
             return du, ddelta, dA, dB, dC, dD, dbias
-        BD, BN = _config(dim, N)
+        cfg = launch_config(True, u.dtype, N, chunk)
+        BD, BN = dict(cfg.constexprs)["BD"], dict(cfg.constexprs)["BN"]
         grid = (batch * K, triton.cdiv(dim, BD))
         scratch = torch.empty(grid[0] * grid[1] * (chunk + 1) * BD * BN, **f32)
         dummy = A
@@ -194,5 +234,5 @@ if AVAILABLE:
             L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), delta.stride(2),
             B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
             grad_out.stride(0), grad_out.stride(1),
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, CH=chunk, BD=BD, BN=BN)
+            D is not None, delta_bias is not None, bool(softplus), **cfg.launch_kwargs())
         return du, ddelta, dA, dB, dC, dD, dbias

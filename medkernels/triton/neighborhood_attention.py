@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, gpu_configs
+from . import AVAILABLE, LaunchConfig, gpu_configs, make_config, next_pow2
 
 
 if AVAILABLE:
@@ -158,9 +158,45 @@ if AVAILABLE:
         tl.store(DV_OUT + (bk * N + offs_k[:, None]) * DV + offs_v[None, :], dv, mask=mk[:, None] & mv[None, :])
 
 
-def _blocks(n_tokens: int, d: int, dv: int):
-    block = 32 if gpu_configs() else 16
-    return block, triton.cdiv(n_tokens, block), triton.next_power_of_2(d), triton.next_power_of_2(dv)
+#: The largest head dim (of q/k or of v) the Triton kernels take (larger ones run on the cpu or reference backend).
+MAX_HEAD_DIM = 256
+_KERNELS = ("fwd", "dq", "dkdv")
+
+
+def tiles(kernel: str, d: int, dv: int, gpu: bool = True) -> tuple[int, int]:
+    """(BQ, BD) of ``kernel``: BD covers both head dims (a power of two, at least 16; the kernels mask each),
+    BQ queries (or keys) per program. On a GPU 8 warps hold the gathered (BQ, BD) float32 rows in registers
+    when BQ x BD <= 2048: BQ = 32 up to BD 64, then 16, and 8 at BD 256 for the backward (the forward keeps
+    16 there: it fits, and 8 spills on sm_80). 16 in the interpreter."""
+    bd = max(16, next_pow2(max(d, dv)))
+    if not gpu:
+        return 16, bd
+    return (max(16 if kernel == "fwd" else 8, min(32, 2048 // bd))), bd
+
+
+def launch_config(kernel: str, d: int, dv: int, has_rpb: bool, gpu: bool = True) -> LaunchConfig:
+    """The launch of ``"fwd"``, ``"dq"`` or ``"dkdv"`` (float32 tensors, int32/int8 tables): a pure function
+    of the head dims and whether there is a relative positional bias."""
+    f32, i32, i8 = torch.float32, torch.int32, torch.int8
+    bq, bd = tiles(kernel, d, dv, gpu)
+    blocks = dict(HAS_RPB=has_rpb, BD=bd, BDV=bd)
+    qkv = dict(Q=f32, K=f32, V=f32, RPB=f32, REL=i32)
+    if kernel == "fwd":
+        return make_config(_fwd_kernel, pointers=dict(qkv, KEYS=i32, VALID=i8, AK=f32, AV=f32, OUT=f32, LSE=f32),
+                           num_warps=8, num_stages=3, constexprs=dict(blocks, BQ=bq))
+    grads = dict(qkv, DO=f32, LSE=f32, DROW=f32)
+    if kernel == "dq":
+        return make_config(_bwd_dq_kernel, pointers=dict(grads, KEYS=i32, VALID=i8, AK=f32, AV=f32, DQ=f32, DS=f32,
+                                                         DAK=f32, DAV=f32),
+                           floats=("scale",), num_warps=8, num_stages=3, constexprs=dict(blocks, BQ=bq))
+    return make_config(_bwd_dkdv_kernel, pointers=dict(grads, INV_Q=i32, INV_S=i32, INV_VALID=i8, DK=f32, DV_OUT=f32),
+                       num_warps=8, num_stages=3, constexprs=dict(blocks, BK=bq))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU."""
+    return list(dict.fromkeys(launch_config(k, d, d, rpb) for k in _KERNELS for rpb in (False, True)
+                              for d in range(1, MAX_HEAD_DIM + 1)))
 
 
 def forward(q, k, v, keys, valid, rel, rpb, ak, av, heads: int, kv_heads: int):
@@ -171,12 +207,13 @@ def forward(q, k, v, keys, valid, rel, rpb, ak, av, heads: int, kv_heads: int):
     n_add = 0 if ak is None else ak.shape[1]
     out = q.new_empty((BH, N, DV))
     lse = q.new_empty((BH, N))
-    BQ, nqb, BD, BDV = _blocks(N, D, DV)
+    cfg = launch_config("fwd", D, DV, rpb is not None, gpu_configs())
+    nqb = triton.cdiv(N, dict(cfg.constexprs)["BQ"])
     dummy = q.new_empty(1)
     R = rpb.shape[1] if rpb is not None else 1
     _fwd_kernel[(nqb, BH)](q, k, v, keys, valid, rel, rpb if rpb is not None else dummy,
                            ak if ak is not None else dummy, av if av is not None else dummy, out, lse,
-                           N, heads, kv_heads, KP, n_add, D, DV, R, HAS_RPB=rpb is not None, BQ=BQ, BD=BD, BDV=BDV)
+                           N, heads, kv_heads, KP, n_add, D, DV, R, **cfg.launch_kwargs())
     return out, lse
 
 
@@ -188,7 +225,8 @@ def backward(q, k, v, do, lse, drow, keys, valid, rel, inv_q, inv_slot, inv_vali
     DV = v.shape[-1]
     KP = keys.shape[1]
     n_add = 0 if ak is None else ak.shape[1]
-    BQ, nqb, BD, BDV = _blocks(N, D, DV)
+    cfg = launch_config("dq", D, DV, rpb is not None, gpu_configs())
+    nqb = triton.cdiv(N, dict(cfg.constexprs)["BQ"])
     dummy = q.new_empty(1)
     R = rpb.shape[1] if rpb is not None else 1
     dq = torch.empty_like(q)
@@ -197,10 +235,11 @@ def backward(q, k, v, do, lse, drow, keys, valid, rel, inv_q, inv_slot, inv_vali
     dav = q.new_empty((BH, nqb, n_add, DV)) if n_add else dummy
     _bwd_dq_kernel[(nqb, BH)](q, k, v, do, lse, drow, keys, valid, rel, rpb if rpb is not None else dummy,
                               ak if n_add else dummy, av if n_add else dummy, dq, ds, dak, dav, N, heads, kv_heads,
-                              KP, n_add, D, DV, R, nqb, scale, HAS_RPB=rpb is not None, BQ=BQ, BD=BD, BDV=BDV)
+                              KP, n_add, D, DV, R, nqb, float(scale), **cfg.launch_kwargs())
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    _bwd_dkdv_kernel[(nqb, k.shape[0])](q, k, v, do, lse, drow, inv_q, inv_slot, inv_valid, rel,
-                                        rpb if rpb is not None else dummy, dk, dv, N, heads, kv_heads, KP,
-                                        inv_q.shape[1], D, DV, R, HAS_RPB=rpb is not None, BK=BQ, BD=BD, BDV=BDV)
+    cfg_kv = launch_config("dkdv", D, DV, rpb is not None, gpu_configs())
+    _bwd_dkdv_kernel[(triton.cdiv(N, dict(cfg_kv.constexprs)["BK"]), k.shape[0])](
+        q, k, v, do, lse, drow, inv_q, inv_slot, inv_valid, rel, rpb if rpb is not None else dummy, dk, dv, N, heads,
+        kv_heads, KP, inv_q.shape[1], D, DV, R, **cfg_kv.launch_kwargs())
     return dq, dk, dv, (ds if rpb is not None else None), (dak if n_add else None), (dav if n_add else None)

@@ -16,27 +16,25 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE
+from . import AVAILABLE, HALF_AND_FLOAT, LaunchConfig, make_config, next_pow2
 
 if AVAILABLE:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _sqdist(q_ptr, p_ptr, offs, mask, spn, C: tl.constexpr):
+    def _sqdist(q_ptr, p_ptr, offs, mask, spn, C):
+        # 0 + diff * diff is diff * diff exactly (a square is +0, positive, +inf or NaN), and there is no fused
+        # multiply-add (enable_fp_fusion=False): the channel-ordered sum of the references, for any C
         d = tl.zeros(offs.shape, tl.float32)
-        for c in tl.static_range(C):
+        for c in range(0, C):
             diff = tl.load(p_ptr + offs * spn + c, mask=mask, other=0.0).to(tl.float32) - tl.load(q_ptr + c).to(
                 tl.float32)
-            if c == 0:
-                d = diff * diff
-            else:
-                d = d + diff * diff
+            d = d + diff * diff
         return d
 
     @triton.jit
-    def _fps_kernel(X, DIST, OUT, LEN, N, npoint, start, C: tl.constexpr, HAS_LEN: tl.constexpr,
-                    BLOCK: tl.constexpr):
+    def _fps_kernel(X, DIST, OUT, LEN, N, npoint, start, C, HAS_LEN, BLOCK: tl.constexpr):
         b = tl.program_id(0)
         n = N
         if HAS_LEN:
@@ -76,8 +74,7 @@ if AVAILABLE:
             tl.store(out + i, last.to(tl.int64))
 
     @triton.jit
-    def _knn_kernel(Q, P, D, I, QLEN, PLEN, M, N, k, C: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
-                    HAS_QLEN: tl.constexpr, HAS_PLEN: tl.constexpr):
+    def _knn_kernel(Q, P, D, I, QLEN, PLEN, M, N, k, C, HAS_QLEN, HAS_PLEN, KP: tl.constexpr, BN: tl.constexpr):
         row = tl.program_id(0)
         b = row // M
         m = row % M
@@ -113,6 +110,32 @@ if AVAILABLE:
         tl.store(I + row.to(tl.int64) * k + kk, idx, mask=kk < k)
 
 
+#: Points per FPS sweep step; the kNN keeps KP >= k candidates (a power of two, 16 to MAX_K) per query and
+#: sorts blocks of max(KP, 128) points.
+FPS_BLOCK = 1024
+MAX_K = 256
+
+
+def launch_config(kernel: str, dtype: torch.dtype, k: int = 1) -> LaunchConfig:
+    """The launch of ``"fps"`` or ``"knn"`` for points of ``dtype`` (converted on load): a pure function of the
+    dtype and k. The channel count and the optional lengths are run-time arguments; no fused multiply-add, so
+    the distances round as the CPU kernels' and the references'."""
+    f32, i64 = torch.float32, torch.int64
+    if kernel == "fps":
+        return make_config(_fps_kernel, pointers=dict(X=dtype, DIST=f32, OUT=i64, LEN=i64), flags=("HAS_LEN",),
+                           num_warps=4, num_stages=3, enable_fp_fusion=False, constexprs=dict(BLOCK=FPS_BLOCK))
+    kp = max(16, next_pow2(k))
+    return make_config(_knn_kernel, pointers=dict(Q=dtype, P=dtype, D=f32, I=i64, QLEN=i64, PLEN=i64),
+                       flags=("HAS_QLEN", "HAS_PLEN"), num_warps=4, num_stages=3, enable_fp_fusion=False,
+                       constexprs=dict(KP=kp, BN=max(kp, 128)))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns (the same on a GPU and in the interpreter)."""
+    return list(dict.fromkeys([launch_config("fps", dt) for dt in HALF_AND_FLOAT]
+                              + [launch_config("knn", dt, k) for dt in HALF_AND_FLOAT for k in range(1, MAX_K + 1)]))
+
+
 def furthest_point_sample(xyz, npoint, lengths, start_idx):
     """xyz (B, N, C) -> (B, npoint) int64 (lengths (B,) int64 or None)."""
     B, N, C = xyz.shape
@@ -123,9 +146,8 @@ def furthest_point_sample(xyz, npoint, lengths, start_idx):
     dist = torch.empty((B, N), dtype=torch.float32, device=xyz.device)
     has_len = lengths is not None
     lens = lengths.contiguous() if has_len else out
-    block = max(16, min(1024, triton.next_power_of_2(N)))
-    _fps_kernel[(B,)](x, dist, out, lens, N, npoint, start_idx, C=C, HAS_LEN=has_len, BLOCK=block,
-                      enable_fp_fusion=False)
+    cfg = launch_config("fps", x.dtype)
+    _fps_kernel[(B,)](x, dist, out, lens, N, npoint, start_idx, C, has_len, **cfg.launch_kwargs())
     return out
 
 
@@ -137,10 +159,8 @@ def knn(query, points, k, query_lengths, lengths):
     idx = torch.empty((B, M, k), dtype=torch.int64, device=query.device)
     if B * M == 0:
         return dists.to(query.dtype), idx
-    kp = max(2, triton.next_power_of_2(k))
-    bn = max(kp, 128)
     has_q, has_p = query_lengths is not None, lengths is not None
     _knn_kernel[(B * M,)](query.contiguous(), points.contiguous(), dists, idx,
                           query_lengths.contiguous() if has_q else idx, lengths.contiguous() if has_p else idx,
-                          M, N, k, C=C, KP=kp, BN=bn, HAS_QLEN=has_q, HAS_PLEN=has_p, enable_fp_fusion=False)
+                          M, N, k, C, has_q, has_p, **launch_config("knn", query.dtype, k).launch_kwargs())
     return dists.to(query.dtype), idx

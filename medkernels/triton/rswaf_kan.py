@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, gpu_configs
+from . import AVAILABLE, HALF_AND_FLOAT, LaunchConfig, gpu_configs, make_config, next_pow2
 
 if AVAILABLE:
     import triton
@@ -119,16 +119,47 @@ if AVAILABLE:
         tl.store(DW + offs_n[:, None] * K + (ch * G + gi)[None, :], acc, mask=mn[:, None] & km[None, :])
 
 
-def _precision(weight) -> str:
-    """float16/bfloat16 inputs: TF32 tensor cores (finer than the inputs); float32: exact IEEE products."""
-    return "tf32" if weight.dtype in (torch.float16, torch.bfloat16) else "ieee"
+#: The largest grid size G the Triton kernels take (larger grids run on the cpu or reference backend): past 32 a
+#: channel's grid slots alone exceed the forward's 32-column basis step (64 spilled 464 B on sm_80).
+MAX_GRID = 32
+#: GPU tiles (BM tokens, BN outputs, KW basis columns = BI channels x GP grid slots) with 8 warps. The float32
+#: products are IEEE (exact, as the CPU kernels), which tl.dot computes with FMAs: each thread holds its rows'
+#: operands along the whole reduction axis, so that axis is kept short: 32 basis columns in the forward, 32
+#: outputs in dx, 16 tokens in dw (64 spilled 1-24 KB per kernel). The output tiles stay 64 x 64.
+GPU_TILES = {"fwd": (64, 64, 32), "dx": (64, 32, 64), "dw": (16, 64, 64)}
+_KERNELS = ("fwd", "dx", "dw")
 
 
-def _tiles(G: int):
-    GP = triton.next_power_of_2(G)
-    if not gpu_configs():
-        return 16, 16, max(1, 16 // GP), GP
-    return 64, 64, max(1, 64 // GP), GP
+def tiles(kernel: str, G: int, gpu: bool = True) -> tuple[int, int, int, int]:
+    """(BM, BN, BI, GP) of ``kernel`` (BN is dx's BO): GP = G rounded up to a power of two (at least 4), BI whole
+    channels per basis step (KW // GP, at least 1); the interpreter uses 16 x 16 tiles."""
+    gp = max(4, next_pow2(G))
+    bm, bn, kw = GPU_TILES[kernel] if gpu else (16, 16, 16)
+    return bm, bn, max(1, kw // gp), gp
+
+
+def launch_config(kernel: str, dtype: torch.dtype, G: int, gpu: bool = True) -> LaunchConfig:
+    """The launch of ``"fwd"``, ``"dx"`` or ``"dw"`` for x, weight and grad_out of ``dtype`` (converted on load;
+    float32 products are exact IEEE, float16/bfloat16 ones TF32): a pure function of the dtype and G."""
+    f32 = torch.float32
+    bm, bn, bi, gp = tiles(kernel, G, gpu)
+    prec = "ieee" if dtype == f32 else "tf32"
+    if kernel == "fwd":
+        return make_config(_fwd_kernel, pointers=dict(X=dtype, GRID=f32, W=dtype, OUT=f32), floats=("inv",),
+                           num_warps=8, num_stages=3, constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec))
+    if kernel == "dx":
+        return make_config(_dx_kernel, pointers=dict(DOUT=dtype, X=dtype, GRID=f32, W=dtype, DX=f32, PART_G=f32,
+                                                     PART_I=f32),
+                           floats=("inv",), num_warps=8, num_stages=3,
+                           constexprs=dict(BM=bm, BO=bn, BI=bi, GP=gp, PREC=prec))
+    return make_config(_dw_kernel, pointers=dict(DOUT=dtype, X=dtype, GRID=f32, DW=f32), floats=("inv",),
+                       num_warps=8, num_stages=3, constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU."""
+    return list(dict.fromkeys(launch_config(k, dt, g) for k in _KERNELS for dt in HALF_AND_FLOAT
+                              for g in range(1, MAX_GRID + 1)))
 
 
 def forward(x, grid, inv_denominator, weight):
@@ -140,11 +171,11 @@ def forward(x, grid, inv_denominator, weight):
     T = x2.shape[0]
     out = torch.zeros((T, O), device=x.device, dtype=torch.float32)
     if T > 0 and O > 0 and I > 0:
-        BM, BN, BI, GP = _tiles(G)
-        prec = _precision(weight)
-        grid_ = (triton.cdiv(T, BM), triton.cdiv(O, BN))
+        cfg = launch_config("fwd", x.dtype, G, gpu_configs())
+        c = dict(cfg.constexprs)
+        grid_ = (triton.cdiv(T, c["BM"]), triton.cdiv(O, c["BN"]))
         _fwd_kernel[grid_](x2, grid.float().contiguous(), weight.contiguous(), out, T, I, O, G,
-                           float(inv_denominator), BM=BM, BN=BN, BI=BI, GP=GP, PREC=prec)
+                           float(inv_denominator), **cfg.launch_kwargs())
     return out.to(x.dtype).reshape(*x.shape[:-1], O)
 
 
@@ -160,24 +191,26 @@ def backward(grad_out, x, grid, inv_denominator, weight, output_mask):
     g32 = grid.float().contiguous()
     inv = float(inv_denominator)
     w = weight.contiguous()
-    BM, BN, BI, GP = _tiles(G)
     dx = dgrid = dinv = dw = None
     if need_x or need_g or need_i:
+        cfg = launch_config("dx", x.dtype, G, gpu_configs())
+        c = dict(cfg.constexprs)
         dx32 = torch.zeros((T, I), device=x.device, dtype=torch.float32)
-        nm, ni = triton.cdiv(max(T, 1), BM), triton.cdiv(max(I, 1), BI)
-        part_g = torch.zeros((nm * ni, GP), device=x.device, dtype=torch.float32)
+        nm, ni = triton.cdiv(max(T, 1), c["BM"]), triton.cdiv(max(I, 1), c["BI"])
+        part_g = torch.zeros((nm * ni, c["GP"]), device=x.device, dtype=torch.float32)
         part_i = torch.zeros((nm * ni,), device=x.device, dtype=torch.float32)
         if T > 0 and I > 0:
-            _dx_kernel[(nm, ni)](d2, x2, g32, w, dx32, part_g, part_i, T, I, O, G, inv, BM=BM, BO=BN, BI=BI, GP=GP,
-                                 PREC=_precision(weight))
+            _dx_kernel[(nm, ni)](d2, x2, g32, w, dx32, part_g, part_i, T, I, O, G, inv, **cfg.launch_kwargs())
         dx = dx32.to(x.dtype).reshape(x.shape)
         dgrid = (part_g.sum(0)[:G] * -inv).to(grid.dtype)
         dinv = part_i.sum().to(inv_denominator.dtype)
     if need_w:
         dw32 = torch.zeros((O, I * G), device=x.device, dtype=torch.float32)
         if T > 0 and O > 0 and I > 0:
-            _dw_kernel[(triton.cdiv(O, BN), triton.cdiv(I, BI))](d2, x2, g32, dw32, T, I, O, G, inv, BM=BM, BN=BN,
-                                                                 BI=BI, GP=GP, PREC=_precision(weight))
+            cfg = launch_config("dw", x.dtype, G, gpu_configs())
+            c = dict(cfg.constexprs)
+            _dw_kernel[(triton.cdiv(O, c["BN"]), triton.cdiv(I, c["BI"]))](d2, x2, g32, dw32, T, I, O, G, inv,
+                                                                           **cfg.launch_kwargs())
         dw = dw32.to(weight.dtype)
 
     def pick(t, need, like):

@@ -7,13 +7,17 @@ pairs (exp(dt A), dt u B) are combined with ``tl.associative_scan`` under
 (the same checkpoints as the CPU kernel). The backward recomputes each chunk from its checkpoint
 and runs the adjoint recurrence as a reverse scan. Variable dB/dC accumulate with atomics (their
 last bits depend on the order); everything else is written once.
+
+Launch configurations (issue 12): only the tile sizes, B/C's kind (fixed or variable) and the storage dtype
+are compile-time; the optional inputs (D, z, delta_bias, the initial state, the last state's gradient) and
+the softplus are run-time bool flags, so a GPU compiles 4 variants per tile and dtype instead of 128.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import AVAILABLE, gpu_configs
+from . import AVAILABLE, HALF_AND_FLOAT, LaunchConfig, gpu_configs, make_config, next_pow2
 
 if AVAILABLE:
     import triton
@@ -24,7 +28,7 @@ if AVAILABLE:
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit
-    def _dt_chunk(DELTA, BIAS, row_delta, d, offs_t, mt, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    def _dt_chunk(DELTA, BIAS, row_delta, d, offs_t, mt, HAS_BIAS, SOFTPLUS):
         raw = tl.load(DELTA + row_delta + offs_t, mask=mt, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw += tl.load(BIAS + d)
@@ -49,8 +53,8 @@ if AVAILABLE:
     @triton.jit
     def _chunk_inputs(U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
                       sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn,
-                      VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                      BL: tl.constexpr, BN: tl.constexpr):
+                      VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_BIAS, SOFTPLUS, BL: tl.constexpr,
+                      BN: tl.constexpr):
         """Chunk ``c`` of one row: token offsets and masks, u, raw and activated dt, the B/C tiles and
         the scan pairs (da, dbu) = (exp(dt A), dt u B); padding is the identity (1, 0)."""
         offs_t = c * BL + tl.arange(0, BL)
@@ -68,22 +72,16 @@ if AVAILABLE:
     def _fwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, INIT, OUT, LAST, CKPT,
                     L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d,
                     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    BL: tl.constexpr, BN: tl.constexpr):
+                    HAS_D, HAS_Z, HAS_BIAS, HAS_INIT, SOFTPLUS,
+                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // DIM
         d = pid % DIM
         offs_n = tl.arange(0, BN)
         mn = offs_n < N
         a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
-        d_skip = 0.0
-        if HAS_D:
-            d_skip = tl.load(D + d)
-        if HAS_INIT:
-            h = tl.load(INIT + pid * N + offs_n, mask=mn, other=0.0)
-        else:
-            h = tl.zeros([BN], tl.float32)
+        d_skip = tl.load(D + d, mask=HAS_D, other=0.0)
+        h = tl.load(INIT + pid * N + offs_n, mask=mn & HAS_INIT, other=0.0)
         for c in range(0, NCH):
             tl.store(CKPT + (pid * NCH + c) * N + offs_n, h, mask=mn)
             offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu = _chunk_inputs(
@@ -105,9 +103,8 @@ if AVAILABLE:
                     DU, DDELTA, DZ, DA_PART, DB, DC, DD_PART, DBIAS_PART, DINIT,
                     L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d, sg_b, sg_d,
                     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    BL: tl.constexpr, BN: tl.constexpr):
+                    HAS_D, HAS_Z, HAS_BIAS, HAS_GLAST, SOFTPLUS,
+                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
         pid = tl.program_id(0)
         b = pid // DIM
         d = pid % DIM
@@ -116,13 +113,8 @@ if AVAILABLE:
         a_row = tl.load(A + d * N + offs_n, mask=mn, other=0.0)
         gb_idx = b * GB + d // (DIM // GB)  # the (batch, group) row of a variable dB / dC
         gc_idx = b * GC + d // (DIM // GC)
-        d_skip = 0.0
-        if HAS_D:
-            d_skip = tl.load(D + d)
-        if HAS_GLAST:
-            carry = tl.load(GLAST + pid * N + offs_n, mask=mn, other=0.0)  # dL/dh_{L-1} beyond the outputs
-        else:
-            carry = tl.zeros([BN], tl.float32)
+        d_skip = tl.load(D + d, mask=HAS_D, other=0.0)
+        carry = tl.load(GLAST + pid * N + offs_n, mask=mn & HAS_GLAST, other=0.0)  # dL/dh_{L-1} beyond the outputs
         g_a = tl.zeros([BN], tl.float32)
         g_bfix = tl.zeros([BN], tl.float32)
         g_cfix = tl.zeros([BN], tl.float32)
@@ -182,8 +174,71 @@ if AVAILABLE:
         tl.store(DBIAS_PART + pid, g_bias)
 
 
-def chunk_len() -> int:
-    return 64 if gpu_configs() else 16
+#: The largest dstate the Triton scan takes; larger states run on the CUDA kernel (up to 256) or elsewhere. The
+#: checkpoints every BL = 1024 / BN tokens take batch * dim * seqlen * N / BL floats: 4 per token and channel at 64.
+MAX_STATE = 64
+_FLOAT32 = torch.float32
+
+
+def state_block(dstate: int) -> int:
+    """BN, the state axis' tile: a power of two, at least 16 (smaller states are masked)."""
+    return max(16, next_pow2(dstate))
+
+
+def gpu_chunk_len(dstate: int) -> int:
+    """BL on a GPU: (BL, BN) tiles of 1024 elements, so 64 tokens up to dstate 16, 16 at dstate 64. The
+    backward keeps about eight such float32 tiles live; at 1024 elements they fit 4 warps' registers (64 x 64
+    tiles spilled 1.8 KB, see scripts/gpu_compile_check.py)."""
+    return 1024 // state_block(dstate)
+
+
+def chunk_len(dstate: int = 1) -> int:
+    """Tokens between saved states: :func:`gpu_chunk_len` with the GPU's tiles, 16 in the interpreter."""
+    return gpu_chunk_len(dstate) if gpu_configs() else 16
+
+
+def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int, var_b: bool,
+                  var_c: bool) -> LaunchConfig:
+    """The launch of the forward (or backward) kernel: a pure function of the shapes.
+
+    Args:
+        backward: the backward kernel instead of the forward one.
+        dtype: u's storage dtype (delta, z, grad_out and variable B/C share it; the kernel converts on load).
+        dstate: N.
+        chunk: tokens per chunk (BL), from :func:`chunk_len`.
+        var_b: B is variable (batch, [groups,] N, L) rather than fixed (dim, N) float32.
+        var_c: the same for C.
+
+    Returns:
+        The :class:`~medkernels.triton.LaunchConfig`.
+    """
+    kernel = _bwd_kernel if backward else _fwd_kernel
+    if backward:
+        names = ("U", "DELTA", "A", "B", "C", "D", "Z", "BIAS", "CKPT", "GOUT", "GLAST", "DU", "DDELTA", "DZ",
+                 "DA_PART", "DB", "DC", "DD_PART", "DBIAS_PART", "DINIT")
+        flags = ("HAS_D", "HAS_Z", "HAS_BIAS", "HAS_GLAST", "SOFTPLUS")
+        stored = {"U", "DELTA", "Z", "GOUT"}
+    else:
+        names = ("U", "DELTA", "A", "B", "C", "D", "Z", "BIAS", "INIT", "OUT", "LAST", "CKPT")
+        flags = ("HAS_D", "HAS_Z", "HAS_BIAS", "HAS_INIT", "SOFTPLUS")
+        stored = {"U", "DELTA", "Z"}
+    stored |= {"B"} if var_b else set()
+    stored |= {"C"} if var_c else set()
+    pointers = {n: dtype if n in stored else _FLOAT32 for n in names}
+    return make_config(kernel, pointers=pointers, flags=flags, num_warps=4, num_stages=3,
+                       constexprs=dict(VAR_B=var_b, VAR_C=var_c, BL=chunk, BN=state_block(dstate)))
+
+
+def configs() -> list[LaunchConfig]:
+    """Every configuration :func:`launch_config` returns on a GPU (the chunk from :func:`gpu_chunk_len`)."""
+    seen: dict[LaunchConfig, None] = {}
+    for backward in (False, True):
+        for dtype in HALF_AND_FLOAT:
+            for var_b in (False, True):
+                for var_c in (False, True):
+                    for n in range(1, MAX_STATE + 1):
+                        seen[launch_config(backward, dtype, n, gpu_chunk_len(n), var_b, var_c)] = None
+    return list(seen)
 
 
 def _bc_strides(t):
@@ -206,12 +261,12 @@ def forward(u, delta, A, B, C, D, z, bias, init, softplus: bool, chunk: int):
     sB, gB = _bc_strides(B)
     sC, gC = _bc_strides(C)
     zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    cfg = launch_config(False, u.dtype, N, chunk, B.dim() > 2, C.dim() > 2)
     _fwd_kernel[(batch * dim,)](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else u.new_empty(1),
         bias if bias is not None else dummy, init if init is not None else dummy, out, last, ckpt,
         L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs, *sB, *sC,
-        VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
-        HAS_INIT=init is not None, SOFTPLUS=softplus, BL=chunk, BN=triton.next_power_of_2(N))
+        D is not None, z is not None, bias is not None, init is not None, bool(softplus), **cfg.launch_kwargs())
     return out, last, ckpt
 
 
@@ -235,12 +290,12 @@ def backward(gout, glast, u, delta, A, B, C, D, z, bias, ckpt, softplus: bool, c
     dinit = torch.empty((batch, dim, N), **f32)
     dummy = du.new_empty(1)
     zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    cfg = launch_config(True, u.dtype, N, chunk, B.dim() > 2, C.dim() > 2)
     _bwd_kernel[(batch * dim,)](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else u.new_empty(1),
         bias if bias is not None else dummy, ckpt, gout, glast if glast is not None else dummy,
         du, ddelta, dz, parts, dB, dC, dd, dbias, dinit,
         L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs,
         gout.stride(0), gout.stride(1), *sB, *sC,
-        VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
-        HAS_GLAST=glast is not None, SOFTPLUS=softplus, BL=chunk, BN=triton.next_power_of_2(N))
+        D is not None, z is not None, bias is not None, glast is not None, bool(softplus), **cfg.launch_kwargs())
     return du, ddelta, dz, dB, dC, parts.view(batch, dim, 3, N), dd.view(batch, dim), dbias.view(batch, dim), dinit
