@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medkernels._typing import DType, Device
+
 __all__ = ["DropPath", "Mlp"]
 
 
@@ -14,7 +16,7 @@ class DropPath(nn.Module):
     (timm's ``DropPath``). Identity in eval mode or with ``drop_prob == 0``.
     """
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"DropPath: drop_prob must be in [0, 1), got {drop_prob}")
@@ -36,7 +38,7 @@ class Mlp(nn.Module):
     ``fc1``, ``fc2``)."""
 
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 act_layer=nn.GELU, drop: float = 0.0, *, device=None, dtype=None):
+                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0, *, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         hidden_features = hidden_features or in_features

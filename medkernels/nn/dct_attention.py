@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import DType, Device
 
 __all__ = ["DCTAttention"]
 
@@ -50,9 +51,9 @@ class DCTAttention(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, keep=None, qkv_bias: bool = True, attn_drop: float = 0.0,
+    def __init__(self, dim: int, num_heads: int, keep: int | tuple[int, int] | None = None, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, *, keep_ratio: float | None = None, qk_scale: float | None = None,
-                 backend: str | None = None, device=None, dtype=None):
+                 backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         name = type(self).__name__
         if dim % num_heads != 0:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import DType, Device, IntOrTuple
 from medkernels.ops.checks import group_size3
 
 from ._layers import DropPath, Mlp
@@ -37,9 +38,9 @@ class DilatedAttention3d(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, group_size=(2, 8, 8), scope: str = "local", qkv_bias: bool = True,
+    def __init__(self, dim: int, num_heads: int, group_size: IntOrTuple = (2, 8, 8), scope: str = "local", qkv_bias: bool = True,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 backend: str | None = None, device=None, dtype=None):
+                 backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         name = type(self).__name__
         if dim % num_heads != 0:
@@ -61,7 +62,7 @@ class DilatedAttention3d(nn.Module):
         self.proj = nn.Linear(dim, dim, **factory)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, group_size=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, group_size: IntOrTuple | None = None) -> torch.Tensor:
         """Args: x ``[B, D, H, W, C]``; group_size: overrides the module's for this call.
         Returns ``[B, D, H, W, C]``."""
         if x.dim() != 5 or x.shape[-1] != self.dim:
@@ -102,10 +103,10 @@ class DFormerBlock(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, group_size=(2, 8, 8), scope: str = "local", mlp_ratio: float = 4.0,
+    def __init__(self, dim: int, num_heads: int, group_size: IntOrTuple = (2, 8, 8), scope: str = "local", mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, act_layer=nn.GELU, norm_layer=nn.LayerNorm, *, backend: str | None = None,
-                 device=None, dtype=None):
+                 drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.LayerNorm, *, backend: str | None = None,
+                 device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.norm1 = norm_layer(dim, **factory)

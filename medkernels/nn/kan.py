@@ -18,12 +18,14 @@ accepted and ignored here too. Unlike upstream, inputs may have any leading dims
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import DType, Device
 
 __all__ = ["FasterKAN", "FasterKANLayer", "ReflectionalSwitchFunction", "SplineLinear"]
 
@@ -38,7 +40,7 @@ class SplineLinear(nn.Linear):
         device, dtype: of the weight.
     """
 
-    def __init__(self, in_features: int, out_features: int, init_scale: float = 0.1, *, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, init_scale: float = 0.1, *, device: Device = None, dtype: DType = None) -> None:
         self.init_scale = init_scale
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
 
@@ -63,7 +65,7 @@ class ReflectionalSwitchFunction(nn.Module):
 
     def __init__(self, grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8, exponent: int = 2,
                  denominator: float = 0.33, *, train_grid: bool = False, train_inv_denominator: bool = False,
-                 device=None, dtype=None):
+                 device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_grids, int) or isinstance(num_grids, bool) or num_grids < 1:
@@ -118,8 +120,8 @@ class FasterKANLayer(nn.Module):
 
     def __init__(self, input_dim: int, output_dim: int, grid_min: float = -2.0, grid_max: float = 2.0,
                  num_grids: int = 8, exponent: int = 2, denominator: float = 0.33, use_base_update: bool = True,
-                 base_activation=F.silu, spline_weight_init_scale: float = 0.1, *, train_grid: bool = False,
-                 train_inv_denominator: bool = False, backend: str | None = None, device=None, dtype=None):
+                 base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu, spline_weight_init_scale: float = 0.1, *, train_grid: bool = False,
+                 train_inv_denominator: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         name = type(self).__name__
         for arg, v in (("input_dim", input_dim), ("output_dim", output_dim)):
@@ -135,6 +137,8 @@ class FasterKANLayer(nn.Module):
                                           dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(..., input_dim)``. Returns ``(..., output_dim)``: LayerNorm, then the fused RSWAF basis
+        and linear map (upstream has no base term either: ``use_base_update`` is ignored, as there)."""
         if x.dim() < 1 or x.shape[-1] != self.input_dim:
             raise ValueError(f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape "
                              f"{tuple(x.shape)}")
@@ -162,10 +166,10 @@ class FasterKAN(nn.Module):
     State dict: ``layers.<n>.`` + the layer's names.
     """
 
-    def __init__(self, layers_hidden, grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8,
-                 exponent: int = 2, denominator: float = 0.33, use_base_update: bool = True, base_activation=F.silu,
+    def __init__(self, layers_hidden: Sequence[int], grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8,
+                 exponent: int = 2, denominator: float = 0.33, use_base_update: bool = True, base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
                  spline_weight_init_scale: float = 0.667, *, train_grid: bool = False,
-                 train_inv_denominator: bool = False, backend: str | None = None, device=None, dtype=None):
+                 train_inv_denominator: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         widths = list(layers_hidden) if isinstance(layers_hidden, (list, tuple)) else None
         if widths is None or len(widths) < 2:
@@ -180,6 +184,7 @@ class FasterKAN(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(..., layers_hidden[0])``. Returns ``(..., layers_hidden[-1])`` (the layers in turn)."""
         for layer in self.layers:
             x = layer(x)
         return x

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import Backend, DType, Device
 
 __all__ = ["Mamba", "InferenceParams"]
 
@@ -60,9 +61,11 @@ class Mamba(nn.Module):
         backend: medkernels backend for the conv and scan (None = automatic); a medkernels extension.
     """
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
-                 dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False, use_fast_path=True,
-                 layer_idx=None, device=None, dtype=None, *, backend=None):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True,
+                 layer_idx: int | None = None, device: Device = None, dtype: DType = None, *,
+                 backend: Backend = None) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if dt_init not in ("constant", "random"):
@@ -147,7 +150,8 @@ class Mamba(nn.Module):
                 ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
+    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,
+             ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decoding step.
 
         Args:
@@ -180,7 +184,8 @@ class Mamba(nn.Module):
         out = self.out_proj(y)
         return out.unsqueeze(1), conv_state, ssm_state
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: DType = None,
+                                 **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeroed ``(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state))`` for decoding."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype

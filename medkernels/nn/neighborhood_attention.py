@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import BoolOrTuple, DType, Device, IntOrTuple
 from medkernels.ops.checks import na_causal, na_dims
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
@@ -21,10 +22,10 @@ __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAt
 class _NeighborhoodAttention(nn.Module):
     na_dim: int
 
-    def __init__(self, embed_dim: int | None = None, num_heads: int | None = None, kernel_size=None, stride=1,
-                 dilation=1, is_causal=False, qkv_bias: bool = True, qk_scale: float | None = None,
+    def __init__(self, embed_dim: int | None = None, num_heads: int | None = None, kernel_size: IntOrTuple | None = None,
+                 stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, qkv_bias: bool = True, qk_scale: float | None = None,
                  proj_drop: float = 0.0, *, rel_pos_bias: bool = False, attn_drop: float = 0.0,
-                 dim: int | None = None, device=None, dtype=None):
+                 dim: int | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         name = type(self).__name__
         if dim is not None:

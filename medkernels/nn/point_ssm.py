@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
+from medkernels._typing import DType, Device
 
 __all__ = ["PointSSMGroupBlock", "point_scan_orders", "SCAN_ORDERS"]
 
@@ -108,10 +109,10 @@ class PointSSMGroupBlock(nn.Module):
 
     num_scans = len(SCAN_ORDERS)
 
-    def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+    def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
                  conv_bias: bool = True, bias: bool = False, num_groups: int = 8, negative_slope: float = 0.01,
-                 post_normalization: bool = False, backend: str | None = None, device=None, dtype=None):
+                 post_normalization: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             if not isinstance(v, int) or v < 1:

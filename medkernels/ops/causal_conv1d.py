@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._typing import Backend, OptTensor, Tensor
 from . import _library
 from ._backend import Backends
 from .checks import has_values
@@ -92,8 +93,9 @@ def _finish(out, final_states, return_final_states, final_states_out):
     return out, final_states
 
 
-def causal_conv1d_ref(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
-                      final_states_out=None, activation=None):
+def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx: OptTensor = None,
+                      initial_states: OptTensor = None, return_final_states: bool = False,
+                      final_states_out: OptTensor = None, activation: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`causal_conv1d_fn` (the oracle): taps as shifted copies, computed in float32
     (float64 for float64 inputs). Arguments as :func:`causal_conv1d_fn`."""
     fn = "causal_conv1d_ref"
@@ -214,8 +216,10 @@ _library.register_kernel("causal_conv1d_fn", ("causal_conv1d_fwd", "causal_conv1
 BACKENDS = Backends("causal_conv1d_fn", cpu="causal_conv1d_fwd", triton="causal_conv1d_fwd_triton")
 
 
-def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
-                     final_states_out=None, activation=None, *, backend=None):
+def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx: OptTensor = None,
+                     initial_states: OptTensor = None, return_final_states: bool = False,
+                     final_states_out: OptTensor = None, activation: str | None = None, *,
+                     backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
     """Causal depthwise conv1d, a drop-in for ``causal_conv1d.causal_conv1d_fn``.
 
     Args:
@@ -314,8 +318,9 @@ def _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_ind
                                  f"update the same state in place); repeated: {unique[counts > 1].tolist()}")
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
-                         conv_state_indices=None):
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: OptTensor = None,
+                         activation: str | None = None, cache_seqlens: OptTensor = None,
+                         conv_state_indices: OptTensor = None) -> Tensor:
     """One or more decoding steps of the causal conv, updating ``conv_state`` in place
     (causal-conv1d's ``causal_conv1d_update``).
 

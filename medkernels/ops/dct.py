@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .._typing import Backend, IntOrTuple, Norm, Tensor
 from . import _library
 from ._backend import Backends
 
@@ -39,7 +40,7 @@ def _row_scale(n: int, norm) -> torch.Tensor:
     return a if norm in (None, "backward") else a / (2.0 * n)
 
 
-def dct_matrix(n: int, norm="ortho", *, inverse: bool = False) -> torch.Tensor:
+def dct_matrix(n: int, norm: Norm = "ortho", *, inverse: bool = False) -> torch.Tensor:
     """The (n, n) float64 matrix of the 1D DCT-II along an axis (scipy type 2), or of its inverse.
 
     ``dct(x) = dct_matrix(n) @ x``; ``idct(y) = dct_matrix(n, inverse=True) @ y``.
@@ -165,7 +166,7 @@ def _transform(fn, x, out_hw, norm, inverse, backend):
     return out.to(x.dtype)
 
 
-def dct2d(x, norm="ortho", *, keep=None, backend=None):
+def dct2d(x: Tensor, norm: Norm = "ortho", *, keep: IntOrTuple | None = None, backend: Backend = None) -> Tensor:
     """2D DCT-II over the last two axes: ``scipy.fft.dctn(x, type=2, norm=norm, axes=(-2, -1))``.
 
     Args:
@@ -191,7 +192,7 @@ def dct2d(x, norm="ortho", *, keep=None, backend=None):
     return _transform(fn, x, out_hw, norm, False, backend)
 
 
-def idct2d(x, norm="ortho", *, s=None, backend=None):
+def idct2d(x: Tensor, norm: Norm = "ortho", *, s: IntOrTuple | None = None, backend: Backend = None) -> Tensor:
     """Inverse of :func:`dct2d`: ``scipy.fft.idctn(x, type=2, s=s, norm=norm, axes=(-2, -1))``.
 
     Args:
@@ -213,7 +214,7 @@ def idct2d(x, norm="ortho", *, s=None, backend=None):
     return _transform(fn, x, out_hw, norm, True, backend)
 
 
-def dct2d_ref(x, norm="ortho", *, keep=None):
+def dct2d_ref(x: Tensor, norm: Norm = "ortho", *, keep: IntOrTuple | None = None) -> Tensor:
     """Pure-PyTorch :func:`dct2d`: two matmuls with the (truncated) float64-built cosine bases."""
     fn = "dct2d_ref"
     _check_x(fn, x)
@@ -221,7 +222,7 @@ def dct2d_ref(x, norm="ortho", *, keep=None):
     return _transform(fn, x, _pair(fn, "keep", keep, x.shape[-2:], at_least=False), norm, False, "reference")
 
 
-def idct2d_ref(x, norm="ortho", *, s=None):
+def idct2d_ref(x: Tensor, norm: Norm = "ortho", *, s: IntOrTuple | None = None) -> Tensor:
     """Pure-PyTorch :func:`idct2d`: two matmuls with the (truncated) float64-built inverse bases."""
     fn = "idct2d_ref"
     _check_x(fn, x)

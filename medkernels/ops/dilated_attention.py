@@ -18,8 +18,11 @@ group in place instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from .._typing import Backend, Device, IntOrTuple, Tensor
 from . import _library
 from ._backend import Backends
 from .checks import group_size3, softmax_scale
@@ -55,7 +58,8 @@ def _check(fn, query, key, value, group_size, scope):
     return group_size3(fn, group_size)
 
 
-def dilated_groups(spatial, group_size, scope, device=None):
+def dilated_groups(spatial: Sequence[int], group_size: IntOrTuple, scope: str,
+                   device: Device = None) -> tuple[Tensor, Tensor]:
     """The groups of a ``spatial = (D, H, W)`` grid as token indices.
 
     Args:
@@ -187,8 +191,9 @@ def _check_dropout(fn: str, dropout_p) -> float:
     return float(dropout_p)
 
 
-def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, return_lse=False, dropout_p=0.0,
-                        backend=None):
+def dilated_attention3d(query: Tensor, key: Tensor, value: Tensor, group_size: IntOrTuple, scope: str,
+                        scale: float | Tensor | None = None, *, return_lse: bool = False, dropout_p: float = 0.0,
+                        backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
     """D-Former group self-attention over a 3D token grid (local or global dilated scope).
 
     Args:
@@ -227,7 +232,9 @@ def dilated_attention3d(query, key, value, group_size, scope, scale=None, *, ret
     return (out, lse) if return_lse else out
 
 
-def dilated_attention3d_ref(query, key, value, group_size, scope, scale=None, *, return_lse=False, dropout_p=0.0):
+def dilated_attention3d_ref(query: Tensor, key: Tensor, value: Tensor, group_size: IntOrTuple, scope: str,
+                            scale: float | Tensor | None = None, *, return_lse: bool = False,
+                            dropout_p: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`dilated_attention3d` (the oracle): gathers every group by index
     (:func:`dilated_groups`) and runs masked dense softmax attention in float32 (float64 for float64).
     Arguments and returns as :func:`dilated_attention3d`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .._typing import Backend, OptTensor, Tensor
 from . import _library
 from ._backend import Backends
 from .checks import has_values
@@ -103,7 +104,9 @@ def _check_inputs(fn: str, u, delta, A, B, C, D, delta_bias, orders) -> None:
 # The reference: K selective scans on permuted copies.
 
 
-def multi_order_selective_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, orders=None, *, delta_softplus=True):
+def multi_order_selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
+                                   delta_bias: OptTensor = None, orders: OptTensor = None, *,
+                                   delta_softplus: bool = True) -> Tensor:
     """Pure-PyTorch multi-order scan: K calls of :func:`selective_scan_ref` on permuted copies.
 
     Args: as :func:`multi_order_selective_scan` (without ``backend``).
@@ -214,7 +217,9 @@ BACKENDS = Backends(_OP, cpu="multi_order_selective_scan_fwd", triton="multi_ord
                     triton_atomics=True, limits={"triton": _triton_state_limit})
 
 
-def multi_order_selective_scan(u, delta, A, B, C, D, delta_bias, orders, *, delta_softplus=True, backend=None):
+def multi_order_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor,
+                               delta_bias: OptTensor, orders: Tensor, *, delta_softplus: bool = True,
+                               backend: Backend = None) -> Tensor:
     """K selective scans of one sequence along K orderings, summed in the original token order.
 
     The group Point-SSM of PointMamba2 (arXiv 2504.13015): ordering k is a permutation of the tokens

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from .._typing import Backend, BoolOrTuple, IntOrTuple, OptTensor, Tensor
 from . import _library
 from ._backend import Backends
 from .checks import na_causal, na_dims, softmax_scale
@@ -469,8 +470,10 @@ def _na_doc(na_dim: int) -> str:
 def _make_fused(na_dim: int):
     fn_name = f"na{na_dim}d"
 
-    def na(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
-           additional_keys=None, additional_values=None, *, rpb=None, return_lse=False, backend=None):
+    def na(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
+           dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, scale: float | Tensor | None = None,
+           additional_keys: OptTensor = None, additional_values: OptTensor = None, *, rpb: OptTensor = None,
+           return_lse: bool = False, backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
         args = _na_args(na_dim, fn_name, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                         additional_keys, additional_values, rpb)
         name = FUSED_BACKENDS[fn_name].choose(backend, query, value)
@@ -483,8 +486,10 @@ def _make_fused(na_dim: int):
                       additional_keys, additional_values)
         return (out, lse) if return_lse else out
 
-    def na_ref(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
-               additional_keys=None, additional_values=None, *, rpb=None, return_lse=False):
+    def na_ref(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
+               dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, scale: float | Tensor | None = None,
+               additional_keys: OptTensor = None, additional_values: OptTensor = None, *, rpb: OptTensor = None,
+               return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         args = _na_args(na_dim, f"{fn_name}_ref", query, key, value, kernel_size, stride, dilation, is_causal,
                         scale, additional_keys, additional_values, rpb)
         out, lse = _na_fused_ref(query, key, value, *args, rpb, additional_keys, additional_values)
@@ -534,22 +539,26 @@ def _make_unfused(na_dim: int):
                              f"got {attn.shape[-1]}")
         return kernel, dilation_, causal
 
-    def qk(query, key, kernel_size, dilation=1, is_causal=False, rpb=None, *, backend=None):
+    def qk(query: Tensor, key: Tensor, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
+           is_causal: BoolOrTuple = False, rpb: OptTensor = None, *, backend: Backend = None) -> Tensor:
         kernel, dilation_, causal = qk_args(qk_name, query, key, kernel_size, dilation, is_causal, rpb)
         if QK_BACKENDS[qk_name].choose(backend, query) == "reference":
             return qk_ref(query, key, kernel_size, dilation, is_causal, rpb)
         return torch.ops.medkernels.na_qk(query, key, list(kernel), list(dilation_), list(causal), rpb)
 
-    def av(attn, value, kernel_size, dilation=1, is_causal=False, *, backend=None):
+    def av(attn: Tensor, value: Tensor, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
+           is_causal: BoolOrTuple = False, *, backend: Backend = None) -> Tensor:
         kernel, dilation_, causal = av_args(av_name, attn, value, kernel_size, dilation, is_causal)
         if AV_BACKENDS[av_name].choose(backend, attn) == "reference":
             return av_ref(attn, value, kernel_size, dilation, is_causal)
         return torch.ops.medkernels.na_av(attn, value, list(kernel), list(dilation_), list(causal))
 
-    def qk_ref(query, key, kernel_size, dilation=1, is_causal=False, rpb=None):
+    def qk_ref(query: Tensor, key: Tensor, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
+               is_causal: BoolOrTuple = False, rpb: OptTensor = None) -> Tensor:
         return _qk_ref(query, key, *qk_args(f"{qk_name}_ref", query, key, kernel_size, dilation, is_causal, rpb), rpb)
 
-    def av_ref(attn, value, kernel_size, dilation=1, is_causal=False):
+    def av_ref(attn: Tensor, value: Tensor, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
+               is_causal: BoolOrTuple = False) -> Tensor:
         return _av_ref(attn, value, *av_args(f"{av_name}_ref", attn, value, kernel_size, dilation, is_causal))
 
     sp = ", ".join(f"X{i}" for i in range(na_dim))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .._typing import Backend, OptTensor, Tensor
 from . import _library
 from ._backend import Backends
 from .checks import has_values
@@ -127,7 +128,8 @@ def _fps_reference(xyz, npoint, lengths, start_idx):
     return out
 
 
-def furthest_point_sample(xyz, npoint, *, lengths=None, start_idx=0, backend=None):
+def furthest_point_sample(xyz: Tensor, npoint: int, *, lengths: OptTensor = None, start_idx: int = 0,
+                          backend: Backend = None) -> Tensor:
     """Exact furthest point sampling (the indices of the textbook loop).
 
     Starting at ``start_idx``, each step takes the point with the largest squared distance to the
@@ -160,7 +162,7 @@ def furthest_point_sample(xyz, npoint, *, lengths=None, start_idx=0, backend=Non
     return torch.ops.medkernels.furthest_point_sample(xyz, npoint, lengths, start_idx)
 
 
-def furthest_point_sample_ref(xyz, npoint, *, lengths=None, start_idx=0):
+def furthest_point_sample_ref(xyz: Tensor, npoint: int, *, lengths: OptTensor = None, start_idx: int = 0) -> Tensor:
     """Pure-PyTorch :func:`furthest_point_sample`: the textbook loop, one step per sampled point."""
     return _fps_reference(xyz, *_fps_args("furthest_point_sample_ref", xyz, npoint, lengths, start_idx))
 
@@ -239,7 +241,8 @@ def _knn_reference(query, points, k, query_lengths, lengths):
     return dists.to(query.dtype), order
 
 
-def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, backend=None):
+def knn(query: Tensor, points: Tensor, k: int, *, query_lengths: OptTensor = None, lengths: OptTensor = None,
+        sorted: bool = True, backend: Backend = None) -> tuple[Tensor, Tensor]:
     """The k nearest neighbours of each query point among the points of its cloud.
 
     Works in coordinate space (C = 3) and feature space (any C, as PointMamba2 groups by feature).
@@ -274,7 +277,8 @@ def knn(query, points, k, *, query_lengths=None, lengths=None, sorted=True, back
     return torch.ops.medkernels.knn(query, points, k, query_lengths, lengths)
 
 
-def knn_ref(query, points, k, *, query_lengths=None, lengths=None, sorted=True):
+def knn_ref(query: Tensor, points: Tensor, k: int, *, query_lengths: OptTensor = None, lengths: OptTensor = None,
+            sorted: bool = True) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`knn`: all pairwise distances, a stable sort, the first k."""
     k, query_lengths, lengths = _knn_args("knn_ref", query, points, k, query_lengths, lengths, sorted)
     return _knn_reference(query, points, k, query_lengths, lengths)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._typing import Backend, Tensor
 from . import _library
 from ._backend import Backends
 
@@ -35,7 +36,7 @@ def _acc(t: torch.Tensor) -> torch.dtype:
 _ZERO_BEYOND = 40.0
 
 
-def rswaf_basis(x, grid, inv_denominator):
+def rswaf_basis(x: Tensor, grid: Tensor, inv_denominator: float | Tensor) -> Tensor:
     """The unfused RSWAF basis (what FasterKAN stores): ``(..., in) -> (..., in * G)``, channel-major.
 
     FasterKAN computes ``1 - tanh(a)^2``, which cancels to exactly 0 once ``tanh(a)`` rounds to 1
@@ -161,7 +162,8 @@ BACKENDS = Backends("rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_trit
 # Public functions.
 
 
-def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
+def rswaf_kan(x: Tensor, grid: Tensor, inv_denominator: float | Tensor, weight: Tensor, *,
+              backend: Backend = None) -> Tensor:
     """FasterKAN's RSWAF basis + bias-free linear map, fused (the layer after its LayerNorm).
 
     ``out[..., o] = sum_{i, g} (1 - tanh((x[..., i] - grid[g]) * inv_denominator)^2) * weight[o, i * G + g]``:
@@ -190,7 +192,7 @@ def rswaf_kan(x, grid, inv_denominator, weight, *, backend=None):
     return torch.ops.medkernels.rswaf_kan_fwd(x, g, inv, weight)
 
 
-def rswaf_kan_ref(x, grid, inv_denominator, weight):
+def rswaf_kan_ref(x: Tensor, grid: Tensor, inv_denominator: float | Tensor, weight: Tensor) -> Tensor:
     """Pure-PyTorch :func:`rswaf_kan` (the oracle): :func:`rswaf_basis` materialised in float32 (float64
     for float64), then ``F.linear``. Arguments and returns as :func:`rswaf_kan`."""
     return _reference(x, *_prepare("rswaf_kan_ref", x, grid, inv_denominator, weight), weight)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._typing import Backend, OptTensor, Tensor
 from . import _library
 from ._backend import Backends
 
@@ -131,8 +132,10 @@ def _check_inputs(fn: str, u, delta, A, B, C, D, z, delta_bias, initial_state) -
 # The reference: mamba_ssm's selective_scan_ref, plus initial_state.
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False, *, initial_state=None):
+def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
+                       z: OptTensor = None, delta_bias: OptTensor = None, delta_softplus: bool = False,
+                       return_last_state: bool = False, *,
+                       initial_state: OptTensor = None) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch selective scan: the oracle every backend is tested against.
 
     The same math and structure as mamba_ssm's ``selective_scan_ref``: it materialises
@@ -323,8 +326,10 @@ BACKENDS = Backends(_OP, cpu="selective_scan_fwd", cuda="selective_scan_fwd", tr
                     triton_atomics=_variable_bc, limits={"cuda": _cuda_limit, "triton": _triton_limit})
 
 
-def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False, *, initial_state=None, backend=None):
+def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
+                      z: OptTensor = None, delta_bias: OptTensor = None, delta_softplus: bool = False,
+                      return_last_state: bool = False, *, initial_state: OptTensor = None,
+                      backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan, a drop-in for ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
 
     Args:
