@@ -8,16 +8,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
 TEST_TOOLS := pytest pytest-benchmark numpy scipy triton fpsample faiss-cpu
+LINT_TOOLS := ruff clang-format
 # A new torch version or tool list makes a new stamp, so an existing .venv gets them installed.
-STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) | cksum | cut -d' ' -f1)
 
-.PHONY: all venv build dev test test-long bench bench-pytest cuda-build gpu-compile-check clean
+.PHONY: all venv build dev test test-long lint format bench bench-pytest cuda-build gpu-compile-check clean
 
 all: test
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==$(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS)
+	$(PIP) install -q torch==$(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS)
 	touch $@
 
 venv: $(STAMP)
@@ -35,6 +36,18 @@ test: build
 
 test-long: build
 	MEDKERNELS_LONG_TESTS=1 $(VENV)/bin/pytest -q tests
+
+# Python: ruff (pyproject.toml: lint rules, 120 columns, and its formatter); C++/CUDA: clang-format (.clang-format).
+CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix-only -q .
+	$(VENV)/bin/ruff format -q .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 bench: build
 	$(VENV)/bin/medkernels-bench

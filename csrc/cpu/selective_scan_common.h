@@ -18,7 +18,7 @@ inline void check_seq(const char* op, const char* name, const Tensor& t, const T
 }
 
 inline void check_param(const char* op, const char* name, const Tensor& t, at::IntArrayRef shape, at::ScalarType acc,
-                 const Tensor& u) {
+                        const Tensor& u) {
   TORCH_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == acc, op, ": ", name, " must have dtype ", acc, ", got ", t.scalar_type());
