@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEST_DEVICE, close, requires_triton
+from kit import TEST_DEVICE, close, requires_triton
 
 from medkernels import ops
 

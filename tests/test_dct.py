@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
+from kit import TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
@@ -112,7 +112,7 @@ def test_dct_matrix_is_orthonormal_and_inverts():
 def test_triton_matches_scipy():
     """On CPU through the Triton interpreter (TRITON_INTERPRET=1): small shapes only."""
     x = torch.randn(2, 3, 13, 9, generator=torch.Generator().manual_seed(1)).to(TEST_DEVICE)
-    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see conftest.on_gpu)
+    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(ops.dct2d(x, backend="triton").cpu(), scipy_dct(x.cpu(), "ortho"), 1e-5, 1e-5, "dct2d")
         low = ops.dct2d(x, keep=(5, 4), backend="triton")
         close(ops.idct2d(low, s=(13, 9), backend="triton").cpu(),

@@ -8,20 +8,20 @@ import copy
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
 from medkernels.bench.peers import dformer_attention_official, dformer_attention_sdpa
 
 # Error bound per result, in ulp (of the result's dtype; float32 for the LSE of half inputs) of
-# sum|terms| (conftest.attention_terms over the groups: dilated_problem). float32, measured over the
+# sum|terms| (kit.attention_terms over the groups: dilated_problem). float32, measured over the
 # seeded grid with MEDKERNELS_LONG_TESTS=1 (both ISAs, the Triton interpreter) and five other seeds:
 # out 1.1, lse 0.8, dq 2.7 (2.2 on the default seeds), dk 1.3, dv 1.8; float64 at most 0.85 of its
 # own ulp. Set 2.3-3x above. float16/bfloat16: within half an ulp of their dtype of sum|terms|
 # (measured at most 0.2: the kernel rounds to the dtype, as a same-dtype reference would).
 ULPS = {"out": 3, "lse": 2.5, "dq": 6, "dk": 4, "dv": 5}
-# GPU runs keep the tolerances they were validated with (see conftest.on_gpu): low precision against
+# GPU runs keep the tolerances they were validated with (see kit.on_gpu): low precision against
 # the float32 oracle, float32 against the float64 one.
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
        torch.float64: (1e-10, 1e-10)}
@@ -29,7 +29,7 @@ LOWP_ULPS = 0.5
 
 
 def dilated_problem(spatial, group, scope, scale=None):
-    """The groups as a batched dense attention problem for conftest.attention_terms: logits
+    """The groups as a batched dense attention problem for kit.attention_terms: logits
     [B, heads, groups, members, members], padded members masked, layout back to [B, D, H, W, heads, X]."""
     index, valid = ops.dilated_groups(spatial, group, scope)
     G, M = index.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close, requires_cuda
+from kit import close, requires_cuda
 from test_causal_conv1d import inputs as conv_inputs
 from test_dilated_attention import check_against_oracle, random_case as da_case
 from test_neighborhood_attention import check_case, random_case

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import close_as_pytorch, close_ulp
+from kit import close_as_pytorch, close_ulp
 
 from medkernels import nn as mknn
 from medkernels.ops import selective_scan_ref

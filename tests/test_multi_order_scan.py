@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EPS, close, close_ulp, on_gpu, requires_triton, scan_terms
+from kit import EPS, close, close_ulp, on_gpu, requires_triton, scan_terms
 
 from medkernels.ops import multi_order_scan as mos
 from medkernels.ops import multi_order_selective_scan, multi_order_selective_scan_ref
@@ -85,7 +85,7 @@ def mos_terms(inputs, softplus, grad_out=None):
 
 
 def _check_on_gpu(inputs, softplus, backend):
-    """GPU backends with the tolerances they were validated with: kept (see conftest.on_gpu)."""
+    """GPU backends with the tolerances they were validated with: kept (see kit.on_gpu)."""
     dtype = inputs["u"].dtype
     rtol, atol = TOL[dtype]
     grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1)).to(dtype)

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
 
 from medkernels import ops
 
@@ -232,7 +232,7 @@ def test_knn_triton(seed):
     gq = torch.autograd.grad(d.sum(), qd)[0]
     want = torch.autograd.grad(ops.knn_ref(q.requires_grad_(True), p, k, query_lengths=qlen, lengths=lengths)[0].sum(),
                                q)[0]
-    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see conftest.on_gpu)
+    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(d.cpu(), rd, 1e-6, 1e-6, "distances")
         close(gq.cpu(), want, 1e-5, 1e-5, "dquery")
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close_as_pytorch
+from kit import close_as_pytorch
 
 from medkernels.nn import PointSSMGroupBlock, point_scan_orders
 

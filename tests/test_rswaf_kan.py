@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, close, requires_triton
+from kit import LONG, TEST_DEVICE, close, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EPS, LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton, scan_terms
+from kit import EPS, LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton, scan_terms
 
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.ops import selective_scan as ss
@@ -73,7 +73,7 @@ ULPS = {"out": 6, "last_state": 6, "u": 8, "delta": 12, "z": 8, "B": 12, "C": 12
 
 def _check_on_gpu(inputs, delta_softplus, backend):
     """GPU backends vs selective_scan_ref on the same values in float32, with mamba_ssm's tolerances
-    (gradients as loose as upstream's), as validated on a GPU: kept (see conftest.on_gpu)."""
+    (gradients as loose as upstream's), as validated on a GPU: kept (see kit.on_gpu)."""
     dtype = inputs["u"].dtype
     rtol, atol = TOL[dtype]
     rtolw, atolw = (max(1e-3, rtol), max(1e-3, atol)) if inputs["z"] is not None else (1e-3, 1e-3)
