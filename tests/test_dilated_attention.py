@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, gpu_test, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
@@ -443,3 +443,27 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.medkernels.dilated_attention3d_fwd(q, q, q, [2, 0, 2], False, 0.5)
     with pytest.raises(RuntimeError, match="dilated_attention3d_fwd: query must be"):
         torch.ops.medkernels.dilated_attention3d_fwd(q[0], q[0], q[0], [2, 2, 2], False, 0.5)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seed", [600, 601, 602, 603])
+def test_dilated_attention_triton_on_gpu(seed, dtype):
+    check_against_oracle(random_case(seed, max_size=20, max_group=9), "triton", dtype, device="cuda")
+
+
+@gpu_test
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_dilated_attention_triton_stage1_shape_matches_cpu(scope):
+    """D-Former's stage-1 shape: groups of 128 tokens span several key blocks."""
+    q, k, v = (torch.randn(1, 32, 32, 32, 3, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    outs = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = [t.to(device).requires_grad_(True) for t in (q, k, v)]
+        o = ops.dilated_attention3d(*leaves, (2, 8, 8), scope, backend=backend)
+        outs.append([o, *torch.autograd.grad(o.square().sum(), leaves)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu(), r, 1e-3, 1e-3, f"dilated attention {scope}")

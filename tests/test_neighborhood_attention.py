@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, gpu_test, on_gpu, requires_triton
 from na_reference import axis_rules, dense_na, dense_problem
 
 from medkernels import nn as mknn
@@ -505,3 +505,12 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.medkernels.na_fwd(q, k, v, [5], [1], [2], [False], 0.5, None, None, None)
     with pytest.raises(RuntimeError, match=r"^na_fwd: stride must be in \[1, kernel_size\]"):
         torch.ops.medkernels.na_fwd(q, k, v, [3], [4], [1], [False], 0.5, None, None, None)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("seed,na_dim", [(500, 1), (501, 2), (502, 3), (503, 2)])
+def test_neighborhood_attention_triton_on_gpu(seed, na_dim):
+    check_case(random_case(seed, na_dim, max_size=12), "triton", device="cuda")
