@@ -401,12 +401,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    args = opcheck_samples()[op][index]
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, args)
-
-
 # --- bad input -------------------------------------------------------------------------------------
 
 
