@@ -12,7 +12,7 @@ from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, gpu_test, 
 
 from medkernels import nn as mknn
 from medkernels import ops
-from medkernels.bench.peers import dformer_attention_official, dformer_attention_sdpa
+from medkernels.testing import dformer_attention_official, dformer_attention_sdpa
 
 # Error bound per result, in ulp (of the result's dtype; float32 for the LSE of half inputs) of
 # sum|terms| (kit.attention_terms over the groups: dilated_problem). float32, measured over the
