@@ -1,9 +1,11 @@
-"""The test kit: what every test file imports (``from kit import ...``; conftest.py keeps only fixtures).
+"""The test kit: what every test file imports (``from kit import ...``: pytest puts tests/ on sys.path;
+conftest.py keeps only fixtures and setup).
 
 - Devices and backends: ``TEST_DEVICE`` (cuda when present, else cpu), ``LONG`` (MEDKERNELS_LONG_TESTS=1),
   the skip decorators ``requires_cuda`` / ``requires_triton``, ``gpu_test`` (a test that runs on a GPU:
-  marked ``gpu``, so that ``pytest -m gpu`` selects it, and skipped without CUDA), and ``backends(...)``,
-  the pytest params of a ``backend`` argument, each marked to skip where it cannot run.
+  marked ``gpu``, so that ``pytest -m gpu`` selects it, and skipped without CUDA; ``GPU``: those marks, for
+  ``pytest.param``), and ``backends(...)``, the pytest params of a ``backend`` argument, each marked to skip
+  where it cannot run.
 - Tolerances: ``EPS`` per dtype, ``close`` (rtol/atol with a message), ``close_ulp`` (ulps of the dtype's
   eps times max(|expected|, scale)), ``close_as_pytorch`` (flash-attention's rule: the kernel's error at
   most ``factor`` times PyTorch's own same-dtype error), ``rms``, and the sizes of what the ops' results
@@ -31,7 +33,8 @@ LONG = os.environ.get("MEDKERNELS_LONG_TESTS", "") not in ("", "0")
 
 # --- devices, backends and skips ------------------------------------------------------------------
 
-# Every test that needs a GPU skips through this one decorator; Triton tests through the other.
+# Every test that needs a GPU skips through this one decorator (GPU tests take it with the gpu mark:
+# gpu_test, GPU, backends(device="cuda")); Triton tests through the other.
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 requires_triton = pytest.mark.skipif(not _library.HAS_TRITON, reason="needs triton (pip install triton)")
 TEST_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,14 +54,14 @@ def backends(*names: str, device: str = "cpu") -> list:
     """pytest params for a test's ``backend`` argument (the value is the backend's name, the id too).
 
     device="cpu" (the tests run on TEST_DEVICE): "cpu" and "reference" always run; "triton" skips without
-    triton, and runs in Triton's interpreter without a GPU (on a GPU where CUDA is present).
+    triton, and runs in Triton's interpreter without a GPU (on the GPU where CUDA is present).
     device="cuda" (the test puts its tensors on the GPU): every param is a GPU test (marked ``gpu``,
-    skipped without CUDA); "triton" also skips without triton."""
+    skipped without CUDA). "cuda" is a GPU test on either; "triton" always also skips without triton."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
     params = []
     for name in names:
-        marks = list(GPU) if device == "cuda" else []
+        marks = list(GPU) if device == "cuda" or name == "cuda" else []
         if name == "triton":
             marks.append(requires_triton)
         params.append(pytest.param(name, marks=marks, id=name))
