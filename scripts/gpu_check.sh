@@ -7,8 +7,10 @@
 #   env    20  nvidia-smi, nvcc, torch/triton versions, the GPU and its compute capability (no GPU: exit 2)
 #   build 120  CMake configure + ninja -j$(nproc), MEDKERNELS_CUDA=ON for this GPU's architecture only, in place
 #   load   15  the built extension imports and has its CUDA kernels
-#   tests 105  tests/test_gpu.py (CUDA and Triton against the references and the CPU kernels); across
-#              GPU_CHECK_TEST_WORKERS pytest-xdist workers (default 8) when pytest-xdist is installed
+#   tests 105  `pytest -m gpu tests`: the tests marked gpu (tests/kit.py: gpu_test, backends(device="cuda")),
+#              beside the CPU tests in each op's file (CUDA and Triton against the references and the CPU
+#              kernels); across GPU_CHECK_TEST_WORKERS pytest-xdist workers (default 8) when pytest-xdist is
+#              installed
 #   bench  95  medkernels-bench --profile gpu --check (its JSON is rewritten after every case)
 # A failed or timed-out env, build or load stage stops the check with the log's tail; the tests and the
 # benchmark each run to the end of their limit and report whatever they finished. A timed-out tests or bench
@@ -261,11 +263,11 @@ if grep -q '^pytest-xdist: yes' "$OUTDIR/env.txt" && (( WORKERS > 1 )); then
 fi
 TESTS_START=$(date +%s)
 stage tests "$TESTS_S" INT 10 "$OUTDIR/tests.txt" env "${THREADS[@]}" \
-  "$PY" -m pytest -v -rfE -p no:cacheprovider "${XDIST[@]}" tests/test_gpu.py --junitxml="$OUTDIR/tests.xml"
+  "$PY" -m pytest -v -rfE -p no:cacheprovider "${XDIST[@]}" -m gpu tests --junitxml="$OUTDIR/tests.xml"
 if (( ${#XDIST[@]} && (RC == 3 || RC == 4) )); then   # pytest-xdist broke before any test: once more without it
   log "tests: pytest-xdist did not start (exit $RC); again in one process"
   stage tests "$(( TESTS_S - ($(date +%s) - TESTS_START) ))" INT 10 "$OUTDIR/tests.txt" \
-    "$PY" -m pytest -v -rfE -p no:cacheprovider tests/test_gpu.py --junitxml="$OUTDIR/tests.xml"
+    "$PY" -m pytest -v -rfE -p no:cacheprovider -m gpu tests --junitxml="$OUTDIR/tests.xml"
 fi
 TESTS_RC=$RC
 

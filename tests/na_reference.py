@@ -31,7 +31,7 @@ def dense_problem(kernel, stride, dilation, causal, scale=None):
     """build(query, key, value, rpb=None, additional_keys=None, additional_values=None) -> (logits
     [B, H, N, M] before masking, allowed [N, M], values [B, H, M, Dv], layout), the dense masked
     attention problem of neighborhood attention in float64; layout takes [B, H, N, X] back to the
-    heads-last [B, *spatial, H, X]. Differentiable in every tensor (tests/conftest.attention_terms)."""
+    heads-last [B, *spatial, H, X]. Differentiable in every tensor (tests/kit.attention_terms)."""
 
     def build(query, key, value, rpb=None, additional_keys=None, additional_values=None):
         q, k, v = query, key, value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEST_DEVICE, close, requires_triton
+from kit import TEST_DEVICE, close, gpu_test, requires_triton
 
 from medkernels import ops
 
@@ -308,11 +308,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
-
-
 # --- decoding ---------------------------------------------------------------------------------------
 
 
@@ -552,3 +547,20 @@ BAD += UPDATE_BAD
 def test_bad_input_is_a_clear_error(case, call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_causal_conv_triton_on_gpu(dtype):
+    x, w, b, init = inputs(batch=2, dim=64, seqlen=3000, width=4, dtype=dtype)
+    outs = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = [t.to(device).requires_grad_(True) for t in (x, w, b, init)]
+        o, f = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], None, leaves[3], True, activation="silu",
+                                    backend=backend)
+        outs.append([o, f, *torch.autograd.grad(o.float().square().sum() + f.float().sum(), leaves)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu(), r, 2e-2, 2e-2, "conv triton")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
+from kit import TEST_DEVICE, close, close_ulp, gpu_test, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
@@ -112,7 +112,7 @@ def test_dct_matrix_is_orthonormal_and_inverts():
 def test_triton_matches_scipy():
     """On CPU through the Triton interpreter (TRITON_INTERPRET=1): small shapes only."""
     x = torch.randn(2, 3, 13, 9, generator=torch.Generator().manual_seed(1)).to(TEST_DEVICE)
-    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see conftest.on_gpu)
+    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(ops.dct2d(x, backend="triton").cpu(), scipy_dct(x.cpu(), "ortho"), 1e-5, 1e-5, "dct2d")
         low = ops.dct2d(x, keep=(5, 4), backend="triton")
         close(ops.idct2d(low, s=(13, 9), backend="triton").cpu(),
@@ -178,11 +178,6 @@ def opcheck_samples():
     if hasattr(torch.ops.medkernels, "separable2d_triton"):
         samples["separable2d_triton"] = [grad([x, mh, mw])]
     return samples
-
-
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
 
 
 # --- bad input -------------------------------------------------------------------------------------------
@@ -262,3 +257,30 @@ def test_dct_attention_trains_and_rejects_bad_config():
     with pytest.raises(ValueError, match=r"expected \[B, 8, H, W\]"):
         mknn.DCTAttention(8, 2)(torch.randn(1, 4, 4, 4))
     assert math.isclose(mknn.DCTAttention(8, 2).keep, 0.25)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("norm", ["ortho", "backward"])
+def test_dct_triton_on_gpu(norm):
+    x = torch.randn(4, 64, 56, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    outs = []
+    for device, backend, dtype in (("cpu", "cpu", torch.float64), ("cuda", "triton", torch.float32)):
+        xr = x.to(device=device, dtype=dtype).requires_grad_(True)
+        low = ops.dct2d(xr, norm, keep=(28, 28), backend=backend)
+        back = ops.idct2d(low, norm, s=(56, 56), backend=backend)
+        outs.append([low, back, *torch.autograd.grad(back.square().sum() + low.sum(), xr)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu().double(), r, 1e-4, 1e-4, f"dct {norm}")
+
+
+@gpu_test
+def test_dct_attention_module_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    m = mknn.DCTAttention(64, 2, keep_ratio=0.25)
+    x = torch.randn(2, 64, 56, 56)
+    mg = mknn.DCTAttention(64, 2, keep_ratio=0.25).cuda()
+    mg.load_state_dict(m.state_dict())
+    close(mg(x.cuda()).cpu(), m(x), 1e-3, 1e-3, "dct attention")

@@ -8,20 +8,20 @@ import copy
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, gpu_test, on_gpu, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
-from medkernels.bench.peers import dformer_attention_official, dformer_attention_sdpa
+from medkernels.testing import dformer_attention_official, dformer_attention_sdpa
 
 # Error bound per result, in ulp (of the result's dtype; float32 for the LSE of half inputs) of
-# sum|terms| (conftest.attention_terms over the groups: dilated_problem). float32, measured over the
+# sum|terms| (kit.attention_terms over the groups: dilated_problem). float32, measured over the
 # seeded grid with MEDKERNELS_LONG_TESTS=1 (both ISAs, the Triton interpreter) and five other seeds:
 # out 1.1, lse 0.8, dq 2.7 (2.2 on the default seeds), dk 1.3, dv 1.8; float64 at most 0.85 of its
 # own ulp. Set 2.3-3x above. float16/bfloat16: within half an ulp of their dtype of sum|terms|
 # (measured at most 0.2: the kernel rounds to the dtype, as a same-dtype reference would).
 ULPS = {"out": 3, "lse": 2.5, "dq": 6, "dk": 4, "dv": 5}
-# GPU runs keep the tolerances they were validated with (see conftest.on_gpu): low precision against
+# GPU runs keep the tolerances they were validated with (see kit.on_gpu): low precision against
 # the float32 oracle, float32 against the float64 one.
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
        torch.float64: (1e-10, 1e-10)}
@@ -29,7 +29,7 @@ LOWP_ULPS = 0.5
 
 
 def dilated_problem(spatial, group, scope, scale=None):
-    """The groups as a batched dense attention problem for conftest.attention_terms: logits
+    """The groups as a batched dense attention problem for kit.attention_terms: logits
     [B, heads, groups, members, members], padded members masked, layout back to [B, D, H, W, heads, X]."""
     index, valid = ops.dilated_groups(spatial, group, scope)
     G, M = index.shape
@@ -325,11 +325,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
-
-
 # --- modules -----------------------------------------------------------------------------------------
 
 
@@ -443,3 +438,27 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.medkernels.dilated_attention3d_fwd(q, q, q, [2, 0, 2], False, 0.5)
     with pytest.raises(RuntimeError, match="dilated_attention3d_fwd: query must be"):
         torch.ops.medkernels.dilated_attention3d_fwd(q[0], q[0], q[0], [2, 2, 2], False, 0.5)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seed", [600, 601, 602, 603])
+def test_dilated_attention_triton_on_gpu(seed, dtype):
+    check_against_oracle(random_case(seed, max_size=20, max_group=9), "triton", dtype, device="cuda")
+
+
+@gpu_test
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_dilated_attention_triton_stage1_shape_matches_cpu(scope):
+    """D-Former's stage-1 shape: groups of 128 tokens span several key blocks."""
+    q, k, v = (torch.randn(1, 32, 32, 32, 3, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    outs = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = [t.to(device).requires_grad_(True) for t in (q, k, v)]
+        o = ops.dilated_attention3d(*leaves, (2, 8, 8), scope, backend=backend)
+        outs.append([o, *torch.autograd.grad(o.square().sum(), leaves)])
+    for a, r in zip(outs[1], outs[0]):
+        close(a.cpu(), r, 1e-3, 1e-3, f"dilated attention {scope}")

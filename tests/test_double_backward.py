@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_triton
+from kit import requires_triton
 
 from medkernels import ops
 

@@ -8,7 +8,7 @@ import pathlib
 import shutil
 
 import pytest
-from conftest import requires_triton
+from kit import requires_triton
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import random
 
 import pytest
 import torch
-from conftest import requires_triton
+from kit import requires_triton
 
 from medkernels import ops
 

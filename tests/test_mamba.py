@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import close_as_pytorch, close_ulp
+from kit import close, close_as_pytorch, close_ulp, gpu_test
 
 from medkernels import nn as mknn
 from medkernels.ops import selective_scan_ref
@@ -149,3 +149,26 @@ def test_bad_shapes():
         m.step(torch.randn(2, 3, 16), *m.allocate_inference_cache(2, 3))
     with pytest.raises(ValueError, match="needs layer_idx"):
         m(torch.randn(1, 2, 16), inference_params=mknn.InferenceParams(2, 1))
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+def test_mamba_block_on_gpu_matches_cpu_and_decodes():
+    torch.manual_seed(0)
+    m = mknn.Mamba(64, layer_idx=0)
+    h = torch.randn(2, 300, 64)
+    ref = m(h)
+    mg = mknn.Mamba(64, layer_idx=0).cuda()
+    mg.load_state_dict(m.state_dict())
+    out = mg(h.cuda())
+    close(out.cpu(), ref, 1e-3, 1e-3, "mamba gpu")
+    with torch.no_grad():
+        params = mknn.InferenceParams(max_seqlen=300, max_batch_size=2)
+        pieces = [mg(h[:, :200].cuda(), inference_params=params)]
+        params.seqlen_offset = 200
+        for t in range(200, 300):
+            pieces.append(mg(h[:, t:t + 1].cuda(), inference_params=params))
+            params.seqlen_offset += 1
+    close(torch.cat(pieces, 1).cpu(), ref.detach(), 1e-3, 1e-3, "decode")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EPS, close, close_ulp, on_gpu, requires_triton, scan_terms
+from kit import EPS, close, close_ulp, gpu_test, on_gpu, requires_triton, scan_terms
 
 from medkernels.ops import multi_order_scan as mos
 from medkernels.ops import multi_order_selective_scan, multi_order_selective_scan_ref
@@ -85,7 +85,7 @@ def mos_terms(inputs, softplus, grad_out=None):
 
 
 def _check_on_gpu(inputs, softplus, backend):
-    """GPU backends with the tolerances they were validated with: kept (see conftest.on_gpu)."""
+    """GPU backends with the tolerances they were validated with: kept (see kit.on_gpu)."""
     dtype = inputs["u"].dtype
     rtol, atol = TOL[dtype]
     grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -166,7 +166,7 @@ def test_matches_reference_random_sweep(seed):
 @requires_triton
 def test_triton_matches_reference():
     """On CPU through the Triton interpreter: tiny shapes, several chunks of 4 tokens (slow:
-    one case; tests/test_gpu.py covers bf16 on a GPU)."""
+    one case; test_multi_order_scan_triton_on_gpu_matches_cpu covers bf16 on a GPU)."""
     check_against_reference(make_inputs(1, 3, 5, 11, 2, seed=5), backend="triton")
 
 
@@ -272,12 +272,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    args = opcheck_samples()[op][index]
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, args)
-
-
 # --- bad input -------------------------------------------------------------------------------------
 
 
@@ -353,3 +347,22 @@ def test_grid_is_not_trivially_satisfied():
     close_ulp(good, ref, "out", ulps=ULPS["out"], scale=terms)
     with pytest.raises(AssertionError):
         close_ulp(good * (1 + 3 * ULPS["out"] * EPS[torch.float32]), ref, "out", ulps=ULPS["out"], scale=terms)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_multi_order_scan_triton_on_gpu_matches_cpu(dtype):
+    x = make_inputs(2, 40, 64, 700, 8, dtype, seed=9)
+    g = torch.randn(2, 40, 700).to(dtype)
+    results = []
+    for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
+        leaves = {k: x[k].to(device).requires_grad_(True) for k in NAMES}
+        out = multi_order_selective_scan(**leaves, orders=x["orders"].to(device), backend=backend)
+        grads = torch.autograd.grad((out.float() * g.to(device).float()).sum(), list(leaves.values()))
+        results.append([out.cpu()] + [t.cpu() for t in grads])
+    rtol, atol = TOL[dtype]
+    for name, a, b in zip(["out", *NAMES], *results):
+        close(b, a, max(rtol, 1e-3), max(atol, 1e-3) * (a.float().abs().max().item() + 1), name)

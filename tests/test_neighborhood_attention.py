@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, attention_terms, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, attention_terms, close, close_ulp, gpu_test, on_gpu, requires_triton
 from na_reference import axis_rules, dense_na, dense_problem
 
 from medkernels import nn as mknn
@@ -18,13 +18,13 @@ FUSED = {1: ops.na1d, 2: ops.na2d, 3: ops.na3d}
 QK = {1: ops.na1d_qk, 2: ops.na2d_qk, 3: ops.na3d_qk}
 AV = {1: ops.na1d_av, 2: ops.na2d_av, 3: ops.na3d_av}
 # Error bound per result, in ulp (of the result's dtype; float32 for the LSE of half inputs) of
-# sum|terms| (conftest.attention_terms: the softmax-weighted size of what the result sums). float32,
+# sum|terms| (kit.attention_terms: the softmax-weighted size of what the result sums). float32,
 # measured over the seeded grid, MEDKERNELS_LONG_TESTS=1 and three other seeds (both ISAs, the
 # Triton interpreter): out 1.05, lse 0.83, dquery 1.4, dkey 1.9, dvalue 3.7 (2.2 on the default
 # seeds), drpb 0.8, dadditional_keys 0.5, dadditional_values 0.9; float64 at most 2.2 of its own ulp.
 # Set 2-3x above. float16/bfloat16: within one ulp of their dtype of sum|terms| (measured at most 0.28:
 # the kernels round P and the saved output to the dtype, as a same-dtype reference would).
-# GPU runs keep NATTEN's dtype floors (fp32 vs the float64 reference; see conftest.on_gpu).
+# GPU runs keep NATTEN's dtype floors (fp32 vs the float64 reference; see kit.on_gpu).
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2), torch.float64: (1e-9, 1e-9)}
 ULPS = {"out": 3, "lse": 2.5, "query": 4, "key": 5, "value": 8, "rpb": 2.5, "additional_keys": 1.5,
         "additional_values": 2.5}
@@ -376,11 +376,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
-
-
 # --- modules --------------------------------------------------------------------------------------
 
 
@@ -505,3 +500,12 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.medkernels.na_fwd(q, k, v, [5], [1], [2], [False], 0.5, None, None, None)
     with pytest.raises(RuntimeError, match=r"^na_fwd: stride must be in \[1, kernel_size\]"):
         torch.ops.medkernels.na_fwd(q, k, v, [3], [4], [1], [False], 0.5, None, None, None)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("seed,na_dim", [(500, 1), (501, 2), (502, 3), (503, 2)])
+def test_neighborhood_attention_triton_on_gpu(seed, na_dim):
+    check_case(random_case(seed, na_dim, max_size=12), "triton", device="cuda")

@@ -7,12 +7,12 @@ import itertools
 
 import pytest
 import torch
-from conftest import requires_triton
+from kit import backends, requires_triton
 
 from medkernels import ops
 
 NAN, INF = float("nan"), float("inf")
-CPU_BACKENDS = ["cpu", pytest.param("triton", marks=requires_triton)]
+CPU_BACKENDS = backends("cpu", "triton")
 
 
 def same(a: torch.Tensor, b: torch.Tensor, rtol: float = 0.0, atol: float = 0.0) -> bool:

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton
+from kit import LONG, TEST_DEVICE, close, close_ulp, gpu_test, on_gpu, requires_triton
 
 from medkernels import ops
 
@@ -232,7 +232,7 @@ def test_knn_triton(seed):
     gq = torch.autograd.grad(d.sum(), qd)[0]
     want = torch.autograd.grad(ops.knn_ref(q.requires_grad_(True), p, k, query_lengths=qlen, lengths=lengths)[0].sum(),
                                q)[0]
-    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see conftest.on_gpu)
+    if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(d.cpu(), rd, 1e-6, 1e-6, "distances")
         close(gq.cpu(), want, 1e-5, 1e-5, "dquery")
         return
@@ -274,11 +274,6 @@ def opcheck_samples():
         samples["furthest_point_sample_triton"] = [[xyz, 3, None, 1]]
         samples["knn_triton"] = [[q[:1, :2], p[:1], 2, torch.tensor([1]), None]]
     return samples
-
-
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -329,3 +324,35 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.medkernels.knn(_t(1, 4, 3), _t(1, 5, 3), 6, None, None)
     with pytest.raises(RuntimeError, match="knn: query must be"):
         torch.ops.medkernels.knn(_t(4, 3), _t(1, 5, 3), 2, None, None)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("n,npoint,c", [(16384, 2048, 3), (5000, 700, 64)])
+def test_fps_triton_on_gpu_equals_cpu(n, npoint, c):
+    xyz = torch.randn(3, n, c, generator=torch.Generator().manual_seed(8))
+    lengths = torch.tensor([n, n - 17, npoint + 5])
+    want = ops.furthest_point_sample(xyz, npoint, lengths=lengths, start_idx=3, backend="cpu")
+    got = ops.furthest_point_sample(xyz.cuda(), npoint, lengths=lengths.cuda(), start_idx=3, backend="triton")
+    assert torch.equal(got.cpu(), want)
+
+
+@gpu_test
+@pytest.mark.parametrize("m,n,k,c", [(2048, 16384, 32, 3), (1000, 3000, 16, 64), (100, 257, 3, 1)])
+def test_knn_triton_on_gpu_equals_cpu(m, n, k, c):
+    g = torch.Generator().manual_seed(9)
+    q, p = torch.randn(2, m, c, generator=g), torch.randn(2, n, c, generator=g)
+    lengths, qlen = torch.tensor([n, n - 5]), torch.tensor([m, m // 2])
+    want_d, want_i = ops.knn(q, p, k, lengths=lengths, query_lengths=qlen, backend="cpu")
+    qg, pg = q.cuda().requires_grad_(True), p.cuda().requires_grad_(True)
+    d, i = ops.knn(qg, pg, k, lengths=lengths.cuda(), query_lengths=qlen.cuda(), backend="triton")
+    assert torch.equal(i.cpu(), want_i)
+    close(d.cpu(), want_d, 1e-6, 1e-6, "knn distances")
+    gq, gp = torch.autograd.grad(d.square().sum(), [qg, pg])
+    qc, pc = q.requires_grad_(True), p.requires_grad_(True)
+    wq, wp = torch.autograd.grad(ops.knn(qc, pc, k, lengths=lengths, query_lengths=qlen, backend="cpu")[0].square()
+                                 .sum(), [qc, pc])
+    close(gq.cpu(), wq, 1e-4, 1e-4, "dquery")
+    close(gp.cpu(), wp, 1e-4, 1e-4, "dpoints")

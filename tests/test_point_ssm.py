@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close_as_pytorch
+from kit import close, close_as_pytorch, gpu_test
 
 from medkernels.nn import PointSSMGroupBlock, point_scan_orders
 
@@ -215,3 +215,16 @@ def test_block_equals_the_official_forward(post_normalization):
         truth = _official_forward({k: v.double() for k, v in sd.items()}, x.double(), xyz.double(), post_normalization)
         # as accurate as the official forward in float32 (flash-attention's rule; measured at most 1.2x)
         close_as_pytorch(block(x, xyz), truth, _official_forward(sd, x, xyz, post_normalization), "out", factor=3)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+def test_point_ssm_group_block_on_gpu_matches_cpu():
+    torch.manual_seed(0)
+    block = PointSSMGroupBlock(32, d_state=16)
+    x, xyz = torch.randn(2, 300, 32), torch.randn(2, 300, 3)
+    want = block(x, xyz)
+    got = block.cuda()(x.cuda(), xyz.cuda()).cpu()
+    close(got, want, 1e-3, 1e-3, "out")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import LONG, TEST_DEVICE, close, requires_triton
+from kit import LONG, TEST_DEVICE, close, gpu_test, requires_triton
 
 from medkernels import nn as mknn
 from medkernels import ops
@@ -172,11 +172,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, opcheck_samples()[op][index])
-
-
 # --- bad input -------------------------------------------------------------------------------------------
 
 _X, _G, _I, _W = make((4,), 3, 5, 8)
@@ -291,3 +286,27 @@ def test_fasterkan_rejects_bad_config():
         mknn.FasterKAN([4])
     with pytest.raises(ValueError, match=r"expected input \(\.\.\., 4\)"):
         mknn.FasterKANLayer(4, 3)(torch.randn(2, 5))
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype,G", [(torch.float32, 8), (torch.bfloat16, 8), (torch.float32, 5)], ids=str)
+def test_rswaf_kan_triton_on_gpu_matches_cpu(dtype, G):
+    x, grid, inv, w = make((3, 700), 96, 200, G, dtype=dtype, seed=11)
+    cpu = run("cpu", x, grid, inv, w)
+    gpu = run("triton", *(t.cuda() for t in (x, grid, inv, w)))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for name, a, b in zip(("out", "x", "grid", "inv", "w"), gpu, cpu):
+        close(a.cpu(), b, tol, tol * max(1.0, b.abs().max().item()), f"rswaf_kan triton {name}")
+
+
+@gpu_test
+def test_fasterkan_module_on_gpu():
+    torch.manual_seed(0)
+    m = mknn.FasterKAN([64, 128, 64])
+    x = torch.randn(4, 49, 64)
+    mg = mknn.FasterKAN([64, 128, 64]).cuda()
+    mg.load_state_dict(m.state_dict())
+    close(mg(x.cuda()).cpu(), m(x), 1e-4, 1e-4, "FasterKAN gpu")

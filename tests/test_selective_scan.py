@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EPS, LONG, TEST_DEVICE, close, close_ulp, on_gpu, requires_triton, scan_terms
+from kit import EPS, LONG, TEST_DEVICE, backends, close, close_ulp, gpu_test, on_gpu, requires_triton, scan_terms
 
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.ops import selective_scan as ss
@@ -73,7 +73,7 @@ ULPS = {"out": 6, "last_state": 6, "u": 8, "delta": 12, "z": 8, "B": 12, "C": 12
 
 def _check_on_gpu(inputs, delta_softplus, backend):
     """GPU backends vs selective_scan_ref on the same values in float32, with mamba_ssm's tolerances
-    (gradients as loose as upstream's), as validated on a GPU: kept (see conftest.on_gpu)."""
+    (gradients as loose as upstream's), as validated on a GPU: kept (see kit.on_gpu)."""
     dtype = inputs["u"].dtype
     rtol, atol = TOL[dtype]
     rtolw, atolw = (max(1e-3, rtol), max(1e-3, atol)) if inputs["z"] is not None else (1e-3, 1e-3)
@@ -401,12 +401,6 @@ def opcheck_samples():
     return samples
 
 
-@pytest.mark.parametrize("op,index", [(op, i) for op, s in opcheck_samples().items() for i in range(len(s))])
-def test_opcheck(op, index):
-    args = opcheck_samples()[op][index]
-    torch.library.opcheck(getattr(torch.ops.medkernels, op).default, args)
-
-
 # --- bad input -------------------------------------------------------------------------------------
 
 
@@ -489,3 +483,70 @@ def test_grid_is_not_trivially_satisfied():
     close_ulp(good, ref, "out", ulps=ULPS["out"], scale=terms)
     with pytest.raises(AssertionError):
         close_ulp(good * (1 + 3 * ULPS["out"] * EPS[torch.float32]), ref, "out", ulps=ULPS["out"], scale=terms)
+
+
+# --- on a GPU (marked gpu: `pytest -m gpu`, scripts/gpu_check.sh; skipped without CUDA) ----------
+
+
+GPU_BACKENDS = backends("cuda", "triton", device="cuda")
+
+
+def _to(inputs, device):
+    return {k: (None if v is None else v.to(device)) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("B_kind,C_kind", [("variable", "variable"), ("grouped", "fixed"), ("fixed", "grouped")])
+def test_scan_matches_reference(backend, dtype, B_kind, C_kind):
+    inputs = make_inputs(2, 8, 16, 2500, dtype, B_kind, C_kind, groups=2, has_init=True, seed=3)
+    check_against_reference(_to(inputs, "cuda"), backend=backend)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("seqlen,dstate", [(16384, 16), (4097, 64), (3000, 1)])
+def test_scan_long_sequences_match_the_cpu_kernel(backend, seqlen, dstate):
+    inputs = make_inputs(2, 24, dstate, seqlen, torch.float32, "variable", "grouped", groups=3, has_init=True, seed=4)
+    leaves_cpu = {k: v.clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    leaves_gpu = {k: v.cuda().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    results = []
+    for leaves, be in ((leaves_cpu, "cpu"), (leaves_gpu, backend)):
+        args = {k: leaves.get(k) for k in inputs}
+        init = args.pop("initial_state")
+        out, last = selective_scan_fn(**args, delta_softplus=True, return_last_state=True, initial_state=init,
+                                      backend=be)
+        g = torch.autograd.grad(out.square().sum() + last.sum(), list(leaves.values()))
+        results.append([out, last, *g])
+    for a, b in zip(results[1], results[0]):
+        close(a.cpu(), b, 1e-3, 1e-3, f"{backend} vs cpu")
+
+
+@gpu_test
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_backward_determinism(deterministic):
+    """Everything is bit-reproducible; variable dB/dC too under torch.use_deterministic_algorithms."""
+    inputs = make_inputs(2, 32, 16, 3000, torch.bfloat16, "variable", "grouped", groups=2, has_init=True, seed=5)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)  # warn_only: the reference uses cuBLAS
+    try:
+        runs = _two_backward_runs(inputs)
+        if deterministic:  # the per-block partial sums must also be right
+            check_against_reference(_to(inputs, "cuda"), backend="cuda")
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for name in runs[0]:
+        if name in ("B", "C") and not deterministic:
+            close(runs[0][name], runs[1][name], *TOL[torch.bfloat16], name)
+        else:
+            assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def _two_backward_runs(inputs):
+    runs = []
+    for _ in range(2):
+        leaves = {k: v.cuda().requires_grad_(True) for k, v in inputs.items() if v is not None}
+        args = {k: leaves.get(k) for k in inputs}
+        init = args.pop("initial_state")
+        out = selective_scan_fn(**args, delta_softplus=True, initial_state=init, backend="cuda")
+        runs.append(dict(zip(leaves, torch.autograd.grad(out.float().square().sum(), list(leaves.values())))))
+    return runs

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_triton
+from kit import requires_triton
 
 from medkernels import ops
 from medkernels.ops import _library

@@ -1,0 +1,92 @@
+"""Benchmark cases: what ``medkernels-bench`` times, per op and profile.
+
+A case builds its inputs, calls the op on a named backend (or a peer library), and may state
+targets (speed-up and memory ratios against the reference) that the report checks. One module per op
+family builds its cases (``selective_scan``, ``multi_order_scan``, ``neighborhood_attention``,
+``dilated_attention``, ``dct``, ``causal_conv1d``, ``blocks``, ``rswaf_kan``, ``point_cloud``; ``base`` has
+:class:`Case`, :class:`Peer`, :class:`Target` and the profiles); :data:`CASES` below lists which shapes each
+profile runs, in the order they run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import PROFILES, Case, Peer, Target
+from .blocks import mamba_case
+from .causal_conv1d import conv_case
+from .dct import dct_attention_case, dct_case
+from .dilated_attention import DA_TARGETS, da_case
+from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
+from .neighborhood_attention import na_case, na_targets
+from .point_cloud import fps_case, knn_case
+from .rswaf_kan import KAN_TARGETS, kan_case
+from .selective_scan import ISSUE_TARGETS, scan_case
+
+__all__ = ["CASES", "PROFILES", "Case", "Peer", "Target", "cases_for"]
+
+
+CASES: list[Case] = [
+    scan_case(1, 16, 4, 64, "variable", ("quick",)),
+    scan_case(2, 768, 16, 1024, "variable", ("default", "full"), (torch.float32,), ISSUE_TARGETS),
+    scan_case(2, 768, 16, 1024, "variable", ("full",), (torch.bfloat16,)),
+    scan_case(1, 256, 16, 4096, "variable", ("full",)),
+    scan_case(2, 768, 16, 1024, "fixed", ("full",)),
+    scan_case(1, 1536, 64, 2048, "variable", ("full",)),
+    # The GPU profile times the pure-PyTorch references (a Python loop over the sequence, or whole-tensor
+    # gathers) only at shapes where a call takes well under a second, so that the profile fits
+    # scripts/gpu_check.sh's time budget; the large shapes are timed against each other and the copy bandwidth.
+    scan_case(8, 1536, 16, 4096, "variable", ("gpu",), (torch.bfloat16, torch.float32), (
+        Target("CUDA forward moves its bytes at >= 60% of the copy bandwidth", "cuda", "fwd", "bandwidth", 0.6),
+        Target("Triton forward within 1.5x of the CUDA forward", "triton", "fwd", "speedup", 1 / 1.5, against="cuda"),
+    ), reference=False),
+    scan_case(2, 768, 16, 1024, "variable", ("gpu",), (torch.float32,), (
+        Target("CUDA forward+backward >= 30x the reference", "cuda", "fwd+bwd", "speedup", 30.0),
+    )),
+    na_case((12, 12), 3, 2, ("quick",), heads=2, dim=8),
+    conv_case(2, 1536, 4096, 4, ("default", "full")),
+    conv_case(8, 3072, 8192, 4, ("gpu",)),
+    mamba_case(2, 1024, 256, 16, ("default", "full"),
+               (Target("forward+backward >= 10x the block on reference ops", "cpu", "fwd+bwd", "speedup", 10.0),)),
+    mamba_case(4, 1024, 768, 16, ("gpu",), dtypes=(torch.bfloat16,)),  # the reference block loops over L
+    na_case((64, 64), 7, 1, ("default", "full"), na_targets(False)),
+    na_case((64, 64), 7, 2, ("default", "full"), na_targets(False)),
+    na_case((16, 16, 16), 5, 1, ("default", "full"), na_targets(True)),
+    da_case((8, 16, 16), (2, 8, 8), "global", ("quick",), heads=2, dim=16),
+    da_case((32, 32, 32), (2, 8, 8), "local", ("default", "full"), DA_TARGETS),
+    da_case((32, 32, 32), (2, 8, 8), "global", ("default", "full"), DA_TARGETS),
+    da_case((64, 64, 64), (2, 8, 8), "global", ("gpu",), heads=3, dim=32, dtypes=(torch.bfloat16, torch.float32)),
+    dct_case(8, 64, 56, 28, ("default", "full")),
+    dct_attention_case(2, 64, 56, 2, 0.25, ("default", "full"), (
+        Target("forward >= 4x full spatial attention", "cpu", "fwd", "speedup", 4.0, against="peer:spatial_attention"),
+    )),
+    dct_attention_case(8, 64, 56, 2, 0.25, ("gpu",)),
+    na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
+    na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
+    fps_case(1, 2000, 200, 3, ("quick",)),
+    fps_case(1, 16384, 2048, 3, ("default", "full"), (
+        Target("exact FPS >= 10x the torch loop", "cpu", "fwd", "speedup", 10.0),
+        Target("exact FPS >= 3x fpsample's exact fps_sampling", "cpu", "fwd", "speedup", 3.0, against="peer:fpsample"),
+    )),
+    fps_case(8, 131072, 4096, 3, ("gpu",), reference=False),  # the textbook loop: one sync per step
+    knn_case(1, 64, 1000, 8, 3, ("quick",)),
+    knn_case(1, 2048, 16384, 32, 3, ("default", "full"), (
+        Target("kNN >= 2x faiss-cpu's flat index", "cpu", "fwd", "speedup", 2.0, against="peer:faiss_flat"),
+    ), reference=False),
+    knn_case(8, 1024, 2048, 32, 64, ("full",), reference=False),
+    knn_case(8, 8192, 16384, 32, 3, ("gpu",), reference=False),
+    kan_case(49 * 64, 512, 1024, 8, ("default", "full"), KAN_TARGETS),
+    kan_case(64 * 196, 512, 1024, 8, ("gpu",), dtypes=(torch.bfloat16, torch.float32)),
+    # PointMamba2's level-1 group Point-SSM (8 orderings of 1024 points, 128 channels): the full profile
+    # runs the issue's batch of 8 and the reference; the default one cloud of it (seconds).
+    multi_scan_case(1, 128, 64, 1024, 8, ("default",), MULTI_SCAN_TARGETS),
+    multi_scan_case(8, 128, 64, 1024, 8, ("full",), MULTI_SCAN_TARGETS, with_reference=True),
+    multi_scan_case(8, 128, 64, 1024, 8, ("gpu",)),
+]
+
+
+def cases_for(profile: str, ops_filter: set[str] | None = None) -> list[Case]:
+    """The cases of a profile, optionally only those of some ops."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    return [c for c in CASES if profile in c.profiles and (not ops_filter or c.op in ops_filter)]

@@ -1,0 +1,57 @@
+"""DCT cases: ``dct2d`` and the DCT attention module (``medkernels.nn.DCTAttention``), against full
+spatial attention."""
+
+from __future__ import annotations
+
+import torch
+
+from medkernels import ops
+
+from .. import peers as _peers
+from .base import Case, Peer
+
+
+def dct_attention_case(batch, dim, size, heads, keep, profiles, targets=()) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        from medkernels.nn import DCTAttention
+
+        torch.manual_seed(0)
+        module = DCTAttention(dim, heads, keep, device=device, dtype=dtype)
+        return {"x": torch.randn(batch, dim, size, size, device=device, dtype=dtype), "module": module}
+
+    def call(backend: str, x: dict):
+        x["module"].backend = backend
+        return x["module"](x["x"])
+
+    def spatial(x: dict):
+        m = x["module"]
+        return _peers.spatial_attention(x["x"], m.qkv.weight, m.qkv.bias, m.proj.weight, m.proj.bias, heads)
+
+    return Case(
+        op="dct_attention",
+        label=f"B={batch} C={dim} {size}x{size} heads={heads} keep={keep} (medkernels.nn.DCTAttention)",
+        params={"batch": batch, "dim": dim, "size": size, "heads": heads, "keep": keep},
+        profiles=profiles,
+        make_inputs=make,
+        call=call,
+        differentiable=("x",),
+        peers={"spatial_attention": Peer(spatial)},
+        targets=targets,
+        parameters=lambda x: list(x["module"].parameters()),
+    )
+
+
+def dct_case(batch, channels, size, keep, profiles) -> Case:
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(batch, channels, size, size, generator=g).to(device, dtype)}
+
+    return Case(
+        op="dct2d",
+        label=f"B={batch} C={channels} {size}x{size} keep={keep}x{keep} (against two matmuls with cached bases)",
+        params={"batch": batch, "channels": channels, "size": size, "keep": keep},
+        profiles=profiles,
+        make_inputs=make,
+        call=lambda backend, x: ops.dct2d(x["x"], keep=(keep, keep), backend=backend),
+        differentiable=("x",),
+    )
