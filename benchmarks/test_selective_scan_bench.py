@@ -12,8 +12,13 @@ from medkernels.bench.runner import PASSES, _work, backends_for
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PARAMS = [
-    pytest.param(case, dtype, backend, passname,
-                 id="-".join([case.op, *case.label.split(" ")[:4], str(dtype)[6:], backend, passname]))
+    pytest.param(
+        case,
+        dtype,
+        backend,
+        passname,
+        id="-".join([case.op, *case.label.split(" ")[:4], str(dtype)[6:], backend, passname]),
+    )
     for case in cases_for("gpu" if DEVICE.type == "cuda" else "default")
     for dtype in case.dtypes
     for backend in backends_for(case, DEVICE, dtype, None)

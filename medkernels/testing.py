@@ -35,12 +35,26 @@ class _Groups:
         self.pad = [(g - n % g) % g for g, n in zip(self.g, self.size)]
         self.padded = [n + p for n, p in zip(self.size, self.pad)]
         if scope == "local":  # B, Dp/g, g, Hp/g, g, Wp/g, g: windows outer, members inner
-            self.view = (B, self.padded[0] // self.g[0], self.g[0], self.padded[1] // self.g[1], self.g[1],
-                         self.padded[2] // self.g[2], self.g[2])
+            self.view = (
+                B,
+                self.padded[0] // self.g[0],
+                self.g[0],
+                self.padded[1] // self.g[1],
+                self.g[1],
+                self.padded[2] // self.g[2],
+                self.g[2],
+            )
             self.perm = (0, 1, 3, 5, 2, 4, 6)
         else:  # B, g, I, g, I, g, I with I = padded / g: members outer, groups inner
-            self.view = (B, self.g[0], self.padded[0] // self.g[0], self.g[1], self.padded[1] // self.g[1],
-                         self.g[2], self.padded[2] // self.g[2])
+            self.view = (
+                B,
+                self.g[0],
+                self.padded[0] // self.g[0],
+                self.g[1],
+                self.padded[1] // self.g[1],
+                self.g[2],
+                self.padded[2] // self.g[2],
+            )
             self.perm = (0, 2, 4, 6, 1, 3, 5)
         self.tokens = self.g[0] * self.g[1] * self.g[2]
         self.inverse = tuple(self.perm.index(i) for i in range(7))
@@ -71,8 +85,14 @@ class _Groups:
         return m.reshape(-1, self.tokens)
 
 
-def dformer_attention_official(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group_size: Sequence[int],
-                               scope: str, scale: float | None = None) -> torch.Tensor:
+def dformer_attention_official(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    group_size: Sequence[int],
+    scope: str,
+    scale: float | None = None,
+) -> torch.Tensor:
     """D-Former's own way (kkk55596/D-Former ``model.py``): pad, reshape and permute q/k/v into
     groups, dense ``q @ k^T`` with an additive -1e6 on padded keys, softmax, ``@ v``, then permute,
     reshape and crop back.
@@ -93,14 +113,21 @@ def dformer_attention_official(query: torch.Tensor, key: torch.Tensor, value: to
     pad = layout.key_padding(query.device)
     if pad is not None:
         groups = pad.shape[0]
-        attn = attn.view(-1, groups, layout.heads, layout.tokens, layout.tokens) \
-            + (pad.to(attn.dtype) * -1e6).view(1, groups, 1, 1, layout.tokens)
+        attn = attn.view(-1, groups, layout.heads, layout.tokens, layout.tokens) + (pad.to(attn.dtype) * -1e6).view(
+            1, groups, 1, 1, layout.tokens
+        )
         attn = attn.view(-1, layout.heads, layout.tokens, layout.tokens)
     return layout.ungroup(attn.softmax(dim=-1) @ v)
 
 
-def dformer_attention_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group_size: Sequence[int],
-                           scope: str, scale: float | None = None) -> torch.Tensor:
+def dformer_attention_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    group_size: Sequence[int],
+    scope: str,
+    scale: float | None = None,
+) -> torch.Tensor:
     """The same grouping, with torch's ``scaled_dot_product_attention`` on the permuted tokens (what a
     user would write today); padded keys masked out. Arguments and result as
     :func:`dformer_attention_official`."""
@@ -118,8 +145,9 @@ def dformer_attention_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.
 # --- FasterKAN -----------------------------------------------------------------------------------------
 
 
-def kan_unfused(x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor | float,
-                weight: torch.Tensor) -> torch.Tensor:
+def kan_unfused(
+    x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor | float, weight: torch.Tensor
+) -> torch.Tensor:
     """FasterKAN's own layer after its LayerNorm (AthanasiosDelis/faster-kan, MedViTV2's ``fasterkan.py``):
     the RSWAF basis ``1 - tanh((x[..., None] - grid) * inv_denominator)^2`` materialised as
     ``(..., in * G)``, then ``F.linear`` without bias.

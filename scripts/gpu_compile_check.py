@@ -52,8 +52,11 @@ MAX_REGS_PER_THREAD = 255
 #: two per SM): no tile is over its register budget. The tiles that did spill were changed instead (see each
 #: module's launch_config; rswaf_kan spilled up to 24 KB, dilated attention up to 36 KB).
 SPILL_BUDGET: dict[str, tuple[int, str]] = {
-    "selective_scan._bwd_kernel": (32, "dstate 17-32 (32 x 32 tiles), fixed B with variable C, sm_90: 24 B at 255 "
-                                       "registers; with 8 warps sm_80 spills instead"),
+    "selective_scan._bwd_kernel": (
+        32,
+        "dstate 17-32 (32 x 32 tiles), fixed B with variable C, sm_90: 24 B at 255 "
+        "registers; with 8 warps sm_80 spills instead",
+    ),
     "multi_order_scan._bwd_kernel": (16, "one tile (8 channels x 64 states) on sm_90: 8 B at 80 registers"),
     "neighborhood_attention._fwd_kernel": (96, "sm_80 only, head dim 64 with a bias: 96 B at 128 registers"),
     "neighborhood_attention._bwd_dq_kernel": (64, "sm_80 only, no bias: up to 64 B at 128 registers"),
@@ -110,8 +113,14 @@ def compile_one(config, cap: int) -> dict:
     # pointers 16-byte aligned, as Triton specializes every tensor from PyTorch's allocator
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in config.signature if t.startswith("*")}
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=dict(config.constexprs), attrs=attrs)
-    row = {"module": config.module.rsplit(".", 1)[-1], "kernel": config.kernel, "config": config.label(),
-           "arch": ARCHS[cap]["name"], "num_warps": config.num_warps, "num_stages": config.num_stages}
+    row = {
+        "module": config.module.rsplit(".", 1)[-1],
+        "kernel": config.kernel,
+        "config": config.label(),
+        "arch": ARCHS[cap]["name"],
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+    }
     start = time.perf_counter()
     out = io.StringIO()
     try:
@@ -180,12 +189,16 @@ def cuda_rows(log_path: Path) -> list[dict]:
         m = _CUDA_ENTRY.search(line)
         if not m:
             continue
-        block = "\n".join(lines[i:i + 6])
-        found[(m.group(1), m.group(2))] = {"mangled": m.group(1), "arch": m.group(2), **parse_ptxas(block),
-                                          "smem": _smem(block)}
+        block = "\n".join(lines[i : i + 6])
+        found[(m.group(1), m.group(2))] = {
+            "mangled": m.group(1),
+            "arch": m.group(2),
+            **parse_ptxas(block),
+            "smem": _smem(block),
+        }
     names = _demangle(sorted({k[0] for k in found}))
     rows = []
-    for (mangled, arch), r in sorted(found.items(), key=lambda kv: (names[kv[0][0]], kv[0][1])):
+    for (mangled, _arch), r in sorted(found.items(), key=lambda kv: (names[kv[0][0]], kv[0][1])):
         kernel, targs = split_cuda_name(names[mangled])
         r.update(kernel=kernel, config=targs, threads=_cuda_threads())
         rows.append(r)
@@ -197,7 +210,7 @@ def split_cuda_name(full: str) -> tuple[str, str]:
     full = full.removeprefix("void ").replace("(anonymous namespace)::", "")
     if "<" in full:
         name, rest = full.split("<", 1)
-        return name, rest[:rest.rindex(">")]
+        return name, rest[: rest.rindex(">")]
     return full.split("(", 1)[0], ""
 
 
@@ -262,9 +275,12 @@ def summary(rows: list[dict], archs: list[str]) -> str:
         cells = []
         for arch in archs:
             a = agg[name].get(arch)
-            cells.append("-" if a is None else
-                         f"{a['n']:>3} {a['regs']:>4} {a['spills']:>6} {a['smem'] / 1024:>6.1f}"
-                         + (f" {a['err']} errors" if a["err"] else ""))
+            cells.append(
+                "-"
+                if a is None
+                else f"{a['n']:>3} {a['regs']:>4} {a['spills']:>6} {a['smem'] / 1024:>6.1f}"
+                + (f" {a['err']} errors" if a["err"] else "")
+            )
         out.append(f"{name:<{kw}}  " + "  ".join(f"{c:<26}" for c in cells))
     return "\n".join(out)
 
@@ -275,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="90,80", help="compute capabilities (default 90,80)")
     p.add_argument("--only", default=None, help="regex on 'module.kernel config' to compile a subset")
     p.add_argument("--json", type=Path, default=ROOT / "build/gpu-compile-check.json")
-    p.add_argument("--cuda-log", type=Path, default=ROOT / "build/cuda-build.log",
-                   help="make cuda-build's log (nvcc -Xptxas -v); missing: the CUDA part fails")
+    p.add_argument(
+        "--cuda-log",
+        type=Path,
+        default=ROOT / "build/cuda-build.log",
+        help="make cuda-build's log (nvcc -Xptxas -v); missing: the CUDA part fails",
+    )
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA kernels (no make cuda-build)")
     args = p.parse_args(argv)
     _compile_env()
@@ -286,8 +306,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = triton_configs(args.only)
     jobs = [(c, cap) for c in configs for cap in caps]
-    print(f"gpu_compile_check: {len(configs)} Triton configs x {len(caps)} architectures = {len(jobs)} compiles, "
-          f"{args.jobs} processes", flush=True)
+    print(
+        f"gpu_compile_check: {len(configs)} Triton configs x {len(caps)} architectures = {len(jobs)} compiles, "
+        f"{args.jobs} processes",
+        flush=True,
+    )
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="triton-cache-") as cache:
         ctx = multiprocessing.get_context("spawn")
@@ -298,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                 if n % 50 == 0 or n == len(futures):
                     print(f"  {n}/{len(futures)} compiled, {time.perf_counter() - start:.0f} s", flush=True)
     rows.sort(key=lambda r: (r["module"], r["kernel"], r["config"], r["arch"]))
-    failures = {i: why for i, r in enumerate(rows)
-                if (why := check_row(r, SPILL_BUDGET, f"{r['module']}.{r['kernel']}"))}
+    failures = {
+        i: why for i, r in enumerate(rows) if (why := check_row(r, SPILL_BUDGET, f"{r['module']}.{r['kernel']}"))
+    }
 
     cuda: list[dict] = []
     cuda_failures: dict[int, list[str]] = {}
@@ -309,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             cuda = cuda_rows(args.cuda_log)
             if not cuda:
                 cuda_error = f"no ptxas -v report in {args.cuda_log} (nvcc without -Xptxas -v?)"
-            cuda_failures = {i: why for i, r in enumerate(cuda)
-                             if (why := check_row(r, CUDA_SPILL_BUDGET, r["kernel"], r["kernel"] in CUDA_HOT))}
+            cuda_failures = {
+                i: why
+                for i, r in enumerate(cuda)
+                if (why := check_row(r, CUDA_SPILL_BUDGET, r["kernel"], r["kernel"] in CUDA_HOT))
+            }
         else:
             cuda_error = f"{args.cuda_log} is missing: run make cuda-build first (or pass --no-cuda)"
 
@@ -329,18 +356,31 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     n_fail = len(failures) + len(cuda_failures) + (1 if cuda_error else 0)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "triton": rows, "cuda": cuda, "cuda_error": cuda_error,
-        "limits": {ARCHS[c]["name"]: ARCHS[c] for c in caps},
-        "spill_budget": {k: {"bytes": v[0], "reason": v[1]} for k, v in {**SPILL_BUDGET, **CUDA_SPILL_BUDGET}.items()},
-        "failures": [{**rows[i], "why": w} for i, w in failures.items()]
-        + [{**cuda[i], "why": w} for i, w in cuda_failures.items()],
-        "seconds": round(elapsed, 1), "ok": n_fail == 0}, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {
+                "triton": rows,
+                "cuda": cuda,
+                "cuda_error": cuda_error,
+                "limits": {ARCHS[c]["name"]: ARCHS[c] for c in caps},
+                "spill_budget": {
+                    k: {"bytes": v[0], "reason": v[1]} for k, v in {**SPILL_BUDGET, **CUDA_SPILL_BUDGET}.items()
+                },
+                "failures": [{**rows[i], "why": w} for i, w in failures.items()]
+                + [{**cuda[i], "why": w} for i, w in cuda_failures.items()],
+                "seconds": round(elapsed, 1),
+                "ok": n_fail == 0,
+            },
+            indent=1,
+        )
+    )
     if cuda_error:
         print(f"\nCUDA: {cuda_error}")
     busy = sum(r["seconds"] for r in rows)
-    print(f"\n{len(rows)} Triton compiles ({busy:.0f} s of compiling in {args.jobs} processes), {len(cuda)} CUDA "
-          f"kernels, {n_fail} failing, {elapsed:.0f} s; JSON: {args.json}")
+    print(
+        f"\n{len(rows)} Triton compiles ({busy:.0f} s of compiling in {args.jobs} processes), {len(cuda)} CUDA "
+        f"kernels, {n_fail} failing, {elapsed:.0f} s; JSON: {args.json}"
+    )
     return 1 if n_fail else 0
 
 

@@ -107,8 +107,15 @@ def rms(t: torch.Tensor) -> float:
     return t.square().mean().sqrt().item() if t.numel() else 0.0
 
 
-def close_ulp(actual: torch.Tensor, expected: torch.Tensor, what: str, *, ulps: float,
-              dtype: torch.dtype = torch.float32, scale=None) -> None:
+def close_ulp(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    *,
+    ulps: float,
+    dtype: torch.dtype = torch.float32,
+    scale=None,
+) -> None:
     """Elementwise |actual - expected| <= ulps * eps(dtype) * max(|expected|, scale).
 
     ``scale`` is the size of what the element sums, which bounds its rounding error whatever cancels:
@@ -123,8 +130,9 @@ def close_ulp(actual: torch.Tensor, expected: torch.Tensor, what: str, *, ulps: 
     if isinstance(scale, torch.Tensor):
         scale = scale.detach().cpu().to(e.dtype)
     finite = torch.isfinite(e)
-    assert torch.equal(finite, torch.isfinite(a)) and torch.allclose(a[~finite], e[~finite], equal_nan=True), \
+    assert torch.equal(finite, torch.isfinite(a)) and torch.allclose(a[~finite], e[~finite], equal_nan=True), (
         f"{what}: non-finite entries differ"
+    )
     # the scale never below the dtype's smallest normal: float16 gradients reach subnormals
     size = torch.maximum(e.abs(), torch.as_tensor(scale, dtype=e.dtype)).clamp_min(torch.finfo(dtype).tiny)
     bound = ulps * EPS[dtype] * size
@@ -137,11 +145,24 @@ def close_ulp(actual: torch.Tensor, expected: torch.Tensor, what: str, *, ulps: 
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {e.numel()} elements exceed {ulps:g} ulp ({dtype}) of max(|expected|, "
             f"{'scale' if isinstance(scale, torch.Tensor) else f'{scale:.3g}'}); worst at {idx}: "
-            f"actual {a.flatten()[i].item()!r}, expected {e.flatten()[i].item()!r}, needs {need.max().item():.3g} ulp")
+            f"actual {a.flatten()[i].item()!r}, expected {e.flatten()[i].item()!r}, needs {need.max().item():.3g} ulp"
+        )
 
 
-def scan_terms(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
-               grad_out=None, grad_last=None) -> dict:
+def scan_terms(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    grad_out=None,
+    grad_last=None,
+) -> dict:
     """The size of what every selective-scan result sums, in float64: each result computed in exact
     arithmetic with every product replaced by its absolute value (|u|, |B|, |C|, |D|, |silu(z)|,
     |grad_out|, ... and the decays exp(dt A) > 0), i.e. sum|terms| over the recurrence, the state
@@ -233,8 +254,10 @@ def attention_terms(build, inputs: dict, grad_out=None, grad_lse=None) -> dict:
     S, _, Va, _ = build(**absx)
     S = S.masked_fill(~allowed, 0.0)
     PE = P * (1 + S.detach())
-    res = {"out": layout(PE @ values.abs() + PE.sum(-1, keepdim=True) * out.abs()),
-           "lse": layout(lse.abs() + PE.sum(-1, keepdim=True))[..., 0]}
+    res = {
+        "out": layout(PE @ values.abs() + PE.sum(-1, keepdim=True) * out.abs()),
+        "lse": layout(lse.abs() + PE.sum(-1, keepdim=True))[..., 0],
+    }
     if grad_out is None:
         return res
     # the layouts are permutations and reshapes: back to [B, H, N, X] through autograd of layout
@@ -252,8 +275,16 @@ def attention_terms(build, inputs: dict, grad_out=None, grad_lse=None) -> dict:
     return res
 
 
-def close_as_pytorch(actual: torch.Tensor, truth: torch.Tensor, pytorch: torch.Tensor, what: str, *, factor: float,
-                     floor_ulps: float = 2.0, dtype: torch.dtype | None = None) -> None:
+def close_as_pytorch(
+    actual: torch.Tensor,
+    truth: torch.Tensor,
+    pytorch: torch.Tensor,
+    what: str,
+    *,
+    factor: float,
+    floor_ulps: float = 2.0,
+    dtype: torch.dtype | None = None,
+) -> None:
     """flash-attention's rule for composite computations: max|actual - truth| <= factor * max|pytorch -
     truth| + floor_ulps * eps * max|truth|, where ``pytorch`` is the same computation in plain PyTorch at
     actual's precision and ``truth`` a float64 (or higher-precision) one: the kernels' error at most

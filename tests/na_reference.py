@@ -36,10 +36,10 @@ def dense_problem(kernel, stride, dilation, causal, scale=None):
     def build(query, key, value, rpb=None, additional_keys=None, additional_values=None):
         q, k, v = query, key, value
         nd = q.dim() - 3
-        spatial = tuple(q.shape[1:1 + nd])
+        spatial = tuple(q.shape[1 : 1 + nd])
         B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
         Hk = k.shape[-2]
-        sc = D ** -0.5 if scale is None else scale
+        sc = D**-0.5 if scale is None else scale
         N = 1
         for L in spatial:
             N *= L

@@ -28,8 +28,11 @@ def _public():
 @pytest.mark.parametrize("name,fn", list(_public()), ids=lambda v: v if isinstance(v, str) else "")
 def test_public_signatures_are_annotated_and_documented(name, fn):
     sig = inspect.signature(fn)
-    missing = [p for p, v in sig.parameters.items() if p != "self" and v.annotation is inspect.Parameter.empty
-               and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+    missing = [
+        p
+        for p, v in sig.parameters.items()
+        if p != "self" and v.annotation is inspect.Parameter.empty and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)
+    ]
     assert not missing, f"{name}: parameters without a type: {missing}"
     assert sig.return_annotation is not inspect.Signature.empty, f"{name}: no return type"
     if not name.endswith("__init__"):

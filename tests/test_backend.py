@@ -71,8 +71,11 @@ def test_real_op_on_cpu_tensors_picks_cpu_and_refuses_cuda(caplog, monkeypatch):
 def test_falling_back_to_the_reference_warns_once_with_the_reasons():
     x = torch.zeros(2)
     reasons = _reasons(cuda="no CUDA build", triton="deterministic mode", cpu="inputs are on cpu-ish")
-    with pytest.warns(RuntimeWarning, match=r"fallop: no faster backend can run these cpu inputs.*"
-                                            r"skipped: cuda: no CUDA build; triton: deterministic mode"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"fallop: no faster backend can run these cpu inputs.*"
+        r"skipped: cuda: no CUDA build; triton: deterministic mode",
+    ):
         assert choose_backend("fallop", reasons, None, x) == "reference"
     import warnings
 
@@ -116,9 +119,22 @@ def test_every_public_op_answers_can_run_and_why_not():
     from medkernels import ops
 
     names = ops.ops_with_backends()
-    assert {"selective_scan_fn", "causal_conv1d_fn", "na1d", "na2d", "na3d", "na2d_qk", "na2d_av",
-            "dilated_attention3d", "dct2d", "idct2d", "furthest_point_sample", "knn", "rswaf_kan",
-            "multi_order_selective_scan"} <= set(names)
+    assert {
+        "selective_scan_fn",
+        "causal_conv1d_fn",
+        "na1d",
+        "na2d",
+        "na3d",
+        "na2d_qk",
+        "na2d_av",
+        "dilated_attention3d",
+        "dct2d",
+        "idct2d",
+        "furthest_point_sample",
+        "knn",
+        "rswaf_kan",
+        "multi_order_selective_scan",
+    } <= set(names)
     x = torch.randn(1, 4, 8)
     for name in names:
         assert ops.why_not(name, "reference", x) is None
@@ -134,7 +150,8 @@ def test_the_shared_rules(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors may run the Triton interpreter when asked
     x32, x64 = torch.randn(1, 4, 8), torch.randn(1, 4, 8, dtype=torch.float64)
     assert ops.why_not("selective_scan_fn", "triton", x64) == (
-        "the Triton kernels compute in float32; float64 runs on the cpu or reference backend")
+        "the Triton kernels compute in float32; float64 runs on the cpu or reference backend"
+    )
     assert ops.why_not("na2d_qk", "triton", x32) == "na2d_qk has no Triton kernel"
     assert ops.why_not("knn", "cuda", x32.cuda() if torch.cuda.is_available() else x32) is not None
     prev = torch.are_deterministic_algorithms_enabled()
@@ -153,7 +170,8 @@ def test_dilated_attention_dropout_runs_on_the_reference():
 
     q, k, v = (torch.randn(1, 2, 4, 4, 2, 8) for _ in range(3))
     assert ops.why_not("dilated_attention3d", "cpu", q, 0.1) == (
-        "dropout on the attention weights runs on the reference backend only")
+        "dropout on the attention weights runs on the reference backend only"
+    )
     with pytest.raises(BackendUnavailableError, match="dropout"):
         ops.dilated_attention3d(q, k, v, 2, "local", dropout_p=0.1, backend="cpu")
     with pytest.warns(RuntimeWarning, match="dilated_attention3d: no faster backend.*dropout"):

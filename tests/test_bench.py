@@ -46,14 +46,20 @@ def test_targets_are_checked_against_the_right_row():
     def row(backend, passname, ms, peak):
         return Result("selective_scan", case.label, "float32", backend, passname, ms, [ms], 1, 1.0, peak)
 
-    rows = [row("reference", "fwd", 250.0, 100), row("cpu", "fwd", 10.0, 50),
-            row("reference", "fwd+bwd", 500.0, 1000), row("cpu", "fwd+bwd", 10.0, 50)]
+    rows = [
+        row("reference", "fwd", 250.0, 100),
+        row("cpu", "fwd", 10.0, 50),
+        row("reference", "fwd+bwd", 500.0, 1000),
+        row("cpu", "fwd+bwd", 10.0, 50),
+    ]
     checked = cli.check_targets(case, rows)
     assert [c["met"] for c in checked] == [True, False, True]
     assert [c["value"] for c in checked] == [25.0, 50.0, 0.05]
     na_case = next(c for c in cases_for("default") if c.op == "na2d")
-    na_rows = [Result("na2d", na_case.label, "float32", b, "fwd", ms, [ms], 1, 1.0, 1)
-               for b, ms in (("reference", 100.0), ("cpu", 5.0), ("peer:sdpa", 20.0))]
+    na_rows = [
+        Result("na2d", na_case.label, "float32", b, "fwd", ms, [ms], 1, 1.0, 1)
+        for b, ms in (("reference", 100.0), ("cpu", 5.0), ("peer:sdpa", 20.0))
+    ]
     vs_sdpa = next(c for c in cli.check_targets(na_case, na_rows) if c["against"] == "peer:sdpa")
     assert vs_sdpa["value"] == 4.0 and not vs_sdpa["met"]
     assert Target("x", "cpu", "fwd", "memory", 0.1).met(0.1) and not Target("x", "cpu", "fwd", "memory", 0.1).met(0.2)
@@ -92,9 +98,16 @@ def _tiny_case(label="n=64", targets=(), cpu_raises=None, interrupt=False) -> Ca
             raise cpu_raises
         return x["x"] * 2
 
-    return Case(op="tiny", label=label, params={}, profiles=("quick",),
-                make_inputs=lambda device, dtype: {"x": torch.ones(64, device=device, dtype=dtype)},
-                call=call, differentiable=(), targets=targets)
+    return Case(
+        op="tiny",
+        label=label,
+        params={},
+        profiles=("quick",),
+        make_inputs=lambda device, dtype: {"x": torch.ones(64, device=device, dtype=dtype)},
+        call=call,
+        differentiable=(),
+        targets=targets,
+    )
 
 
 ALWAYS = Target("cpu at any speed", "cpu", "fwd", "speedup", 0.0)  # time ratios are >= 0: met whatever the timing
@@ -104,8 +117,9 @@ NEVER = Target("cpu peak memory below zero", "cpu", "fwd", "memory", -1.0)  # ra
 def _run(monkeypatch, tmp_path, cases, *extra):
     monkeypatch.setattr(cli, "cases_for", lambda profile, only=None: cases)
     out = tmp_path / "r.json"
-    rc = cli.main(["--profile", "quick", "--device", "cpu", "--min-time", "0", "--no-progress", "--json", str(out),
-                   *extra])
+    rc = cli.main(
+        ["--profile", "quick", "--device", "cpu", "--min-time", "0", "--no-progress", "--json", str(out), *extra]
+    )
     return rc, json.loads(out.read_text())
 
 

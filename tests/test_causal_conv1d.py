@@ -30,8 +30,13 @@ def upstream_formula(x, w, b, init, activation):
     """causal-conv1d's reference: F.conv1d over [initial states, x], cropped, then SiLU."""
     L, W = x.shape[-1], w.shape[1]
     xx = x.double() if init is None else torch.cat([init, x], -1).double()
-    out = F.conv1d(xx, w.double()[:, None], None if b is None else b.double(), padding=W - 1 if init is None else 0,
-                   groups=w.shape[0])[..., :L]
+    out = F.conv1d(
+        xx,
+        w.double()[:, None],
+        None if b is None else b.double(),
+        padding=W - 1 if init is None else 0,
+        groups=w.shape[0],
+    )[..., :L]
     final = F.pad(xx, (W - 1 - xx.shape[-1], 0))
     return (F.silu(out) if activation else out), final
 
@@ -62,8 +67,11 @@ def oracle(x, w, b, init, seq_idx, activation):
     rows = []
     for i, ids in enumerate(seq_idx.tolist()):
         cuts = [t for t in range(len(ids)) if t == 0 or ids[t] != ids[t - 1]] + [len(ids)]
-        rows.append(torch.cat([upstream_formula(x[i:i + 1, :, a:e], w, b, None, activation)[0]
-                               for a, e in zip(cuts, cuts[1:])], -1))
+        rows.append(
+            torch.cat(
+                [upstream_formula(x[i : i + 1, :, a:e], w, b, None, activation)[0] for a, e in zip(cuts, cuts[1:])], -1
+            )
+        )
     return [torch.cat(rows)]
 
 
@@ -82,11 +90,21 @@ def against_oracle(backend, x, w, b, init, seq_idx, activation="silu", tol=None)
     ref_leaves = [t.detach().cpu().double().requires_grad_(True) for t in leaves]
     seq_cpu = None if seq_idx is None else seq_idx.cpu()
     outs, grads = outputs_and_grads(
-        lambda *t: ops.causal_conv1d_fn(t[0], t[1], t[2], seq_idx, t[3] if init is not None else None,
-                                        return_final_states=init is not None, activation=activation,
-                                        backend=backend), leaves)
+        lambda *t: ops.causal_conv1d_fn(
+            t[0],
+            t[1],
+            t[2],
+            seq_idx,
+            t[3] if init is not None else None,
+            return_final_states=init is not None,
+            activation=activation,
+            backend=backend,
+        ),
+        leaves,
+    )
     outs_r, grads_r = outputs_and_grads(
-        lambda *t: oracle(t[0], t[1], t[2], t[3] if init is not None else None, seq_cpu, activation), ref_leaves)
+        lambda *t: oracle(t[0], t[1], t[2], t[3] if init is not None else None, seq_cpu, activation), ref_leaves
+    )
     assert len(outs) == len(outs_r)
     for i, (a, r) in enumerate(zip(outs, outs_r)):
         assert a.shape == r.shape, f"output {i}: {tuple(a.shape)} != {tuple(r.shape)}"
@@ -102,13 +120,24 @@ def against_oracle(backend, x, w, b, init, seq_idx, activation="silu", tol=None)
 def test_matches_upstream_formula_with_gradients(backend, width, activation, states):
     x, w, b, init = inputs(width=width, seed=width)
     init = init if states else None
-    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + ([init.clone().requires_grad_(True)] if states else [])
-    res = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], None, leaves[3] if states else None,
-                               return_final_states=states, activation=activation, backend=backend)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + (
+        [init.clone().requires_grad_(True)] if states else []
+    )
+    res = ops.causal_conv1d_fn(
+        leaves[0],
+        leaves[1],
+        leaves[2],
+        None,
+        leaves[3] if states else None,
+        return_final_states=states,
+        activation=activation,
+        backend=backend,
+    )
     out, final = res if states else (res, None)
     ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
-    out_r, final_r = upstream_formula(ref_leaves[0], ref_leaves[1], ref_leaves[2], ref_leaves[3] if states else None,
-                                      activation)
+    out_r, final_r = upstream_formula(
+        ref_leaves[0], ref_leaves[1], ref_leaves[2], ref_leaves[3] if states else None, activation
+    )
     close(out, out_r, *OUT, "out")
     g = torch.Generator().manual_seed(1)
     gout = torch.randn(out.shape, generator=g)
@@ -129,8 +158,10 @@ def test_seq_idx_separates_packed_sequences(backend):
     seq = torch.tensor([[0] * 7 + [1] * 2 + [2] * 11], dtype=torch.int32)
     xl, wl = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     packed = ops.causal_conv1d_fn(xl, wl, b, seq_idx=seq, activation="silu", backend=backend)
-    parts = [ops.causal_conv1d_fn(xl[..., a:e], wl, b, activation="silu", backend="reference")
-             for a, e in ((0, 7), (7, 9), (9, 20))]
+    parts = [
+        ops.causal_conv1d_fn(xl[..., a:e], wl, b, activation="silu", backend="reference")
+        for a, e in ((0, 7), (7, 9), (9, 20))
+    ]
     close(packed, torch.cat(parts, -1), *OUT, "out")
     g1 = torch.autograd.grad(packed.square().sum(), [xl, wl])
     g2 = torch.autograd.grad(torch.cat(parts, -1).square().sum(), [xl, wl])
@@ -146,9 +177,19 @@ def test_triton_matches_reference(width, seq):
     init = None if seq else init
     res = {}
     for backend in ("triton", "reference"):
-        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + ([init.clone().requires_grad_(True)] if init is not None else [])
-        o = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], seq_idx, leaves[3] if init is not None else None,
-                                 return_final_states=init is not None, activation="silu", backend=backend)
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)] + (
+            [init.clone().requires_grad_(True)] if init is not None else []
+        )
+        o = ops.causal_conv1d_fn(
+            leaves[0],
+            leaves[1],
+            leaves[2],
+            seq_idx,
+            leaves[3] if init is not None else None,
+            return_final_states=init is not None,
+            activation="silu",
+            backend=backend,
+        )
         outs = list(o) if isinstance(o, tuple) else [o]
         res[backend] = (outs, torch.autograd.grad([t.square().sum() for t in outs], leaves))
     for a, r in zip(res["triton"][0] + list(res["triton"][1]), res["reference"][0] + list(res["reference"][1])):
@@ -245,8 +286,12 @@ def test_strided_float32_x_forward_and_backward(backend, layout):
         base[..., ::2] = x
     assert not view(base).is_contiguous() and torch.equal(view(base), x)
     leaves = [base.requires_grad_(True)] + [t.clone().requires_grad_(True) for t in (w, b, init)]
-    outs, grads = outputs_and_grads(lambda xb, w, b, init: ops.causal_conv1d_fn(
-        view(xb), w, b, None, init, True, activation="silu", backend=backend), leaves)
+    outs, grads = outputs_and_grads(
+        lambda xb, w, b, init: ops.causal_conv1d_fn(
+            view(xb), w, b, None, init, True, activation="silu", backend=backend
+        ),
+        leaves,
+    )
     ref_leaves = [t.double().requires_grad_(True) for t in (x, w, b, init)]
     outs_r, grads_r = outputs_and_grads(lambda *t: oracle(*t, None, "silu"), ref_leaves)
     for a, r, what in zip(outs, outs_r, ["out", "final_states"]):
@@ -284,9 +329,21 @@ def test_same_bits_for_every_thread_count(mode):
     try:
         for n in (1, 2, 3, 7):
             torch.set_num_threads(n)
-            runs.append(outputs_and_grads(lambda *t: ops.causal_conv1d_fn(
-                t[0], t[1], t[2], seq, t[3] if init is not None else None, init is not None, activation="silu",
-                backend="cpu"), [t.clone().requires_grad_(True) for t in leaves]))
+            runs.append(
+                outputs_and_grads(
+                    lambda *t: ops.causal_conv1d_fn(
+                        t[0],
+                        t[1],
+                        t[2],
+                        seq,
+                        t[3] if init is not None else None,
+                        init is not None,
+                        activation="silu",
+                        backend="cpu",
+                    ),
+                    [t.clone().requires_grad_(True) for t in leaves],
+                )
+            )
     finally:
         torch.set_num_threads(before)
     first = runs[0][0] + runs[0][1]
@@ -298,9 +355,17 @@ def test_same_bits_for_every_thread_count(mode):
 def opcheck_samples():
     x, w, b, init = inputs(batch=2, dim=3, seqlen=7, width=3)
     seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0] * 7], dtype=torch.int32)
-    grad = lambda xs: [t.clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in xs]  # noqa: E731
+
+    def grad(xs):
+        return [
+            t.clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in xs
+        ]
+
     fwd = [grad([x, w, b, None, init, True, True]), grad([x, w, None, seq, None, False, False])]
-    bwd = [[x, w, b, None, init, torch.randn_like(x), torch.randn_like(init), True], [x, w, None, seq, None, torch.randn_like(x), None, False]]
+    bwd = [
+        [x, w, b, None, init, torch.randn_like(x), torch.randn_like(init), True],
+        [x, w, None, seq, None, torch.randn_like(x), None, False],
+    ]
     samples = {"causal_conv1d_fwd": fwd, "causal_conv1d_bwd": bwd}
     if hasattr(torch.ops.medkernels, "causal_conv1d_fwd_triton"):
         samples["causal_conv1d_fwd_triton"] = fwd[:1]
@@ -320,8 +385,13 @@ def test_update_step_by_step_equals_full_conv(state_len_extra):
     close(torch.stack(outs, -1), full, *OUT, "steps")
     assert torch.equal(state[..., -3:], x[..., -3:])
     state2 = torch.zeros(2, 6, 3)
-    chunked = torch.cat([ops.causal_conv1d_update(x[..., :4], state2, w, b, "silu"),
-                         ops.causal_conv1d_update(x[..., 4:], state2, w, b, "silu")], -1)
+    chunked = torch.cat(
+        [
+            ops.causal_conv1d_update(x[..., :4], state2, w, b, "silu"),
+            ops.causal_conv1d_update(x[..., 4:], state2, w, b, "silu"),
+        ],
+        -1,
+    )
     close(chunked, full, *OUT, "chunks")
 
 
@@ -329,8 +399,10 @@ def test_update_circular_buffer_and_state_indices():
     x, w, b, _ = inputs(seqlen=9)
     full = ops.causal_conv1d_fn(x, w, b)
     state = torch.zeros(2, 6, 5)
-    outs = [ops.causal_conv1d_update(x[..., t], state, w, b, cache_seqlens=torch.full((2,), t, dtype=torch.int32))
-            for t in range(9)]
+    outs = [
+        ops.causal_conv1d_update(x[..., t], state, w, b, cache_seqlens=torch.full((2,), t, dtype=torch.int32))
+        for t in range(9)
+    ]
     close(torch.stack(outs, -1), full, *OUT, "circular")
     cache = torch.zeros(5, 6, 3)
     rows = torch.tensor([3, 1], dtype=torch.int32)
@@ -383,8 +455,9 @@ def test_update_padding_slot(seqlen, circular, index_dtype):
     x = x[..., 0] if seqlen is None else x
     real = torch.tensor([0, 2])
     cache_real = cache.clone()
-    out_real = ops.causal_conv1d_update(x[real], cache_real, w, b, "silu", None if seqlens is None else seqlens[real],
-                                        rows[real])
+    out_real = ops.causal_conv1d_update(
+        x[real], cache_real, w, b, "silu", None if seqlens is None else seqlens[real], rows[real]
+    )
     before = cache.clone()
     out = ops.causal_conv1d_update(x, cache, w, b, "silu", seqlens, rows)
     assert out.shape == x.shape
@@ -421,58 +494,148 @@ def test_update_padding_slot_under_torch_compile():
 
 
 BAD = [
-    ("rank", lambda: ops.causal_conv1d_fn(torch.randn(6, 13), torch.randn(6, 4)), ValueError,
-     r"x must be \(batch, dim, seqlen\)"),
-    ("weight shape", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(5, 4)), ValueError,
-     r"weight must be \(dim, width\) with dim=6"),
-    ("weight dtype", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4).double()), ValueError,
-     r"weight must have x's dtype"),
-    ("integer", lambda: ops.causal_conv1d_fn(torch.ones(2, 6, 13, dtype=torch.long), torch.randn(6, 4)), ValueError,
-     r"x must be float32"),
-    ("activation", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4), activation="relu"),
-     ValueError, r"activation must be None, 'silu' or 'swish'"),
-    ("seq and states", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                    seq_idx=torch.zeros(1, 5, dtype=torch.int32),
-                                                    initial_states=torch.randn(1, 6, 3)),
-     ValueError, r"initial_states must be None if seq_idx is not None"),
-    ("init shape", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                initial_states=torch.randn(1, 6, 4)),
-     ValueError, r"initial_states must be \(batch, dim, width - 1\) = \(1, 6, 3\)"),
-    ("seq dtype", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4), seq_idx=torch.zeros(1, 5)),
-     ValueError, r"seq_idx must be an int32"),
-    ("device", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4, device="meta")), ValueError,
-     r"weight is on meta but x is on cpu"),
-    ("x not a tensor", lambda: ops.causal_conv1d_fn([[[1.0]]], torch.randn(1, 1)), TypeError,
-     r"causal_conv1d_fn: x must be a torch.Tensor, got list"),
-    ("fn bias list", lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 5), torch.randn(6, 4), [0.0] * 6), TypeError,
-     r"bias must be a torch.Tensor or None, got list"),
-    ("initial_states list", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 2),
-                                                         initial_states=[[[0.0]] * 6]),
-     TypeError, r"initial_states must be a torch.Tensor or None, got list"),
-    ("seq_idx list", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 3), torch.randn(6, 2), seq_idx=[[0, 0, 1]]),
-     TypeError, r"seq_idx must be a torch.Tensor or None, got list"),
-    ("final_states_out list", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 2),
-                                                           return_final_states=True, final_states_out=[0.0]),
-     TypeError, r"final_states_out must be a torch.Tensor or None, got list"),
-    ("final_states_out int32", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                            return_final_states=True,
-                                                            final_states_out=torch.zeros(1, 6, 3, dtype=torch.int32)),
-     ValueError, r"final_states_out must be \(batch, dim, width - 1\) = \(1, 6, 3\) in x's dtype \(torch.float32\), "
-                 r"got \(1, 6, 3\) torch.int32"),
-    ("final_states_out float16", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                              return_final_states=True,
-                                                              final_states_out=torch.zeros(1, 6, 3).half()),
-     ValueError, r"final_states_out must be .* in x's dtype \(torch.float32\)"),
-    ("final_states_out device", lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                             return_final_states=True,
-                                                             final_states_out=torch.zeros(1, 6, 3, device="meta")),
-     ValueError, r"final_states_out is on meta but x is on cpu"),
-    ("reference shares the checks", lambda: ops.causal_conv1d_ref(torch.randn(1, 6, 5), torch.randn(6, 4),
-                                                                  return_final_states=True,
-                                                                  final_states_out=torch.zeros(1, 6, 3).int()),
-     ValueError, r"causal_conv1d_ref: final_states_out must be"),
-    ("reference bias list", lambda: ops.causal_conv1d_ref(torch.randn(2, 6, 5), torch.randn(6, 4), [0.0] * 6),
-     TypeError, r"causal_conv1d_ref: bias must be a torch.Tensor or None"),
+    (
+        "rank",
+        lambda: ops.causal_conv1d_fn(torch.randn(6, 13), torch.randn(6, 4)),
+        ValueError,
+        r"x must be \(batch, dim, seqlen\)",
+    ),
+    (
+        "weight shape",
+        lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(5, 4)),
+        ValueError,
+        r"weight must be \(dim, width\) with dim=6",
+    ),
+    (
+        "weight dtype",
+        lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4).double()),
+        ValueError,
+        r"weight must have x's dtype",
+    ),
+    (
+        "integer",
+        lambda: ops.causal_conv1d_fn(torch.ones(2, 6, 13, dtype=torch.long), torch.randn(6, 4)),
+        ValueError,
+        r"x must be float32",
+    ),
+    (
+        "activation",
+        lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 13), torch.randn(6, 4), activation="relu"),
+        ValueError,
+        r"activation must be None, 'silu' or 'swish'",
+    ),
+    (
+        "seq and states",
+        lambda: ops.causal_conv1d_fn(
+            torch.randn(1, 6, 5),
+            torch.randn(6, 4),
+            seq_idx=torch.zeros(1, 5, dtype=torch.int32),
+            initial_states=torch.randn(1, 6, 3),
+        ),
+        ValueError,
+        r"initial_states must be None if seq_idx is not None",
+    ),
+    (
+        "init shape",
+        lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4), initial_states=torch.randn(1, 6, 4)),
+        ValueError,
+        r"initial_states must be \(batch, dim, width - 1\) = \(1, 6, 3\)",
+    ),
+    (
+        "seq dtype",
+        lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4), seq_idx=torch.zeros(1, 5)),
+        ValueError,
+        r"seq_idx must be an int32",
+    ),
+    (
+        "device",
+        lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 4, device="meta")),
+        ValueError,
+        r"weight is on meta but x is on cpu",
+    ),
+    (
+        "x not a tensor",
+        lambda: ops.causal_conv1d_fn([[[1.0]]], torch.randn(1, 1)),
+        TypeError,
+        r"causal_conv1d_fn: x must be a torch.Tensor, got list",
+    ),
+    (
+        "fn bias list",
+        lambda: ops.causal_conv1d_fn(torch.randn(2, 6, 5), torch.randn(6, 4), [0.0] * 6),
+        TypeError,
+        r"bias must be a torch.Tensor or None, got list",
+    ),
+    (
+        "initial_states list",
+        lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 5), torch.randn(6, 2), initial_states=[[[0.0]] * 6]),
+        TypeError,
+        r"initial_states must be a torch.Tensor or None, got list",
+    ),
+    (
+        "seq_idx list",
+        lambda: ops.causal_conv1d_fn(torch.randn(1, 6, 3), torch.randn(6, 2), seq_idx=[[0, 0, 1]]),
+        TypeError,
+        r"seq_idx must be a torch.Tensor or None, got list",
+    ),
+    (
+        "final_states_out list",
+        lambda: ops.causal_conv1d_fn(
+            torch.randn(1, 6, 5), torch.randn(6, 2), return_final_states=True, final_states_out=[0.0]
+        ),
+        TypeError,
+        r"final_states_out must be a torch.Tensor or None, got list",
+    ),
+    (
+        "final_states_out int32",
+        lambda: ops.causal_conv1d_fn(
+            torch.randn(1, 6, 5),
+            torch.randn(6, 4),
+            return_final_states=True,
+            final_states_out=torch.zeros(1, 6, 3, dtype=torch.int32),
+        ),
+        ValueError,
+        r"final_states_out must be \(batch, dim, width - 1\) = \(1, 6, 3\) in x's dtype \(torch.float32\), "
+        r"got \(1, 6, 3\) torch.int32",
+    ),
+    (
+        "final_states_out float16",
+        lambda: ops.causal_conv1d_fn(
+            torch.randn(1, 6, 5),
+            torch.randn(6, 4),
+            return_final_states=True,
+            final_states_out=torch.zeros(1, 6, 3).half(),
+        ),
+        ValueError,
+        r"final_states_out must be .* in x's dtype \(torch.float32\)",
+    ),
+    (
+        "final_states_out device",
+        lambda: ops.causal_conv1d_fn(
+            torch.randn(1, 6, 5),
+            torch.randn(6, 4),
+            return_final_states=True,
+            final_states_out=torch.zeros(1, 6, 3, device="meta"),
+        ),
+        ValueError,
+        r"final_states_out is on meta but x is on cpu",
+    ),
+    (
+        "reference shares the checks",
+        lambda: ops.causal_conv1d_ref(
+            torch.randn(1, 6, 5),
+            torch.randn(6, 4),
+            return_final_states=True,
+            final_states_out=torch.zeros(1, 6, 3).int(),
+        ),
+        ValueError,
+        r"causal_conv1d_ref: final_states_out must be",
+    ),
+    (
+        "reference bias list",
+        lambda: ops.causal_conv1d_ref(torch.randn(2, 6, 5), torch.randn(6, 4), [0.0] * 6),
+        TypeError,
+        r"causal_conv1d_ref: bias must be a torch.Tensor or None",
+    ),
 ]
 
 
@@ -484,61 +647,145 @@ def update(x=(2, 6), state=(2, 6, 3), weight=(6, 4), bias=None, activation=None,
 
 i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
 UPDATE_BAD = [
-    ("x list", lambda: update(x=[[0.0] * 6] * 2), TypeError,
-     r"causal_conv1d_update: x must be a torch.Tensor, got list"),
+    (
+        "x list",
+        lambda: update(x=[[0.0] * 6] * 2),
+        TypeError,
+        r"causal_conv1d_update: x must be a torch.Tensor, got list",
+    ),
     ("conv_state list", lambda: update(state=[0.0]), TypeError, r"conv_state must be a torch.Tensor, got list"),
     ("weight list", lambda: update(weight=[[0.0] * 4] * 6), TypeError, r"weight must be a torch.Tensor, got list"),
     ("bias list", lambda: update(bias=[0.0] * 6), TypeError, r"bias must be a torch.Tensor or None, got list"),
     ("cache_seqlens list", lambda: update(seqlens=[0, 0]), TypeError, r"cache_seqlens must be a torch.Tensor or None"),
-    ("indices list", lambda: update(state=(5, 6, 3), rows=[0, 1]), TypeError,
-     r"conv_state_indices must be a torch.Tensor or None"),
+    (
+        "indices list",
+        lambda: update(state=(5, 6, 3), rows=[0, 1]),
+        TypeError,
+        r"conv_state_indices must be a torch.Tensor or None",
+    ),
     ("x rank", lambda: update(x=(2, 6, 1, 1)), ValueError, r"x must be \(batch, dim\) or \(batch, dim, seqlen\)"),
-    ("x integer", lambda: update(x=torch.ones(2, 6, dtype=torch.int64)), ValueError,
-     r"x must be float32, float16 or bfloat16 \(or float64\), got torch.int64"),
-    ("x complex", lambda: update(x=torch.ones(2, 6, dtype=torch.complex64)), ValueError,
-     r"x must be float32.*complex64"),
+    (
+        "x integer",
+        lambda: update(x=torch.ones(2, 6, dtype=torch.int64)),
+        ValueError,
+        r"x must be float32, float16 or bfloat16 \(or float64\), got torch.int64",
+    ),
+    (
+        "x complex",
+        lambda: update(x=torch.ones(2, 6, dtype=torch.complex64)),
+        ValueError,
+        r"x must be float32.*complex64",
+    ),
     ("x bool", lambda: update(x=torch.ones(2, 6, dtype=torch.bool)), ValueError, r"x must be float32.*bool"),
-    ("weight dim", lambda: update(weight=(5, 4)), ValueError,
-     r"weight must be \(dim, width\) with dim=6, got \(5, 4\)"),
+    (
+        "weight dim",
+        lambda: update(weight=(5, 4)),
+        ValueError,
+        r"weight must be \(dim, width\) with dim=6, got \(5, 4\)",
+    ),
     ("weight 3-D", lambda: update(weight=(6, 1, 4)), ValueError, r"weight must be \(dim, width\) with dim=6"),
-    ("weight integer", lambda: update(weight=torch.ones(6, 4, dtype=torch.int32)), ValueError,
-     r"weight must be float32, float16, bfloat16 or float64, got torch.int32"),
+    (
+        "weight integer",
+        lambda: update(weight=torch.ones(6, 4, dtype=torch.int32)),
+        ValueError,
+        r"weight must be float32, float16, bfloat16 or float64, got torch.int32",
+    ),
     ("bias size", lambda: update(bias=(5,)), ValueError, r"bias must be \(dim,\) = \(6,\), got \(5,\)"),
-    ("bias integer", lambda: update(bias=torch.ones(6, dtype=torch.int64)), ValueError,
-     r"bias must be float32, float16, bfloat16 or float64, got torch.int64"),
-    ("conv_state short", lambda: update(state=(2, 6, 2)), ValueError,
-     r"conv_state must be \(batch=2, dim=6, state_len >= width - 1 = 3\), got \(2, 6, 2\)"),
+    (
+        "bias integer",
+        lambda: update(bias=torch.ones(6, dtype=torch.int64)),
+        ValueError,
+        r"bias must be float32, float16, bfloat16 or float64, got torch.int64",
+    ),
+    (
+        "conv_state short",
+        lambda: update(state=(2, 6, 2)),
+        ValueError,
+        r"conv_state must be \(batch=2, dim=6, state_len >= width - 1 = 3\), got \(2, 6, 2\)",
+    ),
     ("conv_state batch", lambda: update(state=(3, 6, 3)), ValueError, r"conv_state must be \(batch=2, dim=6"),
     ("conv_state rank", lambda: update(state=(2, 6)), ValueError, r"conv_state must be \(batch=2, dim=6"),
-    ("conv_state integer", lambda: update(state=torch.zeros(2, 6, 3, dtype=torch.int32)), ValueError,
-     r"conv_state must be float32, float16, bfloat16 or float64, got torch.int32"),
-    ("conv_state device", lambda: update(state=torch.zeros(2, 6, 3, device="meta")), ValueError,
-     r"conv_state is on meta but x is on cpu"),
-    ("weight device", lambda: update(weight=torch.zeros(6, 4, device="meta")), ValueError,
-     r"weight is on meta but x is on cpu"),
+    (
+        "conv_state integer",
+        lambda: update(state=torch.zeros(2, 6, 3, dtype=torch.int32)),
+        ValueError,
+        r"conv_state must be float32, float16, bfloat16 or float64, got torch.int32",
+    ),
+    (
+        "conv_state device",
+        lambda: update(state=torch.zeros(2, 6, 3, device="meta")),
+        ValueError,
+        r"conv_state is on meta but x is on cpu",
+    ),
+    (
+        "weight device",
+        lambda: update(weight=torch.zeros(6, 4, device="meta")),
+        ValueError,
+        r"weight is on meta but x is on cpu",
+    ),
     ("bias device", lambda: update(bias=torch.zeros(6, device="meta")), ValueError, r"bias is on meta but x is on cpu"),
-    ("cache_seqlens length", lambda: update(seqlens=i32(0, 0, 0)), ValueError,
-     r"cache_seqlens must have shape \(batch,\) = \(2,\), got \(3,\)"),
-    ("cache_seqlens float", lambda: update(seqlens=torch.zeros(2)), ValueError,
-     r"cache_seqlens must be an int32 \(or int64\) tensor, got torch.float32"),
+    (
+        "cache_seqlens length",
+        lambda: update(seqlens=i32(0, 0, 0)),
+        ValueError,
+        r"cache_seqlens must have shape \(batch,\) = \(2,\), got \(3,\)",
+    ),
+    (
+        "cache_seqlens float",
+        lambda: update(seqlens=torch.zeros(2)),
+        ValueError,
+        r"cache_seqlens must be an int32 \(or int64\) tensor, got torch.float32",
+    ),
     ("cache_seqlens negative", lambda: update(seqlens=i32(3, -1)), ValueError, r"cache_seqlens must be >= 0"),
-    ("cache_seqlens device", lambda: update(seqlens=torch.zeros(2, dtype=torch.int32, device="meta")), ValueError,
-     r"cache_seqlens is on meta but x is on cpu"),
-    ("indices too large", lambda: update(state=(5, 6, 3), rows=i32(0, 5)), ValueError,
-     r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\) \(-1: padding row\), "
-     r"got values in \[0, 5\]"),
-    ("indices below -1", lambda: update(state=(5, 6, 3), rows=i32(-2, 1)), ValueError,
-     r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\)"),
-    ("indices length", lambda: update(state=(5, 6, 3), rows=i32(0, 1, 2)), ValueError,
-     r"conv_state_indices must have shape \(batch,\) = \(2,\), got \(3,\)"),
-    ("indices float", lambda: update(state=(5, 6, 3), rows=torch.tensor([0.0, 1.7])), ValueError,
-     r"conv_state_indices must be an int32 \(or int64\) tensor, got torch.float32"),
-    ("indices repeated", lambda: update(x=(3, 6), state=(5, 6, 3), rows=i32(4, -1, 4)), ValueError,
-     r"conv_state_indices must not repeat a state row .*; repeated: \[4\]"),
-    ("indices device", lambda: update(state=(5, 6, 3), rows=torch.zeros(2, dtype=torch.int32, device="meta")),
-     ValueError, r"conv_state_indices is on meta but x is on cpu"),
-    ("update activation", lambda: update(activation="gelu"), ValueError,
-     r"causal_conv1d_update: activation must be None, 'silu' or 'swish'"),
+    (
+        "cache_seqlens device",
+        lambda: update(seqlens=torch.zeros(2, dtype=torch.int32, device="meta")),
+        ValueError,
+        r"cache_seqlens is on meta but x is on cpu",
+    ),
+    (
+        "indices too large",
+        lambda: update(state=(5, 6, 3), rows=i32(0, 5)),
+        ValueError,
+        r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\) \(-1: padding row\), "
+        r"got values in \[0, 5\]",
+    ),
+    (
+        "indices below -1",
+        lambda: update(state=(5, 6, 3), rows=i32(-2, 1)),
+        ValueError,
+        r"conv_state_indices must be in \[-1, conv_state.shape\[0\]\) = \[-1, 5\)",
+    ),
+    (
+        "indices length",
+        lambda: update(state=(5, 6, 3), rows=i32(0, 1, 2)),
+        ValueError,
+        r"conv_state_indices must have shape \(batch,\) = \(2,\), got \(3,\)",
+    ),
+    (
+        "indices float",
+        lambda: update(state=(5, 6, 3), rows=torch.tensor([0.0, 1.7])),
+        ValueError,
+        r"conv_state_indices must be an int32 \(or int64\) tensor, got torch.float32",
+    ),
+    (
+        "indices repeated",
+        lambda: update(x=(3, 6), state=(5, 6, 3), rows=i32(4, -1, 4)),
+        ValueError,
+        r"conv_state_indices must not repeat a state row .*; repeated: \[4\]",
+    ),
+    (
+        "indices device",
+        lambda: update(state=(5, 6, 3), rows=torch.zeros(2, dtype=torch.int32, device="meta")),
+        ValueError,
+        r"conv_state_indices is on meta but x is on cpu",
+    ),
+    (
+        "update activation",
+        lambda: update(activation="gelu"),
+        ValueError,
+        r"causal_conv1d_update: activation must be None, 'silu' or 'swish'",
+    ),
 ]
 BAD += UPDATE_BAD
 
@@ -559,8 +806,9 @@ def test_causal_conv_triton_on_gpu(dtype):
     outs = []
     for device, backend in (("cpu", "cpu"), ("cuda", "triton")):
         leaves = [t.to(device).requires_grad_(True) for t in (x, w, b, init)]
-        o, f = ops.causal_conv1d_fn(leaves[0], leaves[1], leaves[2], None, leaves[3], True, activation="silu",
-                                    backend=backend)
+        o, f = ops.causal_conv1d_fn(
+            leaves[0], leaves[1], leaves[2], None, leaves[3], True, activation="silu", backend=backend
+        )
         outs.append([o, f, *torch.autograd.grad(o.float().square().sum() + f.float().sum(), leaves)])
     for a, r in zip(outs[1], outs[0]):
         close(a.cpu(), r, 2e-2, 2e-2, "conv triton")

@@ -59,10 +59,22 @@ def test_matches_scipy_float64(shape, norm, backend):
     terms = dct_terms(x, norm)
     close_ulp(y, scipy_dct(x, norm), "dct2d", ulps=u, dtype=torch.float64, scale=terms)
     # the round trip: the inverse's sum|terms| over the forward's (which bounds the forward's error)
-    close_ulp(ops.idct2d(y, norm, backend=backend), x, "idct2d(dct2d(x))", ulps=ROUND_TRIP_ULPS64, dtype=torch.float64,
-              scale=dct_terms(terms, norm, inverse=True))
-    close_ulp(ops.idct2d(x, norm, backend=backend), scipy_dct(x, norm, inverse=True), "idct2d", ulps=u,
-              dtype=torch.float64, scale=dct_terms(x, norm, inverse=True))
+    close_ulp(
+        ops.idct2d(y, norm, backend=backend),
+        x,
+        "idct2d(dct2d(x))",
+        ulps=ROUND_TRIP_ULPS64,
+        dtype=torch.float64,
+        scale=dct_terms(terms, norm, inverse=True),
+    )
+    close_ulp(
+        ops.idct2d(x, norm, backend=backend),
+        scipy_dct(x, norm, inverse=True),
+        "idct2d",
+        ulps=u,
+        dtype=torch.float64,
+        scale=dct_terms(x, norm, inverse=True),
+    )
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -73,8 +85,9 @@ def test_float32_and_half_inputs(cpu_isa, backend):
     for dtype in (torch.float16, torch.bfloat16):
         y = ops.dct2d(x.to(dtype), backend=backend)
         assert y.dtype == dtype
-        close_ulp(y, scipy_dct(x.to(dtype), "ortho"), str(dtype), ulps=LOWP_ULPS, dtype=dtype,
-                  scale=dct_terms(x.to(dtype)))
+        close_ulp(
+            y, scipy_dct(x.to(dtype), "ortho"), str(dtype), ulps=LOWP_ULPS, dtype=dtype, scale=dct_terms(x.to(dtype))
+        )
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -84,8 +97,14 @@ def test_keep_and_s_are_truncation_and_zero_fill(backend):
     low = ops.dct2d(x, keep=(6, 5), backend=backend)
     u = KEEP_ULPS64
     close_ulp(low, full[..., :6, :5], "keep", ulps=u, dtype=torch.float64, scale=dct_terms(x, keep=(6, 5)))
-    close_ulp(ops.dct2d(x, keep=4, backend=backend), full[..., :4, :4], "int keep", ulps=u, dtype=torch.float64,
-              scale=dct_terms(x, keep=(4, 4)))
+    close_ulp(
+        ops.dct2d(x, keep=4, backend=backend),
+        full[..., :4, :4],
+        "int keep",
+        ulps=u,
+        dtype=torch.float64,
+        scale=dct_terms(x, keep=(4, 4)),
+    )
     # scipy's s zero-pads the coefficients: the low-pass reconstruction
     want = scipy_dct(low, "ortho", inverse=True, s=(17, 12))
     terms = dct_terms(low, inverse=True, s=(17, 12))
@@ -104,8 +123,14 @@ def test_dct_matrix_is_orthonormal_and_inverts():
         close_ulp(c @ c.T, eye(n, dtype=torch.float64), "ortho", ulps=u, dtype=torch.float64, scale=c.abs() @ c.abs().T)
         for norm in NORMS:
             a, b = ops.dct_matrix(n, norm, inverse=True), ops.dct_matrix(n, norm)
-            close_ulp(a @ b, eye(n, dtype=torch.float64), f"inverse {norm}", ulps=u, dtype=torch.float64,
-                      scale=a.abs() @ b.abs())
+            close_ulp(
+                a @ b,
+                eye(n, dtype=torch.float64),
+                f"inverse {norm}",
+                ulps=u,
+                dtype=torch.float64,
+                scale=a.abs() @ b.abs(),
+            )
 
 
 @requires_triton
@@ -115,8 +140,13 @@ def test_triton_matches_scipy():
     if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(ops.dct2d(x, backend="triton").cpu(), scipy_dct(x.cpu(), "ortho"), 1e-5, 1e-5, "dct2d")
         low = ops.dct2d(x, keep=(5, 4), backend="triton")
-        close(ops.idct2d(low, s=(13, 9), backend="triton").cpu(),
-              scipy_dct(low.cpu(), "ortho", inverse=True, s=(13, 9)), 1e-5, 1e-5, "idct2d s")
+        close(
+            ops.idct2d(low, s=(13, 9), backend="triton").cpu(),
+            scipy_dct(low.cpu(), "ortho", inverse=True, s=(13, 9)),
+            1e-5,
+            1e-5,
+            "idct2d s",
+        )
         xr = x.clone().requires_grad_(True)
         g = torch.autograd.grad(ops.dct2d(xr, keep=(5, 4), backend="triton").square().sum(), xr)[0]
         xr2 = x.clone().requires_grad_(True)
@@ -126,16 +156,22 @@ def test_triton_matches_scipy():
     close_ulp(ops.dct2d(x, backend="triton").cpu(), scipy_dct(x.cpu(), "ortho"), "dct2d", ulps=u, scale=dct_terms(x))
     low = ops.dct2d(x, keep=(5, 4), backend="triton")
     want = scipy_dct(low.cpu(), "ortho", inverse=True, s=(13, 9))
-    close_ulp(ops.idct2d(low, s=(13, 9), backend="triton").cpu(), want, "idct2d s", ulps=u,
-              scale=dct_terms(low, inverse=True, s=(13, 9)))
+    close_ulp(
+        ops.idct2d(low, s=(13, 9), backend="triton").cpu(),
+        want,
+        "idct2d s",
+        ulps=u,
+        scale=dct_terms(low, inverse=True, s=(13, 9)),
+    )
     xr = x.clone().requires_grad_(True)
     g = torch.autograd.grad(ops.dct2d(xr, keep=(5, 4), backend="triton").square().sum(), xr)[0]
     xr2 = x.detach().cpu().double().requires_grad_(True)
     # d/dx sum(y^2) = mh.T (2 y) mw: sum|terms| with y's own bound in place of |y|
     mh, mw = matrices(x.shape, keep=(5, 4))
     terms = mh.abs().T @ (2 * dct_terms(x, keep=(5, 4))) @ mw.abs()
-    close_ulp(g, torch.autograd.grad(ops.dct2d_ref(xr2, keep=(5, 4)).square().sum(), xr2)[0], "grad", ulps=u,
-              scale=terms)
+    close_ulp(
+        g, torch.autograd.grad(ops.dct2d_ref(xr2, keep=(5, 4)).square().sum(), xr2)[0], "grad", ulps=u, scale=terms
+    )
 
 
 # --- gradients, compile, opcheck -----------------------------------------------------------------------
@@ -187,8 +223,12 @@ BAD = [
     ("integer", lambda: ops.dct2d(torch.ones(3, 3, dtype=torch.int64)), ValueError, "floating point"),
     ("not a tensor", lambda: ops.dct2d([[1.0]]), TypeError, "x must be a torch.Tensor"),
     ("norm", lambda: ops.dct2d(torch.randn(3, 3), norm="unitary"), ValueError, "norm must be"),
-    ("keep too large", lambda: ops.dct2d(torch.randn(4, 6), keep=(5, 2)), ValueError,
-     r"keep must be at most the input's last two sizes \(4, 6\)"),
+    (
+        "keep too large",
+        lambda: ops.dct2d(torch.randn(4, 6), keep=(5, 2)),
+        ValueError,
+        r"keep must be at most the input's last two sizes \(4, 6\)",
+    ),
     ("keep zero", lambda: ops.dct2d(torch.randn(4, 6), keep=(0, 2)), ValueError, "keep must be an int or a pair"),
     ("s too small", lambda: ops.idct2d(torch.randn(4, 6), s=(3, 6)), ValueError, "s must be at least"),
 ]
@@ -219,9 +259,10 @@ def test_dct_attention_equals_attention_over_kept_coefficients():
     low = scipy_dct(x, "ortho")[..., :4, :3]
     tokens = low.reshape(2, 16, 12).transpose(1, 2)
     q, k, v = m.qkv(tokens).reshape(2, 12, 3, 2, 8).permute(2, 0, 3, 1, 4)
-    a = torch.softmax(q @ k.transpose(-1, -2) * 8 ** -0.5, -1) @ v
-    back = scipy_dct(a.transpose(1, 2).reshape(2, 12, 16).transpose(1, 2).reshape(2, 16, 4, 3), "ortho", inverse=True,
-                     s=(9, 7))
+    a = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5, -1) @ v
+    back = scipy_dct(
+        a.transpose(1, 2).reshape(2, 12, 16).transpose(1, 2).reshape(2, 16, 4, 3), "ortho", inverse=True, s=(9, 7)
+    )
     want = m.proj(back.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     # float64 throughout: measured 5-12 ulp of max(|out|, rms(out)) over sixteen seeds
     close_ulp(m(x), want, "module", ulps=32, dtype=torch.float64)

@@ -23,8 +23,12 @@ from medkernels.testing import dformer_attention_official, dformer_attention_sdp
 ULPS = {"out": 3, "lse": 2.5, "dq": 6, "dk": 4, "dv": 5}
 # GPU runs keep the tolerances they were validated with (see kit.on_gpu): low precision against
 # the float32 oracle, float32 against the float64 one.
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
-       torch.float64: (1e-10, 1e-10)}
+TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+    torch.float64: (1e-10, 1e-10),
+}
 LOWP_ULPS = 0.5
 
 
@@ -38,7 +42,7 @@ def dilated_problem(spatial, group, scope, scale=None):
 
     def build(query, key, value):
         B, heads, dim = query.shape[0], query.shape[-2], query.shape[-1]
-        sc = dim ** -0.5 if scale is None else scale
+        sc = dim**-0.5 if scale is None else scale
 
         def grouped(t):  # [B, D, H, W, heads, X] -> [B, heads, G, M, X]
             return t.reshape(B, -1, heads, t.shape[-1])[:, index].permute(0, 3, 1, 2, 4)
@@ -62,8 +66,15 @@ def random_case(seed: int, max_size: int = 9, max_group: int = 5):
     def pick(lo, hi):
         return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
-    return dict(spatial=tuple(pick(1, max_size) for _ in range(3)), group=tuple(pick(1, max_group) for _ in range(3)),
-                scope=("local", "global")[pick(0, 1)], batch=pick(1, 2), heads=pick(1, 3), dim=pick(1, 12), seed=seed)
+    return dict(
+        spatial=tuple(pick(1, max_size) for _ in range(3)),
+        group=tuple(pick(1, max_group) for _ in range(3)),
+        scope=("local", "global")[pick(0, 1)],
+        batch=pick(1, 2),
+        heads=pick(1, 3),
+        dim=pick(1, 12),
+        seed=seed,
+    )
 
 
 def make_qkv(c, dtype=torch.float32, device="cpu"):
@@ -111,8 +122,9 @@ def check_against_oracle(c, backend, dtype=torch.float32, device="cpu"):
     glse = torch.randn(lse.shape, generator=g).to(device=device, dtype=lse.dtype)
     got = torch.autograd.grad((out * gout).sum() + (lse * glse).sum(), leaves)
     want = torch.autograd.grad((ref * gout.to(ref_dtype)).sum() + (ref_lse * glse.to(ref_dtype)).sum(), ref_leaves)
-    terms = attention_terms(dilated_problem(c["spatial"], c["group"], c["scope"]),
-                            dict(query=qkv[0], key=qkv[1], value=qkv[2]), gout, glse)
+    terms = attention_terms(
+        dilated_problem(c["spatial"], c["group"], c["scope"]), dict(query=qkv[0], key=qkv[1], value=qkv[2]), gout, glse
+    )
     terms.update(dq=terms["query"], dk=terms["key"], dv=terms["value"])
 
     def check(name, a, r):
@@ -134,8 +146,9 @@ SWEEP = list(range(40 if LONG else 12))
 
 
 @pytest.mark.parametrize("scope", ["local", "global"])
-@pytest.mark.parametrize("spatial,group", [((5, 7, 9), (2, 3, 4)), ((32, 32, 32), (2, 8, 8)), ((3, 4, 4), (4, 8, 8)),
-                                           ((1, 6, 5), (2, 2, 2))])
+@pytest.mark.parametrize(
+    "spatial,group", [((5, 7, 9), (2, 3, 4)), ((32, 32, 32), (2, 8, 8)), ((3, 4, 4), (4, 8, 8)), ((1, 6, 5), (2, 2, 2))]
+)
 def test_groups_partition_every_token_once(scope, spatial, group):
     index, valid = ops.dilated_groups(spatial, group, scope)
     members = index[valid]
@@ -173,10 +186,22 @@ def test_reference_and_cpu_match_pad_reshape_permute(seed):
     terms = attention_terms(dilated_problem(c["spatial"], c["group"], c["scope"]), dict(query=q, key=k, value=v))
     for peer in (dformer_attention_official, dformer_attention_sdpa):  # all float64: measured at most 1.3 ulp
         want = peer(q, k, v, c["group"], c["scope"])
-        close_ulp(ops.dilated_attention3d_ref(q, k, v, c["group"], c["scope"]), want, peer.__name__,
-                  ulps=3, dtype=torch.float64, scale=terms["out"])
-        close_ulp(ops.dilated_attention3d(q, k, v, c["group"], c["scope"], backend="cpu"), want,
-                  f"cpu vs {peer.__name__}", ulps=3, dtype=torch.float64, scale=terms["out"])
+        close_ulp(
+            ops.dilated_attention3d_ref(q, k, v, c["group"], c["scope"]),
+            want,
+            peer.__name__,
+            ulps=3,
+            dtype=torch.float64,
+            scale=terms["out"],
+        )
+        close_ulp(
+            ops.dilated_attention3d(q, k, v, c["group"], c["scope"], backend="cpu"),
+            want,
+            f"cpu vs {peer.__name__}",
+            ulps=3,
+            dtype=torch.float64,
+            scale=terms["out"],
+        )
 
 
 @pytest.mark.parametrize("scope", ["local", "global"])
@@ -185,30 +210,40 @@ def test_padding_on_every_axis_is_excluded(scope):
     q, k, v = (torch.randn(1, 3, 4, 4, 1, 4, dtype=torch.float64) for _ in range(3))
     out = ops.dilated_attention3d(q, k, v, (2, 4, 4), scope, backend="cpu")
     terms = attention_terms(dilated_problem((3, 4, 4), (2, 4, 4), scope), dict(query=q, key=k, value=v))["out"]
-    close_ulp(out, dformer_attention_official(q, k, v, (2, 4, 4), scope), "out", ulps=2, dtype=torch.float64,
-              scale=terms)  # measured at most 0.55
+    close_ulp(
+        out, dformer_attention_official(q, k, v, (2, 4, 4), scope), "out", ulps=2, dtype=torch.float64, scale=terms
+    )  # measured at most 0.55
     # changing what zero-padding would have been cannot matter: compare to attention over the real tokens only
     index, valid = ops.dilated_groups((3, 4, 4), (2, 4, 4), scope)
     flat = [t.reshape(-1, 4) for t in (q, k, v)]
     for members in (index[g][valid[g]] for g in range(index.shape[0])):
         attn = torch.softmax(flat[0][members] @ flat[1][members].T * 0.5, -1)
-        close_ulp(out.reshape(-1, 4)[members], attn @ flat[2][members], "group", ulps=2, dtype=torch.float64,
-                  scale=terms.reshape(-1, 4)[members])
+        close_ulp(
+            out.reshape(-1, 4)[members],
+            attn @ flat[2][members],
+            "group",
+            ulps=2,
+            dtype=torch.float64,
+            scale=terms.reshape(-1, 4)[members],
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_cpu_dtypes(dtype):
-    check_against_oracle(dict(spatial=(3, 5, 6), group=(2, 3, 4), scope="global", batch=1, heads=2, dim=9, seed=7),
-                         "cpu", dtype)
+    check_against_oracle(
+        dict(spatial=(3, 5, 6), group=(2, 3, 4), scope="global", batch=1, heads=2, dim=9, seed=7), "cpu", dtype
+    )
 
 
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_large_groups_span_several_blocks(scope):
     # 4 x 12 x 13 members: several query blocks and online-softmax key blocks in the CPU kernel
-    check_against_oracle(dict(spatial=(4, 12, 13), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=5, seed=3),
-                         "cpu")
-    check_against_oracle(dict(spatial=(8, 24, 26), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=3, seed=4),
-                         "cpu")
+    check_against_oracle(
+        dict(spatial=(4, 12, 13), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=5, seed=3), "cpu"
+    )
+    check_against_oracle(
+        dict(spatial=(8, 24, 26), group=(4, 12, 13), scope=scope, batch=1, heads=1, dim=3, seed=4), "cpu"
+    )
 
 
 def test_strided_views_are_read_in_place():
@@ -221,16 +256,27 @@ def test_strided_views_are_read_in_place():
     close_ulp(out, want, "views", ulps=ULPS["out"], scale=terms)
     qt = torch.randn(1, 3, 4, 5, 6, 2).transpose(-1, -2)  # head dim not contiguous
     terms = attention_terms(dilated_problem((3, 4, 5), (2, 2, 2), "local"), dict(query=qt, key=qt, value=qt))["out"]
-    close_ulp(ops.dilated_attention3d(qt, qt, qt, 2, "local", backend="cpu"),
-              ops.dilated_attention3d_ref(*(qt.double(),) * 3, 2, "local"), "transposed", ulps=ULPS["out"], scale=terms)
+    close_ulp(
+        ops.dilated_attention3d(qt, qt, qt, 2, "local", backend="cpu"),
+        ops.dilated_attention3d_ref(*(qt.double(),) * 3, 2, "local"),
+        "transposed",
+        ulps=ULPS["out"],
+        scale=terms,
+    )
 
 
 @requires_triton
-@pytest.mark.parametrize("c", [
-    dict(spatial=(3, 5, 6), group=(2, 2, 4), scope="local", batch=1, heads=2, dim=8, seed=1),
-    dict(spatial=(3, 5, 6), group=(2, 4, 5), scope="global", batch=1, heads=1, dim=5, seed=2),  # 40 members: 2 blocks
-    dict(spatial=(2, 3, 2), group=(4, 8, 8), scope="local", batch=2, heads=1, dim=4, seed=3),
-], ids=["local", "global-two-blocks", "clamped"])
+@pytest.mark.parametrize(
+    "c",
+    [
+        dict(spatial=(3, 5, 6), group=(2, 2, 4), scope="local", batch=1, heads=2, dim=8, seed=1),
+        dict(
+            spatial=(3, 5, 6), group=(2, 4, 5), scope="global", batch=1, heads=1, dim=5, seed=2
+        ),  # 40 members: 2 blocks
+        dict(spatial=(2, 3, 2), group=(4, 8, 8), scope="local", batch=2, heads=1, dim=4, seed=3),
+    ],
+    ids=["local", "global-two-blocks", "clamped"],
+)
 def test_triton_matches_reference(c):
     """On CPU through the Triton interpreter (TRITON_INTERPRET=1): tiny shapes only."""
     check_against_oracle(c, "triton", device=TEST_DEVICE)
@@ -239,13 +285,23 @@ def test_triton_matches_reference(c):
 def test_scale_and_default_scale():
     c = dict(spatial=(2, 3, 4), group=(2, 2, 2), scope="local", batch=1, heads=1, dim=7, seed=5)
     q, k, v = make_qkv(c, torch.float64)
-    close(ops.dilated_attention3d(q, k, v, 2, "local", backend="cpu"),
-          ops.dilated_attention3d(q, k, v, 2, "local", scale=7 ** -0.5, backend="cpu"), 0, 0, "default scale")
+    close(
+        ops.dilated_attention3d(q, k, v, 2, "local", backend="cpu"),
+        ops.dilated_attention3d(q, k, v, 2, "local", scale=7**-0.5, backend="cpu"),
+        0,
+        0,
+        "default scale",
+    )
     # q * 0.3 * sqrt(7) rounds each entry (float64): ulp of the attention's sum|terms| (measured 0.47)
     terms = attention_terms(dilated_problem((2, 3, 4), (2, 2, 2), "local", 0.3), dict(query=q, key=k, value=v))["out"]
-    close_ulp(ops.dilated_attention3d(q, k, v, 2, "local", scale=0.3, backend="cpu"),
-              ops.dilated_attention3d(q * 0.3 * 7 ** 0.5, k, v, 2, "local", backend="cpu"), "scale", ulps=2,
-              dtype=torch.float64, scale=terms)
+    close_ulp(
+        ops.dilated_attention3d(q, k, v, 2, "local", scale=0.3, backend="cpu"),
+        ops.dilated_attention3d(q * 0.3 * 7**0.5, k, v, 2, "local", backend="cpu"),
+        "scale",
+        ulps=2,
+        dtype=torch.float64,
+        scale=terms,
+    )
 
 
 # --- gradcheck, determinism, compile, opcheck ----------------------------------------------------------
@@ -256,7 +312,8 @@ def test_gradcheck_float64(scope):
     c = dict(spatial=(3, 2, 5), group=(2, 2, 3), scope=scope, batch=1, heads=2, dim=3, seed=8)
     leaves = [t.requires_grad_(True) for t in make_qkv(c, torch.float64)]
     assert torch.autograd.gradcheck(
-        lambda q, k, v: ops.dilated_attention3d(q, k, v, c["group"], scope, return_lse=True, backend="cpu"), leaves)
+        lambda q, k, v: ops.dilated_attention3d(q, k, v, c["group"], scope, return_lse=True, backend="cpu"), leaves
+    )
 
 
 def test_deterministic_across_runs_and_thread_counts():
@@ -320,8 +377,9 @@ def opcheck_samples():
         tq, tk, tv = make_qkv(dict(spatial=(1, 2, 3), batch=1, heads=1, dim=2, seed=12))
         tout, tlse = torch.ops.medkernels.dilated_attention3d_fwd(tq, tk, tv, [1, 2, 2], True, 0.5)
         samples["dilated_attention3d_fwd_triton"] = [grad([tq, tk, tv, [1, 2, 2], True, 0.5])]
-        samples["dilated_attention3d_bwd_triton"] = [[torch.randn_like(tout), torch.randn_like(tlse), tq, tk, tv, tout,
-                                                      tlse, [1, 2, 2], True, 0.5]]
+        samples["dilated_attention3d_bwd_triton"] = [
+            [torch.randn_like(tout), torch.randn_like(tlse), tq, tk, tv, tout, tlse, [1, 2, 2], True, 0.5]
+        ]
     return samples
 
 
@@ -339,12 +397,18 @@ def test_module_matches_projections_around_the_oracle(scope):
     B, D, H, W, C = x.shape
     q, k, v = m.qkv(x).reshape(B, D, H, W, 3, 3, 8).unbind(4)
     W_, b_ = m.proj.weight.double(), m.proj.bias.double()
-    want = torch.nn.functional.linear(ops.dilated_attention3d_ref(q.double(), k.double(), v.double(), (2, 4, 4), scope)
-                                      .reshape(B, D, H, W, C), W_, b_)
+    want = torch.nn.functional.linear(
+        ops.dilated_attention3d_ref(q.double(), k.double(), v.double(), (2, 4, 4), scope).reshape(B, D, H, W, C), W_, b_
+    )
     # the attention's sum|terms| carried through the projection (whose own rounding it also bounds)
     terms = attention_terms(dilated_problem((D, H, W), (2, 4, 4), scope), dict(query=q, key=k, value=v))["out"]
-    close_ulp(m(x), want, "module", ulps=MODULE_ULPS,
-              scale=torch.nn.functional.linear(terms.reshape(B, D, H, W, C), W_.abs(), b_.abs()))
+    close_ulp(
+        m(x),
+        want,
+        "module",
+        ulps=MODULE_ULPS,
+        scale=torch.nn.functional.linear(terms.reshape(B, D, H, W, C), W_.abs(), b_.abs()),
+    )
     assert set(m.state_dict()) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
 
 
@@ -354,9 +418,20 @@ BLOCK_ULPS = 8
 def test_dformer_block_loads_official_names_and_goes_full_attention_on_small_maps():
     torch.manual_seed(0)
     blk = mknn.DFormerBlock(32, 2, (2, 8, 8), "global").eval()
-    official_keys = {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                     "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                     "mlp.fc2.weight", "mlp.fc2.bias"}
+    official_keys = {
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
+    }
     assert set(blk.state_dict()) == official_keys
     assert blk.mlp.fc1.out_features == 128
     x = torch.randn(1, 4, 4, 4, 32)  # smaller than the group in H and W: one group over the whole volume
@@ -364,7 +439,9 @@ def test_dformer_block_loads_official_names_and_goes_full_attention_on_small_map
     x64 = x.double()
     h = b64.norm1(x64)
     q, k, v = b64.attn.qkv(h).reshape(1, 4, 4, 4, 3, 2, 16).unbind(4)
-    full = torch.nn.functional.scaled_dot_product_attention(*(t.reshape(1, 64, 2, 16).transpose(1, 2) for t in (q, k, v)))
+    full = torch.nn.functional.scaled_dot_product_attention(
+        *(t.reshape(1, 64, 2, 16).transpose(1, 2) for t in (q, k, v))
+    )
     y = x64 + b64.attn.proj(full.transpose(1, 2).reshape(1, 4, 4, 4, 32))
     # layer norms, attention, a 4x MLP: measured at most 2.6 ulp of max(|out|, rms(out)) (three seeds)
     close_ulp(blk(x), y + b64.mlp(b64.norm2(y)), "block", ulps=BLOCK_ULPS)
@@ -403,24 +480,64 @@ def _t(*shape, dtype=torch.float32):
 
 
 BAD = [
-    ("rank", lambda: ops.dilated_attention3d(_t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), 2, "local"),
-     ValueError, r"query must be \[batch, D, H, W, heads, head_dim\]"),
-    ("dtype", lambda: ops.dilated_attention3d(*(torch.ones(1, 2, 2, 2, 1, 4, dtype=torch.int32),) * 3, 2, "local"),
-     ValueError, "query must be float32"),
-    ("mixed dtype", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4, dtype=torch.float64),
-                                                    _t(1, 2, 2, 2, 1, 4), 2, "local"), ValueError, "key has dtype"),
-    ("device", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4).to("meta"),
-                                               _t(1, 2, 2, 2, 1, 4), 2, "local"), ValueError, "key is on meta"),
-    ("shape", lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 3, 1, 4), _t(1, 2, 2, 2, 1, 4), 2,
-                                              "local"), ValueError, "key must have query's shape"),
-    ("group zero", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 0, 2), "local"), ValueError,
-     "group_size must be"),
-    ("group length", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 2), "local"), ValueError,
-     "group_size must be"),
-    ("scope", lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, 2, "dilated"), ValueError,
-     "scope must be 'local' or 'global'"),
-    ("not a tensor", lambda: ops.dilated_attention3d([1.0], _t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4), 2, "local"),
-     TypeError, "query must be a torch.Tensor"),
+    (
+        "rank",
+        lambda: ops.dilated_attention3d(_t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), _t(1, 4, 4, 2, 4), 2, "local"),
+        ValueError,
+        r"query must be \[batch, D, H, W, heads, head_dim\]",
+    ),
+    (
+        "dtype",
+        lambda: ops.dilated_attention3d(*(torch.ones(1, 2, 2, 2, 1, 4, dtype=torch.int32),) * 3, 2, "local"),
+        ValueError,
+        "query must be float32",
+    ),
+    (
+        "mixed dtype",
+        lambda: ops.dilated_attention3d(
+            _t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4, dtype=torch.float64), _t(1, 2, 2, 2, 1, 4), 2, "local"
+        ),
+        ValueError,
+        "key has dtype",
+    ),
+    (
+        "device",
+        lambda: ops.dilated_attention3d(
+            _t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4).to("meta"), _t(1, 2, 2, 2, 1, 4), 2, "local"
+        ),
+        ValueError,
+        "key is on meta",
+    ),
+    (
+        "shape",
+        lambda: ops.dilated_attention3d(_t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 3, 1, 4), _t(1, 2, 2, 2, 1, 4), 2, "local"),
+        ValueError,
+        "key must have query's shape",
+    ),
+    (
+        "group zero",
+        lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 0, 2), "local"),
+        ValueError,
+        "group_size must be",
+    ),
+    (
+        "group length",
+        lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, (2, 2), "local"),
+        ValueError,
+        "group_size must be",
+    ),
+    (
+        "scope",
+        lambda: ops.dilated_attention3d(*(_t(1, 2, 2, 2, 1, 4),) * 3, 2, "dilated"),
+        ValueError,
+        "scope must be 'local' or 'global'",
+    ),
+    (
+        "not a tensor",
+        lambda: ops.dilated_attention3d([1.0], _t(1, 2, 2, 2, 1, 4), _t(1, 2, 2, 2, 1, 4), 2, "local"),
+        TypeError,
+        "query must be a torch.Tensor",
+    ),
 ]
 
 

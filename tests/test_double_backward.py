@@ -9,6 +9,7 @@ from kit import requires_triton
 
 from medkernels import ops
 
+
 def _leaf(*shape, dtype=torch.float32, seed=0, scale=1.0, shift=0.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g, dtype=dtype) * scale + shift).requires_grad_(True)
@@ -58,15 +59,28 @@ def _kan(backend):
     return ops.rswaf_kan(x, torch.linspace(-2, 2, 8), 1 / 0.33, w, backend=backend), [x, w]
 
 
-CASES = {"selective_scan_fn": _scan, "causal_conv1d_fn": _conv, "na1d/na2d/na3d": _na,
-         "na1d_qk/na2d_qk/na3d_qk": _na_qk, "na1d_av/na2d_av/na3d_av": _na_av, "dilated_attention3d": _dilated,
-         "multi_order_selective_scan": _multi, "rswaf_kan": _kan}
+CASES = {
+    "selective_scan_fn": _scan,
+    "causal_conv1d_fn": _conv,
+    "na1d/na2d/na3d": _na,
+    "na1d_qk/na2d_qk/na3d_qk": _na_qk,
+    "na1d_av/na2d_av/na3d_av": _na_av,
+    "dilated_attention3d": _dilated,
+    "multi_order_selective_scan": _multi,
+    "rswaf_kan": _kan,
+}
 NO_TRITON = {"na1d_qk/na2d_qk/na3d_qk", "na1d_av/na2d_av/na3d_av"}  # the unfused pair is CPU (and reference) only
 
 
-@pytest.mark.parametrize("name,backend", [
-    pytest.param(n, b, marks=requires_triton) if b == "triton" else (n, b)
-    for n in sorted(CASES) for b in ("cpu", "triton") if not (b == "triton" and n in NO_TRITON)])
+@pytest.mark.parametrize(
+    "name,backend",
+    [
+        pytest.param(n, b, marks=requires_triton) if b == "triton" else (n, b)
+        for n in sorted(CASES)
+        for b in ("cpu", "triton")
+        if not (b == "triton" and n in NO_TRITON)
+    ],
+)
 def test_double_backward_raises_naming_the_op(name, backend):
     out, leaves = CASES[name](backend)
     grads = torch.autograd.grad((out * out).sum(), leaves, create_graph=True)

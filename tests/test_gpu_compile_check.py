@@ -36,8 +36,15 @@ def test_parses_the_ptxas_report(check):
 
 
 def _row(**kw):
-    row = {"arch": "sm_80", "num_warps": 4, "regs": 128, "spill_stores": 0, "spill_loads": 0, "smem": 1024,
-           "error": None}
+    row = {
+        "arch": "sm_80",
+        "num_warps": 4,
+        "regs": 128,
+        "spill_stores": 0,
+        "spill_loads": 0,
+        "smem": 1024,
+        "error": None,
+    }
     row.update(kw)
     return row
 
@@ -58,8 +65,10 @@ def test_pass_and_fail_rules(check):
 
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils)")
 def test_reads_the_cuda_kernels_from_the_build_log(check, tmp_path):
-    name = ("_ZN10medkernels4cuda50_GLOBAL__N__5f0e0754_17_selective_scan_cu_e403e320"
-            "10bwd_kernelI6__halfLb0ELb1EEEvNS0_14ScanCudaParamsE")
+    name = (
+        "_ZN10medkernels4cuda50_GLOBAL__N__5f0e0754_17_selective_scan_cu_e403e320"
+        "10bwd_kernelI6__halfLb0ELb1EEEvNS0_14ScanCudaParamsE"
+    )
     log = tmp_path / "cuda-build.log"
     log.write_text(f"""  [3/5] Building CUDA object CMakeFiles/_C.dir/csrc/cuda/selective_scan.cu.o
   ptxas info    : Compiling entry function '{name}' for 'sm_80'
@@ -73,22 +82,29 @@ def test_reads_the_cuda_kernels_from_the_build_log(check, tmp_path):
   ptxas info    : Used 141 registers, used 1 barriers, 128 bytes cumulative stack size, 4144 bytes smem
 """)
     rows = check.cuda_rows(log)
-    assert [(r["kernel"], r["config"], r["arch"], r["regs"], r["spill_stores"] + r["spill_loads"], r["smem"])
-            for r in rows] == [("medkernels::cuda::bwd_kernel", "__half, false, true", "sm_80", 128, 64, 4144),
-                               ("medkernels::cuda::bwd_kernel", "__half, false, true", "sm_90", 141, 0, 4144)]
+    assert [
+        (r["kernel"], r["config"], r["arch"], r["regs"], r["spill_stores"] + r["spill_loads"], r["smem"]) for r in rows
+    ] == [
+        ("medkernels::cuda::bwd_kernel", "__half, false, true", "sm_80", 128, 64, 4144),
+        ("medkernels::cuda::bwd_kernel", "__half, false, true", "sm_90", 141, 0, 4144),
+    ]
     assert rows[0]["kernel"] in check.CUDA_HOT
     # the budget covers what the build reports today; one more word fails
     assert check.check_row(rows[0], check.CUDA_SPILL_BUDGET, rows[0]["kernel"]) == []
-    assert check.check_row(dict(rows[0], spill_loads=rows[0]["spill_loads"] + 4), check.CUDA_SPILL_BUDGET,
-                           rows[0]["kernel"])
+    assert check.check_row(
+        dict(rows[0], spill_loads=rows[0]["spill_loads"] + 4), check.CUDA_SPILL_BUDGET, rows[0]["kernel"]
+    )
 
 
 @requires_triton
 def test_every_spill_budget_names_a_kernel_the_check_compiles_and_a_reason(check):
     from medkernels import triton as mt
 
-    kernels = {f"{name}.{c.kernel}" for name in mt.MODULES
-               for c in importlib.import_module(f"medkernels.triton.{name}").configs()}
+    kernels = {
+        f"{name}.{c.kernel}"
+        for name in mt.MODULES
+        for c in importlib.import_module(f"medkernels.triton.{name}").configs()
+    }
     assert set(check.SPILL_BUDGET) <= kernels
     assert set(check.CUDA_SPILL_BUDGET) <= set(check.CUDA_HOT)
     for limit, reason in [*check.SPILL_BUDGET.values(), *check.CUDA_SPILL_BUDGET.values()]:

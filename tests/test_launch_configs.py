@@ -44,7 +44,7 @@ def _arg_type(value) -> str:
     if isinstance(value, bool):
         return "u1"
     if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
+        return "i32" if -(2**31) <= value < 2**31 else "i64"
     if isinstance(value, float):
         return "fp32"
     raise TypeError(f"unexpected kernel argument {value!r}")
@@ -67,10 +67,15 @@ class _Recorder:
             params = kernel_params(self)
             assert set(bound) == {n for n, _ in params}, f"{self.fn.__name__}: not every argument was passed"
             assert set(options) == set(_OPTIONS), f"{self.fn.__name__}: launched with options {options}"
-            self.launches.append(LaunchConfig(
-                module=self.fn.__module__, kernel=self.fn.__name__,
-                signature=tuple((n, _arg_type(bound[n])) for n, c in params if not c),
-                constexprs=tuple(sorted((n, bound[n]) for n, c in params if c)), **options))
+            self.launches.append(
+                LaunchConfig(
+                    module=self.fn.__module__,
+                    kernel=self.fn.__name__,
+                    signature=tuple((n, _arg_type(bound[n])) for n, c in params if not c),
+                    constexprs=tuple(sorted((n, bound[n]) for n, c in params if c)),
+                    **options,
+                )
+            )
 
         return launch
 
@@ -178,16 +183,22 @@ def test_selective_scan_launches(launches):
         batch, dim, L = RNG.choice([1, 2]), RNG.choice([1, 3, 8]), RNG.choice([1, 7, 64, 65, 300])
         u, delta = _t(batch, dim, L, dtype=dtype), _t(batch, dim, L, dtype=dtype)
         A = -_t(dim, n).detach().abs().requires_grad_()
-        B = _t(batch, n, L, dtype=dtype) if RNG.random() < 0.5 else _t(batch, 1, n, L, dtype=dtype) \
-            if RNG.random() < 0.5 else _t(dim, n)
+        B = (
+            _t(batch, n, L, dtype=dtype)
+            if RNG.random() < 0.5
+            else _t(batch, 1, n, L, dtype=dtype)
+            if RNG.random() < 0.5
+            else _t(dim, n)
+        )
         C = _t(batch, n, L, dtype=dtype) if RNG.random() < 0.7 else _t(dim, n)
         D = _t(dim) if RNG.random() < 0.5 else None
         z = _t(batch, dim, L, dtype=dtype) if RNG.random() < 0.5 else None
         bias = _t(dim) if RNG.random() < 0.5 else None
         init = _t(batch, dim, n) if RNG.random() < 0.3 else None
         ret = RNG.random() < 0.5
-        out = ops.selective_scan_fn(u, delta, A, B, C, D, z, bias, RNG.random() < 0.5, ret, initial_state=init,
-                                    backend="triton")
+        out = ops.selective_scan_fn(
+            u, delta, A, B, C, D, z, bias, RNG.random() < 0.5, ret, initial_state=init, backend="triton"
+        )
         _backward(out, u, delta, A, B, C, *(t for t in (D, z, bias, init) if t is not None))
     assert {c.kernel for c in launches} == {"_fwd_kernel", "_bwd_kernel"}
     _covered(launches, 2)
@@ -199,11 +210,15 @@ def test_multi_order_scan_launches(launches):
         batch, K, dim, L = 1, RNG.choice([1, 2]), RNG.choice([1, 5, 40]), RNG.choice([1, 9, 70])
         orders = torch.stack([torch.stack([torch.randperm(L) for _ in range(K)]) for _ in range(batch)])
         u, delta = _t(batch, dim, L, dtype=dtype), _t(batch, K, dim, L, dtype=dtype)
-        A, B, C = -_t(K, dim, n).detach().abs().requires_grad_(), _t(batch, K, n, L, dtype=dtype), \
-            _t(batch, K, n, L, dtype=dtype)
+        A, B, C = (
+            -_t(K, dim, n).detach().abs().requires_grad_(),
+            _t(batch, K, n, L, dtype=dtype),
+            _t(batch, K, n, L, dtype=dtype),
+        )
         D, bias = (_t(K, dim) if RNG.random() < 0.5 else None), (_t(K, dim) if RNG.random() < 0.5 else None)
-        out = ops.multi_order_selective_scan(u, delta, A, B, C, D, bias, orders, delta_softplus=RNG.random() < 0.5,
-                                             backend="triton")
+        out = ops.multi_order_selective_scan(
+            u, delta, A, B, C, D, bias, orders, delta_softplus=RNG.random() < 0.5, backend="triton"
+        )
         _backward(out, u, delta, A, B, C, *(t for t in (D, bias) if t is not None))
     _covered(launches, 2)
 
@@ -215,8 +230,9 @@ def test_causal_conv1d_launches(launches):
         b = _t(dim, dtype=dtype) if RNG.random() < 0.5 else None
         seq = torch.zeros(batch, L, dtype=torch.int32) if RNG.random() < 0.5 else None
         init = _t(batch, dim, width - 1, dtype=dtype) if RNG.random() < 0.5 and seq is None else None
-        out = ops.causal_conv1d_fn(x, w, b, seq_idx=seq, initial_states=init,
-                                   activation=RNG.choice([None, "silu"]), backend="triton")
+        out = ops.causal_conv1d_fn(
+            x, w, b, seq_idx=seq, initial_states=init, activation=RNG.choice([None, "silu"]), backend="triton"
+        )
         _backward(out, x, w, *(t for t in (b, init) if t is not None))
     _covered(launches, 3)
 
@@ -235,8 +251,9 @@ def test_dilated_attention_launches(launches):
         dtype, dim = RNG.choice(DTYPES), RNG.choice([1, 8, 16, 17, 32, 64, 65, 96, 128])
         spatial, group = (2, 3, RNG.choice([4, 9])), (RNG.choice([1, 2]), 2, RNG.choice([2, 4, 9]))
         q, k, v = (_t(1, *spatial, 2, dim, dtype=dtype) for _ in range(3))
-        out = ops.dilated_attention3d(q, k, v, group, RNG.choice(["local", "global"]), return_lse=True,
-                                      backend="triton")
+        out = ops.dilated_attention3d(
+            q, k, v, group, RNG.choice(["local", "global"]), return_lse=True, backend="triton"
+        )
         _backward(out, q, k, v)
     _covered(launches, 3)
 
@@ -261,8 +278,9 @@ def test_point_cloud_launches(launches):
         ops.furthest_point_sample(xyz, 5, lengths=lengths, backend="triton")
         k = RNG.choice([1, 2, 5, 16, 17, 64, 200, 256])
         qlen = torch.tensor([2, 1]) if RNG.random() < 0.5 else None
-        ops.knn(torch.randn(2, 3, C).to(dtype), xyz, min(k, n - 3), query_lengths=qlen, lengths=lengths,
-                backend="triton")
+        ops.knn(
+            torch.randn(2, 3, C).to(dtype), xyz, min(k, n - 3), query_lengths=qlen, lengths=lengths, backend="triton"
+        )
     _covered(launches, 2)
 
 
@@ -283,21 +301,36 @@ def test_shapes_past_the_configs_are_refused_with_a_reason():
 
     u = torch.randn(1, 2, 5)
     with pytest.raises(BackendUnavailableError, match="dstate up to 64"):
-        ops.selective_scan_fn(u, u, -torch.rand(2, 65), torch.randn(1, 65, 5), torch.randn(1, 65, 5),
-                              backend="triton")
+        ops.selective_scan_fn(u, u, -torch.rand(2, 65), torch.randn(1, 65, 5), torch.randn(1, 65, 5), backend="triton")
     with pytest.raises(BackendUnavailableError, match="float32; float64"):
-        ops.selective_scan_fn(u.double(), u.double(), -torch.rand(2, 4).double(), torch.randn(1, 4, 5).double(),
-                              torch.randn(1, 4, 5).double(), backend="triton")
+        ops.selective_scan_fn(
+            u.double(),
+            u.double(),
+            -torch.rand(2, 4).double(),
+            torch.randn(1, 4, 5).double(),
+            torch.randn(1, 4, 5).double(),
+            backend="triton",
+        )
     orders = torch.arange(5)[None, None]
     with pytest.raises(BackendUnavailableError, match="dstate up to 256"):
-        ops.multi_order_selective_scan(u, u[:, None], -torch.rand(1, 2, 257), torch.randn(1, 1, 257, 5),
-                                       torch.randn(1, 1, 257, 5), None, None, orders, backend="triton")
+        ops.multi_order_selective_scan(
+            u,
+            u[:, None],
+            -torch.rand(1, 2, 257),
+            torch.randn(1, 1, 257, 5),
+            torch.randn(1, 1, 257, 5),
+            None,
+            None,
+            orders,
+            backend="triton",
+        )
     q = torch.randn(1, 2, 2, 2, 1, 129)
     with pytest.raises(BackendUnavailableError, match="head_dim up to 128"):
         ops.dilated_attention3d(q, q, q, 2, "local", backend="triton")
     with pytest.raises(BackendUnavailableError, match="float32; float64"):
-        ops.dilated_attention3d(q[..., :4].double(), q[..., :4].double(), q[..., :4].double(), 2, "local",
-                                backend="triton")
+        ops.dilated_attention3d(
+            q[..., :4].double(), q[..., :4].double(), q[..., :4].double(), 2, "local", backend="triton"
+        )
     q = torch.randn(1, 5, 1, 257)
     with pytest.raises(BackendUnavailableError, match="head dims up to 256"):
         ops.na1d(q, q, q, 3, backend="triton")

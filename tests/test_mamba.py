@@ -15,8 +15,15 @@ from medkernels.ops import selective_scan_ref
 
 # mamba_ssm.modules.mamba_simple.Mamba(d_model=64) state_dict: names and shapes.
 UPSTREAM_SHAPES = {
-    "A_log": (128, 16), "D": (128,), "in_proj.weight": (256, 64), "conv1d.weight": (128, 1, 4), "conv1d.bias": (128,),
-    "x_proj.weight": (36, 128), "dt_proj.weight": (128, 4), "dt_proj.bias": (128,), "out_proj.weight": (64, 128),
+    "A_log": (128, 16),
+    "D": (128,),
+    "in_proj.weight": (256, 64),
+    "conv1d.weight": (128, 1, 4),
+    "conv1d.bias": (128,),
+    "x_proj.weight": (36, 128),
+    "dt_proj.weight": (128, 4),
+    "dt_proj.bias": (128,),
+    "out_proj.weight": (64, 128),
 }
 
 
@@ -31,8 +38,17 @@ def upstream_forward(m, h):
     x_dbl = m.x_proj(x.transpose(1, 2))
     dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)
     dt = (dt @ m.dt_proj.weight.t()).transpose(1, 2)
-    y = selective_scan_ref(x, dt, -torch.exp(m.A_log.to(acc)), B.transpose(1, 2), C.transpose(1, 2), m.D.to(acc), z=z,
-                           delta_bias=m.dt_proj.bias.to(acc), delta_softplus=True)
+    y = selective_scan_ref(
+        x,
+        dt,
+        -torch.exp(m.A_log.to(acc)),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        m.D.to(acc),
+        z=z,
+        delta_bias=m.dt_proj.bias.to(acc),
+        delta_softplus=True,
+    )
     return m.out_proj(y.transpose(1, 2))
 
 
@@ -41,14 +57,15 @@ def test_parameters_and_initialisation_match_mamba_ssm():
     m = mknn.Mamba(64)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == UPSTREAM_SHAPES
     assert m.d_inner == 128 and m.dt_rank == math.ceil(64 / 16)
-    torch.testing.assert_close(m.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(128, -1), rtol=0,
-                               atol=0)
+    torch.testing.assert_close(
+        m.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).expand(128, -1), rtol=0, atol=0
+    )
     assert m.A_log.dtype == torch.float32 and m.A_log._no_weight_decay and m.D._no_weight_decay
     torch.testing.assert_close(m.D, torch.ones(128), rtol=0, atol=0)
     assert m.dt_proj.bias._no_reinit
     dt = F.softplus(m.dt_proj.bias)
     assert dt.min() >= 1e-4 * 0.999 and dt.max() <= 0.1 * 1.001
-    bound = m.dt_rank ** -0.5
+    bound = m.dt_rank**-0.5
     assert m.dt_proj.weight.abs().max() <= bound
     mc = mknn.Mamba(64, dt_init="constant", dt_scale=2.0, bias=True, conv_bias=False)
     torch.testing.assert_close(mc.dt_proj.weight, torch.full_like(mc.dt_proj.weight, 2.0 * bound), rtol=0, atol=0)
@@ -71,8 +88,12 @@ def test_forward_and_backward_match_the_upstream_path(backend):
     # error for out, 2.6x for the gradients (plus 2 ulp of max|truth|: at most 0.53 of these over 30 seeds)
     close_as_pytorch(out, ref, up, "out", factor=3)
     params, params64 = [h, *m.parameters()], [h64, *m64.parameters()]
-    grads = zip([("h", None), *m.named_parameters()], torch.autograd.grad(out.square().sum(), params),
-                torch.autograd.grad(up.square().sum(), params), torch.autograd.grad(ref.square().sum(), params64))
+    grads = zip(
+        [("h", None), *m.named_parameters()],
+        torch.autograd.grad(out.square().sum(), params),
+        torch.autograd.grad(up.square().sum(), params),
+        torch.autograd.grad(ref.square().sum(), params64),
+    )
     for (name, _), a, u, r in grads:
         close_as_pytorch(a, r, u, f"d{name}", factor=4)
 
@@ -97,7 +118,7 @@ def test_prefill_then_step_by_step_decoding_equals_full_forward():
         outs = [m(h[:, :6], inference_params=params)]
         params.seqlen_offset = 6
         for t in range(6, 15):
-            outs.append(m(h[:, t:t + 1], inference_params=params))
+            outs.append(m(h[:, t : t + 1], inference_params=params))
             params.seqlen_offset += 1
         up = upstream_forward(m, h)
         truth = upstream_forward(copy.deepcopy(m).double(), h.double())
@@ -108,7 +129,7 @@ def test_prefill_then_step_by_step_decoding_equals_full_forward():
     conv_state, ssm_state = m.allocate_inference_cache(2, 15)
     assert conv_state.shape == (2, 64, 4) and ssm_state.shape == (2, 64, 8)
     with torch.no_grad():
-        steps = [m.step(h[:, t:t + 1], conv_state, ssm_state)[0] for t in range(15)]
+        steps = [m.step(h[:, t : t + 1], conv_state, ssm_state)[0] for t in range(15)]
     close_as_pytorch(torch.cat(steps, 1), truth, up, "steps", factor=3)
 
 
@@ -169,6 +190,6 @@ def test_mamba_block_on_gpu_matches_cpu_and_decodes():
         pieces = [mg(h[:, :200].cuda(), inference_params=params)]
         params.seqlen_offset = 200
         for t in range(200, 300):
-            pieces.append(mg(h[:, t:t + 1].cuda(), inference_params=params))
+            pieces.append(mg(h[:, t : t + 1].cuda(), inference_params=params))
             params.seqlen_offset += 1
     close(torch.cat(pieces, 1).cpu(), ref.detach(), 1e-3, 1e-3, "decode")

@@ -57,9 +57,14 @@ def mos_terms(inputs, softplus, grad_out=None):
     x = {k: (v.double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
     orders = x["orders"]
     batch, dim, L = x["u"].shape
-    res = {"out": torch.zeros(batch, dim, L, dtype=torch.float64), "u": torch.zeros(batch, dim, L, dtype=torch.float64),
-           "delta": torch.zeros_like(x["delta"]), "B": torch.zeros_like(x["B"]), "C": torch.zeros_like(x["C"]),
-           "A": torch.zeros_like(x["A"])}
+    res = {
+        "out": torch.zeros(batch, dim, L, dtype=torch.float64),
+        "u": torch.zeros(batch, dim, L, dtype=torch.float64),
+        "delta": torch.zeros_like(x["delta"]),
+        "B": torch.zeros_like(x["B"]),
+        "C": torch.zeros_like(x["C"]),
+        "A": torch.zeros_like(x["A"]),
+    }
     if x["D"] is not None:
         res["D"] = torch.zeros_like(x["D"])
     if x["delta_bias"] is not None:
@@ -67,10 +72,18 @@ def mos_terms(inputs, softplus, grad_out=None):
     for k in range(orders.shape[1]):
         o = orders[:, k, None, :]
         ou, on = o.expand(batch, dim, L), o.expand(batch, x["B"].shape[2], L)
-        t = scan_terms(x["u"].gather(2, ou), x["delta"][:, k].gather(2, ou), x["A"][k], x["B"][:, k].gather(2, on),
-                       x["C"][:, k].gather(2, on), None if x["D"] is None else x["D"][k], None,
-                       None if x["delta_bias"] is None else x["delta_bias"][k], softplus,
-                       grad_out=None if grad_out is None else grad_out.double().gather(2, ou))
+        t = scan_terms(
+            x["u"].gather(2, ou),
+            x["delta"][:, k].gather(2, ou),
+            x["A"][k],
+            x["B"][:, k].gather(2, on),
+            x["C"][:, k].gather(2, on),
+            None if x["D"] is None else x["D"][k],
+            None,
+            None if x["delta_bias"] is None else x["delta_bias"][k],
+            softplus,
+            grad_out=None if grad_out is None else grad_out.double().gather(2, ou),
+        )
         res["out"] += torch.zeros_like(res["out"]).scatter(2, ou, t["out"])
         if grad_out is None:
             continue
@@ -158,8 +171,9 @@ def test_matches_reference_state_sizes(cpu_isa, dstate):
 @pytest.mark.parametrize("seed", range(3))
 def test_matches_reference_random_sweep(seed):
     g = torch.Generator().manual_seed(100 + seed)
-    batch, dim, dstate, seqlen, K = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in
-                                     ((1, 3), (1, 40), (1, 20), (1, 70), (1, 9)))
+    batch, dim, dstate, seqlen, K = (
+        int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 3), (1, 40), (1, 20), (1, 70), (1, 9))
+    )
     check_against_reference(make_inputs(batch, dim, dstate, seqlen, K, seed=seed))
 
 
@@ -181,8 +195,12 @@ def test_identity_orders_equal_k_plain_scans():
     x = make_inputs(2, 3, 4, 9, 2)
     x["orders"] = torch.arange(9).expand(2, 2, 9).contiguous()
     out = multi_order_selective_scan(**x)
-    want = sum(selective_scan_fn(x["u"], x["delta"][:, k], x["A"][k], x["B"][:, k], x["C"][:, k], x["D"][k], None,
-                                 x["delta_bias"][k], True) for k in range(2))
+    want = sum(
+        selective_scan_fn(
+            x["u"], x["delta"][:, k], x["A"][k], x["B"][:, k], x["C"][:, k], x["D"][k], None, x["delta_bias"][k], True
+        )
+        for k in range(2)
+    )
     close_ulp(out, want, "out", ulps=2 * ULPS["out"], scale=mos_terms(x, True)["out"])  # both carry a kernel's error
 
 
@@ -255,6 +273,7 @@ def test_torch_compile_fullgraph(dynamic):
 
 def opcheck_samples():
     """Sample arguments for torch.library.opcheck, per registered op."""
+
     def sample(shape, opt):
         x = make_inputs(*shape, has_D=opt, has_bias=opt)
         args = [x[k] for k in NAMES] + [x["orders"]]
@@ -263,8 +282,10 @@ def opcheck_samples():
         return fwd, [torch.randn_like(out), *args, ckpt, True, 4]
 
     cpu = [sample((2, 3, 4, 9, 2), opt) for opt in (True, False)]
-    samples = {"multi_order_selective_scan_fwd": [f for f, _ in cpu],
-               "multi_order_selective_scan_bwd": [b for _, b in cpu]}
+    samples = {
+        "multi_order_selective_scan_fwd": [f for f, _ in cpu],
+        "multi_order_selective_scan_bwd": [b for _, b in cpu],
+    }
     if hasattr(torch.ops.medkernels, "multi_order_selective_scan_fwd_triton"):
         fwd, bwd = sample((1, 2, 2, 5, 2), True)  # tiny: the Triton interpreter is slow
         samples["multi_order_selective_scan_fwd_triton"] = [fwd]
@@ -293,20 +314,32 @@ BAD = [
     ("orders range", _with(orders=lambda a: a["orders"] + 1), ValueError, r"orders\[0, 0\] is not a permutation"),
     ("orders dtype", _with(orders=lambda a: a["orders"].int()), ValueError, r"orders must be int64, got torch.int32"),
     ("orders rank", _with(orders=lambda a: a["orders"][0]), ValueError, r"orders must have shape \(batch, K, seqlen\)"),
-    ("orders seqlen", _with(orders=lambda a: a["orders"][..., :4]), ValueError,
-     r"orders must have shape \(batch, K, seqlen\) = \(2, K, 5\), got \(2, 2, 4\)"),
+    (
+        "orders seqlen",
+        _with(orders=lambda a: a["orders"][..., :4]),
+        ValueError,
+        r"orders must have shape \(batch, K, seqlen\) = \(2, K, 5\), got \(2, 2, 4\)",
+    ),
     ("u rank", _with(u=lambda a: a["u"][0]), ValueError, r"u must have shape \(batch, dim, seqlen\)"),
     ("u int", _with(u=lambda a: a["u"].long()), ValueError, r"u must be float32, float16 or bfloat16"),
-    ("delta shape", _with(delta=lambda a: a["delta"][:, :1]), ValueError,
-     r"delta must have shape \(batch, K, dim, seqlen\) = \(2, 2, 4, 5\), got \(2, 1, 4, 5\)"),
+    (
+        "delta shape",
+        _with(delta=lambda a: a["delta"][:, :1]),
+        ValueError,
+        r"delta must have shape \(batch, K, dim, seqlen\) = \(2, 2, 4, 5\), got \(2, 1, 4, 5\)",
+    ),
     ("delta dtype", _with(delta=lambda a: a["delta"].half()), ValueError, r"delta must have the dtype of u"),
     ("B shape", _with(B=lambda a: a["B"][0]), ValueError, r"B must have shape \(batch, K, dstate, seqlen\)"),
     ("C dtype", _with(C=lambda a: a["C"].double()), ValueError, r"C must have the dtype of u"),
     ("A shape", _with(A=torch.randn(2, 3)), ValueError, r"A must have shape \(K, dim, dstate\) = \(2, 4, dstate"),
     ("A dtype", _with(A=lambda a: a["A"].half()), ValueError, r"A must be torch.float32 for torch.float32 inputs"),
     ("D shape", _with(D=torch.randn(4)), ValueError, r"D must have shape \(K, dim\) = \(2, 4\)"),
-    ("delta_bias dtype", _with(delta_bias=lambda a: a["delta_bias"].double()), ValueError,
-     r"delta_bias must be torch.float32"),
+    (
+        "delta_bias dtype",
+        _with(delta_bias=lambda a: a["delta_bias"].double()),
+        ValueError,
+        r"delta_bias must be torch.float32",
+    ),
     ("mixed devices", _with(A=lambda a: a["A"].to("meta")), ValueError, r"A is on meta but u is on cpu"),
     ("not a tensor", _with(B=[[0.0]]), TypeError, r"B must be a torch.Tensor, got list"),
     ("missing orders", _with(orders=None), TypeError, r"orders is required"),

@@ -25,9 +25,22 @@ AV = {1: ops.na1d_av, 2: ops.na2d_av, 3: ops.na3d_av}
 # Set 2-3x above. float16/bfloat16: within one ulp of their dtype of sum|terms| (measured at most 0.28:
 # the kernels round P and the saved output to the dtype, as a same-dtype reference would).
 # GPU runs keep NATTEN's dtype floors (fp32 vs the float64 reference; see kit.on_gpu).
-TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2), torch.float64: (1e-9, 1e-9)}
-ULPS = {"out": 3, "lse": 2.5, "query": 4, "key": 5, "value": 8, "rpb": 2.5, "additional_keys": 1.5,
-        "additional_values": 2.5}
+TOL = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+    torch.float64: (1e-9, 1e-9),
+}
+ULPS = {
+    "out": 3,
+    "lse": 2.5,
+    "query": 4,
+    "key": 5,
+    "value": 8,
+    "rpb": 2.5,
+    "additional_keys": 1.5,
+    "additional_values": 2.5,
+}
 
 
 def random_case(seed: int, na_dim: int | None = None, max_size: int = 9):
@@ -50,9 +63,21 @@ def random_case(seed: int, na_dim: int | None = None, max_size: int = 9):
         causal.append(bool(pick(0, 1)))
         spatial.append(L)
     kv_heads = pick(1, 2)
-    return dict(spatial=tuple(spatial), kernel=tuple(kernel), stride=tuple(stride), dilation=tuple(dilation),
-                causal=tuple(causal), batch=pick(1, 2), heads=kv_heads * pick(1, 2), kv_heads=kv_heads,
-                dim=pick(1, 12), vdim=pick(1, 12), n_add=pick(0, 3), rpb=bool(pick(0, 1)), seed=seed)
+    return dict(
+        spatial=tuple(spatial),
+        kernel=tuple(kernel),
+        stride=tuple(stride),
+        dilation=tuple(dilation),
+        causal=tuple(causal),
+        batch=pick(1, 2),
+        heads=kv_heads * pick(1, 2),
+        kv_heads=kv_heads,
+        dim=pick(1, 12),
+        vdim=pick(1, 12),
+        n_add=pick(0, 3),
+        rpb=bool(pick(0, 1)),
+        seed=seed,
+    )
 
 
 def make_tensors(c, dtype=torch.float32, device="cpu"):
@@ -62,8 +87,11 @@ def make_tensors(c, dtype=torch.float32, device="cpu"):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
     B, sp = c["batch"], c["spatial"]
-    t = dict(query=randn(B, *sp, c["heads"], c["dim"]), key=randn(B, *sp, c["kv_heads"], c["dim"]),
-             value=randn(B, *sp, c["kv_heads"], c["vdim"]))
+    t = dict(
+        query=randn(B, *sp, c["heads"], c["dim"]),
+        key=randn(B, *sp, c["kv_heads"], c["dim"]),
+        value=randn(B, *sp, c["kv_heads"], c["vdim"]),
+    )
     if c["n_add"]:
         t["additional_keys"] = randn(B, c["n_add"], c["kv_heads"], c["dim"])
         t["additional_values"] = randn(B, c["n_add"], c["kv_heads"], c["vdim"])
@@ -78,9 +106,21 @@ def check_case(c, backend, dtype=torch.float32, device="cpu"):
     na = FUSED[len(c["spatial"])]
     tensors = make_tensors(c, dtype, device)
     leaves = {k: v.clone().requires_grad_(True) for k, v in tensors.items()}
-    out, lse = na(leaves["query"], leaves["key"], leaves["value"], c["kernel"], c["stride"], c["dilation"],
-                  c["causal"], None, leaves.get("additional_keys"), leaves.get("additional_values"),
-                  rpb=leaves.get("rpb"), return_lse=True, backend=backend)
+    out, lse = na(
+        leaves["query"],
+        leaves["key"],
+        leaves["value"],
+        c["kernel"],
+        c["stride"],
+        c["dilation"],
+        c["causal"],
+        None,
+        leaves.get("additional_keys"),
+        leaves.get("additional_values"),
+        rpb=leaves.get("rpb"),
+        return_lse=True,
+        backend=backend,
+    )
     assert out.dtype == dtype and out.shape == (*tensors["query"].shape[:-1], c["vdim"])
     assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     g = torch.Generator().manual_seed(c["seed"] + 7)
@@ -89,11 +129,21 @@ def check_case(c, backend, dtype=torch.float32, device="cpu"):
     grads = torch.autograd.grad([out, lse], list(leaves.values()), [grad_out, grad_lse])
 
     ref_leaves = {k: v.detach().double().cpu().requires_grad_(True) for k, v in tensors.items()}
-    out_r, lse_r = dense_na(ref_leaves["query"], ref_leaves["key"], ref_leaves["value"], c["kernel"], c["stride"],
-                            c["dilation"], c["causal"], rpb=ref_leaves.get("rpb"),
-                            add_k=ref_leaves.get("additional_keys"), add_v=ref_leaves.get("additional_values"))
-    grads_r = torch.autograd.grad([out_r, lse_r], list(ref_leaves.values()),
-                                  [grad_out.double().cpu(), grad_lse.double().cpu()])
+    out_r, lse_r = dense_na(
+        ref_leaves["query"],
+        ref_leaves["key"],
+        ref_leaves["value"],
+        c["kernel"],
+        c["stride"],
+        c["dilation"],
+        c["causal"],
+        rpb=ref_leaves.get("rpb"),
+        add_k=ref_leaves.get("additional_keys"),
+        add_v=ref_leaves.get("additional_values"),
+    )
+    grads_r = torch.autograd.grad(
+        [out_r, lse_r], list(ref_leaves.values()), [grad_out.double().cpu(), grad_lse.double().cpu()]
+    )
     if on_gpu(backend, device):
         rtol, atol = TOL[dtype]
         close(out.cpu(), out_r, rtol, atol, "out")
@@ -102,8 +152,9 @@ def check_case(c, backend, dtype=torch.float32, device="cpu"):
             assert a.dtype == tensors[name].dtype and a.shape == tensors[name].shape, name
             close(a.cpu(), b, 4 * rtol, 4 * atol * max(1.0, b.abs().max().item() / 10), f"d{name}")
         return
-    terms = attention_terms(dense_problem(c["kernel"], c["stride"], c["dilation"], c["causal"]), tensors, grad_out,
-                            grad_lse)
+    terms = attention_terms(
+        dense_problem(c["kernel"], c["stride"], c["dilation"], c["causal"]), tensors, grad_out, grad_lse
+    )
 
     def check(name, what, a, r):
         if a.dtype in (torch.float16, torch.bfloat16):  # one ulp of the dtype of sum|terms| (rounded intermediates)
@@ -187,8 +238,21 @@ def test_triton_matches_dense_reference(seed, na_dim):
 
 
 def test_large_head_dim_and_window():
-    c = dict(spatial=(12, 11), kernel=(5, 4), stride=(1, 2), dilation=(2, 1), causal=(False, True), batch=1, heads=2,
-             kv_heads=1, dim=70, vdim=33, n_add=2, rpb=True, seed=5)
+    c = dict(
+        spatial=(12, 11),
+        kernel=(5, 4),
+        stride=(1, 2),
+        dilation=(2, 1),
+        causal=(False, True),
+        batch=1,
+        heads=2,
+        kv_heads=1,
+        dim=70,
+        vdim=33,
+        n_add=2,
+        rpb=True,
+        seed=5,
+    )
     check_case(c, "cpu")
 
 
@@ -219,8 +283,17 @@ def test_qk_av_pair_matches_fused(seed, backend):
     assert attn.shape == (*q.shape[:-1], math.prod(c["kernel"]))
     out = AV[n](attn.softmax(-1), v, c["kernel"], c["dilation"], c["causal"], backend=backend)
     out = out.permute(0, *range(2, n + 2), 1, n + 2)
-    fused = FUSED[n](leaves["query"], leaves["key"], leaves["value"], c["kernel"], 1, c["dilation"], c["causal"],
-                     rpb=leaves.get("rpb"), backend="cpu")
+    fused = FUSED[n](
+        leaves["query"],
+        leaves["key"],
+        leaves["value"],
+        c["kernel"],
+        1,
+        c["dilation"],
+        c["causal"],
+        rpb=leaves.get("rpb"),
+        backend="cpu",
+    )
     # both sides carry an attention's rounding, yet differ by at most 3 ulp of sum|terms| (measured): the
     # fused kernel's allowance
     terms = attention_terms(dense_problem(c["kernel"], (1,) * n, c["dilation"], c["causal"]), t, torch.ones(out.shape))
@@ -259,25 +332,59 @@ def test_qk_av_cpu_match_their_references(seed):
     close_ulp(a_cpu, a_ref, "attn", ulps=QK_AV_ULPS, scale=terms)
     w = a_ref.softmax(-1)
     terms = AV[n](w, v.abs(), c["kernel"], c["dilation"], c["causal"], backend="reference")
-    close_ulp(AV[n](w, v, c["kernel"], c["dilation"], c["causal"], backend="cpu"),
-              AV[n](w, v, c["kernel"], c["dilation"], c["causal"], backend="reference"), "out", ulps=QK_AV_ULPS,
-              scale=terms)
+    close_ulp(
+        AV[n](w, v, c["kernel"], c["dilation"], c["causal"], backend="cpu"),
+        AV[n](w, v, c["kernel"], c["dilation"], c["causal"], backend="reference"),
+        "out",
+        ulps=QK_AV_ULPS,
+        scale=terms,
+    )
 
 
 # --- gradcheck, determinism, compile, opcheck ------------------------------------------------------
 
 
 def test_gradcheck_float64_fused():
-    c = dict(spatial=(5, 4), kernel=(3, 2), stride=(2, 1), dilation=(1, 2), causal=(False, True), batch=1, heads=2,
-             kv_heads=1, dim=3, vdim=2, n_add=2, rpb=True, seed=9)
+    c = dict(
+        spatial=(5, 4),
+        kernel=(3, 2),
+        stride=(2, 1),
+        dilation=(1, 2),
+        causal=(False, True),
+        batch=1,
+        heads=2,
+        kv_heads=1,
+        dim=3,
+        vdim=2,
+        n_add=2,
+        rpb=True,
+        seed=9,
+    )
     t = {k: v.requires_grad_(True) for k, v in make_tensors(c, torch.float64).items()}
 
     def fn(q, k, v, ak, av, rpb):
-        return ops.na2d(q, k, v, c["kernel"], c["stride"], c["dilation"], c["causal"], None, ak, av, rpb=rpb,
-                        return_lse=True, backend="cpu")
+        return ops.na2d(
+            q,
+            k,
+            v,
+            c["kernel"],
+            c["stride"],
+            c["dilation"],
+            c["causal"],
+            None,
+            ak,
+            av,
+            rpb=rpb,
+            return_lse=True,
+            backend="cpu",
+        )
 
-    assert torch.autograd.gradcheck(fn, [t[x] for x in ("query", "key", "value", "additional_keys",
-                                                        "additional_values", "rpb")], eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(
+        fn,
+        [t[x] for x in ("query", "key", "value", "additional_keys", "additional_values", "rpb")],
+        eps=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_gradcheck_float64_unfused():
@@ -286,6 +393,7 @@ def test_gradcheck_float64_unfused():
     k = torch.randn(1, 1, 5, 3, dtype=torch.float64, generator=g, requires_grad=True)
     v = torch.randn(1, 1, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
     rpb = torch.randn(2, 5, dtype=torch.float64, generator=g, requires_grad=True)
+
     def qk(q, k, r):  # the -inf slots of short causal windows are constants: zero them for finite differences
         attn = ops.na1d_qk(q, k, 3, 1, True, rpb=r, backend="cpu")
         return attn.masked_fill(attn.isinf(), 0.0)
@@ -296,8 +404,21 @@ def test_gradcheck_float64_unfused():
 
 
 def test_deterministic_across_runs_and_thread_counts():
-    c = dict(spatial=(20, 18), kernel=(5, 4), stride=(1, 1), dilation=(2, 1), causal=(False, False), batch=2,
-             heads=4, kv_heads=2, dim=16, vdim=16, n_add=2, rpb=True, seed=4)
+    c = dict(
+        spatial=(20, 18),
+        kernel=(5, 4),
+        stride=(1, 1),
+        dilation=(2, 1),
+        causal=(False, False),
+        batch=2,
+        heads=4,
+        kv_heads=2,
+        dim=16,
+        vdim=16,
+        n_add=2,
+        rpb=True,
+        seed=4,
+    )
     t = make_tensors(c)
     threads = torch.get_num_threads()
     results = []
@@ -305,9 +426,17 @@ def test_deterministic_across_runs_and_thread_counts():
         for n in (threads, threads, 1):
             torch.set_num_threads(n)
             leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
-            out = ops.na2d(leaves["query"], leaves["key"], leaves["value"], c["kernel"], 1, c["dilation"],
-                           additional_keys=leaves["additional_keys"], additional_values=leaves["additional_values"],
-                           rpb=leaves["rpb"])
+            out = ops.na2d(
+                leaves["query"],
+                leaves["key"],
+                leaves["value"],
+                c["kernel"],
+                1,
+                c["dilation"],
+                additional_keys=leaves["additional_keys"],
+                additional_values=leaves["additional_values"],
+                rpb=leaves["rpb"],
+            )
             results.append([out, *torch.autograd.grad(out.square().sum(), list(leaves.values()))])
     finally:
         torch.set_num_threads(threads)
@@ -317,13 +446,38 @@ def test_deterministic_across_runs_and_thread_counts():
 
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_torch_compile_fullgraph(dynamic):
-    c = dict(spatial=(6, 7), kernel=(3, 3), stride=(1, 2), dilation=(2, 1), causal=(False, True), batch=1, heads=2,
-             kv_heads=1, dim=8, vdim=8, n_add=1, rpb=True, seed=6)
+    c = dict(
+        spatial=(6, 7),
+        kernel=(3, 3),
+        stride=(1, 2),
+        dilation=(2, 1),
+        causal=(False, True),
+        batch=1,
+        heads=2,
+        kv_heads=1,
+        dim=8,
+        vdim=8,
+        n_add=1,
+        rpb=True,
+        seed=6,
+    )
     t = {k: v.requires_grad_(True) for k, v in make_tensors(c).items()}
 
     def parts(query, key, value, additional_keys, additional_values, rpb):
-        out, lse = ops.na2d(query, key, value, (3, 3), (1, 2), (2, 1), (False, True), None, additional_keys,
-                            additional_values, rpb=rpb, return_lse=True)
+        out, lse = ops.na2d(
+            query,
+            key,
+            value,
+            (3, 3),
+            (1, 2),
+            (2, 1),
+            (False, True),
+            None,
+            additional_keys,
+            additional_values,
+            rpb=rpb,
+            return_lse=True,
+        )
         attn = ops.na2d_qk(query.transpose(1, 3).transpose(2, 3), key.transpose(1, 3).transpose(2, 3), 3)
         return out.square(), lse, attn.logsumexp(-1)
 
@@ -337,27 +491,57 @@ def test_torch_compile_fullgraph(dynamic):
     with torch.no_grad():
         out = parts(**t)[0].sqrt()
         close_ulp(loss_c, loss_e, "loss", ulps=4, scale=sum(p.abs().sum() for p in parts(**t)).item())
-    terms = attention_terms(dense_problem((3, 3), (1, 2), (2, 1), (False, True)), t, 2 * out,
-                            torch.ones(out.shape[:-1]))
+    terms = attention_terms(
+        dense_problem((3, 3), (1, 2), (2, 1), (False, True)), t, 2 * out, torch.ones(out.shape[:-1])
+    )
     hf = {k: t[k] for k in ("query", "key", "value")}  # na2d_qk: kernel 3, unit scale; its logsumexp's sum|terms|
-    qk_terms = attention_terms(dense_problem((3, 3), (1, 1), (1, 1), (False, False), scale=1.0), hf,
-                               torch.zeros(out.shape), torch.ones(out.shape[:-1]))
+    qk_terms = attention_terms(
+        dense_problem((3, 3), (1, 1), (1, 1), (False, False), scale=1.0),
+        hf,
+        torch.zeros(out.shape),
+        torch.ones(out.shape[:-1]),
+    )
     grads_c, grads_e = torch.autograd.grad(loss_c, list(t.values())), torch.autograd.grad(loss_e, list(t.values()))
     for name, a, b in zip(t, grads_c, grads_e):
         close_ulp(a, b, f"d{name}", ulps=1.5, scale=terms[name] + qk_terms.get(name, 0))  # measured 0.5
 
 
 def opcheck_samples():
-    c = dict(spatial=(5, 4), kernel=(3, 2), stride=(2, 1), dilation=(1, 2), causal=(False, True), batch=1, heads=2,
-             kv_heads=1, dim=3, vdim=5, n_add=2, rpb=True, seed=11)
+    c = dict(
+        spatial=(5, 4),
+        kernel=(3, 2),
+        stride=(2, 1),
+        dilation=(1, 2),
+        causal=(False, True),
+        batch=1,
+        heads=2,
+        kv_heads=1,
+        dim=3,
+        vdim=5,
+        n_add=2,
+        rpb=True,
+        seed=11,
+    )
     t = make_tensors(c)
     lists = [list(c["kernel"]), list(c["stride"]), list(c["dilation"]), list(c["causal"])]
     fused = [t["query"], t["key"], t["value"], *lists, 0.5, t["rpb"], t["additional_keys"], t["additional_values"]]
     plain = [t["query"], t["key"], t["value"], *lists, 0.5, None, None, None]
     out, lse = torch.ops.medkernels.na_fwd(*fused)
     grad_out = torch.randn_like(out)
-    bwd = [grad_out, torch.randn_like(lse), t["query"], t["key"], t["value"], out, lse, *lists, 0.5, t["rpb"],
-           t["additional_keys"], t["additional_values"]]
+    bwd = [
+        grad_out,
+        torch.randn_like(lse),
+        t["query"],
+        t["key"],
+        t["value"],
+        out,
+        lse,
+        *lists,
+        0.5,
+        t["rpb"],
+        t["additional_keys"],
+        t["additional_values"],
+    ]
     hf = [t[x].permute(0, 3, 1, 2, 4).contiguous() for x in ("query", "key", "value")]
     unf = [[2, 2], [1, 2], [False, True]]
     attn = torch.ops.medkernels.na_qk(hf[0], hf[1], *unf, None)
@@ -382,8 +566,14 @@ def opcheck_samples():
 MODULE_ULPS = 1  # measured at most 0.34 (seeded and two other seeds)
 
 
-@pytest.mark.parametrize("cls,spatial", [(mknn.NeighborhoodAttention1D, (11,)), (mknn.NeighborhoodAttention2D, (7, 6)),
-                                         (mknn.NeighborhoodAttention3D, (4, 5, 4))])
+@pytest.mark.parametrize(
+    "cls,spatial",
+    [
+        (mknn.NeighborhoodAttention1D, (11,)),
+        (mknn.NeighborhoodAttention2D, (7, 6)),
+        (mknn.NeighborhoodAttention3D, (4, 5, 4)),
+    ],
+)
 def test_module_matches_dense_reference_and_round_trips(cls, spatial):
     torch.manual_seed(0)
     n = len(spatial)
@@ -395,8 +585,9 @@ def test_module_matches_dense_reference_and_round_trips(cls, spatial):
     W, b = m.proj.weight.double(), m.proj.bias.double()
     expected = torch.nn.functional.linear(out_r.reshape(2, *spatial, 32), W, b)
     # the attention's sum|terms| carried through the projection (whose own rounding it also bounds)
-    terms = attention_terms(dense_problem((3,) * n, (1,) * n, (1,) * n, (False,) * n),
-                            dict(query=q, key=k, value=v, rpb=m.rpb))["out"]
+    terms = attention_terms(
+        dense_problem((3,) * n, (1,) * n, (1,) * n, (False,) * n), dict(query=q, key=k, value=v, rpb=m.rpb)
+    )["out"]
     scale = torch.nn.functional.linear(terms.reshape(2, *spatial, 32), W.abs(), b.abs())
     close_ulp(m(x), expected, "module", ulps=MODULE_ULPS, scale=scale)
     fresh = cls(32, 4, 3, rel_pos_bias=True).eval()
@@ -405,8 +596,13 @@ def test_module_matches_dense_reference_and_round_trips(cls, spatial):
 
 
 def test_module_loads_natten_017_and_021_state_dicts():
-    natten_017 = {"qkv.weight": torch.randn(96, 32), "qkv.bias": torch.randn(96), "rpb": torch.randn(2, 13, 13),
-                  "proj.weight": torch.randn(32, 32), "proj.bias": torch.randn(32)}
+    natten_017 = {
+        "qkv.weight": torch.randn(96, 32),
+        "qkv.bias": torch.randn(96),
+        "rpb": torch.randn(2, 13, 13),
+        "proj.weight": torch.randn(32, 32),
+        "proj.bias": torch.randn(32),
+    }
     m = mknn.NeighborhoodAttention2D(dim=32, num_heads=2, kernel_size=7, rel_pos_bias=True)
     m.load_state_dict(natten_017, strict=True)
     natten_021 = {k: v for k, v in natten_017.items() if k != "rpb"}
@@ -449,7 +645,11 @@ def test_module_config_errors_and_repr():
 
 
 def _qkv(*shape, heads=2, kv_heads=2, dim=4):
-    return (torch.randn(1, *shape, heads, dim), torch.randn(1, *shape, kv_heads, dim), torch.randn(1, *shape, kv_heads, dim))
+    return (
+        torch.randn(1, *shape, heads, dim),
+        torch.randn(1, *shape, kv_heads, dim),
+        torch.randn(1, *shape, kv_heads, dim),
+    )
 
 
 BAD = [
@@ -458,33 +658,84 @@ BAD = [
     ("stride 0", lambda: ops.na1d(*_qkv(8), 3, stride=0), ValueError, r"Invalid value for `stride`"),
     ("dilation 0", lambda: ops.na1d(*_qkv(8), 3, dilation=0), ValueError, r"Invalid value for `dilation`"),
     ("causal type", lambda: ops.na1d(*_qkv(8), 3, is_causal=1), ValueError, r"Invalid value for `is_causal`"),
-    ("window too big", lambda: ops.na1d(*_qkv(8), 3, dilation=3), ValueError,
-     r"product of kernel size and dilation cannot be larger than input size"),
-    ("stride > kernel", lambda: ops.na1d(*_qkv(8), 3, stride=4), ValueError, r"Stride cannot be larger than kernel size"),
+    (
+        "window too big",
+        lambda: ops.na1d(*_qkv(8), 3, dilation=3),
+        ValueError,
+        r"product of kernel size and dilation cannot be larger than input size",
+    ),
+    (
+        "stride > kernel",
+        lambda: ops.na1d(*_qkv(8), 3, stride=4),
+        ValueError,
+        r"Stride cannot be larger than kernel size",
+    ),
     ("rank", lambda: ops.na2d(*_qkv(8), 3), ValueError, r"query must be a 5-D tensor"),
     ("integer", lambda: ops.na1d(*(t.long() for t in _qkv(8)), 3), ValueError, r"query must be float32.*torch.int64"),
-    ("dtype mismatch", lambda: ops.na1d(_qkv(8)[0], _qkv(8)[1].double(), _qkv(8)[2], 3), ValueError,
-     r"must assume the same data type"),
-    ("device mismatch", lambda: ops.na1d(_qkv(8)[0], _qkv(8)[1].to("meta"), _qkv(8)[2], 3), ValueError,
-     r"must be on the same device"),
+    (
+        "dtype mismatch",
+        lambda: ops.na1d(_qkv(8)[0], _qkv(8)[1].double(), _qkv(8)[2], 3),
+        ValueError,
+        r"must assume the same data type",
+    ),
+    (
+        "device mismatch",
+        lambda: ops.na1d(_qkv(8)[0], _qkv(8)[1].to("meta"), _qkv(8)[2], 3),
+        ValueError,
+        r"must be on the same device",
+    ),
     ("gqa", lambda: ops.na1d(*_qkv(8, heads=3, kv_heads=2), 3), ValueError, r"Key/value heads must evenly divide"),
-    ("head dims", lambda: ops.na1d(_qkv(8)[0], _qkv(8, dim=5)[1], _qkv(8)[2], 3), ValueError,
-     r"Q and K head dims must match"),
-    ("spatial", lambda: ops.na1d(_qkv(8)[0], _qkv(9)[1], _qkv(9)[2], 3), ValueError, r"must match in their spatial dims"),
-    ("additional alone", lambda: ops.na1d(*_qkv(8), 3, additional_keys=torch.randn(1, 2, 2, 4)), ValueError,
-     r"must be either both Tensors or None"),
-    ("additional shape", lambda: ops.na1d(*_qkv(8), 3, additional_keys=torch.randn(1, 2, 3, 4),
-                                          additional_values=torch.randn(1, 2, 3, 4)), ValueError,
-     r"additional_keys must be \[batch, tokens, kv_heads, head_dim\]"),
-    ("rpb shape", lambda: ops.na2d(*_qkv(8, 8), 3, rpb=torch.randn(2, 3, 3)), ValueError,
-     r"rpb must have shape \(heads, 2\*kernel_size-1 per axis\) = \(2, 5, 5\)"),
+    (
+        "head dims",
+        lambda: ops.na1d(_qkv(8)[0], _qkv(8, dim=5)[1], _qkv(8)[2], 3),
+        ValueError,
+        r"Q and K head dims must match",
+    ),
+    (
+        "spatial",
+        lambda: ops.na1d(_qkv(8)[0], _qkv(9)[1], _qkv(9)[2], 3),
+        ValueError,
+        r"must match in their spatial dims",
+    ),
+    (
+        "additional alone",
+        lambda: ops.na1d(*_qkv(8), 3, additional_keys=torch.randn(1, 2, 2, 4)),
+        ValueError,
+        r"must be either both Tensors or None",
+    ),
+    (
+        "additional shape",
+        lambda: ops.na1d(
+            *_qkv(8), 3, additional_keys=torch.randn(1, 2, 3, 4), additional_values=torch.randn(1, 2, 3, 4)
+        ),
+        ValueError,
+        r"additional_keys must be \[batch, tokens, kv_heads, head_dim\]",
+    ),
+    (
+        "rpb shape",
+        lambda: ops.na2d(*_qkv(8, 8), 3, rpb=torch.randn(2, 3, 3)),
+        ValueError,
+        r"rpb must have shape \(heads, 2\*kernel_size-1 per axis\) = \(2, 5, 5\)",
+    ),
     ("not a tensor", lambda: ops.na1d([[1.0]], *_qkv(8)[1:], 3), TypeError, r"query must be a torch.Tensor"),
-    ("av slots", lambda: ops.na1d_av(torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4), 3), ValueError,
-     r"attn's last dim must be prod\(kernel_size\) = 3"),
-    ("qk heads", lambda: ops.na1d_qk(torch.randn(1, 3, 8, 4), torch.randn(1, 2, 8, 4), 3), ValueError,
-     r"key heads must evenly divide query heads"),
-    ("forced triton", lambda: ops.na1d(*_qkv(8), 3, backend="cuda"), ops.BackendUnavailableError,
-     r"na1d: backend='cuda' cannot run these inputs: inputs are on cpu"),
+    (
+        "av slots",
+        lambda: ops.na1d_av(torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4), 3),
+        ValueError,
+        r"attn's last dim must be prod\(kernel_size\) = 3",
+    ),
+    (
+        "qk heads",
+        lambda: ops.na1d_qk(torch.randn(1, 3, 8, 4), torch.randn(1, 2, 8, 4), 3),
+        ValueError,
+        r"key heads must evenly divide query heads",
+    ),
+    (
+        "forced triton",
+        lambda: ops.na1d(*_qkv(8), 3, backend="cuda"),
+        ops.BackendUnavailableError,
+        r"na1d: backend='cuda' cannot run these inputs: inputs are on cpu",
+    ),
 ]
 
 

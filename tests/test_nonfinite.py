@@ -18,7 +18,9 @@ CPU_BACKENDS = backends("cpu", "triton")
 def same(a: torch.Tensor, b: torch.Tensor, rtol: float = 0.0, atol: float = 0.0) -> bool:
     """Equal non-finite pattern (NaN, +inf, -inf at the same places) and close finite values."""
     a, b = a.double(), b.double()
-    if not (torch.equal(a.isnan(), b.isnan()) and torch.equal(a == INF, b == INF) and torch.equal(a == -INF, b == -INF)):
+    if not (
+        torch.equal(a.isnan(), b.isnan()) and torch.equal(a == INF, b == INF) and torch.equal(a == -INF, b == -INF)
+    ):
         return False
     fin = a.isfinite()
     return torch.allclose(a[fin], b[fin], rtol=rtol, atol=atol)
@@ -42,8 +44,13 @@ def knn_cases():
     inf_points[1, :, 2] = -INF
     huge = p * 1e20  # squares overflow float32: all +inf, ties by index
     huge[:, 4] = 0.0
-    return {"nan_query": (nan_query, p), "inf_query": (inf_query, p), "nan_points": (q, nan_points),
-            "inf_points": (q, inf_points), "overflow": (q, huge)}
+    return {
+        "nan_query": (nan_query, p),
+        "inf_query": (inf_query, p),
+        "nan_points": (q, nan_points),
+        "inf_points": (q, inf_points),
+        "overflow": (q, huge),
+    }
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -126,19 +133,27 @@ def test_fps_padding_never_taken_after_nan_centre():
 
 
 # (dstate, variable B/C, gate z): padding lanes or not, both B/C layouts, with and without the gate
-SCAN_CASES = [(*shape, *c) for shape in ((3, True, True), (16, False, False), (5, False, True))
-              for c in itertools.product(["u", "delta", "delta_bias"], [INF, -INF], [True, False])]
+SCAN_CASES = [
+    (*shape, *c)
+    for shape in ((3, True, True), (16, False, False), (5, False, True))
+    for c in itertools.product(["u", "delta", "delta_bias"], [INF, -INF], [True, False])
+]
 
 
 def scan_inputs(dstate, var, z, where, val, softplus, seqlen=11):
     g = torch.Generator().manual_seed(dstate + 7 * var + 3 * z)
     b, d = 2, 5
-    args = dict(u=torch.randn(b, d, seqlen, generator=g), delta=torch.rand(b, d, seqlen, generator=g),
-                A=-torch.rand(d, dstate, generator=g),
-                B=torch.randn(b, dstate, seqlen, generator=g) if var else torch.randn(d, dstate, generator=g),
-                C=torch.randn(b, dstate, seqlen, generator=g) if var else torch.randn(d, dstate, generator=g),
-                D=torch.randn(d, generator=g), z=torch.randn(b, d, seqlen, generator=g) if z else None,
-                delta_bias=torch.rand(d, generator=g), delta_softplus=softplus)
+    args = dict(
+        u=torch.randn(b, d, seqlen, generator=g),
+        delta=torch.rand(b, d, seqlen, generator=g),
+        A=-torch.rand(d, dstate, generator=g),
+        B=torch.randn(b, dstate, seqlen, generator=g) if var else torch.randn(d, dstate, generator=g),
+        C=torch.randn(b, dstate, seqlen, generator=g) if var else torch.randn(d, dstate, generator=g),
+        D=torch.randn(d, generator=g),
+        z=torch.randn(b, d, seqlen, generator=g) if z else None,
+        delta_bias=torch.rand(d, generator=g),
+        delta_softplus=softplus,
+    )
     t = args[where].clone()
     if t.dim() == 3:
         t[1, 2, seqlen // 2] = val
@@ -168,8 +183,9 @@ def test_selective_scan_inf_propagates_as_reference(backend, dstate, var, z, whe
     if backend == "cpu_base":
         ops.set_cpu_isa("base")
     try:
-        got, got_last = ops.selective_scan_fn(**args, return_last_state=True,
-                                              backend="cpu" if backend == "cpu_base" else backend)
+        got, got_last = ops.selective_scan_fn(
+            **args, return_last_state=True, backend="cpu" if backend == "cpu_base" else backend
+        )
     finally:
         ops.set_cpu_isa(isa)
     if where == "u" or val > 0 or not softplus:  # softplus(-inf) = 0: a finite case
@@ -184,8 +200,13 @@ def test_multi_order_scan_inf_propagates_as_reference(backend, where, val):
     B_, D_, N_, L_, K_ = 2, 4, 3, 9, 3
     orders = torch.stack([torch.stack([torch.randperm(L_, generator=g) for _ in range(K_)]) for _ in range(B_)])
     u, delta = torch.randn(B_, D_, L_, generator=g), torch.rand(B_, K_, D_, L_, generator=g)
-    rest = (-torch.rand(K_, D_, N_, generator=g), torch.randn(B_, K_, N_, L_, generator=g),
-            torch.randn(B_, K_, N_, L_, generator=g), torch.randn(K_, D_, generator=g), torch.rand(K_, D_, generator=g))
+    rest = (
+        -torch.rand(K_, D_, N_, generator=g),
+        torch.randn(B_, K_, N_, L_, generator=g),
+        torch.randn(B_, K_, N_, L_, generator=g),
+        torch.randn(K_, D_, generator=g),
+        torch.rand(K_, D_, generator=g),
+    )
     (u if where == "u" else delta).view(-1)[7] = val
     want = ops.multi_order_selective_scan(u, delta, *rest, orders, backend="reference")
     got = ops.multi_order_selective_scan(u, delta, *rest, orders, backend=backend)

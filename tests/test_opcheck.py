@@ -47,5 +47,7 @@ def test_opcheck(op, index):
 def test_every_registered_op_has_opcheck_samples():
     registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("medkernels::")}
     covered = set(OWNERS)
-    assert registered == covered, (f"ops without opcheck samples: {sorted(registered - covered)}; "
-                                   f"samples for unregistered ops: {sorted(covered - registered)}")
+    assert registered == covered, (
+        f"ops without opcheck samples: {sorted(registered - covered)}; "
+        f"samples for unregistered ops: {sorted(covered - registered)}"
+    )

@@ -39,7 +39,7 @@ def random_cloud(seed: int):
 
     B, N, C = pick(1, 3), pick(1, 200), (3, 3, 1, 2, 5, 7)[pick(0, 5)]
     ties = pick(0, 1) == 1
-    xyz = (torch.randint(0, 3, (B, N, C), generator=g).float() if ties else torch.randn(B, N, C, generator=g))
+    xyz = torch.randint(0, 3, (B, N, C), generator=g).float() if ties else torch.randn(B, N, C, generator=g)
     lengths = torch.randint(1, N + 1, (B,), generator=g) if pick(0, 1) else None
     low = N if lengths is None else int(lengths.min())
     npoint = pick(1, low)
@@ -48,8 +48,13 @@ def random_cloud(seed: int):
 
 
 def expected_fps(xyz, npoint, start, lengths):
-    return torch.tensor([textbook_fps(xyz[b, : (xyz.shape[1] if lengths is None else int(lengths[b]))], npoint, start)
-                         for b in range(xyz.shape[0])], dtype=torch.int64)
+    return torch.tensor(
+        [
+            textbook_fps(xyz[b, : (xyz.shape[1] if lengths is None else int(lengths[b]))], npoint, start)
+            for b in range(xyz.shape[0])
+        ],
+        dtype=torch.int64,
+    )
 
 
 # --- furthest point sampling ------------------------------------------------------------------------
@@ -102,8 +107,13 @@ def test_fps_equals_fpsample_exact():
 def test_fps_triton(seed):
     xyz, npoint, start, lengths = random_cloud(seed)
     npoint = min(npoint, 12)  # the interpreter runs one step at a time
-    got = ops.furthest_point_sample(xyz.to(TEST_DEVICE), npoint, start_idx=start, backend="triton",
-                                    lengths=None if lengths is None else lengths.to(TEST_DEVICE))
+    got = ops.furthest_point_sample(
+        xyz.to(TEST_DEVICE),
+        npoint,
+        start_idx=start,
+        backend="triton",
+        lengths=None if lengths is None else lengths.to(TEST_DEVICE),
+    )
     assert torch.equal(got.cpu(), expected_fps(xyz, npoint, start, lengths))
 
 
@@ -150,7 +160,9 @@ def random_knn(seed: int):
 
     B, M, N, C = pick(1, 3), pick(1, 40), pick(1, 150), (3, 3, 1, 2, 16, 67)[pick(0, 5)]
     ties = pick(0, 1) == 1
-    make = (lambda *s: torch.randint(0, 3, s, generator=g).float()) if ties else (lambda *s: torch.randn(*s, generator=g))
+    make = (
+        (lambda *s: torch.randint(0, 3, s, generator=g).float()) if ties else (lambda *s: torch.randn(*s, generator=g))
+    )
     lengths = torch.randint(1, N + 1, (B,), generator=g) if pick(0, 1) else None
     k = pick(1, N if lengths is None else int(lengths.min()))
     qlen = torch.randint(0, M + 1, (B,), generator=g) if pick(0, 1) else None
@@ -176,7 +188,9 @@ def test_knn_spatial_blocks_equal_brute_force(c, ties, k):
     """Low-C clouds with enough queries take the Morton-sorted block search (points out of index order,
     blocks skipped by their boxes): the result must still equal brute force exactly."""
     g = torch.Generator().manual_seed(c * 100 + k)
-    make = (lambda *s: torch.randint(0, 4, s, generator=g).float()) if ties else (lambda *s: torch.randn(*s, generator=g))
+    make = (
+        (lambda *s: torch.randint(0, 4, s, generator=g).float()) if ties else (lambda *s: torch.randn(*s, generator=g))
+    )
     q, p = make(2, 520, c), make(2, 2100, c)
     lengths, qlen = torch.tensor([2100, max(k, 1333)]), torch.tensor([520, 301])
     d, i = ops.knn(q, p, k, lengths=lengths, query_lengths=qlen, backend="cpu")
@@ -201,8 +215,9 @@ def test_knn_gradients_match_the_reference():
     p = torch.randn(2, 60, 5, requires_grad=True)
     lengths, qlen = torch.tensor([60, 41]), torch.tensor([17, 9])
     g = torch.randn(2, 17, 6)
-    got = torch.autograd.grad((ops.knn(q, p, 6, lengths=lengths, query_lengths=qlen, backend="cpu")[0] * g).sum(),
-                              [q, p])
+    got = torch.autograd.grad(
+        (ops.knn(q, p, 6, lengths=lengths, query_lengths=qlen, backend="cpu")[0] * g).sum(), [q, p]
+    )
     d, idx = ops.knn_ref(q, p, 6, lengths=lengths, query_lengths=qlen)
     want = torch.autograd.grad((d * g).sum(), [q, p])
     _, *terms = knn_terms(q, p, idx, g)
@@ -230,8 +245,9 @@ def test_knn_triton(seed):
     rd, ri = ops.knn_ref(q, p, k, query_lengths=qlen, lengths=lengths)
     assert torch.equal(i.cpu(), ri)
     gq = torch.autograd.grad(d.sum(), qd)[0]
-    want = torch.autograd.grad(ops.knn_ref(q.requires_grad_(True), p, k, query_lengths=qlen, lengths=lengths)[0].sum(),
-                               q)[0]
+    want = torch.autograd.grad(
+        ops.knn_ref(q.requires_grad_(True), p, k, query_lengths=qlen, lengths=lengths)[0].sum(), q
+    )[0]
     if on_gpu("triton", TEST_DEVICE):  # the tolerances validated on a GPU (see kit.on_gpu)
         close(d.cpu(), rd, 1e-6, 1e-6, "distances")
         close(gq.cpu(), want, 1e-5, 1e-5, "dquery")
@@ -285,27 +301,55 @@ def _t(*shape, dtype=torch.float32):
 
 BAD = [
     ("fps rank", lambda: ops.furthest_point_sample(_t(5, 3), 2), ValueError, r"xyz must be \(B, N, C\)"),
-    ("fps dtype", lambda: ops.furthest_point_sample(torch.ones(1, 5, 3, dtype=torch.int32), 2), ValueError,
-     "xyz must be float32"),
+    (
+        "fps dtype",
+        lambda: ops.furthest_point_sample(torch.ones(1, 5, 3, dtype=torch.int32), 2),
+        ValueError,
+        "xyz must be float32",
+    ),
     ("fps npoint > N", lambda: ops.furthest_point_sample(_t(1, 5, 3), 6), ValueError, r"npoint must be in \[1, 5\]"),
     ("fps npoint type", lambda: ops.furthest_point_sample(_t(1, 5, 3), 2.0), TypeError, "npoint must be an int"),
     ("fps start", lambda: ops.furthest_point_sample(_t(1, 5, 3), 2, start_idx=5), ValueError, "start_idx must be in"),
-    ("fps lengths short", lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5, 2])), ValueError,
-     r"lengths must be in \[3, 5\]"),
-    ("fps lengths shape", lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5])), ValueError,
-     r"lengths must have shape \(2,\)"),
-    ("fps lengths float", lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5.0, 5.0])),
-     ValueError, "lengths must be an integer tensor"),
+    (
+        "fps lengths short",
+        lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5, 2])),
+        ValueError,
+        r"lengths must be in \[3, 5\]",
+    ),
+    (
+        "fps lengths shape",
+        lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5])),
+        ValueError,
+        r"lengths must have shape \(2,\)",
+    ),
+    (
+        "fps lengths float",
+        lambda: ops.furthest_point_sample(_t(2, 5, 3), 3, lengths=torch.tensor([5.0, 5.0])),
+        ValueError,
+        "lengths must be an integer tensor",
+    ),
     ("fps not a tensor", lambda: ops.furthest_point_sample([[1.0]], 1), TypeError, "xyz must be a torch.Tensor"),
     ("knn k > N", lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3), 6), ValueError, r"k must be in \[1, 5\]"),
     ("knn C mismatch", lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 2), 2), ValueError, "points must be"),
-    ("knn dtype mismatch", lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3, dtype=torch.float64), 2), ValueError,
-     "points must have query's dtype"),
+    (
+        "knn dtype mismatch",
+        lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3, dtype=torch.float64), 2),
+        ValueError,
+        "points must have query's dtype",
+    ),
     ("knn device", lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3).to("meta"), 2), ValueError, "device"),
-    ("knn lengths < k", lambda: ops.knn(_t(2, 4, 3), _t(2, 5, 3), 3, lengths=torch.tensor([5, 2])), ValueError,
-     "each cloud needs at least k points"),
-    ("knn query_lengths > M", lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3), 3, query_lengths=torch.tensor([5])),
-     ValueError, r"query_lengths must be in \[0, 4\]"),
+    (
+        "knn lengths < k",
+        lambda: ops.knn(_t(2, 4, 3), _t(2, 5, 3), 3, lengths=torch.tensor([5, 2])),
+        ValueError,
+        "each cloud needs at least k points",
+    ),
+    (
+        "knn query_lengths > M",
+        lambda: ops.knn(_t(1, 4, 3), _t(1, 5, 3), 3, query_lengths=torch.tensor([5])),
+        ValueError,
+        r"query_lengths must be in \[0, 4\]",
+    ),
 ]
 
 
@@ -352,7 +396,8 @@ def test_knn_triton_on_gpu_equals_cpu(m, n, k, c):
     close(d.cpu(), want_d, 1e-6, 1e-6, "knn distances")
     gq, gp = torch.autograd.grad(d.square().sum(), [qg, pg])
     qc, pc = q.requires_grad_(True), p.requires_grad_(True)
-    wq, wp = torch.autograd.grad(ops.knn(qc, pc, k, lengths=lengths, query_lengths=qlen, backend="cpu")[0].square()
-                                 .sum(), [qc, pc])
+    wq, wp = torch.autograd.grad(
+        ops.knn(qc, pc, k, lengths=lengths, query_lengths=qlen, backend="cpu")[0].square().sum(), [qc, pc]
+    )
     close(gq.cpu(), wq, 1e-4, 1e-4, "dquery")
     close(gp.cpu(), wp, 1e-4, 1e-4, "dpoints")

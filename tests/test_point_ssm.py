@@ -70,11 +70,14 @@ def test_precomputed_orders_and_state_dict_names():
     assert "scans=8" in repr(block)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"dim": 12}, r"dim=12 must be divisible by num_groups=8"),
-    ({"dim": 16, "d_state": 0}, r"d_state must be a positive int"),
-    ({"dim": 16, "dt_min": 0.2}, r"need 0 < dt_min <= dt_max"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dim": 12}, r"dim=12 must be divisible by num_groups=8"),
+        ({"dim": 16, "d_state": 0}, r"d_state must be a positive int"),
+        ({"dim": 16, "dt_min": 0.2}, r"need 0 < dt_min <= dt_max"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PointSSMGroupBlock(**kwargs)
@@ -104,25 +107,27 @@ def test_bad_forward_inputs():
 def test_orderings_of_a_hand_made_cloud_in_the_official_order():
     # Centred points (mean 0), shifted so that the distance to the origin orders them differently
     # (2, 1, 0, 3) from the distance to their mean (0, 1, 3, 2); no ties in any key.
-    pts = torch.tensor([[2., -1., 0.], [-3., 0., 1.], [0., 3., -4.], [1., -2., 3.]])
-    xyz = (pts + torch.tensor([10., -5., 7.]))[None]
-    want = torch.tensor([
-        [1, 2, 3, 0],  # x_order
-        [3, 0, 1, 2],  # y_order
-        [2, 0, 1, 3],  # z_order
-        [0, 1, 3, 2],  # center_dist: squared distances to the mean 5, 10, 25, 14
-        [0, 3, 2, 1],  # flip of x_order
-        [2, 1, 0, 3],  # flip of y_order
-        [3, 1, 0, 2],  # flip of z_order
-        [2, 3, 1, 0],  # flip of center_dist
-    ])
+    pts = torch.tensor([[2.0, -1.0, 0.0], [-3.0, 0.0, 1.0], [0.0, 3.0, -4.0], [1.0, -2.0, 3.0]])
+    xyz = (pts + torch.tensor([10.0, -5.0, 7.0]))[None]
+    want = torch.tensor(
+        [
+            [1, 2, 3, 0],  # x_order
+            [3, 0, 1, 2],  # y_order
+            [2, 0, 1, 3],  # z_order
+            [0, 1, 3, 2],  # center_dist: squared distances to the mean 5, 10, 25, 14
+            [0, 3, 2, 1],  # flip of x_order
+            [2, 1, 0, 3],  # flip of y_order
+            [3, 1, 0, 2],  # flip of z_order
+            [2, 3, 1, 0],  # flip of center_dist
+        ]
+    )
     assert torch.equal(point_scan_orders(xyz)[0], want)
 
 
 def test_reverse_orders_are_flips_even_with_ties():
     # The official reverse scans flip the forward argsort, so tied points are visited in the
     # opposite relative order too (not a stable descending sort).
-    xyz = torch.tensor([[[0., 0., 1.], [1., 2., 0.], [0., 1., 0.], [2., 0., 0.]]])
+    xyz = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]])
     orders = point_scan_orders(xyz)[0]
     assert torch.equal(orders[0], torch.tensor([0, 2, 1, 3]))
     assert torch.equal(orders[4], torch.tensor([3, 1, 2, 0]))
@@ -157,11 +162,11 @@ def test_state_dict_is_the_official_one():
     block.load_state_dict(official, strict=True)
     # Initialisation as the official dt_init / A_log_init / D_init (mamba_ssm's).
     fresh = PointSSMGroupBlock(40, d_state=8)
-    assert torch.equal(fresh.A_logs, torch.log(torch.arange(1., 9.)).expand(640, 8))
+    assert torch.equal(fresh.A_logs, torch.log(torch.arange(1.0, 9.0)).expand(640, 8))
     assert torch.equal(fresh.Ds, torch.ones(640))
     dt = torch.nn.functional.softplus(fresh.dt_projs_bias)
     assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
-    assert fresh.dt_projs_weight.abs().max() <= 3 ** -0.5
+    assert fresh.dt_projs_weight.abs().max() <= 3**-0.5
 
 
 def _official_forward(sd, x, xyz, post_normalization):
@@ -178,8 +183,12 @@ def _official_forward(sd, x, xyz, post_normalization):
     R = R2N - 2 * N
     # scanners: argsort of x, y, z, distance to the mean; then the flips
     m = xyz.mean(dim=1, keepdim=True)
-    idx = [xyz[..., 0].argsort(-1), xyz[..., 1].argsort(-1), xyz[..., 2].argsort(-1),
-           (xyz - m).norm(dim=-1).argsort(-1)]
+    idx = [
+        xyz[..., 0].argsort(-1),
+        xyz[..., 1].argsort(-1),
+        xyz[..., 2].argsort(-1),
+        (xyz - m).norm(dim=-1).argsort(-1),
+    ]
     idx = idx + [i.flip(-1) for i in idx]
     u, z = F.linear(x, sd["in_proj.weight"]).chunk(2, dim=-1)
     u = F.conv1d(u.transpose(1, 2), sd["conv.weight"], sd["conv.bias"], padding=3, groups=Din)

@@ -16,8 +16,12 @@ from medkernels import ops
 # dtype -> (rtol, atol as a fraction of the largest reference value). float32: the kernel and the float32
 # reference sum up to ~4000 products in different orders; measured at most 1.7e-6 (out, 520 channels x 8),
 # 1.4e-6 (inv), 1.2e-6 (grid), 7e-7 (x, w) over SHAPES and 40 sweep seeds.
-TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-6, 4e-6), torch.float16: (1e-2, 1e-2),
-       torch.bfloat16: (5e-2, 5e-2)}
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-6, 4e-6),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
 
 
 def make(lead, in_dim, out_dim, G, dtype=torch.float32, seed=0, device="cpu", scale=1.0):
@@ -111,8 +115,11 @@ def test_float_inv_denominator_and_deterministic_bits():
 
 
 @requires_triton
-@pytest.mark.parametrize("shape,dtype", [(((5,), 3, 7, 8), torch.float32), (((2, 9), 6, 20, 3), torch.float32),
-                                         (((4,), 5, 9, 8), torch.bfloat16)], ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(((5,), 3, 7, 8), torch.float32), (((2, 9), 6, 20, 3), torch.float32), (((4,), 5, 9, 8), torch.bfloat16)],
+    ids=str,
+)
 def test_triton_matches_reference(shape, dtype):
     """On CPU through the Triton interpreter (TRITON_INTERPRET=1): tiny shapes only."""
     lead, i, o, G = shape
@@ -160,11 +167,18 @@ def opcheck_samples():
     grad = lambda ts: [t.clone().requires_grad_(True) for t in ts]  # noqa: E731
     g = torch.randn(2, 3, 4)
     samples = {
-        "rswaf_kan_fwd": [grad([x, grid, inv, w]), [x, grid, inv, w], [t.double() for t in (x, grid, inv, w)],
-                          [x.bfloat16(), grid, inv, w.bfloat16()], [x[0, 0], grid, inv, w]],
-        "rswaf_kan_bwd": [[g, x, grid, inv, w, [True, True, True, True]],
-                          [g, x, grid, inv, w, [False, True, False, True]],
-                          [g.double(), *(t.double() for t in (x, grid, inv, w)), [True, False, True, False]]],
+        "rswaf_kan_fwd": [
+            grad([x, grid, inv, w]),
+            [x, grid, inv, w],
+            [t.double() for t in (x, grid, inv, w)],
+            [x.bfloat16(), grid, inv, w.bfloat16()],
+            [x[0, 0], grid, inv, w],
+        ],
+        "rswaf_kan_bwd": [
+            [g, x, grid, inv, w, [True, True, True, True]],
+            [g, x, grid, inv, w, [False, True, False, True]],
+            [g.double(), *(t.double() for t in (x, grid, inv, w)), [True, False, True, False]],
+        ],
     }
     if hasattr(torch.ops.medkernels, "rswaf_kan_fwd_triton"):
         samples["rswaf_kan_fwd_triton"] = [grad([x, grid, inv, w])]
@@ -191,8 +205,12 @@ BAD = [
     ("inv integer tensor", lambda: ops.rswaf_kan(_X, _G, torch.tensor(3), _W), ValueError, "floating point"),
     ("grid device", lambda: ops.rswaf_kan(_X, _G.to("meta"), _I, _W), ValueError, "grid is on meta"),
     ("backend", lambda: ops.rswaf_kan(_X, _G, _I, _W, backend="fpga"), ValueError, "is not a backend"),
-    ("float64 on triton", lambda: ops.rswaf_kan(_X.double(), _G, _I, _W.double(), backend="triton"),
-     ops.BackendUnavailableError, "float32|triton is not installed"),
+    (
+        "float64 on triton",
+        lambda: ops.rswaf_kan(_X.double(), _G, _I, _W.double(), backend="triton"),
+        ops.BackendUnavailableError,
+        "float32|triton is not installed",
+    ),
 ]
 
 
@@ -251,16 +269,22 @@ def test_fasterkan_loads_upstream_state_dict_and_matches_the_unfused_layer():
     m.layers[0].backend = m.layers[1].backend = "reference"
     close(m(x), want, 1e-10, 1e-10, "reference backend")
     layer = mknn.FasterKANLayer(12, 24, dtype=torch.float64)
-    layer.load_state_dict({k[len("layers.0."):]: v for k, v in sd.items() if k.startswith("layers.0.")}, strict=True)
+    layer.load_state_dict({k[len("layers.0.") :]: v for k, v in sd.items() if k.startswith("layers.0.")}, strict=True)
     close(layer(x), unfused_layer(x, sd, "layers.0."), 1e-10, 1e-10, "FasterKANLayer")
     close(layer.rbf(x[0]).flatten(-2), ops.rswaf_basis(x[0], layer.rbf.grid, 1 / 0.33), 0, 0, "rbf module")
 
 
 def test_fasterkan_trains_grid_and_inv_denominator():
-    m = mknn.FasterKANLayer(5, 3, num_grids=4, denominator=0.5, train_grid=True, train_inv_denominator=True,
-                            dtype=torch.float64)
-    assert set(m.state_dict()) == {"layernorm.weight", "layernorm.bias", "rbf.grid", "rbf.inv_denominator",
-                                   "spline_linear.weight"}
+    m = mknn.FasterKANLayer(
+        5, 3, num_grids=4, denominator=0.5, train_grid=True, train_inv_denominator=True, dtype=torch.float64
+    )
+    assert set(m.state_dict()) == {
+        "layernorm.weight",
+        "layernorm.bias",
+        "rbf.grid",
+        "rbf.inv_denominator",
+        "spline_linear.weight",
+    }
     assert m.rbf.inv_denominator.item() == 2.0
     x = torch.randn(6, 5, dtype=torch.float64)
     grads = torch.autograd.grad(m(x).square().sum(), list(m.parameters()))

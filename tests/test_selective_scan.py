@@ -17,8 +17,22 @@ TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16:
 KINDS = ("fixed", "variable", "grouped")
 
 
-def make_inputs(batch, dim, dstate, seqlen, dtype=torch.float32, B_kind="variable", C_kind="variable", *,
-                groups=2, has_D=True, has_z=True, has_bias=True, has_init=False, seed=0):
+def make_inputs(
+    batch,
+    dim,
+    dstate,
+    seqlen,
+    dtype=torch.float32,
+    B_kind="variable",
+    C_kind="variable",
+    *,
+    groups=2,
+    has_D=True,
+    has_z=True,
+    has_bias=True,
+    has_init=False,
+    seed=0,
+):
     """Inputs as mamba_ssm's tests draw them, rounded to `dtype` (parameters stay float32/64)."""
     g = torch.Generator().manual_seed(seed)
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -67,8 +81,19 @@ def run(fn, inputs, delta_softplus, grad_out, grad_last, **kw):
 # error carries over the whole sequence) at most out 3.0, last_state 3.0, du 3.4, ddelta 6.0, dz 3.3,
 # dB 3.8, dC 3.7, dA 6.8, dD 1.3, ddelta_bias 1.3, dinitial_state 6.4. Set 3-4x above the first and
 # 2x or more above the second. Independent of seqlen (1..4097): the decays bound how far an error carries.
-ULPS = {"out": 6, "last_state": 6, "u": 8, "delta": 12, "z": 8, "B": 12, "C": 12, "A": 16, "D": 3, "delta_bias": 3,
-        "initial_state": 16}
+ULPS = {
+    "out": 6,
+    "last_state": 6,
+    "u": 8,
+    "delta": 12,
+    "z": 8,
+    "B": 12,
+    "C": 12,
+    "A": 16,
+    "D": 3,
+    "delta_bias": 3,
+    "initial_state": 16,
+}
 
 
 def _check_on_gpu(inputs, delta_softplus, backend):
@@ -83,8 +108,9 @@ def _check_on_gpu(inputs, delta_softplus, backend):
     grad_out = torch.randn(u.shape, generator=g).to(dtype)
     grad_last = torch.randn(u.shape[0], u.shape[1], dstate, generator=g)
     device = inputs["u"].device
-    out, last, grads = run(selective_scan_fn, inputs, delta_softplus, grad_out.to(device), grad_last.to(device),
-                           backend=backend)
+    out, last, grads = run(
+        selective_scan_fn, inputs, delta_softplus, grad_out.to(device), grad_last.to(device), backend=backend
+    )
     out, last, grads = out.cpu(), last.cpu(), {k: v.cpu() for k, v in grads.items()}
     inputs = {k: (None if v is None else v.cpu()) for k, v in inputs.items()}
     up = {k: (None if v is None else v.float()) for k, v in inputs.items()}
@@ -95,9 +121,15 @@ def _check_on_gpu(inputs, delta_softplus, backend):
     close(last, last_r, rtol, atol, "last_state")
     variable = {k: inputs[k].dim() > 2 for k in ("B", "C")}
     tol = {
-        "u": (2 * rtol, 2 * atol), "delta": (5 * rtol, 10 * atol), "A": (rtolw, 5 * atolw),
-        "B": (rtol, atol) if variable["B"] else (rtolw, atolw), "C": (rtol, atol) if variable["C"] else (rtolw, atolw),
-        "D": (rtolw, atolw), "delta_bias": (rtolw, atolw), "z": (rtol, atol), "initial_state": (rtol, atol),
+        "u": (2 * rtol, 2 * atol),
+        "delta": (5 * rtol, 10 * atol),
+        "A": (rtolw, 5 * atolw),
+        "B": (rtol, atol) if variable["B"] else (rtolw, atolw),
+        "C": (rtol, atol) if variable["C"] else (rtolw, atolw),
+        "D": (rtolw, atolw),
+        "delta_bias": (rtolw, atolw),
+        "z": (rtol, atol),
+        "initial_state": (rtol, atol),
     }
     for name, grad in grads.items():
         assert grad.dtype == inputs[name].dtype, f"d{name} dtype"
@@ -119,8 +151,9 @@ def check_against_reference(inputs, delta_softplus=True, backend="cpu"):
     grad_out = torch.randn(u.shape, generator=g).to(dtype)
     grad_last = torch.randn(u.shape[0], u.shape[1], dstate, generator=g)
     device = inputs["u"].device
-    out, last, grads = run(selective_scan_fn, inputs, delta_softplus, grad_out.to(device), grad_last.to(device),
-                           backend=backend)
+    out, last, grads = run(
+        selective_scan_fn, inputs, delta_softplus, grad_out.to(device), grad_last.to(device), backend=backend
+    )
     out, last, grads = out.cpu(), last.cpu(), {k: v.cpu() for k, v in grads.items()}
     inputs = {k: (None if v is None else v.cpu()) for k, v in inputs.items()}
     up = {k: (None if v is None else v.double()) for k, v in inputs.items()}
@@ -171,13 +204,31 @@ FEATURES = ["none", "D", "z", "delta_bias", "initial_state", "all"]
 @pytest.mark.parametrize("feature", FEATURES)
 def test_matches_reference_optional_inputs(cpu_isa, chunk, softplus, feature):
     on = {f: feature in (f, "all") for f in ("D", "z", "delta_bias", "initial_state")}
-    inputs = make_inputs(2, 7, 16, 19, torch.float32, "variable", "grouped", groups=7, has_D=on["D"],
-                         has_z=on["z"], has_bias=on["delta_bias"], has_init=on["initial_state"])
+    inputs = make_inputs(
+        2,
+        7,
+        16,
+        19,
+        torch.float32,
+        "variable",
+        "grouped",
+        groups=7,
+        has_D=on["D"],
+        has_z=on["z"],
+        has_bias=on["delta_bias"],
+        has_init=on["initial_state"],
+    )
     check_against_reference(inputs, delta_softplus=softplus)
 
 
-SEQLENS = [(1, torch.float32), (7, torch.float32), (64, torch.float32), (1000, torch.float32),
-           (1000, torch.bfloat16), (2100, torch.float32)]
+SEQLENS = [
+    (1, torch.float32),
+    (7, torch.float32),
+    (64, torch.float32),
+    (1000, torch.float32),
+    (1000, torch.bfloat16),
+    (2100, torch.float32),
+]
 
 
 @pytest.mark.parametrize("seqlen,dtype", SEQLENS, ids=lambda x: str(x).replace("torch.", ""))
@@ -202,21 +253,39 @@ def test_matches_reference_random_sweep(seed):
 
     dim = pick([1, 4, 12, 37])
     groups = pick([d for d in (1, 2, 3, 4) if dim % d == 0])
-    inputs = make_inputs(pick([1, 2, 3]), dim, pick([1, 4, 16, 24, 70]), pick([1, 63, 64, 65, 513, 4097]),
-                         pick(list(DTYPES)), pick(KINDS), pick(KINDS), groups=groups, has_D=pick([True, False]),
-                         has_z=pick([True, False]), has_bias=pick([True, False]), has_init=pick([True, False]),
-                         seed=seed)
+    inputs = make_inputs(
+        pick([1, 2, 3]),
+        dim,
+        pick([1, 4, 16, 24, 70]),
+        pick([1, 63, 64, 65, 513, 4097]),
+        pick(list(DTYPES)),
+        pick(KINDS),
+        pick(KINDS),
+        groups=groups,
+        has_D=pick([True, False]),
+        has_z=pick([True, False]),
+        has_bias=pick([True, False]),
+        has_init=pick([True, False]),
+        seed=seed,
+    )
     check_against_reference(inputs, delta_softplus=pick([True, False]))
 
 
 @requires_triton
-@pytest.mark.parametrize("B_kind,C_kind,dtype", [("variable", "grouped", torch.float32), ("fixed", "fixed", torch.float32),
-                                                 ("grouped", "variable", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "B_kind,C_kind,dtype",
+    [
+        ("variable", "grouped", torch.float32),
+        ("fixed", "fixed", torch.float32),
+        ("grouped", "variable", torch.bfloat16),
+    ],
+)
 def test_triton_matches_reference(B_kind, C_kind, dtype):
     """On CPU through the Triton interpreter: tiny shapes, several chunks."""
     inputs = make_inputs(1, 4, 5, 37, dtype, B_kind, C_kind, groups=2, has_init=True, seed=11)
-    check_against_reference({k: (v.to(TEST_DEVICE) if v is not None else None) for k, v in inputs.items()},
-                            backend="triton")
+    check_against_reference(
+        {k: (v.to(TEST_DEVICE) if v is not None else None) for k, v in inputs.items()}, backend="triton"
+    )
 
 
 def test_softplus_threshold_and_large_decays():
@@ -234,16 +303,23 @@ def test_chunked_initial_state_continues_the_scan():
     full = make_inputs(2, 6, 16, 150, torch.float32, "variable", "grouped", groups=3, seed=3)
 
     def part(sl):
-        return {k: (v[..., sl] if v is not None and v.dim() >= 3 and k != "initial_state" else v)
-                for k, v in full.items()}
+        return {
+            k: (v[..., sl] if v is not None and v.dim() >= 3 and k != "initial_state" else v) for k, v in full.items()
+        }
 
-    out, last = selective_scan_fn(**{k: v for k, v in full.items() if k != "initial_state"},
-                                  delta_softplus=True, return_last_state=True)
+    out, last = selective_scan_fn(
+        **{k: v for k, v in full.items() if k != "initial_state"}, delta_softplus=True, return_last_state=True
+    )
     p1, p2 = part(slice(0, 97)), part(slice(97, None))
-    out1, last1 = selective_scan_fn(**{k: v for k, v in p1.items() if k != "initial_state"},
-                                    delta_softplus=True, return_last_state=True)
-    out2, last2 = selective_scan_fn(**{k: v for k, v in p2.items() if k != "initial_state"},
-                                    delta_softplus=True, return_last_state=True, initial_state=last1)
+    out1, last1 = selective_scan_fn(
+        **{k: v for k, v in p1.items() if k != "initial_state"}, delta_softplus=True, return_last_state=True
+    )
+    out2, last2 = selective_scan_fn(
+        **{k: v for k, v in p2.items() if k != "initial_state"},
+        delta_softplus=True,
+        return_last_state=True,
+        initial_state=last1,
+    )
     # both sides carry the kernel's error: twice its allowance
     terms = scan_terms(**{k: v for k, v in full.items() if k != "initial_state"}, delta_softplus=True)
     close_ulp(torch.cat([out1, out2], -1), out, "out", ulps=2 * ULPS["out"], scale=terms["out"])
@@ -252,8 +328,11 @@ def test_chunked_initial_state_continues_the_scan():
 
 def test_empty_sequence():
     inputs = make_inputs(2, 3, 4, 0, torch.float32, "fixed", "fixed", has_init=True)
-    out, last = selective_scan_fn(**{k: v for k, v in inputs.items() if k != "initial_state"},
-                                  return_last_state=True, initial_state=inputs["initial_state"])
+    out, last = selective_scan_fn(
+        **{k: v for k, v in inputs.items() if k != "initial_state"},
+        return_last_state=True,
+        initial_state=inputs["initial_state"],
+    )
     assert out.shape == (2, 3, 0)
     torch.testing.assert_close(last, inputs["initial_state"], rtol=0, atol=0)
 
@@ -378,8 +457,9 @@ def test_torch_compile_fullgraph(dynamic):
     loss_e = f(**leaves)
     grads_e = torch.autograd.grad(loss_e, list(leaves.values()))
     # the same kernels: gradients to the ulp; the loss's sums may be reordered (a few ulp of sum|terms|)
-    out, last = selective_scan_fn(**{k: v.detach() for k, v in leaves.items()}, delta_softplus=True,
-                                  return_last_state=True)
+    out, last = selective_scan_fn(
+        **{k: v.detach() for k, v in leaves.items()}, delta_softplus=True, return_last_state=True
+    )
     close_ulp(loss_c, loss_e, "loss", ulps=4, scale=(out.abs().sum() + last.square().sum()).item())
     for name, gc, ge in zip(leaves, grads_c, grads_e):
         close_ulp(gc, ge, f"d{name}", ulps=1, scale=0.0)
@@ -388,7 +468,11 @@ def test_torch_compile_fullgraph(dynamic):
 def opcheck_samples():
     """Sample arguments for torch.library.opcheck, per registered op."""
     fwd, bwd = [], []
-    for B_kind, C_kind, opt in [("fixed", "fixed", True), ("variable", "grouped", True), ("grouped", "variable", False)]:
+    for B_kind, C_kind, opt in [
+        ("fixed", "fixed", True),
+        ("variable", "grouped", True),
+        ("grouped", "variable", False),
+    ]:
         inp = make_inputs(2, 4, 3, 9, torch.float32, B_kind, C_kind, has_D=opt, has_z=opt, has_bias=opt, has_init=opt)
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")]
         fwd.append([a.clone().requires_grad_(True) if a is not None else None for a in args] + [True, 4])
@@ -421,8 +505,12 @@ BAD = [
     ("delta shape", _with(delta=lambda a: a["delta"][..., :4]), ValueError, r"delta must have the shape of u"),
     ("delta dtype", _with(delta=lambda a: a["delta"].half()), ValueError, r"delta must have the dtype of u"),
     ("z shape", _with(z=lambda a: a["z"][:1]), ValueError, r"z must have the shape of u"),
-    ("B seqlen", _with(B=lambda a: a["B"][..., :4]), ValueError,
-     r"variable B must have shape \(batch, dstate, seqlen\) = \(2, 3, 5\), got \(2, 3, 4\)"),
+    (
+        "B seqlen",
+        _with(B=lambda a: a["B"][..., :4]),
+        ValueError,
+        r"variable B must have shape \(batch, dstate, seqlen\) = \(2, 3, 5\), got \(2, 3, 4\)",
+    ),
     ("C groups", _with(C=torch.randn(2, 3, 3, 5)), ValueError, r"C has 3 groups .* which must divide dim=4"),
     ("B rank", _with(B=torch.randn(3)), ValueError, r"B must be \(dim, dstate\), \(batch, dstate, seqlen\)"),
     ("B fixed dtype", _with(B=torch.randn(4, 3).half()), ValueError, r"fixed B must have dtype torch.float32"),
@@ -431,12 +519,24 @@ BAD = [
     ("A dtype", _with(A=lambda a: a["A"].half()), ValueError, r"A must be torch.float32 for torch.float32 inputs"),
     ("D dtype", _with(D=lambda a: a["D"].half()), ValueError, r"D must be torch.float32 \(like A\), got torch.float16"),
     ("D shape", _with(D=torch.randn(3)), ValueError, r"D must have shape \(dim,\) = \(4,\)"),
-    ("delta_bias dtype", _with(delta_bias=lambda a: a["delta_bias"].double()), ValueError,
-     r"delta_bias must be torch.float32 \(like A\), got torch.float64"),
-    ("initial_state shape", _with(initial_state=torch.randn(2, 4, 4)), ValueError,
-     r"initial_state must have shape \(batch, dim, dstate\) = \(2, 4, 3\)"),
-    ("initial_state dtype", _with(initial_state=lambda a: a["initial_state"].bfloat16()), ValueError,
-     r"initial_state must be torch.float32"),
+    (
+        "delta_bias dtype",
+        _with(delta_bias=lambda a: a["delta_bias"].double()),
+        ValueError,
+        r"delta_bias must be torch.float32 \(like A\), got torch.float64",
+    ),
+    (
+        "initial_state shape",
+        _with(initial_state=torch.randn(2, 4, 4)),
+        ValueError,
+        r"initial_state must have shape \(batch, dim, dstate\) = \(2, 4, 3\)",
+    ),
+    (
+        "initial_state dtype",
+        _with(initial_state=lambda a: a["initial_state"].bfloat16()),
+        ValueError,
+        r"initial_state must be torch.float32",
+    ),
     ("mixed devices", _with(A=lambda a: a["A"].to("meta")), ValueError, r"A is on meta but u is on cpu"),
     ("not a tensor", _with(A=[[0.0]]), TypeError, r"A must be a torch.Tensor, got list"),
     ("missing", _with(delta=None), TypeError, r"delta is required"),
@@ -461,11 +561,18 @@ def test_cpp_checks_guard_direct_op_calls():
     args[2] = args[2].double()
     with pytest.raises(RuntimeError, match=r"^selective_scan_fwd: A must have dtype Float"):
         torch.ops.medkernels.selective_scan_fwd(*args, True, 4)
-    out, last, ckpt = torch.ops.medkernels.selective_scan_fwd(*[a[k] for k in (
-        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")], True, 4)
+    out, last, ckpt = torch.ops.medkernels.selective_scan_fwd(
+        *[a[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")], True, 4
+    )
     with pytest.raises(RuntimeError, match=r"^selective_scan_bwd: checkpoints must have shape"):
-        torch.ops.medkernels.selective_scan_bwd(torch.ones_like(out), None, *[a[k] for k in (
-            "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")], ckpt[:, :, :1], True, 4)
+        torch.ops.medkernels.selective_scan_bwd(
+            torch.ones_like(out),
+            None,
+            *[a[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")],
+            ckpt[:, :, :1],
+            True,
+            4,
+        )
 
 
 def test_grid_is_not_trivially_satisfied():
@@ -513,8 +620,9 @@ def test_scan_long_sequences_match_the_cpu_kernel(backend, seqlen, dstate):
     for leaves, be in ((leaves_cpu, "cpu"), (leaves_gpu, backend)):
         args = {k: leaves.get(k) for k in inputs}
         init = args.pop("initial_state")
-        out, last = selective_scan_fn(**args, delta_softplus=True, return_last_state=True, initial_state=init,
-                                      backend=be)
+        out, last = selective_scan_fn(
+            **args, delta_softplus=True, return_last_state=True, initial_state=init, backend=be
+        )
         g = torch.autograd.grad(out.square().sum() + last.sum(), list(leaves.values()))
         results.append([out, last, *g])
     for a, b in zip(results[1], results[0]):

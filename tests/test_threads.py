@@ -27,10 +27,17 @@ def _grads(outs, leaves, seed=99):
 def selective_scan():
     g = _gen(0)
     b, d, n, L, groups = 2, 40, 16, 300, 4
-    leaves = [torch.randn(b, d, L, generator=g), (torch.rand(b, d, L, generator=g) * 0.5),
-              -torch.rand(d, n, generator=g) - 0.1, torch.randn(b, groups, n, L, generator=g),
-              torch.randn(b, groups, n, L, generator=g), torch.randn(d, generator=g),
-              torch.randn(b, d, L, generator=g), torch.rand(d, generator=g), torch.randn(b, d, n, generator=g)]
+    leaves = [
+        torch.randn(b, d, L, generator=g),
+        (torch.rand(b, d, L, generator=g) * 0.5),
+        -torch.rand(d, n, generator=g) - 0.1,
+        torch.randn(b, groups, n, L, generator=g),
+        torch.randn(b, groups, n, L, generator=g),
+        torch.randn(d, generator=g),
+        torch.randn(b, d, L, generator=g),
+        torch.rand(d, generator=g),
+        torch.randn(b, d, n, generator=g),
+    ]
     leaves = [t.requires_grad_(True) for t in leaves]
     u, delta, A, B, C, D, z, bias, h0 = leaves
     out, last = ops.selective_scan_fn(u, delta, A, B, C, D, z, bias, True, True, initial_state=h0, backend="cpu")
@@ -41,9 +48,15 @@ def multi_order_scan():
     g = _gen(1)
     b, d, n, L, K = 2, 24, 8, 70, 3
     orders = torch.stack([torch.stack([torch.randperm(L, generator=g) for _ in range(K)]) for _ in range(b)])
-    leaves = [torch.randn(b, d, L, generator=g), torch.rand(b, K, d, L, generator=g) * 0.5,
-              -torch.rand(K, d, n, generator=g) - 0.1, torch.randn(b, K, n, L, generator=g),
-              torch.randn(b, K, n, L, generator=g), torch.randn(K, d, generator=g), torch.rand(K, d, generator=g)]
+    leaves = [
+        torch.randn(b, d, L, generator=g),
+        torch.rand(b, K, d, L, generator=g) * 0.5,
+        -torch.rand(K, d, n, generator=g) - 0.1,
+        torch.randn(b, K, n, L, generator=g),
+        torch.randn(b, K, n, L, generator=g),
+        torch.randn(K, d, generator=g),
+        torch.rand(K, d, generator=g),
+    ]
     leaves = [t.requires_grad_(True) for t in leaves]
     return _grads([ops.multi_order_selective_scan(*leaves, orders, backend="cpu")], leaves)
 
@@ -61,8 +74,10 @@ def na1d():
 
 def na2d():
     q, k, v = _qkv((2, 19, 17, 4, 8), 4)
-    return _grads([*ops.na2d(q, k, v, (5, 3), dilation=(2, 1), is_causal=(False, True), return_lse=True,
-                             backend="cpu")], [q, k, v])
+    return _grads(
+        [*ops.na2d(q, k, v, (5, 3), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="cpu")],
+        [q, k, v],
+    )
 
 
 def na3d():
@@ -94,8 +109,10 @@ def dct():
 def fps():
     xyz = torch.randn(5, 3000, 3, generator=_gen(9))
     big = torch.randn(1, 140_000, 3, generator=_gen(10))  # one cloud split over the threads
-    return [ops.furthest_point_sample(xyz, 300, lengths=torch.tensor([3000, 2500, 999, 3000, 1800]), backend="cpu"),
-            ops.furthest_point_sample(big, 24, backend="cpu")]
+    return [
+        ops.furthest_point_sample(xyz, 300, lengths=torch.tensor([3000, 2500, 999, 3000, 1800]), backend="cpu"),
+        ops.furthest_point_sample(big, 24, backend="cpu"),
+    ]
 
 
 def knn():
@@ -121,8 +138,24 @@ def rswaf_kan_40():
     return rswaf_kan(40)
 
 
-OPS = {f.__name__: f for f in (selective_scan, multi_order_scan, na1d, na2d, na3d, na2d_unfused, dilated_attention,
-                               dilated_attention_global, dct, fps, knn, rswaf_kan, rswaf_kan_40)}
+OPS = {
+    f.__name__: f
+    for f in (
+        selective_scan,
+        multi_order_scan,
+        na1d,
+        na2d,
+        na3d,
+        na2d_unfused,
+        dilated_attention,
+        dilated_attention_global,
+        dct,
+        fps,
+        knn,
+        rswaf_kan,
+        rswaf_kan_40,
+    )
+}
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

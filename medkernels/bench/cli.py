@@ -109,7 +109,10 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
 def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -> str:
     lines = [title]
     w = max([16, *(len(r.backend) for r in results)])
-    header = f"  {'backend':<{w}} {'pass':<8} {'median ms':>11} {'vs ref':>9} {'vs peer':>9} {'GB/s':>7} {'peak MB':>9} {'mem/ref':>8}"
+    header = (
+        f"  {'backend':<{w}} {'pass':<8} {'median ms':>11} {'vs ref':>9} {'vs peer':>9} {'GB/s':>7} "
+        f"{'peak MB':>9} {'mem/ref':>8}"
+    )
     lines.append(header)
     for passname in PASSES:
         for r in (r for r in results if r.passname == passname):
@@ -117,9 +120,11 @@ def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -
                 lines.append(f"  {r.backend:<{w}} {passname:<8} failed: {r.error}")
                 continue
             lines.append(
-                f"  {r.backend:<{w}} {passname:<8} {r.median_ms:>11.3f} {_fmt(r.speedup_vs_reference, '>8.1f', 'x'):>9} "
+                f"  {r.backend:<{w}} {passname:<8} {r.median_ms:>11.3f} "
+                f"{_fmt(r.speedup_vs_reference, '>8.1f', 'x'):>9} "
                 f"{_fmt(r.speedup_vs_best_peer, '>8.2f', 'x'):>9} {r.gbps:>7.2f} {r.peak_bytes / 2**20:>9.2f} "
-                f"{_fmt(r.memory_vs_reference, '>8.3f'):>8}")
+                f"{_fmt(r.memory_vs_reference, '>8.3f'):>8}"
+            )
     for peer, why in peer_notes.items():
         lines.append(f"  peer {peer}: not measured ({why})")
     return "\n".join(lines)
@@ -148,9 +153,18 @@ def check_targets(case, results: list[Result], copy_gbps: float | None = None) -
                 value = theirs.median_ms / mine.median_ms
             elif theirs.peak_bytes:
                 value = mine.peak_bytes / theirs.peak_bytes
-        checked.append({"target": t.description, "backend": t.backend, "pass": t.passname, "metric": t.metric,
-                        "against": t.against, "bound": t.bound, "value": value,
-                        "met": value is not None and t.met(value)})
+        checked.append(
+            {
+                "target": t.description,
+                "backend": t.backend,
+                "pass": t.passname,
+                "metric": t.metric,
+                "against": t.against,
+                "bound": t.bound,
+                "value": value,
+                "met": value is not None and t.met(value),
+            }
+        )
     return checked
 
 
@@ -162,26 +176,38 @@ def _format_target(c: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="medkernels-bench", description=__doc__.split("\n\n")[0],
-                                epilog="exit status: 0 once the run completes, whatever it measured; with --check,\n"
-                                       "1 when a target is not met or a backend failed (the reasons are printed);\n"
-                                       "130 when interrupted (the JSON keeps the cases it finished).",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=PROFILES, default=None,
-                   help="quick (seconds), default (under 2 minutes on 2 cores), full, gpu; "
-                        "default: 'gpu' on a CUDA device, else 'default'")
+    p = argparse.ArgumentParser(
+        prog="medkernels-bench",
+        description=__doc__.split("\n\n")[0],
+        epilog="exit status: 0 once the run completes, whatever it measured; with --check,\n"
+        "1 when a target is not met or a backend failed (the reasons are printed);\n"
+        "130 when interrupted (the JSON keeps the cases it finished).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="quick (seconds), default (under 2 minutes on 2 cores), full, gpu; "
+        "default: 'gpu' on a CUDA device, else 'default'",
+    )
     p.add_argument("--ops", default="", help="comma-separated ops to run (default: all)")
     p.add_argument("--backends", default="", help="comma-separated medkernels backends (default: all that run here)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--min-time", type=float, default=0.75,
-                   help="seconds of timed calls per measurement (default 0.75)")
+    p.add_argument("--min-time", type=float, default=0.75, help="seconds of timed calls per measurement (default 0.75)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--json", default=None, help="where to write the JSON results "
-                   "(default: bench-results/<profile>-<time>.json; '-' for none)")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="where to write the JSON results (default: bench-results/<profile>-<time>.json; '-' for none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 when a target is not met or not measured, or a backend or peer raised "
-                        "(default: exit 0 whatever was measured)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a target is not met or not measured, or a backend or peer raised "
+        "(default: exit 0 whatever was measured)",
+    )
     p.add_argument("--list", action="store_true", help="list the cases of the profile and exit")
     return p.parse_args(argv)
 
@@ -205,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     info.update(_git_commit())
     if device.type == "cuda":
         info["copy_gbps"] = copy_bandwidth_gbps(device)
-    print(f"medkernels-bench {info['medkernels']} | profile {profile} | torch {info['torch']} | "
-          f"{info.get('gpu') or info['cpu']} | {info['torch_threads']} threads | cpu isa {info['cpu_isa']} | "
-          f"commit {info['commit'][:10]}{'+dirty' if info['dirty'] else ''}"
-          + (f" | copy {info['copy_gbps']:.0f} GB/s" if "copy_gbps" in info else ""))
+    print(
+        f"medkernels-bench {info['medkernels']} | profile {profile} | torch {info['torch']} | "
+        f"{info.get('gpu') or info['cpu']} | {info['torch_threads']} threads | cpu isa {info['cpu_isa']} | "
+        f"commit {info['commit'][:10]}{'+dirty' if info['dirty'] else ''}"
+        + (f" | copy {info['copy_gbps']:.0f} GB/s" if "copy_gbps" in info else "")
+    )
 
     plan = [(c, dt) for c in cases for dt in c.dtypes]
 
@@ -219,25 +247,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2 * len(names) + sum(1 if p.forward_only else 2 for p in peers)
 
     def candidates(c):  # the backends a case may run here, before probing them
-        return list(dict.fromkeys([*c.reference_backends, *(
-            b for b in ops.BACKENDS if b != "reference" and not (only_backends and b not in only_backends)
-            and not (b == "triton" and device.type != "cuda"))]))
+        return list(
+            dict.fromkeys(
+                [
+                    *c.reference_backends,
+                    *(
+                        b
+                        for b in ops.BACKENDS
+                        if b != "reference"
+                        and not (only_backends and b not in only_backends)
+                        and not (b == "triton" and device.type != "cuda")
+                    ),
+                ]
+            )
+        )
 
     # Backends are probed case by case (just before the case runs), so results come in from the first case on;
     # the progress total starts from the candidates and shrinks as probes rule some out.
     progress = Progress(sum(steps(c, candidates(c)) for c, _ in plan), not args.no_progress)
 
-    path = None if args.json == "-" else \
-        Path(args.json or f"bench-results/{profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    path = (
+        None
+        if args.json == "-"
+        else Path(args.json or f"bench-results/{profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    )
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     all_results: list[Result] = []
     targets: list[dict] = []
 
     def save(status: str, partial: list[Result] = ()) -> None:
         if path is not None:
-            write_json(path, {"created": created, "profile": profile, "status": status,
-                              "cases_done": done, "cases_planned": len(plan), "machine": info,
-                              "results": [r.as_dict() for r in [*all_results, *partial]], "targets": targets})
+            write_json(
+                path,
+                {
+                    "created": created,
+                    "profile": profile,
+                    "status": status,
+                    "cases_done": done,
+                    "cases_planned": len(plan),
+                    "machine": info,
+                    "results": [r.as_dict() for r in [*all_results, *partial]],
+                    "targets": targets,
+                },
+            )
 
     done, current = 0, []  # current: the rows of the case under way
     save("running")
@@ -273,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress.close()
         save("interrupted", current)
-        print(f"\ninterrupted after {done} of {len(plan)} cases" + (f"; results so far: {path}" if path else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"\ninterrupted after {done} of {len(plan)} cases" + (f"; results so far: {path}" if path else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     progress.close()
     save("complete")
@@ -298,8 +353,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def setup_failure(case, dtype: torch.dtype, exc: Exception) -> Result:
     """The row that stands for a case whose inputs or backend probes raised."""
-    return Result(case.op, case.label, str(dtype).replace("torch.", ""), "setup", "fwd", float("nan"), [], 0,
-                  float("nan"), 0, error=f"{type(exc).__name__}: {exc}")
+    return Result(
+        case.op,
+        case.label,
+        str(dtype).replace("torch.", ""),
+        "setup",
+        "fwd",
+        float("nan"),
+        [],
+        0,
+        float("nan"),
+        0,
+        error=f"{type(exc).__name__}: {exc}",
+    )
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -318,11 +384,14 @@ def check_failures(results: list[Result], targets: list[dict]) -> list[str]:
             continue
         where = f"{t['case']} {t['dtype']}"
         if t["value"] is None:
-            out.append(f"target not measured: {t['target']} ({where}: no {t['backend']} or {t['against']} "
-                       f"{t['pass']} row)")
+            out.append(
+                f"target not measured: {t['target']} ({where}: no {t['backend']} or {t['against']} {t['pass']} row)"
+            )
         else:
-            out.append(f"target not met: {t['target']} ({where}): {t['value']:.3f}, "
-                       f"bound {'<=' if t['metric'] == 'memory' else '>='} {t['bound']:.3f}")
+            out.append(
+                f"target not met: {t['target']} ({where}): {t['value']:.3f}, "
+                f"bound {'<=' if t['metric'] == 'memory' else '>='} {t['bound']:.3f}"
+            )
     return out
 
 

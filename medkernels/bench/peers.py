@@ -12,8 +12,15 @@ import torch.nn.functional as F
 
 from medkernels.testing import dformer_attention_official, dformer_attention_sdpa, kan_unfused
 
-__all__ = ["cdist_topk_knn", "dformer_attention_official", "dformer_attention_sdpa", "faiss_flat_knn", "fpsample_fps",
-           "kan_unfused", "spatial_attention"]
+__all__ = [
+    "cdist_topk_knn",
+    "dformer_attention_official",
+    "dformer_attention_sdpa",
+    "faiss_flat_knn",
+    "fpsample_fps",
+    "kan_unfused",
+    "spatial_attention",
+]
 
 
 # --- DCT attention --------------------------------------------------------------------------------------
@@ -36,9 +43,14 @@ def fpsample_fps(xyz: torch.Tensor, npoint: int, start_idx: int = 0) -> torch.Te
     """fpsample's exact ``fps_sampling`` (CPU, numpy), cloud by cloud: the textbook loop's indices."""
     import fpsample  # type: ignore
 
-    return torch.stack([torch.from_numpy(fpsample.fps_sampling(c.detach().cpu().numpy(), npoint,
-                                                                start_idx=start_idx).astype("int64"))
-                        for c in xyz])
+    return torch.stack(
+        [
+            torch.from_numpy(
+                fpsample.fps_sampling(c.detach().cpu().numpy(), npoint, start_idx=start_idx).astype("int64")
+            )
+            for c in xyz
+        ]
+    )
 
 
 def faiss_flat_knn(query: torch.Tensor, points: torch.Tensor, k: int):

@@ -52,8 +52,14 @@ def _first_tensor(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def time_call(fn: Callable[[], object], device: torch.device, min_time: float, min_reps: int = 3,
-              max_reps: int = 100, slow: float = 1.0) -> list[float]:
+def time_call(
+    fn: Callable[[], object],
+    device: torch.device,
+    min_time: float,
+    min_reps: int = 3,
+    max_reps: int = 100,
+    slow: float = 1.0,
+) -> list[float]:
     """Seconds per call: one warm-up, then calls until ``min_reps`` and ``min_time`` are reached
     (two calls only for functions slower than ``slow`` seconds, such as the references; just
     ``min_reps`` when that many already take ``min_time``)."""
@@ -81,6 +87,7 @@ def time_call(fn: Callable[[], object], device: torch.device, min_time: float, m
 def _work(case: Case, runner: Callable[[dict], object], inputs: dict, passname: str):
     """The callable timed for one pass, and the bytes that pass must move at least."""
     if passname == "fwd":
+
         def fwd():
             with torch.no_grad():
                 return runner(inputs)
@@ -104,8 +111,9 @@ def _work(case: Case, runner: Callable[[dict], object], inputs: dict, passname: 
     return fwd_bwd, moved
 
 
-def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set[str] | None,
-                 probe: dict | None = None) -> list[str]:
+def backends_for(
+    case: Case, device: torch.device, dtype: torch.dtype, only: set[str] | None, probe: dict | None = None
+) -> list[str]:
     """The reference, then each medkernels backend that runs this case here (probed with one call, on
     ``probe`` when given, else on fresh inputs). A backend whose probe raises anything but
     BackendUnavailableError is kept: its measurement then reports the error."""
@@ -129,8 +137,15 @@ def backends_for(case: Case, device: torch.device, dtype: torch.dtype, only: set
     return names
 
 
-def run_case(case: Case, dtype: torch.dtype, device: torch.device, backends: list[str], min_time: float,
-             on_step: Callable[[str], None] = lambda s: None, inputs: dict | None = None) -> Iterator[Result]:
+def run_case(
+    case: Case,
+    dtype: torch.dtype,
+    device: torch.device,
+    backends: list[str],
+    min_time: float,
+    on_step: Callable[[str], None] = lambda s: None,
+    inputs: dict | None = None,
+) -> Iterator[Result]:
     """Measures every backend and available peer of one case, both passes (on ``inputs`` when given,
     else on fresh ones)."""
     if inputs is None:
@@ -155,12 +170,37 @@ def run_case(case: Case, dtype: torch.dtype, device: torch.device, backends: lis
                 times = time_call(fn, device, min_time)
                 peak = peak_allocated_bytes(fn, device)
             except Exception as exc:  # a peer or backend failing is reported, not fatal
-                measured.append(Result(case.op, case.label, dtype_s, name, passname, float("nan"), [], 0,
-                                       float("nan"), 0, error=f"{type(exc).__name__}: {exc}"))
+                measured.append(
+                    Result(
+                        case.op,
+                        case.label,
+                        dtype_s,
+                        name,
+                        passname,
+                        float("nan"),
+                        [],
+                        0,
+                        float("nan"),
+                        0,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                )
                 continue
             med = statistics.median(times)
-            measured.append(Result(case.op, case.label, dtype_s, name, passname, med * 1e3,
-                                   [round(t * 1e3, 4) for t in times], moved, moved / med / 1e9, peak))
+            measured.append(
+                Result(
+                    case.op,
+                    case.label,
+                    dtype_s,
+                    name,
+                    passname,
+                    med * 1e3,
+                    [round(t * 1e3, 4) for t in times],
+                    moved,
+                    moved / med / 1e9,
+                    peak,
+                )
+            )
         ref = next((r for r in measured if r.backend == "reference" and r.error is None), None)
         peers = [r for r in measured if r.backend.startswith("peer:") and r.error is None]
         best_peer = min(peers, key=lambda r: r.median_ms) if peers else None

@@ -10,6 +10,17 @@ from .mamba import InferenceParams, Mamba
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .point_ssm import PointSSMGroupBlock, point_scan_orders
 
-__all__ = ["DCTAttention", "DFormerBlock", "DilatedAttention3d", "FasterKAN", "FasterKANLayer", "InferenceParams", "Mamba",
-           "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D", "PointSSMGroupBlock",
-           "point_scan_orders"]
+__all__ = [
+    "DCTAttention",
+    "DFormerBlock",
+    "DilatedAttention3d",
+    "FasterKAN",
+    "FasterKANLayer",
+    "InferenceParams",
+    "Mamba",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+    "PointSSMGroupBlock",
+    "point_scan_orders",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medkernels._typing import DType, Device
+from medkernels._typing import Device, DType
 
 __all__ = ["DropPath", "Mlp"]
 
@@ -37,8 +37,17 @@ class Mlp(nn.Module):
     """Linear -> activation -> dropout -> Linear -> dropout on the last axis (timm's ``Mlp``; state_dict
     ``fc1``, ``fc2``)."""
 
-    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0, *, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        *,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         hidden_features = hidden_features or in_features

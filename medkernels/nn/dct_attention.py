@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import DType, Device
+from medkernels._typing import Device, DType
 
 __all__ = ["DCTAttention"]
 
@@ -51,9 +51,21 @@ class DCTAttention(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, keep: int | tuple[int, int] | None = None, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, *, keep_ratio: float | None = None, qk_scale: float | None = None,
-                 backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        keep: int | tuple[int, int] | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        *,
+        keep_ratio: float | None = None,
+        qk_scale: float | None = None,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if dim % num_heads != 0:
@@ -67,8 +79,11 @@ class DCTAttention(nn.Module):
         else:
             if isinstance(keep, int) and not isinstance(keep, bool):
                 keep = (keep, keep)
-            if not (isinstance(keep, (tuple, list)) and len(keep) == 2
-                    and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in keep)):
+            if not (
+                isinstance(keep, (tuple, list))
+                and len(keep) == 2
+                and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in keep)
+            ):
                 raise ValueError(f"{name}: keep must be (kh, kw) ints >= 1, an int, or a float in (0, 1], got {keep!r}")
             keep = tuple(keep)
         if not 0.0 <= attn_drop < 1.0 or not 0.0 <= proj_drop < 1.0:
@@ -77,7 +92,7 @@ class DCTAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.keep = keep
-        self.scale = qk_scale or self.head_dim ** -0.5
+        self.scale = qk_scale or self.head_dim**-0.5
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **factory)
@@ -104,8 +119,9 @@ class DCTAttention(nn.Module):
         n = kh * kw
         tokens = ops.dct2d(x, keep=(kh, kw), backend=self.backend).reshape(B, C, n).transpose(1, 2)  # [B, n, C]
         q, k, v = self.qkv(tokens).reshape(B, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
-                                           scale=self.scale)
+        a = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+        )
         a = F.linear(a.transpose(1, 2).reshape(B, n, C), self.proj.weight)  # the projection, on kept coefficients
         out = ops.idct2d(a.transpose(1, 2).reshape(B, C, kh, kw), s=(H, W), backend=self.backend)
         if self.proj.bias is not None:

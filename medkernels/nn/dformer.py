@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import DType, Device, IntOrTuple
+from medkernels._typing import Device, DType, IntOrTuple
 from medkernels.ops.checks import group_size3
 
 from ._layers import DropPath, Mlp
@@ -38,9 +38,21 @@ class DilatedAttention3d(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, group_size: IntOrTuple = (2, 8, 8), scope: str = "local", qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0, *,
-                 backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        group_size: IntOrTuple = (2, 8, 8),
+        scope: str = "local",
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        *,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if dim % num_heads != 0:
@@ -54,7 +66,7 @@ class DilatedAttention3d(nn.Module):
         self.head_dim = dim // num_heads
         self.group_size = group_size3(name, group_size)
         self.scope = scope
-        self.scale = qk_scale or self.head_dim ** -0.5
+        self.scale = qk_scale or self.head_dim**-0.5
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **factory)
@@ -75,8 +87,10 @@ class DilatedAttention3d(nn.Module):
         return self.proj_drop(self.proj(out.reshape(B, D, H, W, C)))
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, group_size={self.group_size}, scope={self.scope!r}, "
-                f"attn_drop={self.attn_drop.p}")
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, group_size={self.group_size}, scope={self.scope!r}, "
+            f"attn_drop={self.attn_drop.p}"
+        )
 
 
 class DFormerBlock(nn.Module):
@@ -103,15 +117,31 @@ class DFormerBlock(nn.Module):
         device, dtype: of the parameters.
     """
 
-    def __init__(self, dim: int, num_heads: int, group_size: IntOrTuple = (2, 8, 8), scope: str = "local", mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.LayerNorm, *, backend: str | None = None,
-                 device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        group_size: IntOrTuple = (2, 8, 8),
+        scope: str = "local",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        *,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.norm1 = norm_layer(dim, **factory)
-        self.attn = DilatedAttention3d(dim, num_heads, group_size, scope, qkv_bias, qk_scale, attn_drop, drop,
-                                       backend=backend, **factory)
+        self.attn = DilatedAttention3d(
+            dim, num_heads, group_size, scope, qkv_bias, qk_scale, attn_drop, drop, backend=backend, **factory
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim, **factory)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **factory)

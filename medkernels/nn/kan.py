@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import DType, Device
+from medkernels._typing import Device, DType
 
 __all__ = ["FasterKAN", "FasterKANLayer", "ReflectionalSwitchFunction", "SplineLinear"]
 
@@ -40,7 +40,15 @@ class SplineLinear(nn.Linear):
         device, dtype: of the weight.
     """
 
-    def __init__(self, in_features: int, out_features: int, init_scale: float = 0.1, *, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        init_scale: float = 0.1,
+        *,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         self.init_scale = init_scale
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
 
@@ -63,9 +71,19 @@ class ReflectionalSwitchFunction(nn.Module):
         device, dtype: of the grid (and trainable inv_denominator).
     """
 
-    def __init__(self, grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8, exponent: int = 2,
-                 denominator: float = 0.33, *, train_grid: bool = False, train_inv_denominator: bool = False,
-                 device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        grid_min: float = -2.0,
+        grid_max: float = 2.0,
+        num_grids: int = 8,
+        exponent: int = 2,
+        denominator: float = 0.33,
+        *,
+        train_grid: bool = False,
+        train_inv_denominator: bool = False,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_grids, int) or isinstance(num_grids, bool) or num_grids < 1:
@@ -78,8 +96,9 @@ class ReflectionalSwitchFunction(nn.Module):
             raise ValueError(f"{name}: grid_min and grid_max must be finite, got {grid_min!r}, {grid_max!r}")
         self.grid_min, self.grid_max, self.num_grids = float(grid_min), float(grid_max), num_grids
         self.denominator = float(denominator)
-        self.grid = nn.Parameter(torch.linspace(grid_min, grid_max, num_grids, device=device, dtype=dtype),
-                                 requires_grad=train_grid)
+        self.grid = nn.Parameter(
+            torch.linspace(grid_min, grid_max, num_grids, device=device, dtype=dtype), requires_grad=train_grid
+        )
         if train_inv_denominator:
             self.inv_denominator = nn.Parameter(torch.tensor(1.0 / denominator, device=device, dtype=dtype))
         else:
@@ -90,9 +109,11 @@ class ReflectionalSwitchFunction(nn.Module):
         return ops.rswaf_basis(x, self.grid, self.inv_denominator).unflatten(-1, (x.shape[-1], self.num_grids))
 
     def extra_repr(self) -> str:
-        return (f"grid=linspace({self.grid_min}, {self.grid_max}, {self.num_grids}), denominator={self.denominator}, "
-                f"train_grid={self.grid.requires_grad}, "
-                f"train_inv_denominator={isinstance(self.inv_denominator, nn.Parameter)}")
+        return (
+            f"grid=linspace({self.grid_min}, {self.grid_max}, {self.num_grids}), denominator={self.denominator}, "
+            f"train_grid={self.grid.requires_grad}, "
+            f"train_inv_denominator={isinstance(self.inv_denominator, nn.Parameter)}"
+        )
 
 
 class FasterKANLayer(nn.Module):
@@ -118,10 +139,25 @@ class FasterKANLayer(nn.Module):
     ``train_inv_denominator``).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, grid_min: float = -2.0, grid_max: float = 2.0,
-                 num_grids: int = 8, exponent: int = 2, denominator: float = 0.33, use_base_update: bool = True,
-                 base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu, spline_weight_init_scale: float = 0.1, *, train_grid: bool = False,
-                 train_inv_denominator: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        grid_min: float = -2.0,
+        grid_max: float = 2.0,
+        num_grids: int = 8,
+        exponent: int = 2,
+        denominator: float = 0.33,
+        use_base_update: bool = True,
+        base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
+        spline_weight_init_scale: float = 0.1,
+        *,
+        train_grid: bool = False,
+        train_inv_denominator: bool = False,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         for arg, v in (("input_dim", input_dim), ("output_dim", output_dim)):
@@ -130,21 +166,32 @@ class FasterKANLayer(nn.Module):
         self.input_dim, self.output_dim = input_dim, output_dim
         self.backend = backend
         self.layernorm = nn.LayerNorm(input_dim, device=device, dtype=dtype)
-        self.rbf = ReflectionalSwitchFunction(grid_min, grid_max, num_grids, exponent, denominator,
-                                              train_grid=train_grid, train_inv_denominator=train_inv_denominator,
-                                              device=device, dtype=dtype)
-        self.spline_linear = SplineLinear(input_dim * num_grids, output_dim, spline_weight_init_scale, device=device,
-                                          dtype=dtype)
+        self.rbf = ReflectionalSwitchFunction(
+            grid_min,
+            grid_max,
+            num_grids,
+            exponent,
+            denominator,
+            train_grid=train_grid,
+            train_inv_denominator=train_inv_denominator,
+            device=device,
+            dtype=dtype,
+        )
+        self.spline_linear = SplineLinear(
+            input_dim * num_grids, output_dim, spline_weight_init_scale, device=device, dtype=dtype
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(..., input_dim)``. Returns ``(..., output_dim)``: LayerNorm, then the fused RSWAF basis
         and linear map (upstream has no base term either: ``use_base_update`` is ignored, as there)."""
         if x.dim() < 1 or x.shape[-1] != self.input_dim:
-            raise ValueError(f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape {tuple(x.shape)}"
+            )
         u = self.layernorm(x)
-        return ops.rswaf_kan(u, self.rbf.grid, self.rbf.inv_denominator, self.spline_linear.weight,
-                             backend=self.backend)
+        return ops.rswaf_kan(
+            u, self.rbf.grid, self.rbf.inv_denominator, self.spline_linear.weight, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_grids={self.rbf.num_grids}"
@@ -166,22 +213,53 @@ class FasterKAN(nn.Module):
     State dict: ``layers.<n>.`` + the layer's names.
     """
 
-    def __init__(self, layers_hidden: Sequence[int], grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8,
-                 exponent: int = 2, denominator: float = 0.33, use_base_update: bool = True, base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
-                 spline_weight_init_scale: float = 0.667, *, train_grid: bool = False,
-                 train_inv_denominator: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        layers_hidden: Sequence[int],
+        grid_min: float = -2.0,
+        grid_max: float = 2.0,
+        num_grids: int = 8,
+        exponent: int = 2,
+        denominator: float = 0.33,
+        use_base_update: bool = True,
+        base_activation: Callable[[torch.Tensor], torch.Tensor] = F.silu,
+        spline_weight_init_scale: float = 0.667,
+        *,
+        train_grid: bool = False,
+        train_inv_denominator: bool = False,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         widths = list(layers_hidden) if isinstance(layers_hidden, (list, tuple)) else None
         if widths is None or len(widths) < 2:
-            raise ValueError(f"{type(self).__name__}: layers_hidden must be a list of at least 2 widths, got "
-                             f"{layers_hidden!r}")
+            raise ValueError(
+                f"{type(self).__name__}: layers_hidden must be a list of at least 2 widths, got {layers_hidden!r}"
+            )
         self.layers_hidden = widths
-        self.layers = nn.ModuleList([
-            FasterKANLayer(i, o, grid_min, grid_max, num_grids, exponent, denominator, use_base_update,
-                           base_activation, spline_weight_init_scale, train_grid=train_grid,
-                           train_inv_denominator=train_inv_denominator, backend=backend, device=device, dtype=dtype)
-            for i, o in zip(widths[:-1], widths[1:])
-        ])
+        self.layers = nn.ModuleList(
+            [
+                FasterKANLayer(
+                    i,
+                    o,
+                    grid_min,
+                    grid_max,
+                    num_grids,
+                    exponent,
+                    denominator,
+                    use_base_update,
+                    base_activation,
+                    spline_weight_init_scale,
+                    train_grid=train_grid,
+                    train_inv_denominator=train_inv_denominator,
+                    backend=backend,
+                    device=device,
+                    dtype=dtype,
+                )
+                for i, o in zip(widths[:-1], widths[1:])
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``(..., layers_hidden[0])``. Returns ``(..., layers_hidden[-1])`` (the layers in turn)."""

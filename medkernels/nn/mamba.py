@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import Backend, DType, Device
+from medkernels._typing import Backend, Device, DType
 
 __all__ = ["Mamba", "InferenceParams"]
 
@@ -61,11 +61,27 @@ class Mamba(nn.Module):
         backend: medkernels backend for the conv and scan (None = automatic); a medkernels extension.
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
-                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True,
-                 layer_idx: int | None = None, device: Device = None, dtype: DType = None, *,
-                 backend: Backend = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+        layer_idx: int | None = None,
+        device: Device = None,
+        dtype: DType = None,
+        *,
+        backend: Backend = None,
+    ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         if dt_init not in ("constant", "random"):
@@ -81,22 +97,30 @@ class Mamba(nn.Module):
         self.backend = backend
 
         self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
-        self.conv1d = nn.Conv1d(in_channels=self.d_inner, out_channels=self.d_inner, bias=conv_bias,
-                                kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1, **factory_kwargs)
+        self.conv1d = nn.Conv1d(
+            in_channels=self.d_inner,
+            out_channels=self.d_inner,
+            bias=conv_bias,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            **factory_kwargs,
+        )
         self.activation = "silu"
         self.act = nn.SiLU()
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
 
         # dt projection: preserve variance at initialisation
-        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
         if dt_init == "constant":
             nn.init.constant_(self.dt_proj.weight, dt_init_std)
         else:
             nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         # dt bias so that softplus(dt_bias) lies in [dt_min, dt_max]: the inverse of softplus
-        dt = torch.exp(torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt = torch.exp(
+            torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
         inv_dt = dt + torch.log(-torch.expm1(-dt))
         with torch.no_grad():
             self.dt_proj.bias.copy_(inv_dt)
@@ -114,8 +138,10 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: torch.Tensor, inference_params: InferenceParams | None = None) -> torch.Tensor:
         """Args: hidden_states ``(B, L, d_model)``; inference_params for decoding. Returns ``(B, L, d_model)``."""
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
-            raise ValueError(f"Mamba: hidden_states must be (batch, seqlen, d_model={self.d_model}), got "
-                             f"{tuple(hidden_states.shape)}")
+            raise ValueError(
+                f"Mamba: hidden_states must be (batch, seqlen, d_model={self.d_model}), got "
+                f"{tuple(hidden_states.shape)}"
+            )
         batch, seqlen, _ = hidden_states.shape
         conv_state, ssm_state = None, None
         if inference_params is not None:
@@ -126,7 +152,8 @@ class Mamba(nn.Module):
 
         # (B, L, d_model) -> (B, 2 * d_inner, L) in one matmul
         xz = (self.in_proj.weight @ hidden_states.reshape(batch * seqlen, self.d_model).t()).reshape(
-            2 * self.d_inner, batch, seqlen)  # explicit sizes: an empty sequence is valid input
+            2 * self.d_inner, batch, seqlen
+        )  # explicit sizes: an empty sequence is valid input
         xz = xz.permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
@@ -135,23 +162,36 @@ class Mamba(nn.Module):
         if conv_state is not None:
             with torch.no_grad():
                 conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
-        x = ops.causal_conv1d_fn(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation=self.activation,
-                                 backend=self.backend)
+        x = ops.causal_conv1d_fn(
+            x, self.conv1d.weight[:, 0], self.conv1d.bias, activation=self.activation, backend=self.backend
+        )
         x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, self.d_inner))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (self.dt_proj.weight @ dt.t()).reshape(self.d_inner, batch, seqlen).permute(1, 0, 2)
         B = B.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
         C = C.reshape(batch, seqlen, self.d_state).transpose(1, 2).contiguous()
-        y = ops.selective_scan_fn(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                                  delta_softplus=True, return_last_state=ssm_state is not None, backend=self.backend)
+        y = ops.selective_scan_fn(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            return_last_state=ssm_state is not None,
+            backend=self.backend,
+        )
         if ssm_state is not None:
             y, last_state = y
             with torch.no_grad():
                 ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
-    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,
-             ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decoding step.
 
         Args:
@@ -163,8 +203,9 @@ class Mamba(nn.Module):
             ``(out (B, 1, d_model), conv_state, ssm_state)``.
         """
         if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
-            raise ValueError(f"Mamba.step: decodes one token at a time, (batch, 1, d_model); got "
-                             f"{tuple(hidden_states.shape)}")
+            raise ValueError(
+                f"Mamba.step: decodes one token at a time, (batch, 1, d_model); got {tuple(hidden_states.shape)}"
+            )
         dtype = hidden_states.dtype
         xz = self.in_proj(hidden_states.squeeze(1))
         x, z = xz.chunk(2, dim=-1)
@@ -184,8 +225,9 @@ class Mamba(nn.Module):
         out = self.out_proj(y)
         return out.unsqueeze(1), conv_state, ssm_state
 
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: DType = None,
-                                 **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: DType = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Zeroed ``(conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state))`` for decoding."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
@@ -194,8 +236,9 @@ class Mamba(nn.Module):
         ssm_state = torch.zeros(batch_size, self.d_model * self.expand, self.d_state, device=device, dtype=ssm_dtype)
         return conv_state, ssm_state
 
-    def _get_states_from_cache(self, inference_params: InferenceParams, batch_size: int,
-                               initialize_states: bool = False):
+    def _get_states_from_cache(
+        self, inference_params: InferenceParams, batch_size: int, initialize_states: bool = False
+    ):
         if self.layer_idx is None:
             raise ValueError("Mamba: decoding with inference_params needs layer_idx")
         cache = inference_params.key_value_memory_dict
@@ -208,5 +251,7 @@ class Mamba(nn.Module):
         return conv_state, ssm_state
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
-                f"dt_rank={self.dt_rank}, layer_idx={self.layer_idx}")
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+            f"dt_rank={self.dt_rank}, layer_idx={self.layer_idx}"
+        )

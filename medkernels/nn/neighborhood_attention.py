@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import BoolOrTuple, DType, Device, IntOrTuple
+from medkernels._typing import BoolOrTuple, Device, DType, IntOrTuple
 from medkernels.ops.checks import na_causal, na_dims
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
@@ -22,10 +22,24 @@ __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAt
 class _NeighborhoodAttention(nn.Module):
     na_dim: int
 
-    def __init__(self, embed_dim: int | None = None, num_heads: int | None = None, kernel_size: IntOrTuple | None = None,
-                 stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, qkv_bias: bool = True, qk_scale: float | None = None,
-                 proj_drop: float = 0.0, *, rel_pos_bias: bool = False, attn_drop: float = 0.0,
-                 dim: int | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        num_heads: int | None = None,
+        kernel_size: IntOrTuple | None = None,
+        stride: IntOrTuple = 1,
+        dilation: IntOrTuple = 1,
+        is_causal: BoolOrTuple = False,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        *,
+        rel_pos_bias: bool = False,
+        attn_drop: float = 0.0,
+        dim: int | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if dim is not None:
@@ -35,8 +49,10 @@ class _NeighborhoodAttention(nn.Module):
         if embed_dim is None or num_heads is None or kernel_size is None:
             raise TypeError(f"{name}: embed_dim (or dim), num_heads and kernel_size are required")
         if embed_dim % num_heads != 0:
-            raise ValueError(f"{name}: Number of attention heads must evenly divide embedding dimension, got "
-                             f"{embed_dim=}, {num_heads=}.")
+            raise ValueError(
+                f"{name}: Number of attention heads must evenly divide embedding dimension, got "
+                f"{embed_dim=}, {num_heads=}."
+            )
         if not 0.0 <= attn_drop < 1.0 or not 0.0 <= proj_drop < 1.0:
             raise ValueError(f"{name}: attn_drop and proj_drop must be in [0, 1), got {attn_drop=}, {proj_drop=}")
         n = self.na_dim
@@ -45,12 +61,14 @@ class _NeighborhoodAttention(nn.Module):
         self.dilation = na_dims("dilation", dilation, n, 1, "all positive")
         self.is_causal = na_causal(is_causal, n)
         if any(s > k for s, k in zip(self.stride, self.kernel_size)):
-            raise ValueError(f"{name}: Stride cannot be larger than kernel size along any dimension, got "
-                             f"kernel_size={self.kernel_size}, stride={self.stride}.")
+            raise ValueError(
+                f"{name}: Stride cannot be larger than kernel size along any dimension, got "
+                f"kernel_size={self.kernel_size}, stride={self.stride}."
+            )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
+        self.scale = qk_scale or self.head_dim**-0.5
         factory = {"device": device, "dtype": dtype}
         self.qkv = nn.Linear(embed_dim, embed_dim * 3, bias=qkv_bias, **factory)
         if rel_pos_bias:
@@ -67,15 +85,22 @@ class _NeighborhoodAttention(nn.Module):
         """Args: x ``[B, *spatial, C]``. Returns ``[B, *spatial, C]``."""
         n = self.na_dim
         if x.dim() != n + 2:
-            raise ValueError(f"{type(self).__name__} expected a tensor with rank {n + 2} (batch, {n} token dims, "
-                             f"channels), got {x.dim()=}.")
+            raise ValueError(
+                f"{type(self).__name__} expected a tensor with rank {n + 2} (batch, {n} token dims, "
+                f"channels), got {x.dim()=}."
+            )
         B, *spatial, C = x.shape
         if C != self.embed_dim:
             layout = "[B, " + ", ".join(f"X{i}" for i in range(n)) + ", C]"
-            hint = (f"; a channels-first [B, C, ...] tensor must be permuted to {layout} first"
-                    if x.shape[1] == self.embed_dim else "")
-            raise ValueError(f"{type(self).__name__}: expected embedding dimension {self.embed_dim}, got {C} (the "
-                             f"layout is channels-last {layout}, got shape {tuple(x.shape)}{hint}).")
+            hint = (
+                f"; a channels-first [B, C, ...] tensor must be permuted to {layout} first"
+                if x.shape[1] == self.embed_dim
+                else ""
+            )
+            raise ValueError(
+                f"{type(self).__name__}: expected embedding dimension {self.embed_dim}, got {C} (the "
+                f"layout is channels-last {layout}, got shape {tuple(x.shape)}{hint})."
+            )
         qkv = self.qkv(x).reshape(B, *spatial, 3, self.num_heads, self.head_dim)
         if self.training and self.attn_drop_rate > 0:
             # Attention dropout needs the weights: the unfused path (heads first), as natten 0.17.
@@ -91,14 +116,25 @@ class _NeighborhoodAttention(nn.Module):
         else:
             qkv = qkv.permute(n + 1, *range(n + 1), n + 2, n + 3)
             fused = getattr(ops, f"na{n}d")
-            out = fused(qkv[0], qkv[1], qkv[2], self.kernel_size, self.stride, self.dilation, self.is_causal,
-                        scale=self.scale, rpb=self.rpb).reshape(B, *spatial, C)
+            out = fused(
+                qkv[0],
+                qkv[1],
+                qkv[2],
+                self.kernel_size,
+                self.stride,
+                self.dilation,
+                self.is_causal,
+                scale=self.scale,
+                rpb=self.rpb,
+            ).reshape(B, *spatial, C)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, head_dim={self.head_dim}, num_heads={self.num_heads}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
-                f"is_causal={self.is_causal}, rel_pos_bias={self.rpb is not None}, attn_drop={self.attn_drop_rate}")
+        return (
+            f"embed_dim={self.embed_dim}, head_dim={self.head_dim}, num_heads={self.num_heads}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+            f"is_causal={self.is_causal}, rel_pos_bias={self.rpb is not None}, attn_drop={self.attn_drop_rate}"
+        )
 
 
 class NeighborhoodAttention1D(_NeighborhoodAttention):

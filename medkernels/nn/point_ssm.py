@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels import ops
-from medkernels._typing import DType, Device
+from medkernels._typing import Device, DType
 
 __all__ = ["PointSSMGroupBlock", "point_scan_orders", "SCAN_ORDERS"]
 
@@ -109,10 +109,26 @@ class PointSSMGroupBlock(nn.Module):
 
     num_scans = len(SCAN_ORDERS)
 
-    def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
-                 conv_bias: bool = True, bias: bool = False, num_groups: int = 8, negative_slope: float = 0.01,
-                 post_normalization: bool = False, backend: str | None = None, device: Device = None, dtype: DType = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        num_groups: int = 8,
+        negative_slope: float = 0.01,
+        post_normalization: bool = False,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             if not isinstance(v, int) or v < 1:
@@ -131,17 +147,19 @@ class PointSSMGroupBlock(nn.Module):
         self.backend = backend
 
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **fk)
-        self.conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
-                              bias=conv_bias, **fk)
+        self.conv = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias, **fk
+        )
         # Per scan: x_proj (no bias), dt_proj, A, D, as K stacked copies of mamba_ssm's initialisation.
         x_proj = torch.empty(K, self.dt_rank + 2 * d_state, self.d_inner, **fk)
         bound = 1 / math.sqrt(self.d_inner)
         nn.init.uniform_(x_proj, -bound, bound)
         self.x_proj_weight = nn.Parameter(x_proj)
-        std = self.dt_rank ** -0.5 * dt_scale
+        std = self.dt_rank**-0.5 * dt_scale
         self.dt_projs_weight = nn.Parameter(torch.empty(K, self.d_inner, self.dt_rank, **fk).uniform_(-std, std))
-        dt = torch.exp(torch.rand(K, self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt = torch.exp(
+            torch.rand(K, self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
         self.dt_projs_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(dtype or torch.float32))
         self.dt_projs_bias._no_reinit = True
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).expand(K * self.d_inner, d_state)
@@ -153,8 +171,10 @@ class PointSSMGroupBlock(nn.Module):
         self.norm = nn.GroupNorm(num_groups, dim, **fk)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
-                f"dt_rank={self.dt_rank}, scans={self.num_scans}, post_normalization={self.post_normalization}")
+        return (
+            f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+            f"dt_rank={self.dt_rank}, scans={self.num_scans}, post_normalization={self.post_normalization}"
+        )
 
     def scan_inputs(self, x: torch.Tensor) -> dict:
         """delta, A, B, C, D, delta_bias of the K scans from the conv output x (B, d_inner, L), all in
@@ -173,8 +193,9 @@ class PointSSMGroupBlock(nn.Module):
             "delta_bias": self.dt_projs_bias.float(),
         }
 
-    def forward(self, x: torch.Tensor, xyz: torch.Tensor | None = None, *,
-                orders: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, xyz: torch.Tensor | None = None, *, orders: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, L, C) point features in FPS order, xyz (B, L, 3) their coordinates -> (B, L, C)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"PointSSMGroupBlock: x must have shape (B, L, {self.dim}), got {tuple(x.shape)}")
@@ -182,13 +203,15 @@ class PointSSMGroupBlock(nn.Module):
             if xyz is None:
                 raise ValueError("PointSSMGroupBlock: pass xyz (B, L, 3) or orders (B, 8, L)")
             if xyz.shape[:2] != x.shape[:2]:
-                raise ValueError(f"PointSSMGroupBlock: xyz must have shape (B, L, 3) = {(*x.shape[:2], 3)}, "
-                                 f"got {tuple(xyz.shape)}")
+                raise ValueError(
+                    f"PointSSMGroupBlock: xyz must have shape (B, L, 3) = {(*x.shape[:2], 3)}, got {tuple(xyz.shape)}"
+                )
             orders = point_scan_orders(xyz)
         xz = self.in_proj(x)
         u, z = xz.chunk(2, dim=-1)
-        u = ops.causal_conv1d_fn(u.transpose(1, 2), self.conv.weight[:, 0], self.conv.bias, activation=None,
-                                 backend=self.backend)
+        u = ops.causal_conv1d_fn(
+            u.transpose(1, 2), self.conv.weight[:, 0], self.conv.bias, activation=None, backend=self.backend
+        )
         u = F.leaky_relu(u, self.negative_slope)  # (B, d_inner, L)
         s = self.scan_inputs(u)
         u = u.contiguous()

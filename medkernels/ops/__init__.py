@@ -15,13 +15,28 @@ from .dct import dct2d, dct2d_ref, dct_matrix, idct2d, idct2d_ref
 from .dilated_attention import dilated_attention3d, dilated_attention3d_ref, dilated_groups
 from .multi_order_scan import multi_order_selective_scan, multi_order_selective_scan_ref
 from .neighborhood_attention import (
-    na1d, na1d_av, na1d_av_ref, na1d_qk, na1d_qk_ref, na1d_ref,
-    na2d, na2d_av, na2d_av_ref, na2d_qk, na2d_qk_ref, na2d_ref,
-    na3d, na3d_av, na3d_av_ref, na3d_qk, na3d_qk_ref, na3d_ref,
+    na1d,
+    na1d_av,
+    na1d_av_ref,
+    na1d_qk,
+    na1d_qk_ref,
+    na1d_ref,
+    na2d,
+    na2d_av,
+    na2d_av_ref,
+    na2d_qk,
+    na2d_qk_ref,
+    na2d_ref,
+    na3d,
+    na3d_av,
+    na3d_av_ref,
+    na3d_qk,
+    na3d_qk_ref,
+    na3d_ref,
 )
 from .point_cloud import furthest_point_sample, furthest_point_sample_ref, knn, knn_ref
-from .selective_scan import selective_scan_fn, selective_scan_ref
 from .rswaf_kan import rswaf_basis, rswaf_kan, rswaf_kan_ref
+from .selective_scan import selective_scan_fn, selective_scan_ref
 
 __all__ = [
     "BACKENDS",
@@ -51,9 +66,24 @@ __all__ = [
     "furthest_point_sample_ref",
     "knn",
     "knn_ref",
-    "na1d", "na2d", "na3d", "na1d_ref", "na2d_ref", "na3d_ref",
-    "na1d_qk", "na2d_qk", "na3d_qk", "na1d_av", "na2d_av", "na3d_av",
-    "na1d_qk_ref", "na2d_qk_ref", "na3d_qk_ref", "na1d_av_ref", "na2d_av_ref", "na3d_av_ref",
+    "na1d",
+    "na2d",
+    "na3d",
+    "na1d_ref",
+    "na2d_ref",
+    "na3d_ref",
+    "na1d_qk",
+    "na2d_qk",
+    "na3d_qk",
+    "na1d_av",
+    "na2d_av",
+    "na3d_av",
+    "na1d_qk_ref",
+    "na2d_qk_ref",
+    "na3d_qk_ref",
+    "na1d_av_ref",
+    "na2d_av_ref",
+    "na3d_av_ref",
     "multi_order_selective_scan",
     "multi_order_selective_scan_ref",
     "rswaf_kan",

@@ -116,8 +116,11 @@ class Backends:
                 why = interpreter_or_gpu(x, forced) if x is not None else "no tensor input"
             if why is None and not self.triton_float64 and x.dtype == torch.float64:
                 why = "the Triton kernels compute in float32; float64 runs on the cpu or reference backend"
-            if why is None and torch.are_deterministic_algorithms_enabled() and (
-                    self.triton_atomics(*args) if callable(self.triton_atomics) else self.triton_atomics):
+            if (
+                why is None
+                and torch.are_deterministic_algorithms_enabled()
+                and (self.triton_atomics(*args) if callable(self.triton_atomics) else self.triton_atomics)
+            ):
                 why = "deterministic algorithms are on and the Triton kernels sum with atomics"
         else:
             raise ValueError(f"{self.op}: {backend!r} is not a backend; expected one of {BACKENDS}")
@@ -217,12 +220,14 @@ def _fell_back(op: str, args: tuple, skipped: list[str]) -> None:
         raise BackendUnavailableError(
             f"{op}: the compiled medkernels kernels did not load ({_library.LOAD_ERROR}), so there is no CPU "
             "kernel to run; rebuild with `pip install --no-build-isolation .` against the installed torch, or ask "
-            "for the slow pure-PyTorch reference explicitly with backend='reference' (or MEDKERNELS_BACKEND)")
+            "for the slow pure-PyTorch reference explicitly with backend='reference' (or MEDKERNELS_BACKEND)"
+        )
     key = (op, device, tuple(skipped))
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn(f"{op}: no faster backend can run these {device} inputs, so the pure-PyTorch reference runs "
-                      f"(pass backend='reference' to choose it explicitly); skipped: {'; '.join(skipped)}",
-                      RuntimeWarning, stacklevel=3)
-
-
+        warnings.warn(
+            f"{op}: no faster backend can run these {device} inputs, so the pure-PyTorch reference runs "
+            f"(pass backend='reference' to choose it explicitly); skipped: {'; '.join(skipped)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )

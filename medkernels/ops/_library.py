@@ -52,8 +52,15 @@ def has_op(op: str) -> bool:
     return True
 
 
-def register_kernel(public: str, *pairs: tuple[str, str | None], fwd_fake, bwd_fake=None, setup_context=None,
-                    backward=None, twice_differentiable: bool = False) -> None:
+def register_kernel(
+    public: str,
+    *pairs: tuple[str, str | None],
+    fwd_fake,
+    bwd_fake=None,
+    setup_context=None,
+    backward=None,
+    twice_differentiable: bool = False,
+) -> None:
     """Registers an op's operators with torch.library: one call per op, for every backend's pair.
 
     For each ``(forward op, backward op)`` pair that is defined (the compiled pair when the extension
@@ -76,9 +83,11 @@ def register_kernel(public: str, *pairs: tuple[str, str | None], fwd_fake, bwd_f
             torch.library.register_fake(f"medkernels::{bwd}")(bwd_fake)
         if backward is not None:
             bwd_op = None if bwd is None else getattr(torch.ops.medkernels, bwd)
-            torch.library.register_autograd(f"medkernels::{fwd}",
-                                            lambda ctx, *grads, _op=bwd_op: backward(ctx, _op, *grads),
-                                            setup_context=setup_context)
+            torch.library.register_autograd(
+                f"medkernels::{fwd}",
+                lambda ctx, *grads, _op=bwd_op: backward(ctx, _op, *grads),
+                setup_context=setup_context,
+            )
         if bwd is not None and bwd != fwd and not twice_differentiable:
             no_double_backward(public, bwd)
 
@@ -96,7 +105,8 @@ def no_double_backward(public: str, *backward_ops: str) -> None:
         raise NotImplementedError(
             f"{public}: double backward (differentiating its gradient, e.g. for a gradient penalty) is not "
             "supported by its fused kernels; call it with backend='reference' where second derivatives are "
-            "needed (the pure-PyTorch reference is differentiable twice)")
+            "needed (the pure-PyTorch reference is differentiable twice)"
+        )
 
     for op in backward_ops:
         torch.library.register_autograd(f"medkernels::{op}", backward)

@@ -43,8 +43,12 @@ def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, fi
     """The checks shared by causal_conv1d_fn and causal_conv1d_ref (every backend sees valid input)."""
     _is_tensor(fn, "x", x, optional=False)
     _is_tensor(fn, "weight", weight, optional=False)
-    for name, t in (("bias", bias), ("seq_idx", seq_idx), ("initial_states", initial_states),
-                    ("final_states_out", final_states_out)):
+    for name, t in (
+        ("bias", bias),
+        ("seq_idx", seq_idx),
+        ("initial_states", initial_states),
+        ("final_states_out", final_states_out),
+    ):
         _is_tensor(fn, name, t)
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
@@ -56,31 +60,45 @@ def _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, fi
     width = weight.shape[1]
     if weight.dtype not in (x.dtype, torch.float32):
         raise ValueError(f"{fn}: weight must have x's dtype ({x.dtype}) or float32, got {weight.dtype}")
-    named = {"weight": weight, "bias": bias, "seq_idx": seq_idx, "initial_states": initial_states,
-             "final_states_out": final_states_out}
+    named = {
+        "weight": weight,
+        "bias": bias,
+        "seq_idx": seq_idx,
+        "initial_states": initial_states,
+        "final_states_out": final_states_out,
+    }
     for name, t in named.items():
         if t is not None and t.device != x.device:
             raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
     if bias is not None and (bias.shape != (dim,) or bias.dtype not in (x.dtype, torch.float32)):
-        raise ValueError(f"{fn}: bias must be (dim,) = ({dim},) in x's dtype or float32, got {tuple(bias.shape)} "
-                         f"{bias.dtype}")
+        raise ValueError(
+            f"{fn}: bias must be (dim,) = ({dim},) in x's dtype or float32, got {tuple(bias.shape)} {bias.dtype}"
+        )
     if seq_idx is not None:
         if seq_idx.shape != (batch, seqlen) or seq_idx.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{fn}: seq_idx must be an int32 (batch, seqlen) = {(batch, seqlen)} tensor, got "
-                             f"{tuple(seq_idx.shape)} {seq_idx.dtype}")
+            raise ValueError(
+                f"{fn}: seq_idx must be an int32 (batch, seqlen) = {(batch, seqlen)} tensor, got "
+                f"{tuple(seq_idx.shape)} {seq_idx.dtype}"
+            )
         if initial_states is not None:
             raise ValueError(f"{fn}: initial_states must be None if seq_idx is not None")
         if return_final_states:
             raise ValueError(f"{fn}: final states are not returned when seq_idx is given")
-    if initial_states is not None and (initial_states.shape != (batch, dim, width - 1)
-                                       or initial_states.dtype != x.dtype):
-        raise ValueError(f"{fn}: initial_states must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in x's "
-                         f"dtype, got {tuple(initial_states.shape)} {initial_states.dtype}")
+    if initial_states is not None and (
+        initial_states.shape != (batch, dim, width - 1) or initial_states.dtype != x.dtype
+    ):
+        raise ValueError(
+            f"{fn}: initial_states must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in x's "
+            f"dtype, got {tuple(initial_states.shape)} {initial_states.dtype}"
+        )
     # The final states are x's values: a buffer of another dtype would round (or truncate) them.
-    if final_states_out is not None and (final_states_out.shape != (batch, dim, width - 1)
-                                         or final_states_out.dtype != x.dtype):
-        raise ValueError(f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in "
-                         f"x's dtype ({x.dtype}), got {tuple(final_states_out.shape)} {final_states_out.dtype}")
+    if final_states_out is not None and (
+        final_states_out.shape != (batch, dim, width - 1) or final_states_out.dtype != x.dtype
+    ):
+        raise ValueError(
+            f"{fn}: final_states_out must be (batch, dim, width - 1) = {(batch, dim, width - 1)} in "
+            f"x's dtype ({x.dtype}), got {tuple(final_states_out.shape)} {final_states_out.dtype}"
+        )
 
 
 def _finish(out, final_states, return_final_states, final_states_out):
@@ -93,9 +111,16 @@ def _finish(out, final_states, return_final_states, final_states_out):
     return out, final_states
 
 
-def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx: OptTensor = None,
-                      initial_states: OptTensor = None, return_final_states: bool = False,
-                      final_states_out: OptTensor = None, activation: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
+def causal_conv1d_ref(
+    x: Tensor,
+    weight: Tensor,
+    bias: OptTensor = None,
+    seq_idx: OptTensor = None,
+    initial_states: OptTensor = None,
+    return_final_states: bool = False,
+    final_states_out: OptTensor = None,
+    activation: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`causal_conv1d_fn` (the oracle): taps as shifted copies, computed in float32
     (float64 for float64 inputs). Arguments as :func:`causal_conv1d_fn`."""
     fn = "causal_conv1d_ref"
@@ -110,7 +135,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx
     if bias is not None:
         out = out + bias.to(acc)[:, None]
     for k in range(width):
-        tap = ext[..., k:k + seqlen]
+        tap = ext[..., k : k + seqlen]
         if seq_idx is not None:
             src = torch.arange(seqlen, device=x.device) - (width - 1) + k
             seq_src = seq_idx[:, src.clamp(min=0)]
@@ -119,7 +144,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx
         out = out + weight.to(acc)[:, k, None] * tap
     if silu:
         out = F.silu(out)
-    final_states = ext[..., ext.shape[-1] - (width - 1):].to(x.dtype)
+    final_states = ext[..., ext.shape[-1] - (width - 1) :].to(x.dtype)
     return _finish(out.to(x.dtype), final_states, return_final_states, final_states_out)
 
 
@@ -129,9 +154,12 @@ def _fwd_fake(x, weight, bias, seq_idx, initial_states, return_final_states, sil
 
 
 def _bwd_fake(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
-            x.new_empty((0,)) if bias is None else torch.empty_like(bias),
-            x.new_empty((0,)) if initial_states is None else torch.empty_like(initial_states))
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(weight),
+        x.new_empty((0,)) if bias is None else torch.empty_like(bias),
+        x.new_empty((0,)) if initial_states is None else torch.empty_like(initial_states),
+    )
 
 
 def _setup(ctx, inputs, output):
@@ -147,10 +175,10 @@ def _backward(ctx, bwd_op, dout, dfinal):
         dout = torch.zeros_like(x)
     elif dout.stride(-1) != 1:
         dout = dout.contiguous()
-    dx, dw, db, dinit = bwd_op(x, weight, bias, seq_idx, initial_states, dout, dfinal if ctx.has_final else None,
-                               ctx.silu)
-    return (dx, dw, db if bias is not None else None, None, dinit if initial_states is not None else None,
-            None, None)
+    dx, dw, db, dinit = bwd_op(
+        x, weight, bias, seq_idx, initial_states, dout, dfinal if ctx.has_final else None, ctx.silu
+    )
+    return (dx, dw, db if bias is not None else None, None, dinit if initial_states is not None else None, None, None)
 
 
 if _library.HAS_TRITON:
@@ -159,8 +187,11 @@ if _library.HAS_TRITON:
     from medkernels.triton import causal_conv1d as _tcc
 
     def _extended(x, initial_states, width):  # (batch, dim, W-1+L) float32: initial states (or 0), then x
-        left = (initial_states.float() if initial_states is not None
-                else x.new_zeros((x.shape[0], x.shape[1], width - 1), dtype=torch.float32))
+        left = (
+            initial_states.float()
+            if initial_states is not None
+            else x.new_zeros((x.shape[0], x.shape[1], width - 1), dtype=torch.float32)
+        )
         return torch.cat([left, x.float()], dim=-1)
 
     def _triton_init(initial_states, x, width):
@@ -169,35 +200,58 @@ if _library.HAS_TRITON:
         return initial_states.float().reshape(x.shape[0] * x.shape[1], width - 1).contiguous()
 
     @torch.library.custom_op("medkernels::causal_conv1d_fwd_triton", mutates_args=())
-    def _fwd_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    seq_idx: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
-                    return_final_states: bool, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fwd_triton(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        seq_idx: Optional[torch.Tensor],
+        initial_states: Optional[torch.Tensor],
+        return_final_states: bool,
+        silu: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         width = weight.shape[1]
-        out = _tcc.forward(x.float().contiguous(), weight.float().contiguous(),
-                           None if bias is None else bias.float().contiguous(), _triton_init(initial_states, x, width),
-                           None if seq_idx is None else seq_idx.int().contiguous(), silu)
+        out = _tcc.forward(
+            x.float().contiguous(),
+            weight.float().contiguous(),
+            None if bias is None else bias.float().contiguous(),
+            _triton_init(initial_states, x, width),
+            None if seq_idx is None else seq_idx.int().contiguous(),
+            silu,
+        )
         final = x.new_empty((0,))
         if return_final_states:
             ext = _extended(x, initial_states, width)
-            final = ext[..., ext.shape[-1] - (width - 1):].to(x.dtype).contiguous()
+            final = ext[..., ext.shape[-1] - (width - 1) :].to(x.dtype).contiguous()
         return out.to(x.dtype), final
 
     @torch.library.custom_op("medkernels::causal_conv1d_bwd_triton", mutates_args=())
-    def _bwd_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    seq_idx: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dout: torch.Tensor,
-                    dfinal_states: Optional[torch.Tensor], silu: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                                               torch.Tensor, torch.Tensor]:
+    def _bwd_triton(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        seq_idx: Optional[torch.Tensor],
+        initial_states: Optional[torch.Tensor],
+        dout: torch.Tensor,
+        dfinal_states: Optional[torch.Tensor],
+        silu: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         width, seqlen = weight.shape[1], x.shape[-1]
         seq = None if seq_idx is None else seq_idx.int().contiguous()
-        g, dext = _tcc.backward(x.float().contiguous(), weight.float().contiguous(),
-                                None if bias is None else bias.float().contiguous(),
-                                _triton_init(initial_states, x, width), seq, dout.float().contiguous(), silu)
+        g, dext = _tcc.backward(
+            x.float().contiguous(),
+            weight.float().contiguous(),
+            None if bias is None else bias.float().contiguous(),
+            _triton_init(initial_states, x, width),
+            seq,
+            dout.float().contiguous(),
+            silu,
+        )
         if dfinal_states is not None and width > 1:
-            dext[..., dext.shape[-1] - (width - 1):] += dfinal_states.float()
+            dext[..., dext.shape[-1] - (width - 1) :] += dfinal_states.float()
         ext = _extended(x, initial_states, width)
         taps = []
         for k in range(width):
-            tap = ext[..., k:k + seqlen]
+            tap = ext[..., k : k + seqlen]
             if seq is not None:
                 src = torch.arange(seqlen, device=x.device) - (width - 1) + k
                 keep = (src < 0)[None] | (seq[:, src.clamp(min=0)] == seq)
@@ -205,21 +259,35 @@ if _library.HAS_TRITON:
             taps.append((g * tap).sum(dim=(0, 2)))
         dw = torch.stack(taps, dim=-1).to(weight.dtype)
         db = x.new_empty((0,)) if bias is None else g.sum(dim=(0, 2)).to(bias.dtype)
-        dinit = x.new_empty((0,)) if initial_states is None else dext[..., :width - 1].to(x.dtype, copy=True)
-        return dext[..., width - 1:].to(x.dtype, copy=True), dw, db, dinit
+        dinit = x.new_empty((0,)) if initial_states is None else dext[..., : width - 1].to(x.dtype, copy=True)
+        return dext[..., width - 1 :].to(x.dtype, copy=True), dw, db, dinit
 
 
-_library.register_kernel("causal_conv1d_fn", ("causal_conv1d_fwd", "causal_conv1d_bwd"),
-                         ("causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"),
-                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
+_library.register_kernel(
+    "causal_conv1d_fn",
+    ("causal_conv1d_fwd", "causal_conv1d_bwd"),
+    ("causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"),
+    fwd_fake=_fwd_fake,
+    bwd_fake=_bwd_fake,
+    setup_context=_setup,
+    backward=_backward,
+)
 
 BACKENDS = Backends("causal_conv1d_fn", cpu="causal_conv1d_fwd", triton="causal_conv1d_fwd_triton")
 
 
-def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx: OptTensor = None,
-                     initial_states: OptTensor = None, return_final_states: bool = False,
-                     final_states_out: OptTensor = None, activation: str | None = None, *,
-                     backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
+def causal_conv1d_fn(
+    x: Tensor,
+    weight: Tensor,
+    bias: OptTensor = None,
+    seq_idx: OptTensor = None,
+    initial_states: OptTensor = None,
+    return_final_states: bool = False,
+    final_states_out: OptTensor = None,
+    activation: str | None = None,
+    *,
+    backend: Backend = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Causal depthwise conv1d, a drop-in for ``causal_conv1d.causal_conv1d_fn``.
 
     Args:
@@ -248,18 +316,21 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: OptTensor = None, seq_idx:
     _check(fn, x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out)
     name = BACKENDS.choose(backend, x)
     if name == "reference":
-        return causal_conv1d_ref(x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out,
-                                 activation)
+        return causal_conv1d_ref(
+            x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out, activation
+        )
     if seq_idx is not None and seq_idx.dtype != torch.int32:
         seq_idx = seq_idx.int()
     if x.stride(-1) != 1:
         x = x.contiguous()
     if name == "triton":
-        out, final = torch.ops.medkernels.causal_conv1d_fwd_triton(x, weight, bias, seq_idx, initial_states,
-                                                                   bool(return_final_states), silu)
+        out, final = torch.ops.medkernels.causal_conv1d_fwd_triton(
+            x, weight, bias, seq_idx, initial_states, bool(return_final_states), silu
+        )
     else:
-        out, final = torch.ops.medkernels.causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states,
-                                                            bool(return_final_states), silu)
+        out, final = torch.ops.medkernels.causal_conv1d_fwd(
+            x, weight, bias, seq_idx, initial_states, bool(return_final_states), silu
+        )
     return _finish(out, final, return_final_states, final_states_out)
 
 
@@ -285,11 +356,17 @@ def _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_ind
     if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
         raise ValueError(f"{fn}: weight must be (dim, width) with dim={dim}, got {tuple(weight.shape)}")
     width = weight.shape[1]
-    if conv_state.dim() != 3 or conv_state.shape[1] != dim or conv_state.shape[2] < width - 1 or (
-            conv_state_indices is None and conv_state.shape[0] != batch):
+    if (
+        conv_state.dim() != 3
+        or conv_state.shape[1] != dim
+        or conv_state.shape[2] < width - 1
+        or (conv_state_indices is None and conv_state.shape[0] != batch)
+    ):
         rows = "cache_size" if conv_state_indices is not None else f"batch={batch}"
-        raise ValueError(f"{fn}: conv_state must be ({rows}, dim={dim}, state_len >= width - 1 = {width - 1}), got "
-                         f"{tuple(conv_state.shape)}")
+        raise ValueError(
+            f"{fn}: conv_state must be ({rows}, dim={dim}, state_len >= width - 1 = {width - 1}), got "
+            f"{tuple(conv_state.shape)}"
+        )
     for name, t in (("conv_state", conv_state), ("weight", weight), ("bias", bias)):
         if t is not None and t.dtype not in _FLOAT_DTYPES:
             raise ValueError(f"{fn}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
@@ -309,18 +386,28 @@ def _check_update(fn, x, conv_state, weight, bias, cache_seqlens, conv_state_ind
             slots = conv_state.shape[0]
             low, high = int(conv_state_indices.min()), int(conv_state_indices.max())
             if low < -1 or high >= slots:
-                raise ValueError(f"{fn}: conv_state_indices must be in [-1, conv_state.shape[0]) = [-1, {slots}) "
-                                 f"(-1: padding row), got values in [{low}, {high}]")
+                raise ValueError(
+                    f"{fn}: conv_state_indices must be in [-1, conv_state.shape[0]) = [-1, {slots}) "
+                    f"(-1: padding row), got values in [{low}, {high}]"
+                )
             used = conv_state_indices[conv_state_indices >= 0]
             unique, counts = torch.unique(used, return_counts=True)
             if bool((counts > 1).any()):
-                raise ValueError(f"{fn}: conv_state_indices must not repeat a state row (two batch rows would "
-                                 f"update the same state in place); repeated: {unique[counts > 1].tolist()}")
+                raise ValueError(
+                    f"{fn}: conv_state_indices must not repeat a state row (two batch rows would "
+                    f"update the same state in place); repeated: {unique[counts > 1].tolist()}"
+                )
 
 
-def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: OptTensor = None,
-                         activation: str | None = None, cache_seqlens: OptTensor = None,
-                         conv_state_indices: OptTensor = None) -> Tensor:
+def causal_conv1d_update(
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: OptTensor = None,
+    activation: str | None = None,
+    cache_seqlens: OptTensor = None,
+    conv_state_indices: OptTensor = None,
+) -> Tensor:
     """One or more decoding steps of the causal conv, updating ``conv_state`` in place
     (causal-conv1d's ``causal_conv1d_update``).
 
@@ -342,9 +429,9 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         conv_state_indices: optional int32 (or int64) (batch,), values in [-1, cache_size): the
             row of ``conv_state`` each batch row uses (continuous batching). -1 is causal-conv1d's
             padding slot: that batch row outputs zeros, whatever the cache holds, and changes no
-            state row (not the last one either); the other rows are unaffected. Two batch rows may not use the same state row (the
-            in-place update would be ambiguous): ValueError. Index values (range, repeats) and
-            ``cache_seqlens >= 0`` are checked in eager mode only, not under torch.compile.
+            state row (not the last one either); the other rows are unaffected. Two batch rows may
+            not use the same state row (the in-place update would be ambiguous): ValueError. Index
+            values (range, repeats) and ``cache_seqlens >= 0`` are checked in eager mode only, not under torch.compile.
 
     Returns:
         (batch, dim) or (batch, dim, seqlen), matching x, in x's dtype.
@@ -376,7 +463,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         state = conv_state[slot] if conv_state.shape[0] else conv_state.new_zeros(batch, dim, state_len)
     if cache_seqlens is None or state_len == 0:
         ext = torch.cat([state, x], dim=-1)  # (batch, dim, state_len + seqlen), the promoted dtype: exact
-        new_state = ext[..., ext.shape[-1] - state_len:].to(conv_state.dtype)
+        new_state = ext[..., ext.shape[-1] - state_len :].to(conv_state.dtype)
     else:
         pos = cache_seqlens.long()[:, None]
         read = torch.remainder(torch.arange(-(width - 1), 0, device=x.device)[None] + pos, state_len)
@@ -385,8 +472,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
         # repeated positions, whose winner scatter does not define.
         keep = min(seqlen, state_len)
         write = torch.remainder(torch.arange(seqlen - keep, seqlen, device=x.device)[None] + pos, state_len)
-        new_state = state.scatter(2, write[:, None].expand(-1, dim, -1), x[..., seqlen - keep:].to(state.dtype))
-    ext = ext[..., ext.shape[-1] - (width - 1 + seqlen):].to(acc)  # the inputs the seqlen outputs read
+        new_state = state.scatter(2, write[:, None].expand(-1, dim, -1), x[..., seqlen - keep :].to(state.dtype))
+    ext = ext[..., ext.shape[-1] - (width - 1 + seqlen) :].to(acc)  # the inputs the seqlen outputs read
     if seqlen:
         out = F.conv1d(ext, weight.to(acc)[:, None], None if bias is None else bias.to(acc), groups=dim)
     else:  # F.conv1d rejects an input shorter than the kernel

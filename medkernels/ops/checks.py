@@ -27,11 +27,13 @@ def softmax_scale(fn: str, scale, head_dim: int) -> float:
     if head_dim < 1:
         raise ValueError(f"{fn}: head_dim (the last axis of query) must be >= 1, got {head_dim}")
     if scale is None:
-        return head_dim ** -0.5
+        return head_dim**-0.5
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1 or scale.is_complex():
-            raise ValueError(f"{fn}: scale must be a real number or a one-element tensor, got a tensor of shape "
-                             f"{tuple(scale.shape)} ({scale.dtype})")
+            raise ValueError(
+                f"{fn}: scale must be a real number or a one-element tensor, got a tensor of shape "
+                f"{tuple(scale.shape)} ({scale.dtype})"
+            )
         return float(scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{fn}: scale must be a float (or None for head_dim ** -0.5), got {type(scale).__name__}")
@@ -46,8 +48,11 @@ def group_size3(fn: str, group_size) -> tuple[int, int, int]:
     """
     if isinstance(group_size, int) and not isinstance(group_size, bool):
         group_size = (group_size,) * 3
-    if (isinstance(group_size, (tuple, list)) and len(group_size) == 3
-            and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in group_size)):
+    if (
+        isinstance(group_size, (tuple, list))
+        and len(group_size) == 3
+        and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in group_size)
+    ):
         return tuple(group_size)
     raise ValueError(f"{fn}: group_size must be an int or a tuple of 3 ints, each >= 1, got {group_size!r}")
 
@@ -63,11 +68,16 @@ def na_dims(name: str, value, na_dim: int, minimum: int, what: str) -> tuple[int
         value = None
     if isinstance(value, int) and value >= minimum:
         return (value,) * na_dim
-    if (isinstance(value, Sequence) and len(value) == na_dim
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value)):
+    if (
+        isinstance(value, Sequence)
+        and len(value) == na_dim
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value)
+    ):
         return tuple(value)
-    raise ValueError(f"Invalid value for `{name}`; expected an integer or tuple of {na_dim} integers, {what}, "
-                     f"got {type(value)=}, {value=}.")
+    raise ValueError(
+        f"Invalid value for `{name}`; expected an integer or tuple of {na_dim} integers, {what}, "
+        f"got {type(value)=}, {value=}."
+    )
 
 
 def na_causal(value, na_dim: int) -> tuple[bool, ...]:
@@ -80,5 +90,7 @@ def na_causal(value, na_dim: int) -> tuple[bool, ...]:
         return (value,) * na_dim
     if isinstance(value, Sequence) and len(value) == na_dim and all(isinstance(c, bool) for c in value):
         return tuple(value)
-    raise ValueError(f"Invalid value for `is_causal`; expected a boolean or tuple of {na_dim} booleans, "
-                     f"got {type(value)=}, {value=}.")
+    raise ValueError(
+        f"Invalid value for `is_causal`; expected a boolean or tuple of {na_dim} booleans, "
+        f"got {type(value)=}, {value=}."
+    )

@@ -74,8 +74,10 @@ def _bases(h, w, oh, ow, norm, inverse, dtype, device):
     if hit is None:
         if len(_BASES) > 256:
             _BASES.clear()
-        hit = _BASES[key] = (_axis_basis(h, oh, norm, inverse, dtype, device),
-                             _axis_basis(w, ow, norm, inverse, dtype, device))
+        hit = _BASES[key] = (
+            _axis_basis(h, oh, norm, inverse, dtype, device),
+            _axis_basis(w, ow, norm, inverse, dtype, device),
+        )
     return hit
 
 
@@ -113,9 +115,15 @@ if _library.HAS_TRITON:
         return _tdct.separable2d(x, mh, mw)
 
 
-_library.register_kernel("dct2d/idct2d", ("separable2d", "separable2d"), ("separable2d_triton", "separable2d_triton"),
-                         fwd_fake=_sep_fake, setup_context=_sep_setup, backward=_sep_backward,
-                         twice_differentiable=True)
+_library.register_kernel(
+    "dct2d/idct2d",
+    ("separable2d", "separable2d"),
+    ("separable2d_triton", "separable2d_triton"),
+    fwd_fake=_sep_fake,
+    setup_context=_sep_setup,
+    backward=_sep_backward,
+    twice_differentiable=True,
+)
 
 BACKENDS = {fn: Backends(fn, cpu="separable2d", triton="separable2d_triton") for fn in ("dct2d", "idct2d")}
 
@@ -129,8 +137,11 @@ def _pair(fn, name, value, limit, at_least: bool):
         return tuple(limit)
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
-    if not (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+    if not (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
         raise ValueError(f"{fn}: {name} must be an int or a pair of ints >= 1, got {value!r}")
     bad = any(v < n for v, n in zip(value, limit)) if at_least else any(v > n for v, n in zip(value, limit))
     if bad:
@@ -147,8 +158,10 @@ def _check_x(fn, x):
     if not x.is_floating_point():
         raise ValueError(f"{fn}: x must be floating point (float32 or float64), got {x.dtype}")
     if x.shape[-2] == 0 or x.shape[-1] == 0:
-        raise ValueError(f"{fn}: x's last two axes (H, W) must be >= 1 (a transform of no samples is undefined), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: x's last two axes (H, W) must be >= 1 (a transform of no samples is undefined), "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
 def _transform(fn, x, out_hw, norm, inverse, backend):

@@ -42,8 +42,9 @@ def _check(fn, query, key, value, group_size, scope):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 6:
-            raise ValueError(f"{fn}: {name} must be [batch, D, H, W, heads, head_dim] (6-D), got shape "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{fn}: {name} must be [batch, D, H, W, heads, head_dim] (6-D), got shape {tuple(t.shape)}"
+            )
         if t.dtype not in _FLOAT_DTYPES:
             raise ValueError(f"{fn}: {name} must be float32, float16 or bfloat16 (or float64), got {t.dtype}")
     for name, t in (("key", key), ("value", value)):
@@ -58,8 +59,9 @@ def _check(fn, query, key, value, group_size, scope):
     return group_size3(fn, group_size)
 
 
-def dilated_groups(spatial: Sequence[int], group_size: IntOrTuple, scope: str,
-                   device: Device = None) -> tuple[Tensor, Tensor]:
+def dilated_groups(
+    spatial: Sequence[int], group_size: IntOrTuple, scope: str, device: Device = None
+) -> tuple[Tensor, Tensor]:
     """The groups of a ``spatial = (D, H, W)`` grid as token indices.
 
     Args:
@@ -87,8 +89,9 @@ def dilated_groups(spatial: Sequence[int], group_size: IntOrTuple, scope: str,
         valids.append(c < n)
     (c0, c1, c2), (v0, v1, v2) = coords, valids
     _, H, W = spatial
-    index = ((c0[:, None, None, :, None, None] * H + c1[None, :, None, None, :, None]) * W
-             + c2[None, None, :, None, None, :])
+    index = (c0[:, None, None, :, None, None] * H + c1[None, :, None, None, :, None]) * W + c2[
+        None, None, :, None, None, :
+    ]
     valid = v0[:, None, None, :, None, None] & v1[None, :, None, None, :, None] & v2[None, None, :, None, None, :]
     shape = (index.shape[0] * index.shape[1] * index.shape[2], -1)
     valid = valid.reshape(shape)
@@ -118,8 +121,10 @@ def _reference(query, key, value, group, scope, scale, dropout_p=0.0):
 
 
 def _fwd_fake(query, key, value, group_size, global_scope, scale):
-    return (torch.empty_like(query, memory_format=torch.contiguous_format),
-            query.new_empty(query.shape[:-1], dtype=_acc(query)))
+    return (
+        torch.empty_like(query, memory_format=torch.contiguous_format),
+        query.new_empty(query.shape[:-1], dtype=_acc(query)),
+    )
 
 
 def _bwd_fake(grad_out, grad_lse, query, key, value, out, lse, group_size, global_scope, scale):
@@ -146,27 +151,49 @@ if _library.HAS_TRITON:
     from medkernels.triton import dilated_attention as _tda
 
     @torch.library.custom_op("medkernels::dilated_attention3d_fwd_triton", mutates_args=())
-    def _fwd_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, group_size: list[int],
-                    global_scope: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fwd_triton(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        group_size: list[int],
+        global_scope: bool,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out, lse = _tda.forward(query, key, value, group_size, global_scope, scale)
         return out.to(query.dtype), lse.to(_acc(query))
 
     @torch.library.custom_op("medkernels::dilated_attention3d_bwd_triton", mutates_args=())
-    def _bwd_triton(grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], query: torch.Tensor,
-                    key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                    group_size: list[int], global_scope: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                        torch.Tensor]:
+    def _bwd_triton(
+        grad_out: torch.Tensor,
+        grad_lse: Optional[torch.Tensor],
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        group_size: list[int],
+        global_scope: bool,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         drow = (grad_out.float() * out.float()).sum(-1)
         if grad_lse is not None:
             drow = drow - grad_lse.float()
-        dq, dk, dv = _tda.backward(grad_out, query, key, value, lse.float().contiguous(), drow.contiguous(),
-                                   group_size, global_scope, scale)
+        dq, dk, dv = _tda.backward(
+            grad_out, query, key, value, lse.float().contiguous(), drow.contiguous(), group_size, global_scope, scale
+        )
         return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
 
-_library.register_kernel("dilated_attention3d", ("dilated_attention3d_fwd", "dilated_attention3d_bwd"),
-                         ("dilated_attention3d_fwd_triton", "dilated_attention3d_bwd_triton"),
-                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
+_library.register_kernel(
+    "dilated_attention3d",
+    ("dilated_attention3d_fwd", "dilated_attention3d_bwd"),
+    ("dilated_attention3d_fwd_triton", "dilated_attention3d_bwd_triton"),
+    fwd_fake=_fwd_fake,
+    bwd_fake=_bwd_fake,
+    setup_context=_setup,
+    backward=_backward,
+)
+
 
 def _no_dropout(query, dropout_p=0.0):
     return "dropout on the attention weights runs on the reference backend only" if dropout_p > 0 else None
@@ -181,8 +208,12 @@ def _triton_limits(query, dropout_p=0.0):
     return _no_dropout(query, dropout_p)
 
 
-BACKENDS = Backends("dilated_attention3d", cpu="dilated_attention3d_fwd", triton="dilated_attention3d_fwd_triton",
-                    limits={"cpu": _no_dropout, "triton": _triton_limits})
+BACKENDS = Backends(
+    "dilated_attention3d",
+    cpu="dilated_attention3d_fwd",
+    triton="dilated_attention3d_fwd_triton",
+    limits={"cpu": _no_dropout, "triton": _triton_limits},
+)
 
 
 def _check_dropout(fn: str, dropout_p) -> float:
@@ -191,9 +222,18 @@ def _check_dropout(fn: str, dropout_p) -> float:
     return float(dropout_p)
 
 
-def dilated_attention3d(query: Tensor, key: Tensor, value: Tensor, group_size: IntOrTuple, scope: str,
-                        scale: float | Tensor | None = None, *, return_lse: bool = False, dropout_p: float = 0.0,
-                        backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
+def dilated_attention3d(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    group_size: IntOrTuple,
+    scope: str,
+    scale: float | Tensor | None = None,
+    *,
+    return_lse: bool = False,
+    dropout_p: float = 0.0,
+    backend: Backend = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """D-Former group self-attention over a 3D token grid (local or global dilated scope).
 
     Args:
@@ -224,22 +264,35 @@ def dilated_attention3d(query: Tensor, key: Tensor, value: Tensor, group_size: I
     dropout_p = _check_dropout(fn, dropout_p)
     name = BACKENDS.choose(backend, query, dropout_p)
     if name == "reference":
-        return dilated_attention3d_ref(query, key, value, group, scope, scale, return_lse=return_lse,
-                                       dropout_p=dropout_p)
-    op = (torch.ops.medkernels.dilated_attention3d_fwd_triton if name == "triton"
-          else torch.ops.medkernels.dilated_attention3d_fwd)
+        return dilated_attention3d_ref(
+            query, key, value, group, scope, scale, return_lse=return_lse, dropout_p=dropout_p
+        )
+    op = (
+        torch.ops.medkernels.dilated_attention3d_fwd_triton
+        if name == "triton"
+        else torch.ops.medkernels.dilated_attention3d_fwd
+    )
     out, lse = op(query, key, value, list(group), scope == "global", scale)
     return (out, lse) if return_lse else out
 
 
-def dilated_attention3d_ref(query: Tensor, key: Tensor, value: Tensor, group_size: IntOrTuple, scope: str,
-                            scale: float | Tensor | None = None, *, return_lse: bool = False,
-                            dropout_p: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
+def dilated_attention3d_ref(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    group_size: IntOrTuple,
+    scope: str,
+    scale: float | Tensor | None = None,
+    *,
+    return_lse: bool = False,
+    dropout_p: float = 0.0,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`dilated_attention3d` (the oracle): gathers every group by index
     (:func:`dilated_groups`) and runs masked dense softmax attention in float32 (float64 for float64).
     Arguments and returns as :func:`dilated_attention3d`."""
     fn = "dilated_attention3d_ref"
     group = _check(fn, query, key, value, group_size, scope)
-    out, lse = _reference(query, key, value, group, scope, softmax_scale(fn, scale, query.shape[-1]),
-                          _check_dropout(fn, dropout_p))
+    out, lse = _reference(
+        query, key, value, group, scope, softmax_scale(fn, scale, query.shape[-1]), _check_dropout(fn, dropout_p)
+    )
     return (out, lse) if return_lse else out

@@ -50,8 +50,9 @@ def check_orders(fn: str, orders: torch.Tensor, batch: int | None = None, seqlen
     if orders.dim() != 3 or orders.shape[1] < 1:
         raise ValueError(f"{fn}: orders must have shape (batch, K, seqlen) with K >= 1, got {tuple(orders.shape)}")
     if batch is not None and (orders.shape[0] != batch or orders.shape[2] != seqlen):
-        raise ValueError(f"{fn}: orders must have shape (batch, K, seqlen) = ({batch}, K, {seqlen}), "
-                         f"got {tuple(orders.shape)}")
+        raise ValueError(
+            f"{fn}: orders must have shape (batch, K, seqlen) = ({batch}, K, {seqlen}), got {tuple(orders.shape)}"
+        )
     if not has_values(orders) or orders.numel() == 0:
         return
     L = orders.shape[2]
@@ -104,9 +105,18 @@ def _check_inputs(fn: str, u, delta, A, B, C, D, delta_bias, orders) -> None:
 # The reference: K selective scans on permuted copies.
 
 
-def multi_order_selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
-                                   delta_bias: OptTensor = None, orders: OptTensor = None, *,
-                                   delta_softplus: bool = True) -> Tensor:
+def multi_order_selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: OptTensor = None,
+    delta_bias: OptTensor = None,
+    orders: OptTensor = None,
+    *,
+    delta_softplus: bool = True,
+) -> Tensor:
     """Pure-PyTorch multi-order scan: K calls of :func:`selective_scan_ref` on permuted copies.
 
     Args: as :func:`multi_order_selective_scan` (without ``backend``).
@@ -120,9 +130,17 @@ def multi_order_selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tenso
     for k in range(orders.shape[1]):
         o = orders[:, k]  # (batch, L)
         ou = o[:, None, :].expand_as(u)
-        y = selective_scan_ref(u.gather(2, ou), delta[:, k].gather(2, ou), A[k], B[:, k].gather(2, o[:, None, :].expand_as(B[:, k])),
-                               C[:, k].gather(2, o[:, None, :].expand_as(C[:, k])), None if D is None else D[k],
-                               None, None if delta_bias is None else delta_bias[k], delta_softplus)
+        y = selective_scan_ref(
+            u.gather(2, ou),
+            delta[:, k].gather(2, ou),
+            A[k],
+            B[:, k].gather(2, o[:, None, :].expand_as(B[:, k])),
+            C[:, k].gather(2, o[:, None, :].expand_as(C[:, k])),
+            None if D is None else D[k],
+            None,
+            None if delta_bias is None else delta_bias[k],
+            delta_softplus,
+        )
         out = out.scatter_add(2, ou, y.to(acc))
     return out.to(u.dtype)
 
@@ -161,10 +179,21 @@ def _backward(ctx, bwd_op, grad_out, _grad_checkpoints):
         grad_out = torch.zeros_like(u)
     elif grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
-    du, ddelta, dA, dB, dC, dD, dbias = bwd_op(grad_out, u, delta, A, B, C, D, delta_bias, orders, checkpoints,
-                                                ctx.delta_softplus, ctx.chunk_size)
-    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dbias if delta_bias is not None else None,
-            None, None, None)
+    du, ddelta, dA, dB, dC, dD, dbias = bwd_op(
+        grad_out, u, delta, A, B, C, D, delta_bias, orders, checkpoints, ctx.delta_softplus, ctx.chunk_size
+    )
+    return (
+        du,
+        ddelta,
+        dA,
+        dB,
+        dC,
+        dD if D is not None else None,
+        dbias if delta_bias is not None else None,
+        None,
+        None,
+        None,
+    )
 
 
 if _library.HAS_TRITON:
@@ -176,32 +205,82 @@ if _library.HAS_TRITON:
         return None if t is None else t.float().contiguous()
 
     @torch.library.custom_op("medkernels::multi_order_selective_scan_fwd_triton", mutates_args=())
-    def _fwd_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                    D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], orders: torch.Tensor,
-                    delta_softplus: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out, ckpt = _tmos.forward(u.contiguous(), delta.contiguous(), _f32(A), B.contiguous(), C.contiguous(),
-                                  _f32(D), _f32(delta_bias), orders.contiguous(), delta_softplus, chunk_size)
+    def _fwd_triton(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        orders: torch.Tensor,
+        delta_softplus: bool,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, ckpt = _tmos.forward(
+            u.contiguous(),
+            delta.contiguous(),
+            _f32(A),
+            B.contiguous(),
+            C.contiguous(),
+            _f32(D),
+            _f32(delta_bias),
+            orders.contiguous(),
+            delta_softplus,
+            chunk_size,
+        )
         return out.to(u.dtype), ckpt.to(_param_dtype(u))
 
     @torch.library.custom_op("medkernels::multi_order_selective_scan_bwd_triton", mutates_args=())
-    def _bwd_triton(grad_out: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                    C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                    orders: torch.Tensor, checkpoints: torch.Tensor, delta_softplus: bool,
-                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor]:
+    def _bwd_triton(
+        grad_out: torch.Tensor,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        orders: torch.Tensor,
+        checkpoints: torch.Tensor,
+        delta_softplus: bool,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         du, ddelta, dA, dB, dC, dD, dbias = _tmos.backward(
-            grad_out.contiguous(), u.contiguous(), delta.contiguous(), _f32(A), B.contiguous(), C.contiguous(),
-            _f32(D), _f32(delta_bias), orders.contiguous(), checkpoints.float().contiguous(), delta_softplus,
-            chunk_size)
+            grad_out.contiguous(),
+            u.contiguous(),
+            delta.contiguous(),
+            _f32(A),
+            B.contiguous(),
+            C.contiguous(),
+            _f32(D),
+            _f32(delta_bias),
+            orders.contiguous(),
+            checkpoints.float().contiguous(),
+            delta_softplus,
+            chunk_size,
+        )
         empty = u.new_empty((0,), dtype=_param_dtype(u))
-        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                empty.clone() if D is None else dD.to(D.dtype),
-                empty.clone() if delta_bias is None else dbias.to(delta_bias.dtype))
+        return (
+            du.to(u.dtype),
+            ddelta.to(delta.dtype),
+            dA.to(A.dtype),
+            dB.to(B.dtype),
+            dC.to(C.dtype),
+            empty.clone() if D is None else dD.to(D.dtype),
+            empty.clone() if delta_bias is None else dbias.to(delta_bias.dtype),
+        )
 
 
-_library.register_kernel(_OP, ("multi_order_selective_scan_fwd", "multi_order_selective_scan_bwd"),
-                         ("multi_order_selective_scan_fwd_triton", "multi_order_selective_scan_bwd_triton"),
-                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup_context, backward=_backward)
+_library.register_kernel(
+    _OP,
+    ("multi_order_selective_scan_fwd", "multi_order_selective_scan_bwd"),
+    ("multi_order_selective_scan_fwd_triton", "multi_order_selective_scan_bwd_triton"),
+    fwd_fake=_fwd_fake,
+    bwd_fake=_bwd_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+)
 
 _TRITON_MAX_STATE = 256  # medkernels.triton.multi_order_scan.MAX_STATE (that module needs triton)
 
@@ -213,13 +292,28 @@ def _triton_state_limit(u, A=None, *rest) -> str | None:
 
 
 # The Triton kernels sum the orderings and dB/dC with atomics.
-BACKENDS = Backends(_OP, cpu="multi_order_selective_scan_fwd", triton="multi_order_selective_scan_fwd_triton",
-                    triton_atomics=True, limits={"triton": _triton_state_limit})
+BACKENDS = Backends(
+    _OP,
+    cpu="multi_order_selective_scan_fwd",
+    triton="multi_order_selective_scan_fwd_triton",
+    triton_atomics=True,
+    limits={"triton": _triton_state_limit},
+)
 
 
-def multi_order_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor,
-                               delta_bias: OptTensor, orders: Tensor, *, delta_softplus: bool = True,
-                               backend: Backend = None) -> Tensor:
+def multi_order_selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: OptTensor,
+    delta_bias: OptTensor,
+    orders: Tensor,
+    *,
+    delta_softplus: bool = True,
+    backend: Backend = None,
+) -> Tensor:
     """K selective scans of one sequence along K orderings, summed in the original token order.
 
     The group Point-SSM of PointMamba2 (arXiv 2504.13015): ordering k is a permutation of the tokens
@@ -254,8 +348,7 @@ def multi_order_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     _check_inputs(_OP, u, delta, A, B, C, D, delta_bias, orders)
     name = BACKENDS.choose(backend, u, A)
     if name == "reference":
-        return multi_order_selective_scan_ref(u, delta, A, B, C, D, delta_bias, orders,
-                                              delta_softplus=delta_softplus)
+        return multi_order_selective_scan_ref(u, delta, A, B, C, D, delta_bias, orders, delta_softplus=delta_softplus)
     if u.stride(-1) != 1:
         u = u.contiguous()
     if name == "triton":

@@ -109,8 +109,9 @@ if _library.HAS_TRITON:
         return _tpc.furthest_point_sample(xyz, npoint, lengths, start_idx)
 
 
-_library.register_kernel("furthest_point_sample", ("furthest_point_sample", None),
-                         ("furthest_point_sample_triton", None), fwd_fake=_fps_fake)
+_library.register_kernel(
+    "furthest_point_sample", ("furthest_point_sample", None), ("furthest_point_sample_triton", None), fwd_fake=_fps_fake
+)
 
 
 def _fps_reference(xyz, npoint, lengths, start_idx):
@@ -128,8 +129,9 @@ def _fps_reference(xyz, npoint, lengths, start_idx):
     return out
 
 
-def furthest_point_sample(xyz: Tensor, npoint: int, *, lengths: OptTensor = None, start_idx: int = 0,
-                          backend: Backend = None) -> Tensor:
+def furthest_point_sample(
+    xyz: Tensor, npoint: int, *, lengths: OptTensor = None, start_idx: int = 0, backend: Backend = None
+) -> Tensor:
     """Exact furthest point sampling (the indices of the textbook loop).
 
     Starting at ``start_idx``, each step takes the point with the largest squared distance to the
@@ -175,8 +177,15 @@ def _fps_args(fn, xyz, npoint, lengths, start_idx):
         raise ValueError(f"{fn}: xyz has no points (N = 0)")
     npoint = _check_int(fn, "npoint", npoint, 1, n, "at most N, the number of points")
     start_idx = _check_int(fn, "start_idx", start_idx, 0, n - 1, "an index into the cloud")
-    lengths = _check_lengths(fn, "lengths", lengths, xyz, max(npoint, start_idx + 1), n,
-                             "each cloud needs at least npoint points and start_idx")
+    lengths = _check_lengths(
+        fn,
+        "lengths",
+        lengths,
+        xyz,
+        max(npoint, start_idx + 1),
+        n,
+        "each cloud needs at least npoint points and start_idx",
+    )
     return npoint, lengths, start_idx
 
 
@@ -215,14 +224,20 @@ def _knn_backward(ctx, _bwd_op, grad_dists, grad_idx):
 if _library.HAS_TRITON:
 
     @torch.library.custom_op("medkernels::knn_triton", mutates_args=())
-    def _knn_triton(query: torch.Tensor, points: torch.Tensor, k: int, query_lengths: torch.Tensor | None,
-                    lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _knn_triton(
+        query: torch.Tensor,
+        points: torch.Tensor,
+        k: int,
+        query_lengths: torch.Tensor | None,
+        lengths: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return _tpc.knn(query, points, k, query_lengths, lengths)
 
 
 # The backward is torch ops (gathers, scatter-adds): differentiable again.
-_library.register_kernel("knn", ("knn", None), ("knn_triton", None), fwd_fake=_knn_fake, setup_context=_knn_setup,
-                         backward=_knn_backward)
+_library.register_kernel(
+    "knn", ("knn", None), ("knn_triton", None), fwd_fake=_knn_fake, setup_context=_knn_setup, backward=_knn_backward
+)
 
 
 def _knn_reference(query, points, k, query_lengths, lengths):
@@ -241,8 +256,16 @@ def _knn_reference(query, points, k, query_lengths, lengths):
     return dists.to(query.dtype), order
 
 
-def knn(query: Tensor, points: Tensor, k: int, *, query_lengths: OptTensor = None, lengths: OptTensor = None,
-        sorted: bool = True, backend: Backend = None) -> tuple[Tensor, Tensor]:
+def knn(
+    query: Tensor,
+    points: Tensor,
+    k: int,
+    *,
+    query_lengths: OptTensor = None,
+    lengths: OptTensor = None,
+    sorted: bool = True,
+    backend: Backend = None,
+) -> tuple[Tensor, Tensor]:
     """The k nearest neighbours of each query point among the points of its cloud.
 
     Works in coordinate space (C = 3) and feature space (any C, as PointMamba2 groups by feature).
@@ -277,8 +300,15 @@ def knn(query: Tensor, points: Tensor, k: int, *, query_lengths: OptTensor = Non
     return torch.ops.medkernels.knn(query, points, k, query_lengths, lengths)
 
 
-def knn_ref(query: Tensor, points: Tensor, k: int, *, query_lengths: OptTensor = None, lengths: OptTensor = None,
-            sorted: bool = True) -> tuple[Tensor, Tensor]:
+def knn_ref(
+    query: Tensor,
+    points: Tensor,
+    k: int,
+    *,
+    query_lengths: OptTensor = None,
+    lengths: OptTensor = None,
+    sorted: bool = True,
+) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch :func:`knn`: all pairwise distances, a stable sort, the first k."""
     k, query_lengths, lengths = _knn_args("knn_ref", query, points, k, query_lengths, lengths, sorted)
     return _knn_reference(query, points, k, query_lengths, lengths)
@@ -289,11 +319,15 @@ def _knn_args(fn, query, points, k, query_lengths, lengths, sorted):
     _check_cloud(fn, "query", query)
     _check_cloud(fn, "points", points)
     if points.shape[0] != query.shape[0] or points.shape[2] != query.shape[2]:
-        raise ValueError(f"{fn}: points must be (B, N, C) with query's B = {query.shape[0]} and C = {query.shape[2]}, "
-                         f"got shape {tuple(points.shape)}")
+        raise ValueError(
+            f"{fn}: points must be (B, N, C) with query's B = {query.shape[0]} and C = {query.shape[2]}, "
+            f"got shape {tuple(points.shape)}"
+        )
     if points.dtype != query.dtype or points.device != query.device:
-        raise ValueError(f"{fn}: points must have query's dtype {query.dtype} and device {query.device}, got "
-                         f"{points.dtype} on {points.device}")
+        raise ValueError(
+            f"{fn}: points must have query's dtype {query.dtype} and device {query.device}, got "
+            f"{points.dtype} on {points.device}"
+        )
     if not isinstance(sorted, bool):
         raise TypeError(f"{fn}: sorted must be a bool, got {type(sorted).__name__}")
     n = points.shape[1]

@@ -74,8 +74,10 @@ def _check(fn, x, grid, inv_denominator, weight):
         raise ValueError(f"{fn}: weight must be (out, in * G) (2-D), got shape {tuple(weight.shape)}")
     k = x.shape[-1] * grid.shape[0]
     if weight.shape[1] != k:
-        raise ValueError(f"{fn}: weight must be (out, in * G) = (out, {x.shape[-1]} * {grid.shape[0]} = {k}), got "
-                         f"shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"{fn}: weight must be (out, in * G) = (out, {x.shape[-1]} * {grid.shape[0]} = {k}), got "
+            f"shape {tuple(weight.shape)}"
+        )
     if weight.dtype != x.dtype:
         raise ValueError(f"{fn}: weight has dtype {weight.dtype} but x has {x.dtype}")
     for name, t in (("grid", grid), ("weight", weight)):
@@ -83,15 +85,17 @@ def _check(fn, x, grid, inv_denominator, weight):
             raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
     if isinstance(inv_denominator, torch.Tensor):
         if inv_denominator.dim() != 0:
-            raise ValueError(f"{fn}: inv_denominator must be a float or a 0-dim tensor, got shape "
-                             f"{tuple(inv_denominator.shape)}")
+            raise ValueError(
+                f"{fn}: inv_denominator must be a float or a 0-dim tensor, got shape {tuple(inv_denominator.shape)}"
+            )
         if not inv_denominator.is_floating_point():
             raise ValueError(f"{fn}: inv_denominator must be floating point, got {inv_denominator.dtype}")
         if inv_denominator.device != x.device:
             raise ValueError(f"{fn}: inv_denominator is on {inv_denominator.device} but x is on {x.device}")
     elif isinstance(inv_denominator, bool) or not isinstance(inv_denominator, (int, float)):
-        raise TypeError(f"{fn}: inv_denominator must be a float or a 0-dim tensor, got "
-                        f"{type(inv_denominator).__name__}")
+        raise TypeError(
+            f"{fn}: inv_denominator must be a float or a 0-dim tensor, got {type(inv_denominator).__name__}"
+        )
 
 
 def _reference(x, grid, inv_denominator, weight):
@@ -131,19 +135,32 @@ if _library.HAS_TRITON:
     from medkernels.triton import rswaf_kan as _tkan
 
     @torch.library.custom_op("medkernels::rswaf_kan_fwd_triton", mutates_args=())
-    def _fwd_triton(x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor,
-                    weight: torch.Tensor) -> torch.Tensor:
+    def _fwd_triton(
+        x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         return _tkan.forward(x, grid, inv_denominator, weight)
 
     @torch.library.custom_op("medkernels::rswaf_kan_bwd_triton", mutates_args=())
-    def _bwd_triton(grad_out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, inv_denominator: torch.Tensor,
-                    weight: torch.Tensor, output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                            torch.Tensor]:
+    def _bwd_triton(
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        grid: torch.Tensor,
+        inv_denominator: torch.Tensor,
+        weight: torch.Tensor,
+        output_mask: list[bool],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return _tkan.backward(grad_out, x, grid, inv_denominator, weight, output_mask)
 
 
-_library.register_kernel("rswaf_kan", ("rswaf_kan_fwd", "rswaf_kan_bwd"), ("rswaf_kan_fwd_triton", "rswaf_kan_bwd_triton"),
-                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup, backward=_backward)
+_library.register_kernel(
+    "rswaf_kan",
+    ("rswaf_kan_fwd", "rswaf_kan_bwd"),
+    ("rswaf_kan_fwd_triton", "rswaf_kan_bwd_triton"),
+    fwd_fake=_fwd_fake,
+    bwd_fake=_bwd_fake,
+    setup_context=_setup,
+    backward=_backward,
+)
 
 _TRITON_MAX_GRID = 32  # medkernels.triton.rswaf_kan.MAX_GRID (that module needs triton)
 
@@ -154,16 +171,18 @@ def _triton_grid_limit(x, grid=None) -> str | None:
     return None
 
 
-BACKENDS = Backends("rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_triton",
-                    limits={"triton": _triton_grid_limit})
+BACKENDS = Backends(
+    "rswaf_kan", cpu="rswaf_kan_fwd", triton="rswaf_kan_fwd_triton", limits={"triton": _triton_grid_limit}
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public functions.
 
 
-def rswaf_kan(x: Tensor, grid: Tensor, inv_denominator: float | Tensor, weight: Tensor, *,
-              backend: Backend = None) -> Tensor:
+def rswaf_kan(
+    x: Tensor, grid: Tensor, inv_denominator: float | Tensor, weight: Tensor, *, backend: Backend = None
+) -> Tensor:
     """FasterKAN's RSWAF basis + bias-free linear map, fused (the layer after its LayerNorm).
 
     ``out[..., o] = sum_{i, g} (1 - tanh((x[..., i] - grid[g]) * inv_denominator)^2) * weight[o, i * G + g]``:
@@ -202,6 +221,9 @@ def _prepare(fn, x, grid, inv_denominator, weight):
     """Checks the arguments; the grid and inv_denominator as (G,) and 0-dim tensors in the compute dtype."""
     _check(fn, x, grid, inv_denominator, weight)
     acc = _acc(x)
-    inv = (inv_denominator.to(acc) if isinstance(inv_denominator, torch.Tensor)
-           else torch.full((), float(inv_denominator), dtype=acc, device=x.device))
+    inv = (
+        inv_denominator.to(acc)
+        if isinstance(inv_denominator, torch.Tensor)
+        else torch.full((), float(inv_denominator), dtype=acc, device=x.device)
+    )
     return grid.to(acc), inv

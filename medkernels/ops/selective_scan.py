@@ -54,33 +54,57 @@ def _param_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _check_bc(fn: str, name: str, t: torch.Tensor, batch: int, dim: int, dstate: int, seqlen: int,
-              u: torch.Tensor, pdtype: torch.dtype) -> None:
+def _check_bc(
+    fn: str,
+    name: str,
+    t: torch.Tensor,
+    batch: int,
+    dim: int,
+    dstate: int,
+    seqlen: int,
+    u: torch.Tensor,
+    pdtype: torch.dtype,
+) -> None:
     if t.dim() == 2:
         if tuple(t.shape) != (dim, dstate):
-            raise ValueError(f"{fn}: fixed {name} must have shape (dim, dstate) = {(dim, dstate)}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{fn}: fixed {name} must have shape (dim, dstate) = {(dim, dstate)}, got {tuple(t.shape)}"
+            )
         if t.dtype != pdtype:
             raise ValueError(f"{fn}: fixed {name} must have dtype {pdtype} (like A), got {t.dtype}")
     elif t.dim() in (3, 4):
         groups = 1 if t.dim() == 3 else t.shape[1]
         want = (batch, dstate, seqlen) if t.dim() == 3 else (batch, groups, dstate, seqlen)
         if t.dim() == 4 and (groups < 1 or dim % groups != 0):
-            raise ValueError(f"{fn}: {name} has {groups} groups (dim 1 of (batch, groups, dstate, seqlen)), "
-                             f"which must divide dim={dim}")
+            raise ValueError(
+                f"{fn}: {name} has {groups} groups (dim 1 of (batch, groups, dstate, seqlen)), "
+                f"which must divide dim={dim}"
+            )
         if tuple(t.shape) != want:
             layout = "(batch, dstate, seqlen)" if t.dim() == 3 else "(batch, groups, dstate, seqlen)"
             raise ValueError(f"{fn}: variable {name} must have shape {layout} = {want}, got {tuple(t.shape)}")
         if t.dtype != u.dtype:
             raise ValueError(f"{fn}: variable {name} must have the dtype of u ({u.dtype}), got {t.dtype}")
     else:
-        raise ValueError(f"{fn}: {name} must be (dim, dstate), (batch, dstate, seqlen) or "
-                         f"(batch, groups, dstate, seqlen), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{fn}: {name} must be (dim, dstate), (batch, dstate, seqlen) or "
+            f"(batch, groups, dstate, seqlen), got shape {tuple(t.shape)}"
+        )
 
 
 def _check_inputs(fn: str, u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     """Raises TypeError/ValueError naming the argument for every malformed input."""
-    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
-             "initial_state": initial_state}
+    named = {
+        "u": u,
+        "delta": delta,
+        "A": A,
+        "B": B,
+        "C": C,
+        "D": D,
+        "z": z,
+        "delta_bias": delta_bias,
+        "initial_state": initial_state,
+    }
     for name, t in named.items():
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -100,8 +124,9 @@ def _check_inputs(fn: str, u, delta, A, B, C, D, z, delta_bias, initial_state) -
         if t is None:
             continue
         if t.shape != u.shape:
-            raise ValueError(f"{fn}: {name} must have the shape of u (batch, dim, seqlen) = {tuple(u.shape)}, "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(
+                f"{fn}: {name} must have the shape of u (batch, dim, seqlen) = {tuple(u.shape)}, got {tuple(t.shape)}"
+            )
         if t.dtype != u.dtype:
             raise ValueError(f"{fn}: {name} must have the dtype of u ({u.dtype}), got {t.dtype}")
     pdtype = _param_dtype(u)
@@ -121,21 +146,34 @@ def _check_inputs(fn: str, u, delta, A, B, C, D, z, delta_bias, initial_state) -
             raise ValueError(f"{fn}: {name} must be {pdtype} (like A), got {t.dtype}")
     if initial_state is not None:
         if tuple(initial_state.shape) != (batch, dim, dstate):
-            raise ValueError(f"{fn}: initial_state must have shape (batch, dim, dstate) = {(batch, dim, dstate)}, "
-                             f"got {tuple(initial_state.shape)}")
+            raise ValueError(
+                f"{fn}: initial_state must have shape (batch, dim, dstate) = {(batch, dim, dstate)}, "
+                f"got {tuple(initial_state.shape)}"
+            )
         if initial_state.dtype != pdtype:
-            raise ValueError(f"{fn}: initial_state must be {pdtype} (the dtype of last_state), "
-                             f"got {initial_state.dtype}")
+            raise ValueError(
+                f"{fn}: initial_state must be {pdtype} (the dtype of last_state), got {initial_state.dtype}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # The reference: mamba_ssm's selective_scan_ref, plus initial_state.
 
 
-def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
-                       z: OptTensor = None, delta_bias: OptTensor = None, delta_softplus: bool = False,
-                       return_last_state: bool = False, *,
-                       initial_state: OptTensor = None) -> Tensor | tuple[Tensor, Tensor]:
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: OptTensor = None,
+    z: OptTensor = None,
+    delta_bias: OptTensor = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: OptTensor = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Pure-PyTorch selective scan: the oracle every backend is tested against.
 
     The same math and structure as mamba_ssm's ``selective_scan_ref``: it materialises
@@ -206,20 +244,45 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus
     dstate = A.shape[1]
     n_chunks = (seqlen + chunk_size - 1) // chunk_size
     acc = _acc_of(u)
-    return (u.new_empty((batch, dim, seqlen)), u.new_empty((batch, dim, dstate), dtype=acc),
-            u.new_empty((batch, dim, n_chunks, dstate), dtype=acc))
+    return (
+        u.new_empty((batch, dim, seqlen)),
+        u.new_empty((batch, dim, dstate), dtype=acc),
+        u.new_empty((batch, dim, n_chunks, dstate), dtype=acc),
+    )
 
 
-def _bwd_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
-              delta_softplus, chunk_size):
+def _bwd_fake(
+    grad_out,
+    grad_last_state,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    initial_state,
+    checkpoints,
+    delta_softplus,
+    chunk_size,
+):
     acc = _acc_of(u)
 
     def like(t):
         return u.new_empty((0,), dtype=acc) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 
-    return (torch.empty_like(u, memory_format=torch.contiguous_format),
-            torch.empty_like(u, memory_format=torch.contiguous_format),
-            like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
+    return (
+        torch.empty_like(u, memory_format=torch.contiguous_format),
+        torch.empty_like(u, memory_format=torch.contiguous_format),
+        like(A),
+        like(B),
+        like(C),
+        like(D),
+        like(z),
+        like(delta_bias),
+        like(initial_state),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -237,11 +300,34 @@ def _backward(ctx, bwd_op, grad_out, grad_last_state, _grad_checkpoints):
     elif grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = bwd_op(
-        grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints,
-        ctx.delta_softplus, ctx.chunk_size)
-    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-            ddelta_bias if delta_bias is not None else None, dinitial if initial_state is not None else None,
-            None, None)
+        grad_out,
+        grad_last_state,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        initial_state,
+        checkpoints,
+        ctx.delta_softplus,
+        ctx.chunk_size,
+    )
+    return (
+        du,
+        ddelta,
+        dA,
+        dB,
+        dC,
+        dD if D is not None else None,
+        dz if z is not None else None,
+        ddelta_bias if delta_bias is not None else None,
+        dinitial if initial_state is not None else None,
+        None,
+        None,
+    )
 
 
 if _library.HAS_TRITON:
@@ -256,43 +342,104 @@ if _library.HAS_TRITON:
         return None if t is None else (t if t.stride(-1) == 1 else t.contiguous())
 
     @torch.library.custom_op("medkernels::selective_scan_fwd_triton", mutates_args=())
-    def _fwd_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                    initial_state: Optional[torch.Tensor], delta_softplus: bool,
-                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out, last, ckpt = _tss.forward(_seq(u), _seq(delta), _f32(A), _seq(B) if B.dim() > 2 else _f32(B),
-                                       _seq(C) if C.dim() > 2 else _f32(C), _f32(D), _seq(z), _f32(delta_bias),
-                                       _f32(initial_state), delta_softplus, chunk_size)
+    def _fwd_triton(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        z: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        initial_state: Optional[torch.Tensor],
+        delta_softplus: bool,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, last, ckpt = _tss.forward(
+            _seq(u),
+            _seq(delta),
+            _f32(A),
+            _seq(B) if B.dim() > 2 else _f32(B),
+            _seq(C) if C.dim() > 2 else _f32(C),
+            _f32(D),
+            _seq(z),
+            _f32(delta_bias),
+            _f32(initial_state),
+            delta_softplus,
+            chunk_size,
+        )
         acc = _acc_of(u)
         return out.to(u.dtype), last.to(acc), ckpt.to(acc)
 
     @torch.library.custom_op("medkernels::selective_scan_bwd_triton", mutates_args=())
-    def _bwd_triton(grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor], u: torch.Tensor,
-                    delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
-                    z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                    initial_state: Optional[torch.Tensor], checkpoints: torch.Tensor, delta_softplus: bool,
-                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _bwd_triton(
+        grad_out: torch.Tensor,
+        grad_last_state: Optional[torch.Tensor],
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        z: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        initial_state: Optional[torch.Tensor],
+        checkpoints: torch.Tensor,
+        delta_softplus: bool,
+        chunk_size: int,
+    ) -> tuple[
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+    ]:
         du, ddelta, dz, dB, dC, parts, dd, dbias, dinit = _tss.backward(
-            _seq(grad_out), _f32(grad_last_state), _seq(u), _seq(delta), _f32(A),
-            _seq(B) if B.dim() > 2 else _f32(B), _seq(C) if C.dim() > 2 else _f32(C), _f32(D), _seq(z),
-            _f32(delta_bias), checkpoints.float().contiguous(), delta_softplus, chunk_size)
+            _seq(grad_out),
+            _f32(grad_last_state),
+            _seq(u),
+            _seq(delta),
+            _f32(A),
+            _seq(B) if B.dim() > 2 else _f32(B),
+            _seq(C) if C.dim() > 2 else _f32(C),
+            _f32(D),
+            _seq(z),
+            _f32(delta_bias),
+            checkpoints.float().contiguous(),
+            delta_softplus,
+            chunk_size,
+        )
         empty = u.new_empty((0,), dtype=_acc_of(u))
 
         def bc_grad(grad, part, t):
             return grad.view(t.shape).to(t.dtype) if t.dim() > 2 else part.sum(0).to(t.dtype)
 
-        return (du.to(u.dtype), ddelta.to(u.dtype), parts[:, :, 0].sum(0).to(A.dtype),
-                bc_grad(dB, parts[:, :, 1], B), bc_grad(dC, parts[:, :, 2], C),
-                empty.clone() if D is None else dd.sum(0).to(D.dtype), empty.clone() if z is None else dz.to(z.dtype),
-                empty.clone() if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
-                empty.clone() if initial_state is None else dinit.to(initial_state.dtype))
+        return (
+            du.to(u.dtype),
+            ddelta.to(u.dtype),
+            parts[:, :, 0].sum(0).to(A.dtype),
+            bc_grad(dB, parts[:, :, 1], B),
+            bc_grad(dC, parts[:, :, 2], C),
+            empty.clone() if D is None else dd.sum(0).to(D.dtype),
+            empty.clone() if z is None else dz.to(z.dtype),
+            empty.clone() if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+            empty.clone() if initial_state is None else dinit.to(initial_state.dtype),
+        )
 
 
-
-_library.register_kernel(_OP, ("selective_scan_fwd", "selective_scan_bwd"),
-                         ("selective_scan_fwd_triton", "selective_scan_bwd_triton"),
-                         fwd_fake=_fwd_fake, bwd_fake=_bwd_fake, setup_context=_setup_context, backward=_backward)
+_library.register_kernel(
+    _OP,
+    ("selective_scan_fwd", "selective_scan_bwd"),
+    ("selective_scan_fwd_triton", "selective_scan_bwd_triton"),
+    fwd_fake=_fwd_fake,
+    bwd_fake=_bwd_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,19 +464,38 @@ def _variable_bc(u, A=None, B=None, C=None, *rest) -> bool:
 
 def _triton_limit(u, A=None, *rest) -> str | None:
     if A is not None and A.shape[1] > _TRITON_MAX_STATE:
-        return (f"the Triton kernels support dstate up to {_TRITON_MAX_STATE} (the CUDA kernel up to "
-                f"{_CUDA_MAX_STATE}), got {A.shape[1]}")
+        return (
+            f"the Triton kernels support dstate up to {_TRITON_MAX_STATE} (the CUDA kernel up to "
+            f"{_CUDA_MAX_STATE}), got {A.shape[1]}"
+        )
     return None
 
 
-BACKENDS = Backends(_OP, cpu="selective_scan_fwd", cuda="selective_scan_fwd", triton="selective_scan_fwd_triton",
-                    triton_atomics=_variable_bc, limits={"cuda": _cuda_limit, "triton": _triton_limit})
+BACKENDS = Backends(
+    _OP,
+    cpu="selective_scan_fwd",
+    cuda="selective_scan_fwd",
+    triton="selective_scan_fwd_triton",
+    triton_atomics=_variable_bc,
+    limits={"cuda": _cuda_limit, "triton": _triton_limit},
+)
 
 
-def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: OptTensor = None,
-                      z: OptTensor = None, delta_bias: OptTensor = None, delta_softplus: bool = False,
-                      return_last_state: bool = False, *, initial_state: OptTensor = None,
-                      backend: Backend = None) -> Tensor | tuple[Tensor, Tensor]:
+def selective_scan_fn(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: OptTensor = None,
+    z: OptTensor = None,
+    delta_bias: OptTensor = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: OptTensor = None,
+    backend: Backend = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan, a drop-in for ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
 
     Args:
@@ -370,8 +536,9 @@ def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     _check_inputs(_OP, u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = BACKENDS.choose(backend, u, A, B, C)
     if name == "reference":
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                  initial_state=initial_state)
+        return selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state
+        )
     if u.stride(-1) != 1:
         u = u.contiguous()
     if delta.stride(-1) != 1:

@@ -66,11 +66,26 @@ def interpreter_or_gpu(x, forced: bool = False) -> str | None:
 # Launch configurations.
 
 #: Modules with Triton kernels, each with ``configs()`` (every GPU launch configuration).
-MODULES = ("causal_conv1d", "dct", "dilated_attention", "multi_order_scan", "neighborhood_attention", "point_cloud",
-           "rswaf_kan", "selective_scan")
+MODULES = (
+    "causal_conv1d",
+    "dct",
+    "dilated_attention",
+    "multi_order_scan",
+    "neighborhood_attention",
+    "point_cloud",
+    "rswaf_kan",
+    "selective_scan",
+)
 
-_TL_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-             torch.int8: "i8", torch.int32: "i32", torch.int64: "i64"}
+_TL_TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int8: "i8",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
 
 #: The floating storage dtypes a kernel that converts on load sees on a GPU (float64 runs elsewhere).
 HALF_AND_FLOAT = (torch.float32, torch.bfloat16, torch.float16)
@@ -134,9 +149,17 @@ def kernel_params(kernel) -> tuple[tuple[str, bool], ...]:
     return tuple((p.name, "constexpr" in str(p.annotation)) for p in inspect.signature(fn).parameters.values())
 
 
-def make_config(kernel, *, pointers: Mapping[str, torch.dtype], constexprs: Mapping[str, Any],
-                floats: Iterable[str] = (), flags: Iterable[str] = (), num_warps: int = 4, num_stages: int = 3,
-                enable_fp_fusion: bool = True) -> LaunchConfig:
+def make_config(
+    kernel,
+    *,
+    pointers: Mapping[str, torch.dtype],
+    constexprs: Mapping[str, Any],
+    floats: Iterable[str] = (),
+    flags: Iterable[str] = (),
+    num_warps: int = 4,
+    num_stages: int = 3,
+    enable_fp_fusion: bool = True,
+) -> LaunchConfig:
     """The :class:`LaunchConfig` of ``kernel``: every parameter must be a constexpr (given in ``constexprs``),
     a pointer (``pointers`` maps it to its element dtype), a float (``floats``), a bool flag (``flags``) or
     else a 32-bit integer.
@@ -167,9 +190,15 @@ def make_config(kernel, *, pointers: Mapping[str, torch.dtype], constexprs: Mapp
         else:
             sig.append((name, "i32"))
     fn = getattr(kernel, "fn", kernel)
-    return LaunchConfig(module=fn.__module__, kernel=fn.__name__, signature=tuple(sig),
-                        constexprs=tuple(sorted(constexprs.items())), num_warps=num_warps, num_stages=num_stages,
-                        enable_fp_fusion=enable_fp_fusion)
+    return LaunchConfig(
+        module=fn.__module__,
+        kernel=fn.__name__,
+        signature=tuple(sig),
+        constexprs=tuple(sorted(constexprs.items())),
+        num_warps=num_warps,
+        num_stages=num_stages,
+        enable_fp_fusion=enable_fp_fusion,
+    )
 
 
 def kernel_name(kernel) -> str:

@@ -16,8 +16,24 @@ if AVAILABLE:
     import triton.language as tl
 
     @triton.jit
-    def _pre(X, W, BIAS, INIT, SEQ, row, b, d, offs_t, mt, L, WIDTH, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-             HAS_SEQ: tl.constexpr, BT: tl.constexpr):
+    def _pre(
+        X,
+        W,
+        BIAS,
+        INIT,
+        SEQ,
+        row,
+        b,
+        d,
+        offs_t,
+        mt,
+        L,
+        WIDTH,
+        HAS_BIAS: tl.constexpr,
+        HAS_INIT: tl.constexpr,
+        HAS_SEQ: tl.constexpr,
+        BT: tl.constexpr,
+    ):
         acc = tl.zeros([BT], tl.float32)
         if HAS_BIAS:
             acc += tl.load(BIAS + d)
@@ -37,8 +53,22 @@ if AVAILABLE:
         return acc
 
     @triton.jit
-    def _fwd_kernel(X, W, BIAS, INIT, SEQ, OUT, D, L, WIDTH, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-                    HAS_SEQ: tl.constexpr, SILU: tl.constexpr, BT: tl.constexpr):
+    def _fwd_kernel(
+        X,
+        W,
+        BIAS,
+        INIT,
+        SEQ,
+        OUT,
+        D,
+        L,
+        WIDTH,
+        HAS_BIAS: tl.constexpr,
+        HAS_INIT: tl.constexpr,
+        HAS_SEQ: tl.constexpr,
+        SILU: tl.constexpr,
+        BT: tl.constexpr,
+    ):
         row = tl.program_id(1)
         b = row // D
         d = row % D
@@ -50,8 +80,23 @@ if AVAILABLE:
         tl.store(OUT + row * L + offs_t, pre, mask=mt)
 
     @triton.jit
-    def _grad_pre_kernel(X, W, BIAS, INIT, SEQ, DOUT, G, D, L, WIDTH, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-                         HAS_SEQ: tl.constexpr, SILU: tl.constexpr, BT: tl.constexpr):
+    def _grad_pre_kernel(
+        X,
+        W,
+        BIAS,
+        INIT,
+        SEQ,
+        DOUT,
+        G,
+        D,
+        L,
+        WIDTH,
+        HAS_BIAS: tl.constexpr,
+        HAS_INIT: tl.constexpr,
+        HAS_SEQ: tl.constexpr,
+        SILU: tl.constexpr,
+        BT: tl.constexpr,
+    ):
         row = tl.program_id(1)
         b = row // D
         d = row % D
@@ -96,8 +141,9 @@ def _block(n: int) -> int:
     return GPU_BLOCK if gpu_configs() else 16
 
 
-def launch_config(kernel: str, *, has_bias: bool, has_init: bool, has_seq: bool, silu: bool,
-                  gpu: bool = True) -> LaunchConfig:
+def launch_config(
+    kernel: str, *, has_bias: bool, has_init: bool, has_seq: bool, silu: bool, gpu: bool = True
+) -> LaunchConfig:
     """The launch of one kernel (``"fwd"``, ``"grad_pre"`` or ``"dx"``): a pure function of which optional
     inputs are present (all tensors are float32, seq_idx int32). ``gpu``: the GPU's tiles, else the
     interpreter's. The dL/dpre kernel recomputes the pre-activation only for silu, so without it the other
@@ -105,14 +151,23 @@ def launch_config(kernel: str, *, has_bias: bool, has_init: bool, has_seq: bool,
     f32, i32 = torch.float32, torch.int32
     block = GPU_BLOCK if gpu else 16
     if kernel == "dx":
-        return make_config(_dx_kernel, pointers=dict(G=f32, W=f32, SEQ=i32, DEXT=f32), num_warps=4, num_stages=3,
-                           constexprs=dict(HAS_SEQ=has_seq, BT=block))
+        return make_config(
+            _dx_kernel,
+            pointers=dict(G=f32, W=f32, SEQ=i32, DEXT=f32),
+            num_warps=4,
+            num_stages=3,
+            constexprs=dict(HAS_SEQ=has_seq, BT=block),
+        )
     if kernel == "grad_pre" and not silu:
         has_bias = has_init = has_seq = False
     fn, out = (_fwd_kernel, {"OUT": f32}) if kernel == "fwd" else (_grad_pre_kernel, {"DOUT": f32, "G": f32})
-    return make_config(fn, pointers=dict(X=f32, W=f32, BIAS=f32, INIT=f32, SEQ=i32, **out), num_warps=4,
-                       num_stages=3, constexprs=dict(HAS_BIAS=has_bias, HAS_INIT=has_init, HAS_SEQ=has_seq,
-                                                     SILU=silu, BT=block))
+    return make_config(
+        fn,
+        pointers=dict(X=f32, W=f32, BIAS=f32, INIT=f32, SEQ=i32, **out),
+        num_warps=4,
+        num_stages=3,
+        constexprs=dict(HAS_BIAS=has_bias, HAS_INIT=has_init, HAS_SEQ=has_seq, SILU=silu, BT=block),
+    )
 
 
 def configs() -> list[LaunchConfig]:
@@ -130,11 +185,26 @@ def forward(x, w, bias, init, seq, silu: bool):
     out = torch.empty_like(x)
     dummy = x.new_empty(1)
     BT = _block(L)
-    cfg = launch_config("fwd", has_bias=bias is not None, has_init=init is not None, has_seq=seq is not None,
-                        silu=silu, gpu=gpu_configs())
+    cfg = launch_config(
+        "fwd",
+        has_bias=bias is not None,
+        has_init=init is not None,
+        has_seq=seq is not None,
+        silu=silu,
+        gpu=gpu_configs(),
+    )
     _fwd_kernel[(triton.cdiv(L, BT), B * D)](
-        x, w, bias if bias is not None else dummy, init if init is not None else dummy,
-        seq if seq is not None else dummy.int(), out, D, L, w.shape[1], **cfg.launch_kwargs())
+        x,
+        w,
+        bias if bias is not None else dummy,
+        init if init is not None else dummy,
+        seq if seq is not None else dummy.int(),
+        out,
+        D,
+        L,
+        w.shape[1],
+        **cfg.launch_kwargs(),
+    )
     return out
 
 
@@ -145,12 +215,24 @@ def backward(x, w, bias, init, seq, dout, silu: bool):
     dummy = x.new_empty(1)
     BT = _block(L)
     g = torch.empty_like(x)
-    flags = dict(has_bias=bias is not None, has_init=init is not None, has_seq=seq is not None, silu=silu,
-                 gpu=gpu_configs())
+    flags = dict(
+        has_bias=bias is not None, has_init=init is not None, has_seq=seq is not None, silu=silu, gpu=gpu_configs()
+    )
     _grad_pre_kernel[(triton.cdiv(L, BT), B * D)](
-        x, w, bias if bias is not None else dummy, init if init is not None else dummy,
-        seq if seq is not None else dummy.int(), dout, g, D, L, W, **launch_config("grad_pre", **flags).launch_kwargs())
+        x,
+        w,
+        bias if bias is not None else dummy,
+        init if init is not None else dummy,
+        seq if seq is not None else dummy.int(),
+        dout,
+        g,
+        D,
+        L,
+        W,
+        **launch_config("grad_pre", **flags).launch_kwargs(),
+    )
     dext = x.new_empty((B, D, L + W - 1))
-    _dx_kernel[(triton.cdiv(L + W - 1, BT), B * D)](g, w, seq if seq is not None else dummy.int(), dext, D, L, W,
-                                                    **launch_config("dx", **flags).launch_kwargs())
+    _dx_kernel[(triton.cdiv(L + W - 1, BT), B * D)](
+        g, w, seq if seq is not None else dummy.int(), dext, D, L, W, **launch_config("dx", **flags).launch_kwargs()
+    )
     return g, dext

@@ -29,7 +29,9 @@ if AVAILABLE:
         for k0 in range(0, K, BK):
             offs_k = k0 + tl.arange(0, BK)
             mk = offs_k < K
-            x = tl.load(X + b * R * K + offs_r[:, None] * K + offs_k[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+            x = tl.load(
+                X + b * R * K + offs_r[:, None] * K + offs_k[None, :], mask=mr[:, None] & mk[None, :], other=0.0
+            )
             m = tl.load(M + offs_j[None, :] * K + offs_k[:, None], mask=mk[:, None] & mj[None, :], other=0.0)
             acc += tl.dot(x, m, input_precision="ieee")
         tl.store(OUT + b * J * R + offs_j[None, :] * R + offs_r[:, None], acc, mask=mr[:, None] & mj[None, :])
@@ -49,8 +51,13 @@ def launch_config(R: int, K: int, J: int) -> LaunchConfig:
     The products are IEEE float32, which ``tl.dot`` computes with FMAs, each thread holding its rows' operands
     along the whole reduction step: 16 keeps a 64 x 64 tile in registers (a step of 64 spilled 24 B on sm_90)."""
     f32 = torch.float32
-    return make_config(_apply_t_kernel, pointers=dict(X=f32, M=f32, OUT=f32), num_warps=4, num_stages=3,
-                       constexprs=dict(BR=_block(R), BJ=_block(J), BK=BK))
+    return make_config(
+        _apply_t_kernel,
+        pointers=dict(X=f32, M=f32, OUT=f32),
+        num_warps=4,
+        num_stages=3,
+        constexprs=dict(BR=_block(R), BJ=_block(J), BK=BK),
+    )
 
 
 def configs() -> list[LaunchConfig]:

@@ -49,10 +49,48 @@ if AVAILABLE:
         return (((b * S0 + x0) * S1 + x1) * S2 + x2) * H + h
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, OUT, LSE, sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h,
-                    sv_b, sv_0, sv_1, sv_2, sv_h, S0, S1, S2, H, DIM, T, NG1, NG2, G1, G2,
-                    GS0, GS1, GS2, PS0, PS1, PS2, scale,
-                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    def _fwd_kernel(
+        Q,
+        K,
+        V,
+        OUT,
+        LSE,
+        sq_b,
+        sq_0,
+        sq_1,
+        sq_2,
+        sq_h,
+        sk_b,
+        sk_0,
+        sk_1,
+        sk_2,
+        sk_h,
+        sv_b,
+        sv_0,
+        sv_1,
+        sv_2,
+        sv_h,
+        S0,
+        S1,
+        S2,
+        H,
+        DIM,
+        T,
+        NG1,
+        NG2,
+        G1,
+        G2,
+        GS0,
+        GS1,
+        GS2,
+        PS0,
+        PS1,
+        PS2,
+        scale,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BD: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
@@ -96,10 +134,51 @@ if AVAILABLE:
         return tl.where(mq[:, None] & mk[None, :], tl.exp(s - lse[:, None]), 0.0)
 
     @triton.jit
-    def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DROW, DK, DV, sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h,
-                         sv_b, sv_0, sv_1, sv_2, sv_h, S0, S1, S2, H, DIM, T, NG1, NG2, G1, G2,
-                         GS0, GS1, GS2, PS0, PS1, PS2, scale,
-                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    def _bwd_dkdv_kernel(
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DROW,
+        DK,
+        DV,
+        sq_b,
+        sq_0,
+        sq_1,
+        sq_2,
+        sq_h,
+        sk_b,
+        sk_0,
+        sk_1,
+        sk_2,
+        sk_h,
+        sv_b,
+        sv_0,
+        sv_1,
+        sv_2,
+        sv_h,
+        S0,
+        S1,
+        S2,
+        H,
+        DIM,
+        T,
+        NG1,
+        NG2,
+        G1,
+        G2,
+        GS0,
+        GS1,
+        GS2,
+        PS0,
+        PS1,
+        PS2,
+        scale,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BD: tl.constexpr,
+    ):
         pid_n = tl.program_id(0)
         b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
@@ -128,10 +207,50 @@ if AVAILABLE:
         tl.store(DV + rows_k[:, None] * DIM + offs_d[None, :], dv, mask=mkd)
 
     @triton.jit
-    def _bwd_dq_kernel(Q, K, V, DO, LSE, DROW, DQ, sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h,
-                       sv_b, sv_0, sv_1, sv_2, sv_h, S0, S1, S2, H, DIM, T, NG1, NG2, G1, G2,
-                       GS0, GS1, GS2, PS0, PS1, PS2, scale,
-                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    def _bwd_dq_kernel(
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DROW,
+        DQ,
+        sq_b,
+        sq_0,
+        sq_1,
+        sq_2,
+        sq_h,
+        sk_b,
+        sk_0,
+        sk_1,
+        sk_2,
+        sk_h,
+        sv_b,
+        sv_0,
+        sv_1,
+        sv_2,
+        sv_h,
+        S0,
+        S1,
+        S2,
+        H,
+        DIM,
+        T,
+        NG1,
+        NG2,
+        G1,
+        G2,
+        GS0,
+        GS1,
+        GS2,
+        PS0,
+        PS1,
+        PS2,
+        scale,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BD: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         b, h, g0, g1, g2 = _program(H, NG1, NG2)
         offs_d = tl.arange(0, BD)
@@ -207,14 +326,23 @@ def launch_config(kernel: str, dtype: torch.dtype, head_dim: int) -> LaunchConfi
     else:
         fn, rest = _bwd_dq_kernel, ("DO", "LSE", "DROW", "DQ")
     warps, stages = _LAUNCH[kernel][bd > 64]
-    return make_config(fn, pointers={**qkv, **{n: f32 for n in rest}}, floats=("scale",), num_warps=warps,
-                       num_stages=stages, constexprs=dict(BM=bm, BN=bm, BD=bd))
+    return make_config(
+        fn,
+        pointers={**qkv, **{n: f32 for n in rest}},
+        floats=("scale",),
+        num_warps=warps,
+        num_stages=stages,
+        constexprs=dict(BM=bm, BN=bm, BD=bd),
+    )
 
 
 def configs() -> list[LaunchConfig]:
     """Every configuration :func:`launch_config` returns on a GPU."""
-    return list(dict.fromkeys(launch_config(k, dt, d) for k in _KERNELS for dt in HALF_AND_FLOAT
-                              for d in range(1, MAX_HEAD_DIM + 1)))
+    return list(
+        dict.fromkeys(
+            launch_config(k, dt, d) for k in _KERNELS for dt in HALF_AND_FLOAT for d in range(1, MAX_HEAD_DIM + 1)
+        )
+    )
 
 
 def _launch(kernel, name, blocks, query, key, value, extra, group_size, global_scope, scale):
@@ -225,8 +353,29 @@ def _launch(kernel, name, blocks, query, key, value, extra, group_size, global_s
     cfg = launch_config(name, query.dtype, DIM)
     c = dict(cfg.constexprs)
     grid = (triton.cdiv(T, blocks(c["BM"], c["BN"])), ng[0] * ng[1] * ng[2], B * H)
-    kernel[grid](q, k, v, *extra, *_strides(q), *_strides(k), *_strides(v), S0, S1, S2, H, DIM, T, ng[1], ng[2],
-                 g[1], g[2], *gs, *ps, float(scale), **cfg.launch_kwargs())
+    kernel[grid](
+        q,
+        k,
+        v,
+        *extra,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        S0,
+        S1,
+        S2,
+        H,
+        DIM,
+        T,
+        ng[1],
+        ng[2],
+        g[1],
+        g[2],
+        *gs,
+        *ps,
+        float(scale),
+        **cfg.launch_kwargs(),
+    )
 
 
 def forward(query, key, value, group_size, global_scope: bool, scale: float):
@@ -241,8 +390,19 @@ def backward(grad_out, query, key, value, lse, drow, group_size, global_scope: b
     """dq, dk, dv (float32, contiguous). lse and drow = <dO, O> - dlse are float32 [B, D, H, W, heads]."""
     do = grad_out.float().contiguous()
     dq, dk, dv = (torch.empty(query.shape, device=query.device, dtype=torch.float32) for _ in range(3))
-    _launch(_bwd_dkdv_kernel, "dkdv", lambda bm, bn: bn, query, key, value, (do, lse, drow, dk, dv), group_size,
-            global_scope, scale)
-    _launch(_bwd_dq_kernel, "dq", lambda bm, bn: bm, query, key, value, (do, lse, drow, dq), group_size, global_scope,
-            scale)
+    _launch(
+        _bwd_dkdv_kernel,
+        "dkdv",
+        lambda bm, bn: bn,
+        query,
+        key,
+        value,
+        (do, lse, drow, dk, dv),
+        group_size,
+        global_scope,
+        scale,
+    )
+    _launch(
+        _bwd_dq_kernel, "dq", lambda bm, bn: bm, query, key, value, (do, lse, drow, dq), group_size, global_scope, scale
+    )
     return dq, dk, dv

@@ -20,9 +20,38 @@ if AVAILABLE:
     import triton.language as tl
 
     @triton.jit
-    def _token(U, DELTA, BIAS, B, C, ORD, b, k, t, L, N, offs_d, md, offs_n, mn, bias, K,
-               su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
-               HAS_BIAS, SOFTPLUS):
+    def _token(
+        U,
+        DELTA,
+        BIAS,
+        B,
+        C,
+        ORD,
+        b,
+        k,
+        t,
+        L,
+        N,
+        offs_d,
+        md,
+        offs_n,
+        mn,
+        bias,
+        K,
+        su_b,
+        su_d,
+        sd_b,
+        sd_k,
+        sd_d,
+        sB_b,
+        sB_k,
+        sB_n,
+        sC_b,
+        sC_k,
+        sC_n,
+        HAS_BIAS,
+        SOFTPLUS,
+    ):
         """Step t of ordering k: the token, u, raw delta, dt, B_t, C_t (float32)."""
         idx = tl.load(ORD + (b * K + k) * L + t)
         u = tl.load(U + b * su_b + offs_d * su_d + idx, mask=md, other=0.0).to(tl.float32)
@@ -45,9 +74,40 @@ if AVAILABLE:
         return A2, Dv, bias
 
     @triton.jit
-    def _fwd_kernel(U, DELTA, A, B, C, D, BIAS, ORD, OUT, CKPT, L, DIM, N, K, n_chunks,
-                    su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
-                    HAS_D, HAS_BIAS, SOFTPLUS, CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    def _fwd_kernel(
+        U,
+        DELTA,
+        A,
+        B,
+        C,
+        D,
+        BIAS,
+        ORD,
+        OUT,
+        CKPT,
+        L,
+        DIM,
+        N,
+        K,
+        n_chunks,
+        su_b,
+        su_d,
+        sd_b,
+        sd_k,
+        sd_d,
+        sB_b,
+        sB_k,
+        sB_n,
+        sC_b,
+        sC_k,
+        sC_n,
+        HAS_D,
+        HAS_BIAS,
+        SOFTPLUS,
+        CH: tl.constexpr,
+        BD: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         bk = tl.program_id(0)
         b, k = bk // K, bk % K
         offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -61,19 +121,88 @@ if AVAILABLE:
         for t in range(0, L):
             if t % CH == 0:
                 tl.store(ck + (t // CH) * N, h, mask=m2)
-            idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t, L, N, offs_d, md, offs_n, mn,
-                                             bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
-                                             sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+            idx, u, raw, dt, Bt, Ct = _token(
+                U,
+                DELTA,
+                BIAS,
+                B,
+                C,
+                ORD,
+                b,
+                k,
+                t,
+                L,
+                N,
+                offs_d,
+                md,
+                offs_n,
+                mn,
+                bias,
+                K,
+                su_b,
+                su_d,
+                sd_b,
+                sd_k,
+                sd_d,
+                sB_b,
+                sB_k,
+                sB_n,
+                sC_b,
+                sC_k,
+                sC_n,
+                HAS_BIAS,
+                SOFTPLUS,
+            )
             h = tl.exp(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             # padding lanes (B = C = 0) stay out of the sums: an infinite dt * u makes them NaN
             y = tl.sum(tl.where(m2, h * Ct[None, :], 0.0), axis=1) + Dv * u
             tl.atomic_add(OUT + (b * DIM + offs_d) * L + idx, y, mask=md)
 
     @triton.jit
-    def _bwd_kernel(GY, U, DELTA, A, B, C, D, BIAS, ORD, CKPT, SCR,
-                    DU, DDELTA, DA, DB, DC, DD, DBIAS, L, DIM, N, K, n_chunks,
-                    su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n, sg_b, sg_d,
-                    HAS_D, HAS_BIAS, SOFTPLUS, CH: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    def _bwd_kernel(
+        GY,
+        U,
+        DELTA,
+        A,
+        B,
+        C,
+        D,
+        BIAS,
+        ORD,
+        CKPT,
+        SCR,
+        DU,
+        DDELTA,
+        DA,
+        DB,
+        DC,
+        DD,
+        DBIAS,
+        L,
+        DIM,
+        N,
+        K,
+        n_chunks,
+        su_b,
+        su_d,
+        sd_b,
+        sd_k,
+        sd_d,
+        sB_b,
+        sB_k,
+        sB_n,
+        sC_b,
+        sC_k,
+        sC_n,
+        sg_b,
+        sg_d,
+        HAS_D,
+        HAS_BIAS,
+        SOFTPLUS,
+        CH: tl.constexpr,
+        BD: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         bk = tl.program_id(0)
         b, k = bk // K, bk % K
         pid = bk * tl.num_programs(1) + tl.program_id(1)
@@ -97,25 +226,89 @@ if AVAILABLE:
             h = tl.load(ck + c * N, mask=m2, other=0.0)
             tl.store(scr, h)
             for i in range(0, n):
-                idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t0 + i, L, N, offs_d, md, offs_n,
-                                                 mn, bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
-                                                 sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+                idx, u, raw, dt, Bt, Ct = _token(
+                    U,
+                    DELTA,
+                    BIAS,
+                    B,
+                    C,
+                    ORD,
+                    b,
+                    k,
+                    t0 + i,
+                    L,
+                    N,
+                    offs_d,
+                    md,
+                    offs_n,
+                    mn,
+                    bias,
+                    K,
+                    su_b,
+                    su_d,
+                    sd_b,
+                    sd_k,
+                    sd_d,
+                    sB_b,
+                    sB_k,
+                    sB_n,
+                    sC_b,
+                    sC_k,
+                    sC_n,
+                    HAS_BIAS,
+                    SOFTPLUS,
+                )
                 h = tl.exp(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
                 tl.store(scr + (i + 1) * BD * BN, h)
             for j in range(0, n):
                 i = n - 1 - j
-                idx, u, raw, dt, Bt, Ct = _token(U, DELTA, BIAS, B, C, ORD, b, k, t0 + i, L, N, offs_d, md, offs_n,
-                                                 mn, bias, K, su_b, su_d, sd_b, sd_k, sd_d, sB_b, sB_k, sB_n,
-                                                 sC_b, sC_k, sC_n, HAS_BIAS, SOFTPLUS)
+                idx, u, raw, dt, Bt, Ct = _token(
+                    U,
+                    DELTA,
+                    BIAS,
+                    B,
+                    C,
+                    ORD,
+                    b,
+                    k,
+                    t0 + i,
+                    L,
+                    N,
+                    offs_d,
+                    md,
+                    offs_n,
+                    mn,
+                    bias,
+                    K,
+                    su_b,
+                    su_d,
+                    sd_b,
+                    sd_k,
+                    sd_d,
+                    sB_b,
+                    sB_k,
+                    sB_n,
+                    sC_b,
+                    sC_k,
+                    sC_n,
+                    HAS_BIAS,
+                    SOFTPLUS,
+                )
                 gy = tl.load(GY + b * sg_b + offs_d * sg_d + idx, mask=md, other=0.0).to(tl.float32)
                 h_prev = tl.load(scr + i * BD * BN)
                 h_cur = tl.load(scr + (i + 1) * BD * BN)
                 dA = tl.exp(dt[:, None] * A2)
                 g = carry + gy[:, None] * Ct[None, :]
-                tl.atomic_add(DC + b * sC_b + k * sC_k + offs_n * sC_n + idx,
-                              tl.sum(tl.where(m2, gy[:, None] * h_cur, 0.0), axis=0), mask=mn)
-                tl.atomic_add(DB + b * sB_b + k * sB_k + offs_n * sB_n + idx,
-                              tl.sum(tl.where(m2, g * (dt * u)[:, None], 0.0), axis=0), mask=mn)
+                tl.atomic_add(
+                    DC + b * sC_b + k * sC_k + offs_n * sC_n + idx,
+                    tl.sum(tl.where(m2, gy[:, None] * h_cur, 0.0), axis=0),
+                    mask=mn,
+                )
+                tl.atomic_add(
+                    DB + b * sB_b + k * sB_k + offs_n * sB_n + idx,
+                    tl.sum(tl.where(m2, g * (dt * u)[:, None], 0.0), axis=0),
+                    mask=mn,
+                )
                 x = g * h_prev * dA
                 gA += x * dt[:, None]
                 sB = tl.sum(tl.where(m2, g * Bt[None, :], 0.0), axis=1)
@@ -164,14 +357,41 @@ def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int) -
     """
     bd, bn = tiles(dstate)
     if backward:
-        kernel, names = _bwd_kernel, ("GY", "U", "DELTA", "A", "B", "C", "D", "BIAS", "ORD", "CKPT", "SCR", "DU",
-                                      "DDELTA", "DA", "DB", "DC", "DD", "DBIAS")
+        kernel, names = (
+            _bwd_kernel,
+            (
+                "GY",
+                "U",
+                "DELTA",
+                "A",
+                "B",
+                "C",
+                "D",
+                "BIAS",
+                "ORD",
+                "CKPT",
+                "SCR",
+                "DU",
+                "DDELTA",
+                "DA",
+                "DB",
+                "DC",
+                "DD",
+                "DBIAS",
+            ),
+        )
     else:
         kernel, names = _fwd_kernel, ("U", "DELTA", "A", "B", "C", "D", "BIAS", "ORD", "OUT", "CKPT")
     stored = {"GY", "U", "DELTA", "B", "C"}
     pointers = {n: dtype if n in stored else torch.int64 if n == "ORD" else torch.float32 for n in names}
-    return make_config(kernel, pointers=pointers, flags=("HAS_D", "HAS_BIAS", "SOFTPLUS"),
-                       num_warps=8 if backward else 4, num_stages=3, constexprs=dict(CH=chunk, BD=bd, BN=bn))
+    return make_config(
+        kernel,
+        pointers=pointers,
+        flags=("HAS_D", "HAS_BIAS", "SOFTPLUS"),
+        num_warps=8 if backward else 4,
+        num_stages=3,
+        constexprs=dict(CH=chunk, BD=bd, BN=bn),
+    )
 
 
 def configs() -> list[LaunchConfig]:
@@ -200,10 +420,37 @@ if AVAILABLE:
         BD = dict(cfg.constexprs)["BD"]
         dummy = A
         _fwd_kernel[(batch * K, triton.cdiv(dim, BD))](
-            u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy,
-            orders, out, ckpt, L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            delta.stride(2), B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            D is not None, delta_bias is not None, bool(softplus), **cfg.launch_kwargs())
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D if D is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            orders,
+            out,
+            ckpt,
+            L,
+            dim,
+            N,
+            K,
+            n_chunks,
+            u.stride(0),
+            u.stride(1),
+            delta.stride(0),
+            delta.stride(1),
+            delta.stride(2),
+            B.stride(0),
+            B.stride(1),
+            B.stride(2),
+            C.stride(0),
+            C.stride(1),
+            C.stride(2),
+            D is not None,
+            delta_bias is not None,
+            bool(softplus),
+            **cfg.launch_kwargs(),
+        )
         return out, ckpt
 
     def backward(grad_out, u, delta, A, B, C, D, delta_bias, orders, ckpt, softplus: bool, chunk: int):
@@ -228,11 +475,45 @@ if AVAILABLE:
         scratch = torch.empty(grid[0] * grid[1] * (chunk + 1) * BD * BN, **f32)
         dummy = A
         _bwd_kernel[grid](
-            grad_out, u, delta, A, B, C, D if D is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, orders, ckpt, scratch,
-            du, ddelta, dA, dB, dC, dD if dD is not None else dummy, dbias if dbias is not None else dummy,
-            L, dim, N, K, n_chunks, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), delta.stride(2),
-            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-            grad_out.stride(0), grad_out.stride(1),
-            D is not None, delta_bias is not None, bool(softplus), **cfg.launch_kwargs())
+            grad_out,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D if D is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            orders,
+            ckpt,
+            scratch,
+            du,
+            ddelta,
+            dA,
+            dB,
+            dC,
+            dD if dD is not None else dummy,
+            dbias if dbias is not None else dummy,
+            L,
+            dim,
+            N,
+            K,
+            n_chunks,
+            u.stride(0),
+            u.stride(1),
+            delta.stride(0),
+            delta.stride(1),
+            delta.stride(2),
+            B.stride(0),
+            B.stride(1),
+            B.stride(2),
+            C.stride(0),
+            C.stride(1),
+            C.stride(2),
+            grad_out.stride(0),
+            grad_out.stride(1),
+            D is not None,
+            delta_bias is not None,
+            bool(softplus),
+            **cfg.launch_kwargs(),
+        )
         return du, ddelta, dA, dB, dC, dD, dbias

@@ -15,7 +15,6 @@ import torch
 
 from . import AVAILABLE, LaunchConfig, gpu_configs, make_config, next_pow2
 
-
 if AVAILABLE:
     import triton
     import triton.language as tl
@@ -31,8 +30,31 @@ if AVAILABLE:
         return m_new, l_i * alpha + p, acc * alpha[:, None] + p[:, None] * vrow
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, KEYS, VALID, REL, RPB, AK, AV, OUT, LSE, N, H, HKV, KP, N_ADD, D, DV, R,
-                    HAS_RPB: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+    def _fwd_kernel(
+        Q,
+        K,
+        V,
+        KEYS,
+        VALID,
+        REL,
+        RPB,
+        AK,
+        AV,
+        OUT,
+        LSE,
+        N,
+        H,
+        HKV,
+        KP,
+        N_ADD,
+        D,
+        DV,
+        R,
+        HAS_RPB: tl.constexpr,
+        BQ: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+    ):
         pid_q = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -51,13 +73,17 @@ if AVAILABLE:
         for s in range(0, KP):
             kidx = tl.load(KEYS + offs_q * KP + s, mask=mq, other=0)
             ok = (tl.load(VALID + offs_q * KP + s, mask=mq, other=0) != 0) & mq
-            krow = tl.load(K + (bk * N + kidx[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0)
+            krow = tl.load(
+                K + (bk * N + kidx[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0
+            )
             logit = tl.sum(q * krow, axis=1)
             if HAS_RPB:
                 r = tl.load(REL + offs_q * KP + s, mask=mq, other=0)
                 logit += tl.load(RPB + h * R + r, mask=ok, other=0.0)
             logit = tl.where(ok, logit, float("-inf"))
-            vrow = tl.load(V + (bk * N + kidx[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0)
+            vrow = tl.load(
+                V + (bk * N + kidx[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0
+            )
             m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, logit, vrow)
         for a in range(0, N_ADD):
             krow = tl.load(AK + (bk * N_ADD + a) * D + offs_d, mask=md, other=0.0)
@@ -65,16 +91,48 @@ if AVAILABLE:
             logit = tl.where(mq, tl.sum(q * krow[None, :], axis=1), float("-inf"))
             m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, logit, vrow[None, :])
         l_safe = tl.where(mq, l_i, 1.0)
-        tl.store(OUT + (bh * N + offs_q[:, None]) * DV + offs_v[None, :], acc / l_safe[:, None],
-                 mask=mq[:, None] & mv[None, :])
+        tl.store(
+            OUT + (bh * N + offs_q[:, None]) * DV + offs_v[None, :],
+            acc / l_safe[:, None],
+            mask=mq[:, None] & mv[None, :],
+        )
         # an infinite max is the logsumexp itself (torch.logsumexp), not inf - inf = NaN
         lse = tl.where((m_i == float("inf")) | (m_i == float("-inf")), m_i, m_i + tl.log(l_safe))
         tl.store(LSE + bh * N + offs_q, lse, mask=mq)
 
     @triton.jit
-    def _bwd_dq_kernel(Q, K, V, DO, LSE, DROW, KEYS, VALID, REL, RPB, AK, AV, DQ, DS, DAK, DAV, N, H, HKV, KP,
-                       N_ADD, D, DV, R, N_QB, scale, HAS_RPB: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr,
-                       BDV: tl.constexpr):
+    def _bwd_dq_kernel(
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DROW,
+        KEYS,
+        VALID,
+        REL,
+        RPB,
+        AK,
+        AV,
+        DQ,
+        DS,
+        DAK,
+        DAV,
+        N,
+        H,
+        HKV,
+        KP,
+        N_ADD,
+        D,
+        DV,
+        R,
+        N_QB,
+        scale,
+        HAS_RPB: tl.constexpr,
+        BQ: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+    ):
         pid_q = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -94,8 +152,12 @@ if AVAILABLE:
         for s in range(0, KP):
             kidx = tl.load(KEYS + offs_q * KP + s, mask=mq, other=0)
             ok = (tl.load(VALID + offs_q * KP + s, mask=mq, other=0) != 0) & mq
-            krow = tl.load(K + (bk * N + kidx[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0)
-            vrow = tl.load(V + (bk * N + kidx[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0)
+            krow = tl.load(
+                K + (bk * N + kidx[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0
+            )
+            vrow = tl.load(
+                V + (bk * N + kidx[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0
+            )
             logit = tl.sum(q * krow, axis=1)
             if HAS_RPB:
                 r = tl.load(REL + offs_q * KP + s, mask=mq, other=0)
@@ -117,8 +179,33 @@ if AVAILABLE:
         tl.store(DQ + (bh * N + offs_q[:, None]) * D + offs_d[None, :], dq * scale, mask=mq[:, None] & md[None, :])
 
     @triton.jit
-    def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DROW, INV_Q, INV_S, INV_VALID, REL, RPB, DK, DV_OUT, N, H, HKV, KP, IMAX,
-                         D, DV, R, HAS_RPB: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+    def _bwd_dkdv_kernel(
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DROW,
+        INV_Q,
+        INV_S,
+        INV_VALID,
+        REL,
+        RPB,
+        DK,
+        DV_OUT,
+        N,
+        H,
+        HKV,
+        KP,
+        IMAX,
+        D,
+        DV,
+        R,
+        HAS_RPB: tl.constexpr,
+        BK: tl.constexpr,
+        BD: tl.constexpr,
+        BDV: tl.constexpr,
+    ):
         pid_k = tl.program_id(0)
         bk = tl.program_id(1)
         b = bk // HKV
@@ -140,9 +227,12 @@ if AVAILABLE:
             for t in range(0, IMAX):
                 qi = tl.load(INV_Q + offs_k * IMAX + t, mask=mk, other=0)
                 ok = (tl.load(INV_VALID + offs_k * IMAX + t, mask=mk, other=0) != 0) & mk
-                qrow = tl.load(Q + (bh * N + qi[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0)
-                dorow = tl.load(DO + (bh * N + qi[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :],
-                                other=0.0)
+                qrow = tl.load(
+                    Q + (bh * N + qi[:, None]) * D + offs_d[None, :], mask=ok[:, None] & md[None, :], other=0.0
+                )
+                dorow = tl.load(
+                    DO + (bh * N + qi[:, None]) * DV + offs_v[None, :], mask=ok[:, None] & mv[None, :], other=0.0
+                )
                 lse = tl.load(LSE + bh * N + qi, mask=ok, other=0.0)
                 drow = tl.load(DROW + bh * N + qi, mask=ok, other=0.0)
                 logit = tl.sum(qrow * k, axis=1)
@@ -182,21 +272,39 @@ def launch_config(kernel: str, d: int, dv: int, has_rpb: bool, gpu: bool = True)
     blocks = dict(HAS_RPB=has_rpb, BD=bd, BDV=bd)
     qkv = dict(Q=f32, K=f32, V=f32, RPB=f32, REL=i32)
     if kernel == "fwd":
-        return make_config(_fwd_kernel, pointers=dict(qkv, KEYS=i32, VALID=i8, AK=f32, AV=f32, OUT=f32, LSE=f32),
-                           num_warps=8, num_stages=3, constexprs=dict(blocks, BQ=bq))
+        return make_config(
+            _fwd_kernel,
+            pointers=dict(qkv, KEYS=i32, VALID=i8, AK=f32, AV=f32, OUT=f32, LSE=f32),
+            num_warps=8,
+            num_stages=3,
+            constexprs=dict(blocks, BQ=bq),
+        )
     grads = dict(qkv, DO=f32, LSE=f32, DROW=f32)
     if kernel == "dq":
-        return make_config(_bwd_dq_kernel, pointers=dict(grads, KEYS=i32, VALID=i8, AK=f32, AV=f32, DQ=f32, DS=f32,
-                                                         DAK=f32, DAV=f32),
-                           floats=("scale",), num_warps=8, num_stages=3, constexprs=dict(blocks, BQ=bq))
-    return make_config(_bwd_dkdv_kernel, pointers=dict(grads, INV_Q=i32, INV_S=i32, INV_VALID=i8, DK=f32, DV_OUT=f32),
-                       num_warps=8, num_stages=3, constexprs=dict(blocks, BK=bq))
+        return make_config(
+            _bwd_dq_kernel,
+            pointers=dict(grads, KEYS=i32, VALID=i8, AK=f32, AV=f32, DQ=f32, DS=f32, DAK=f32, DAV=f32),
+            floats=("scale",),
+            num_warps=8,
+            num_stages=3,
+            constexprs=dict(blocks, BQ=bq),
+        )
+    return make_config(
+        _bwd_dkdv_kernel,
+        pointers=dict(grads, INV_Q=i32, INV_S=i32, INV_VALID=i8, DK=f32, DV_OUT=f32),
+        num_warps=8,
+        num_stages=3,
+        constexprs=dict(blocks, BK=bq),
+    )
 
 
 def configs() -> list[LaunchConfig]:
     """Every configuration :func:`launch_config` returns on a GPU."""
-    return list(dict.fromkeys(launch_config(k, d, d, rpb) for k in _KERNELS for rpb in (False, True)
-                              for d in range(1, MAX_HEAD_DIM + 1)))
+    return list(
+        dict.fromkeys(
+            launch_config(k, d, d, rpb) for k in _KERNELS for rpb in (False, True) for d in range(1, MAX_HEAD_DIM + 1)
+        )
+    )
 
 
 def forward(q, k, v, keys, valid, rel, rpb, ak, av, heads: int, kv_heads: int):
@@ -211,14 +319,51 @@ def forward(q, k, v, keys, valid, rel, rpb, ak, av, heads: int, kv_heads: int):
     nqb = triton.cdiv(N, dict(cfg.constexprs)["BQ"])
     dummy = q.new_empty(1)
     R = rpb.shape[1] if rpb is not None else 1
-    _fwd_kernel[(nqb, BH)](q, k, v, keys, valid, rel, rpb if rpb is not None else dummy,
-                           ak if ak is not None else dummy, av if av is not None else dummy, out, lse,
-                           N, heads, kv_heads, KP, n_add, D, DV, R, **cfg.launch_kwargs())
+    _fwd_kernel[(nqb, BH)](
+        q,
+        k,
+        v,
+        keys,
+        valid,
+        rel,
+        rpb if rpb is not None else dummy,
+        ak if ak is not None else dummy,
+        av if av is not None else dummy,
+        out,
+        lse,
+        N,
+        heads,
+        kv_heads,
+        KP,
+        n_add,
+        D,
+        DV,
+        R,
+        **cfg.launch_kwargs(),
+    )
     return out, lse
 
 
-def backward(q, k, v, do, lse, drow, keys, valid, rel, inv_q, inv_slot, inv_valid, rpb, ak, av, scale: float,
-             heads: int, kv_heads: int):
+def backward(
+    q,
+    k,
+    v,
+    do,
+    lse,
+    drow,
+    keys,
+    valid,
+    rel,
+    inv_q,
+    inv_slot,
+    inv_valid,
+    rpb,
+    ak,
+    av,
+    scale: float,
+    heads: int,
+    kv_heads: int,
+):
     """Returns dq (B*H, N, D), dk, dv (B*H_kv, N, D/Dv), ds (B*H, N, slots) or None, and per-block
     partials of the additional keys/values gradients (B*H, blocks, n_add, D/Dv) or None."""
     BH, N, D = q.shape
@@ -233,13 +378,60 @@ def backward(q, k, v, do, lse, drow, keys, valid, rel, inv_q, inv_slot, inv_vali
     ds = q.new_zeros((BH, N, KP)) if rpb is not None else dummy
     dak = q.new_empty((BH, nqb, n_add, D)) if n_add else dummy
     dav = q.new_empty((BH, nqb, n_add, DV)) if n_add else dummy
-    _bwd_dq_kernel[(nqb, BH)](q, k, v, do, lse, drow, keys, valid, rel, rpb if rpb is not None else dummy,
-                              ak if n_add else dummy, av if n_add else dummy, dq, ds, dak, dav, N, heads, kv_heads,
-                              KP, n_add, D, DV, R, nqb, float(scale), **cfg.launch_kwargs())
+    _bwd_dq_kernel[(nqb, BH)](
+        q,
+        k,
+        v,
+        do,
+        lse,
+        drow,
+        keys,
+        valid,
+        rel,
+        rpb if rpb is not None else dummy,
+        ak if n_add else dummy,
+        av if n_add else dummy,
+        dq,
+        ds,
+        dak,
+        dav,
+        N,
+        heads,
+        kv_heads,
+        KP,
+        n_add,
+        D,
+        DV,
+        R,
+        nqb,
+        float(scale),
+        **cfg.launch_kwargs(),
+    )
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     cfg_kv = launch_config("dkdv", D, DV, rpb is not None, gpu_configs())
     _bwd_dkdv_kernel[(triton.cdiv(N, dict(cfg_kv.constexprs)["BK"]), k.shape[0])](
-        q, k, v, do, lse, drow, inv_q, inv_slot, inv_valid, rel, rpb if rpb is not None else dummy, dk, dv, N, heads,
-        kv_heads, KP, inv_q.shape[1], D, DV, R, **cfg_kv.launch_kwargs())
+        q,
+        k,
+        v,
+        do,
+        lse,
+        drow,
+        inv_q,
+        inv_slot,
+        inv_valid,
+        rel,
+        rpb if rpb is not None else dummy,
+        dk,
+        dv,
+        N,
+        heads,
+        kv_heads,
+        KP,
+        inv_q.shape[1],
+        D,
+        DV,
+        R,
+        **cfg_kv.launch_kwargs(),
+    )
     return dq, dk, dv, (ds if rpb is not None else None), (dak if n_add else None), (dav if n_add else None)

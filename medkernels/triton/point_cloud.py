@@ -7,9 +7,9 @@ multiply-add: ``enable_fp_fusion=False``), so the indices agree across backends.
   distance in a global buffer, and takes the block maxima's first maximum (NaN as torch does: minimum
   propagates it, argmax takes the first NaN).
 * kNN: one program per query; a candidate is one int64 key (the distance's bits above the point's
-  index, so keys order by distance, then index; NaN as one canonical NaN, after +inf). Per block of points: sort the block's keys, keep the
-  k smallest, merge with the running best (minimum against the reversed block, then a sort: a bitonic
-  merge).
+  index, so keys order by distance, then index; NaN as one canonical NaN, after +inf). Per block of
+  points: sort the block's keys, keep the k smallest, merge with the running best (minimum against the
+  reversed block, then a sort: a bitonic merge).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ if AVAILABLE:
         d = tl.zeros(offs.shape, tl.float32)
         for c in range(0, C):
             diff = tl.load(p_ptr + offs * spn + c, mask=mask, other=0.0).to(tl.float32) - tl.load(q_ptr + c).to(
-                tl.float32)
+                tl.float32
+            )
             d = d + diff * diff
         return d
 
@@ -122,18 +123,35 @@ def launch_config(kernel: str, dtype: torch.dtype, k: int = 1) -> LaunchConfig:
     the distances round as the CPU kernels' and the references'."""
     f32, i64 = torch.float32, torch.int64
     if kernel == "fps":
-        return make_config(_fps_kernel, pointers=dict(X=dtype, DIST=f32, OUT=i64, LEN=i64), flags=("HAS_LEN",),
-                           num_warps=4, num_stages=3, enable_fp_fusion=False, constexprs=dict(BLOCK=FPS_BLOCK))
+        return make_config(
+            _fps_kernel,
+            pointers=dict(X=dtype, DIST=f32, OUT=i64, LEN=i64),
+            flags=("HAS_LEN",),
+            num_warps=4,
+            num_stages=3,
+            enable_fp_fusion=False,
+            constexprs=dict(BLOCK=FPS_BLOCK),
+        )
     kp = max(16, next_pow2(k))
-    return make_config(_knn_kernel, pointers=dict(Q=dtype, P=dtype, D=f32, I=i64, QLEN=i64, PLEN=i64),
-                       flags=("HAS_QLEN", "HAS_PLEN"), num_warps=4, num_stages=3, enable_fp_fusion=False,
-                       constexprs=dict(KP=kp, BN=max(kp, 128)))
+    return make_config(
+        _knn_kernel,
+        pointers=dict(Q=dtype, P=dtype, D=f32, I=i64, QLEN=i64, PLEN=i64),
+        flags=("HAS_QLEN", "HAS_PLEN"),
+        num_warps=4,
+        num_stages=3,
+        enable_fp_fusion=False,
+        constexprs=dict(KP=kp, BN=max(kp, 128)),
+    )
 
 
 def configs() -> list[LaunchConfig]:
     """Every configuration :func:`launch_config` returns (the same on a GPU and in the interpreter)."""
-    return list(dict.fromkeys([launch_config("fps", dt) for dt in HALF_AND_FLOAT]
-                              + [launch_config("knn", dt, k) for dt in HALF_AND_FLOAT for k in range(1, MAX_K + 1)]))
+    return list(
+        dict.fromkeys(
+            [launch_config("fps", dt) for dt in HALF_AND_FLOAT]
+            + [launch_config("knn", dt, k) for dt in HALF_AND_FLOAT for k in range(1, MAX_K + 1)]
+        )
+    )
 
 
 def furthest_point_sample(xyz, npoint, lengths, start_idx):
@@ -160,7 +178,19 @@ def knn(query, points, k, query_lengths, lengths):
     if B * M == 0:
         return dists.to(query.dtype), idx
     has_q, has_p = query_lengths is not None, lengths is not None
-    _knn_kernel[(B * M,)](query.contiguous(), points.contiguous(), dists, idx,
-                          query_lengths.contiguous() if has_q else idx, lengths.contiguous() if has_p else idx,
-                          M, N, k, C, has_q, has_p, **launch_config("knn", query.dtype, k).launch_kwargs())
+    _knn_kernel[(B * M,)](
+        query.contiguous(),
+        points.contiguous(),
+        dists,
+        idx,
+        query_lengths.contiguous() if has_q else idx,
+        lengths.contiguous() if has_p else idx,
+        M,
+        N,
+        k,
+        C,
+        has_q,
+        has_p,
+        **launch_config("knn", query.dtype, k).launch_kwargs(),
+    )
     return dists.to(query.dtype), idx

@@ -35,8 +35,22 @@ if AVAILABLE:
         return th, 4.0 * e * r * r
 
     @triton.jit
-    def _fwd_kernel(X, GRID, W, OUT, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
-                    GP: tl.constexpr, PREC: tl.constexpr):
+    def _fwd_kernel(
+        X,
+        GRID,
+        W,
+        OUT,
+        T,
+        I,
+        O,
+        G,
+        inv,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BI: tl.constexpr,
+        GP: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         offs_m = pid_m * BM + tl.arange(0, BM)
@@ -61,8 +75,25 @@ if AVAILABLE:
         tl.store(OUT + offs_m[:, None] * O + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])
 
     @triton.jit
-    def _dx_kernel(DOUT, X, GRID, W, DX, PART_G, PART_I, T, I, O, G, inv, BM: tl.constexpr, BO: tl.constexpr,
-                   BI: tl.constexpr, GP: tl.constexpr, PREC: tl.constexpr):
+    def _dx_kernel(
+        DOUT,
+        X,
+        GRID,
+        W,
+        DX,
+        PART_G,
+        PART_I,
+        T,
+        I,
+        O,
+        G,
+        inv,
+        BM: tl.constexpr,
+        BO: tl.constexpr,
+        BI: tl.constexpr,
+        GP: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         pid_i = tl.program_id(1)
         offs_m = pid_m * BM + tl.arange(0, BM)
@@ -95,8 +126,22 @@ if AVAILABLE:
         tl.store(PART_I + part, dinv)
 
     @triton.jit
-    def _dw_kernel(DOUT, X, GRID, DW, T, I, O, G, inv, BM: tl.constexpr, BN: tl.constexpr, BI: tl.constexpr,
-                   GP: tl.constexpr, PREC: tl.constexpr):
+    def _dw_kernel(
+        DOUT,
+        X,
+        GRID,
+        DW,
+        T,
+        I,
+        O,
+        G,
+        inv,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BI: tl.constexpr,
+        GP: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         pid_n = tl.program_id(0)
         pid_i = tl.program_id(1)
         offs_n = pid_n * BN + tl.arange(0, BN)
@@ -145,21 +190,40 @@ def launch_config(kernel: str, dtype: torch.dtype, G: int, gpu: bool = True) -> 
     bm, bn, bi, gp = tiles(kernel, G, gpu)
     prec = "ieee" if dtype == f32 else "tf32"
     if kernel == "fwd":
-        return make_config(_fwd_kernel, pointers=dict(X=dtype, GRID=f32, W=dtype, OUT=f32), floats=("inv",),
-                           num_warps=8, num_stages=3, constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec))
+        return make_config(
+            _fwd_kernel,
+            pointers=dict(X=dtype, GRID=f32, W=dtype, OUT=f32),
+            floats=("inv",),
+            num_warps=8,
+            num_stages=3,
+            constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec),
+        )
     if kernel == "dx":
-        return make_config(_dx_kernel, pointers=dict(DOUT=dtype, X=dtype, GRID=f32, W=dtype, DX=f32, PART_G=f32,
-                                                     PART_I=f32),
-                           floats=("inv",), num_warps=8, num_stages=3,
-                           constexprs=dict(BM=bm, BO=bn, BI=bi, GP=gp, PREC=prec))
-    return make_config(_dw_kernel, pointers=dict(DOUT=dtype, X=dtype, GRID=f32, DW=f32), floats=("inv",),
-                       num_warps=8, num_stages=3, constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec))
+        return make_config(
+            _dx_kernel,
+            pointers=dict(DOUT=dtype, X=dtype, GRID=f32, W=dtype, DX=f32, PART_G=f32, PART_I=f32),
+            floats=("inv",),
+            num_warps=8,
+            num_stages=3,
+            constexprs=dict(BM=bm, BO=bn, BI=bi, GP=gp, PREC=prec),
+        )
+    return make_config(
+        _dw_kernel,
+        pointers=dict(DOUT=dtype, X=dtype, GRID=f32, DW=f32),
+        floats=("inv",),
+        num_warps=8,
+        num_stages=3,
+        constexprs=dict(BM=bm, BN=bn, BI=bi, GP=gp, PREC=prec),
+    )
 
 
 def configs() -> list[LaunchConfig]:
     """Every configuration :func:`launch_config` returns on a GPU."""
-    return list(dict.fromkeys(launch_config(k, dt, g) for k in _KERNELS for dt in HALF_AND_FLOAT
-                              for g in range(1, MAX_GRID + 1)))
+    return list(
+        dict.fromkeys(
+            launch_config(k, dt, g) for k in _KERNELS for dt in HALF_AND_FLOAT for g in range(1, MAX_GRID + 1)
+        )
+    )
 
 
 def forward(x, grid, inv_denominator, weight):
@@ -174,8 +238,18 @@ def forward(x, grid, inv_denominator, weight):
         cfg = launch_config("fwd", x.dtype, G, gpu_configs())
         c = dict(cfg.constexprs)
         grid_ = (triton.cdiv(T, c["BM"]), triton.cdiv(O, c["BN"]))
-        _fwd_kernel[grid_](x2, grid.float().contiguous(), weight.contiguous(), out, T, I, O, G,
-                           float(inv_denominator), **cfg.launch_kwargs())
+        _fwd_kernel[grid_](
+            x2,
+            grid.float().contiguous(),
+            weight.contiguous(),
+            out,
+            T,
+            I,
+            O,
+            G,
+            float(inv_denominator),
+            **cfg.launch_kwargs(),
+        )
     return out.to(x.dtype).reshape(*x.shape[:-1], O)
 
 
@@ -209,12 +283,17 @@ def backward(grad_out, x, grid, inv_denominator, weight, output_mask):
         if T > 0 and O > 0 and I > 0:
             cfg = launch_config("dw", x.dtype, G, gpu_configs())
             c = dict(cfg.constexprs)
-            _dw_kernel[(triton.cdiv(O, c["BN"]), triton.cdiv(I, c["BI"]))](d2, x2, g32, dw32, T, I, O, G, inv,
-                                                                           **cfg.launch_kwargs())
+            _dw_kernel[(triton.cdiv(O, c["BN"]), triton.cdiv(I, c["BI"]))](
+                d2, x2, g32, dw32, T, I, O, G, inv, **cfg.launch_kwargs()
+            )
         dw = dw32.to(weight.dtype)
 
     def pick(t, need, like):
         return t if need else like.new_empty((0,))
 
-    return (pick(dx, need_x, x), pick(dgrid, need_g, grid), pick(dinv, need_i, inv_denominator),
-            pick(dw, need_w, weight))
+    return (
+        pick(dx, need_x, x),
+        pick(dgrid, need_g, grid),
+        pick(dinv, need_i, inv_denominator),
+        pick(dw, need_w, weight),
+    )

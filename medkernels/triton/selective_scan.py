@@ -38,8 +38,25 @@ if AVAILABLE:
         return raw, dt
 
     @triton.jit
-    def _bc_tile(X, b, d, DIM, G, N, s_b, s_g, s_n, s_l, offs_n, mn, offs_t, m2, VAR: tl.constexpr,
-                 BL: tl.constexpr, BN: tl.constexpr):
+    def _bc_tile(
+        X,
+        b,
+        d,
+        DIM,
+        G,
+        N,
+        s_b,
+        s_g,
+        s_n,
+        s_l,
+        offs_n,
+        mn,
+        offs_t,
+        m2,
+        VAR: tl.constexpr,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         """B or C over a chunk as a (BL, BN) float32 tile: loaded per token when variable (with groups),
         the fixed (dim, N) row broadcast otherwise."""
         if VAR:
@@ -51,10 +68,42 @@ if AVAILABLE:
         return tile
 
     @triton.jit
-    def _chunk_inputs(U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
-                      sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn,
-                      VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_BIAS, SOFTPLUS, BL: tl.constexpr,
-                      BN: tl.constexpr):
+    def _chunk_inputs(
+        U,
+        DELTA,
+        BIAS,
+        B,
+        C,
+        a_row,
+        b,
+        d,
+        c,
+        L,
+        DIM,
+        N,
+        GB,
+        GC,
+        su_b,
+        su_d,
+        sd_b,
+        sd_d,
+        sB_b,
+        sB_g,
+        sB_n,
+        sB_l,
+        sC_b,
+        sC_g,
+        sC_n,
+        sC_l,
+        offs_n,
+        mn,
+        VAR_B: tl.constexpr,
+        VAR_C: tl.constexpr,
+        HAS_BIAS,
+        SOFTPLUS,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         """Chunk ``c`` of one row: token offsets and masks, u, raw and activated dt, the B/C tiles and
         the scan pairs (da, dbu) = (exp(dt A), dt u B); padding is the identity (1, 0)."""
         offs_t = c * BL + tl.arange(0, BL)
@@ -69,11 +118,49 @@ if AVAILABLE:
         return offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu
 
     @triton.jit
-    def _fwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, INIT, OUT, LAST, CKPT,
-                    L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d,
-                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                    HAS_D, HAS_Z, HAS_BIAS, HAS_INIT, SOFTPLUS,
-                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
+    def _fwd_kernel(
+        U,
+        DELTA,
+        A,
+        B,
+        C,
+        D,
+        Z,
+        BIAS,
+        INIT,
+        OUT,
+        LAST,
+        CKPT,
+        L,
+        DIM,
+        N,
+        NCH,
+        GB,
+        GC,
+        su_b,
+        su_d,
+        sd_b,
+        sd_d,
+        sz_b,
+        sz_d,
+        sB_b,
+        sB_g,
+        sB_n,
+        sB_l,
+        sC_b,
+        sC_g,
+        sC_n,
+        sC_l,
+        HAS_D,
+        HAS_Z,
+        HAS_BIAS,
+        HAS_INIT,
+        SOFTPLUS,
+        VAR_B: tl.constexpr,
+        VAR_C: tl.constexpr,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         b = pid // DIM
         d = pid % DIM
@@ -85,8 +172,41 @@ if AVAILABLE:
         for c in range(0, NCH):
             tl.store(CKPT + (pid * NCH + c) * N + offs_n, h, mask=mn)
             offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu = _chunk_inputs(
-                U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn, VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, BL, BN)
+                U,
+                DELTA,
+                BIAS,
+                B,
+                C,
+                a_row,
+                b,
+                d,
+                c,
+                L,
+                DIM,
+                N,
+                GB,
+                GC,
+                su_b,
+                su_d,
+                sd_b,
+                sd_d,
+                sB_b,
+                sB_g,
+                sB_n,
+                sB_l,
+                sC_b,
+                sC_g,
+                sC_n,
+                sC_l,
+                offs_n,
+                mn,
+                VAR_B,
+                VAR_C,
+                HAS_BIAS,
+                SOFTPLUS,
+                BL,
+                BN,
+            )
             acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
             hs = acum * h[None, :] + hloc
             y = tl.sum(hs * ct, axis=1) + d_skip * u
@@ -99,12 +219,59 @@ if AVAILABLE:
         tl.store(LAST + pid * N + offs_n, h, mask=mn)
 
     @triton.jit
-    def _bwd_kernel(U, DELTA, A, B, C, D, Z, BIAS, CKPT, GOUT, GLAST,
-                    DU, DDELTA, DZ, DA_PART, DB, DC, DD_PART, DBIAS_PART, DINIT,
-                    L, DIM, N, NCH, GB, GC, su_b, su_d, sd_b, sd_d, sz_b, sz_d, sg_b, sg_d,
-                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                    HAS_D, HAS_Z, HAS_BIAS, HAS_GLAST, SOFTPLUS,
-                    VAR_B: tl.constexpr, VAR_C: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
+    def _bwd_kernel(
+        U,
+        DELTA,
+        A,
+        B,
+        C,
+        D,
+        Z,
+        BIAS,
+        CKPT,
+        GOUT,
+        GLAST,
+        DU,
+        DDELTA,
+        DZ,
+        DA_PART,
+        DB,
+        DC,
+        DD_PART,
+        DBIAS_PART,
+        DINIT,
+        L,
+        DIM,
+        N,
+        NCH,
+        GB,
+        GC,
+        su_b,
+        su_d,
+        sd_b,
+        sd_d,
+        sz_b,
+        sz_d,
+        sg_b,
+        sg_d,
+        sB_b,
+        sB_g,
+        sB_n,
+        sB_l,
+        sC_b,
+        sC_g,
+        sC_n,
+        sC_l,
+        HAS_D,
+        HAS_Z,
+        HAS_BIAS,
+        HAS_GLAST,
+        SOFTPLUS,
+        VAR_B: tl.constexpr,
+        VAR_C: tl.constexpr,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         b = pid // DIM
         d = pid % DIM
@@ -123,8 +290,41 @@ if AVAILABLE:
         for cc in range(0, NCH):
             c = NCH - 1 - cc
             offs_t, mt, m2, u, raw, dt, bt, ct, da, dbu = _chunk_inputs(
-                U, DELTA, BIAS, B, C, a_row, b, d, c, L, DIM, N, GB, GC, su_b, su_d, sd_b, sd_d,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, offs_n, mn, VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, BL, BN)
+                U,
+                DELTA,
+                BIAS,
+                B,
+                C,
+                a_row,
+                b,
+                d,
+                c,
+                L,
+                DIM,
+                N,
+                GB,
+                GC,
+                su_b,
+                su_d,
+                sd_b,
+                sd_d,
+                sB_b,
+                sB_g,
+                sB_n,
+                sB_l,
+                sC_b,
+                sC_g,
+                sC_n,
+                sC_l,
+                offs_n,
+                mn,
+                VAR_B,
+                VAR_C,
+                HAS_BIAS,
+                SOFTPLUS,
+                BL,
+                BN,
+            )
             h0 = tl.load(CKPT + (pid * NCH + c) * N + offs_n, mask=mn, other=0.0)
             acum, hloc = tl.associative_scan((da, dbu), 0, _combine)
             hs = acum * h0[None, :] + hloc
@@ -138,8 +338,9 @@ if AVAILABLE:
                 gy = gout * z * sz
             g_d += tl.sum(tl.where(mt, gy * u, 0.0), axis=0)
             # adjoint: g_t = gy_t C_t + dA_{t+1} g_{t+1}; the step after the chunk comes in through `carry`
-            _, dt_next = _dt_chunk(DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t + 1, mt & (offs_t + 1 < L),
-                                   HAS_BIAS, SOFTPLUS)
+            _, dt_next = _dt_chunk(
+                DELTA, BIAS, b * sd_b + d * sd_d, d, offs_t + 1, mt & (offs_t + 1 < L), HAS_BIAS, SOFTPLUS
+            )
             is_last = (offs_t == c * BL + BL - 1) | (offs_t == L - 1)
             a_next = tl.where(is_last[:, None] | ~m2, 0.0, tl.exp(dt_next[:, None] * a_row[None, :]))
             b_adj = tl.where(m2, gy[:, None] * ct, 0.0) + tl.where(is_last[:, None] & m2, carry[None, :], 0.0)
@@ -197,8 +398,9 @@ def chunk_len(dstate: int = 1) -> int:
     return gpu_chunk_len(dstate) if gpu_configs() else 16
 
 
-def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int, var_b: bool,
-                  var_c: bool) -> LaunchConfig:
+def launch_config(
+    backward: bool, dtype: torch.dtype, dstate: int, chunk: int, var_b: bool, var_c: bool
+) -> LaunchConfig:
     """The launch of the forward (or backward) kernel: a pure function of the shapes.
 
     Args:
@@ -214,8 +416,28 @@ def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int, v
     """
     kernel = _bwd_kernel if backward else _fwd_kernel
     if backward:
-        names = ("U", "DELTA", "A", "B", "C", "D", "Z", "BIAS", "CKPT", "GOUT", "GLAST", "DU", "DDELTA", "DZ",
-                 "DA_PART", "DB", "DC", "DD_PART", "DBIAS_PART", "DINIT")
+        names = (
+            "U",
+            "DELTA",
+            "A",
+            "B",
+            "C",
+            "D",
+            "Z",
+            "BIAS",
+            "CKPT",
+            "GOUT",
+            "GLAST",
+            "DU",
+            "DDELTA",
+            "DZ",
+            "DA_PART",
+            "DB",
+            "DC",
+            "DD_PART",
+            "DBIAS_PART",
+            "DINIT",
+        )
         flags = ("HAS_D", "HAS_Z", "HAS_BIAS", "HAS_GLAST", "SOFTPLUS")
         stored = {"U", "DELTA", "Z", "GOUT"}
     else:
@@ -225,8 +447,14 @@ def launch_config(backward: bool, dtype: torch.dtype, dstate: int, chunk: int, v
     stored |= {"B"} if var_b else set()
     stored |= {"C"} if var_c else set()
     pointers = {n: dtype if n in stored else _FLOAT32 for n in names}
-    return make_config(kernel, pointers=pointers, flags=flags, num_warps=4, num_stages=3,
-                       constexprs=dict(VAR_B=var_b, VAR_C=var_c, BL=chunk, BN=state_block(dstate)))
+    return make_config(
+        kernel,
+        pointers=pointers,
+        flags=flags,
+        num_warps=4,
+        num_stages=3,
+        constexprs=dict(VAR_B=var_b, VAR_C=var_c, BL=chunk, BN=state_block(dstate)),
+    )
 
 
 def configs() -> list[LaunchConfig]:
@@ -263,10 +491,38 @@ def forward(u, delta, A, B, C, D, z, bias, init, softplus: bool, chunk: int):
     zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     cfg = launch_config(False, u.dtype, N, chunk, B.dim() > 2, C.dim() > 2)
     _fwd_kernel[(batch * dim,)](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else u.new_empty(1),
-        bias if bias is not None else dummy, init if init is not None else dummy, out, last, ckpt,
-        L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs, *sB, *sC,
-        D is not None, z is not None, bias is not None, init is not None, bool(softplus), **cfg.launch_kwargs())
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else dummy,
+        z if z is not None else u.new_empty(1),
+        bias if bias is not None else dummy,
+        init if init is not None else dummy,
+        out,
+        last,
+        ckpt,
+        L,
+        dim,
+        N,
+        nch,
+        gB,
+        gC,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        *zs,
+        *sB,
+        *sC,
+        D is not None,
+        z is not None,
+        bias is not None,
+        init is not None,
+        bool(softplus),
+        **cfg.launch_kwargs(),
+    )
     return out, last, ckpt
 
 
@@ -292,10 +548,46 @@ def backward(gout, glast, u, delta, A, B, C, D, z, bias, ckpt, softplus: bool, c
     zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     cfg = launch_config(True, u.dtype, N, chunk, B.dim() > 2, C.dim() > 2)
     _bwd_kernel[(batch * dim,)](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else u.new_empty(1),
-        bias if bias is not None else dummy, ckpt, gout, glast if glast is not None else dummy,
-        du, ddelta, dz, parts, dB, dC, dd, dbias, dinit,
-        L, dim, N, nch, gB, gC, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *zs,
-        gout.stride(0), gout.stride(1), *sB, *sC,
-        D is not None, z is not None, bias is not None, glast is not None, bool(softplus), **cfg.launch_kwargs())
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else dummy,
+        z if z is not None else u.new_empty(1),
+        bias if bias is not None else dummy,
+        ckpt,
+        gout,
+        glast if glast is not None else dummy,
+        du,
+        ddelta,
+        dz,
+        parts,
+        dB,
+        dC,
+        dd,
+        dbias,
+        dinit,
+        L,
+        dim,
+        N,
+        nch,
+        gB,
+        gC,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        *zs,
+        gout.stride(0),
+        gout.stride(1),
+        *sB,
+        *sC,
+        D is not None,
+        z is not None,
+        bias is not None,
+        glast is not None,
+        bool(softplus),
+        **cfg.launch_kwargs(),
+    )
     return du, ddelta, dz, dB, dC, parts.view(batch, dim, 3, N), dd.view(batch, dim), dbias.view(batch, dim), dinit

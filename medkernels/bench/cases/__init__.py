@@ -36,18 +36,43 @@ CASES: list[Case] = [
     # The GPU profile times the pure-PyTorch references (a Python loop over the sequence, or whole-tensor
     # gathers) only at shapes where a call takes well under a second, so that the profile fits
     # scripts/gpu_check.sh's time budget; the large shapes are timed against each other and the copy bandwidth.
-    scan_case(8, 1536, 16, 4096, "variable", ("gpu",), (torch.bfloat16, torch.float32), (
-        Target("CUDA forward moves its bytes at >= 60% of the copy bandwidth", "cuda", "fwd", "bandwidth", 0.6),
-        Target("Triton forward within 1.5x of the CUDA forward", "triton", "fwd", "speedup", 1 / 1.5, against="cuda"),
-    ), reference=False),
-    scan_case(2, 768, 16, 1024, "variable", ("gpu",), (torch.float32,), (
-        Target("CUDA forward+backward >= 30x the reference", "cuda", "fwd+bwd", "speedup", 30.0),
-    )),
+    scan_case(
+        8,
+        1536,
+        16,
+        4096,
+        "variable",
+        ("gpu",),
+        (torch.bfloat16, torch.float32),
+        (
+            Target("CUDA forward moves its bytes at >= 60% of the copy bandwidth", "cuda", "fwd", "bandwidth", 0.6),
+            Target(
+                "Triton forward within 1.5x of the CUDA forward", "triton", "fwd", "speedup", 1 / 1.5, against="cuda"
+            ),
+        ),
+        reference=False,
+    ),
+    scan_case(
+        2,
+        768,
+        16,
+        1024,
+        "variable",
+        ("gpu",),
+        (torch.float32,),
+        (Target("CUDA forward+backward >= 30x the reference", "cuda", "fwd+bwd", "speedup", 30.0),),
+    ),
     na_case((12, 12), 3, 2, ("quick",), heads=2, dim=8),
     conv_case(2, 1536, 4096, 4, ("default", "full")),
     conv_case(8, 3072, 8192, 4, ("gpu",)),
-    mamba_case(2, 1024, 256, 16, ("default", "full"),
-               (Target("forward+backward >= 10x the block on reference ops", "cpu", "fwd+bwd", "speedup", 10.0),)),
+    mamba_case(
+        2,
+        1024,
+        256,
+        16,
+        ("default", "full"),
+        (Target("forward+backward >= 10x the block on reference ops", "cpu", "fwd+bwd", "speedup", 10.0),),
+    ),
     mamba_case(4, 1024, 768, 16, ("gpu",), dtypes=(torch.bfloat16,)),  # the reference block loops over L
     na_case((64, 64), 7, 1, ("default", "full"), na_targets(False)),
     na_case((64, 64), 7, 2, ("default", "full"), na_targets(False)),
@@ -57,22 +82,48 @@ CASES: list[Case] = [
     da_case((32, 32, 32), (2, 8, 8), "global", ("default", "full"), DA_TARGETS),
     da_case((64, 64, 64), (2, 8, 8), "global", ("gpu",), heads=3, dim=32, dtypes=(torch.bfloat16, torch.float32)),
     dct_case(8, 64, 56, 28, ("default", "full")),
-    dct_attention_case(2, 64, 56, 2, 0.25, ("default", "full"), (
-        Target("forward >= 4x full spatial attention", "cpu", "fwd", "speedup", 4.0, against="peer:spatial_attention"),
-    )),
+    dct_attention_case(
+        2,
+        64,
+        56,
+        2,
+        0.25,
+        ("default", "full"),
+        (
+            Target(
+                "forward >= 4x full spatial attention", "cpu", "fwd", "speedup", 4.0, against="peer:spatial_attention"
+            ),
+        ),
+    ),
     dct_attention_case(8, 64, 56, 2, 0.25, ("gpu",)),
     na_case((128, 128), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
     na_case((32, 32, 32), 7, 1, ("gpu",), heads=4, dim=32, dtypes=(torch.bfloat16,)),
     fps_case(1, 2000, 200, 3, ("quick",)),
-    fps_case(1, 16384, 2048, 3, ("default", "full"), (
-        Target("exact FPS >= 10x the torch loop", "cpu", "fwd", "speedup", 10.0),
-        Target("exact FPS >= 3x fpsample's exact fps_sampling", "cpu", "fwd", "speedup", 3.0, against="peer:fpsample"),
-    )),
+    fps_case(
+        1,
+        16384,
+        2048,
+        3,
+        ("default", "full"),
+        (
+            Target("exact FPS >= 10x the torch loop", "cpu", "fwd", "speedup", 10.0),
+            Target(
+                "exact FPS >= 3x fpsample's exact fps_sampling", "cpu", "fwd", "speedup", 3.0, against="peer:fpsample"
+            ),
+        ),
+    ),
     fps_case(8, 131072, 4096, 3, ("gpu",), reference=False),  # the textbook loop: one sync per step
     knn_case(1, 64, 1000, 8, 3, ("quick",)),
-    knn_case(1, 2048, 16384, 32, 3, ("default", "full"), (
-        Target("kNN >= 2x faiss-cpu's flat index", "cpu", "fwd", "speedup", 2.0, against="peer:faiss_flat"),
-    ), reference=False),
+    knn_case(
+        1,
+        2048,
+        16384,
+        32,
+        3,
+        ("default", "full"),
+        (Target("kNN >= 2x faiss-cpu's flat index", "cpu", "fwd", "speedup", 2.0, against="peer:faiss_flat"),),
+        reference=False,
+    ),
     knn_case(8, 1024, 2048, 32, 64, ("full",), reference=False),
     knn_case(8, 8192, 16384, 32, 3, ("gpu",), reference=False),
     kan_case(49 * 64, 512, 1024, 8, ("default", "full"), KAN_TARGETS),

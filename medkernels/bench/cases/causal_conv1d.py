@@ -12,9 +12,11 @@ from .base import Case, Peer
 def _conv_inputs(batch, dim, seqlen, width):
     def make(device, dtype):
         g = torch.Generator().manual_seed(0)
-        return {"x": torch.randn(batch, dim, seqlen, generator=g).to(device, dtype),
-                "weight": torch.randn(dim, width, generator=g).to(device, dtype),
-                "bias": torch.randn(dim, generator=g).to(device, dtype)}
+        return {
+            "x": torch.randn(batch, dim, seqlen, generator=g).to(device, dtype),
+            "weight": torch.randn(dim, width, generator=g).to(device, dtype),
+            "bias": torch.randn(dim, generator=g).to(device, dtype),
+        }
 
     return make
 
@@ -23,7 +25,7 @@ def _conv_torch(x: dict):
     """What a model does without causal-conv1d: a padded depthwise nn.functional.conv1d, cropped, SiLU."""
     w = x["weight"]
     out = torch.nn.functional.conv1d(x["x"], w[:, None], x["bias"], padding=w.shape[1] - 1, groups=w.shape[0])
-    return torch.nn.functional.silu(out[..., :x["x"].shape[-1]])
+    return torch.nn.functional.silu(out[..., : x["x"].shape[-1]])
 
 
 def conv_case(batch, dim, seqlen, width, profiles) -> Case:
@@ -33,8 +35,9 @@ def conv_case(batch, dim, seqlen, width, profiles) -> Case:
         params={"batch": batch, "dim": dim, "seqlen": seqlen, "width": width},
         profiles=profiles,
         make_inputs=_conv_inputs(batch, dim, seqlen, width),
-        call=lambda backend, x: ops.causal_conv1d_fn(x["x"], x["weight"], x["bias"], activation="silu",
-                                                     backend=backend),
+        call=lambda backend, x: ops.causal_conv1d_fn(
+            x["x"], x["weight"], x["bias"], activation="silu", backend=backend
+        ),
         differentiable=("x", "weight", "bias"),
         peers={"torch_conv1d": Peer(_conv_torch)},
     )

@@ -21,7 +21,7 @@ def da_case(spatial, group, scope, profiles, targets=(), heads=3, dim=32, dtypes
     return Case(
         op="dilated_attention3d",
         label=f"B=1 {'x'.join(map(str, spatial))} group={'x'.join(map(str, group))} {scope} heads={heads} "
-              f"head_dim={dim}",
+        f"head_dim={dim}",
         params={"spatial": list(spatial), "group_size": list(group), "scope": scope, "heads": heads, "head_dim": dim},
         profiles=profiles,
         make_inputs=na_inputs(spatial, heads, dim),
@@ -34,9 +34,17 @@ def da_case(spatial, group, scope, profiles, targets=(), heads=3, dim=32, dtypes
 
 
 DA_TARGETS = (
-    Target("forward >= 1.5x the official pad-reshape-permute path", "cpu", "fwd", "speedup", 1.5, against="peer:official"),
+    Target(
+        "forward >= 1.5x the official pad-reshape-permute path", "cpu", "fwd", "speedup", 1.5, against="peer:official"
+    ),
     Target("forward+backward >= 1.5x the official path", "cpu", "fwd+bwd", "speedup", 1.5, against="peer:official"),
     Target("forward not slower than SDPA on permuted tokens", "cpu", "fwd", "speedup", 1.0, against="peer:sdpa"),
-    Target("forward+backward not slower than SDPA on permuted tokens", "cpu", "fwd+bwd", "speedup", 1.0,
-           against="peer:sdpa"),
+    Target(
+        "forward+backward not slower than SDPA on permuted tokens",
+        "cpu",
+        "fwd+bwd",
+        "speedup",
+        1.0,
+        against="peer:sdpa",
+    ),
 )

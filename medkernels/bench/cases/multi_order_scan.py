@@ -34,9 +34,17 @@ def _multi_scan_copies(x: dict):
     for k in range(orders.shape[1]):
         o = orders[:, k, None, :]
         ou, ob = o.expand_as(u), o.expand_as(x["B"][:, k])
-        y = ops.selective_scan_fn(u.gather(2, ou), x["delta"][:, k].gather(2, ou), x["A"][k],
-                                  x["B"][:, k].gather(2, ob), x["C"][:, k].gather(2, ob), x["D"][k], None,
-                                  x["delta_bias"][k], True)
+        y = ops.selective_scan_fn(
+            u.gather(2, ou),
+            x["delta"][:, k].gather(2, ou),
+            x["A"][k],
+            x["B"][:, k].gather(2, ob),
+            x["C"][:, k].gather(2, ob),
+            x["D"][k],
+            None,
+            x["delta_bias"][k],
+            True,
+        )
         y = torch.zeros_like(y).scatter(2, ou, y)
         out = y if out is None else out + y
     return out
@@ -59,8 +67,20 @@ def multi_scan_case(batch, dim, dstate, seqlen, K, profiles, targets=(), with_re
 
 
 MULTI_SCAN_TARGETS = (
-    Target("forward+backward >= 2x the 8-copies path on our own scan", "cpu", "fwd+bwd", "speedup", 2.0,
-           against="peer:8_copies"),
-    Target("forward+backward peak memory <= 1/2 of the 8-copies path", "cpu", "fwd+bwd", "memory", 0.5,
-           against="peer:8_copies"),
+    Target(
+        "forward+backward >= 2x the 8-copies path on our own scan",
+        "cpu",
+        "fwd+bwd",
+        "speedup",
+        2.0,
+        against="peer:8_copies",
+    ),
+    Target(
+        "forward+backward peak memory <= 1/2 of the 8-copies path",
+        "cpu",
+        "fwd+bwd",
+        "memory",
+        0.5,
+        against="peer:8_copies",
+    ),
 )

@@ -14,8 +14,10 @@ from .base import Case, Peer, Target
 def na_inputs(spatial: tuple[int, ...], heads: int, dim: int):
     def make(device: torch.device, dtype: torch.dtype) -> dict:
         g = torch.Generator().manual_seed(0)
-        return {name: torch.randn(1, *spatial, heads, dim, generator=g).to(device, dtype)
-                for name in ("query", "key", "value")}
+        return {
+            name: torch.randn(1, *spatial, heads, dim, generator=g).to(device, dtype)
+            for name in ("query", "key", "value")
+        }
 
     return make
 
@@ -58,8 +60,7 @@ def na_case(spatial, kernel, dilation, profiles, targets=(), heads=4, dim=32, dt
         call=_na_call(na_dim, kernel, dilation),
         differentiable=("query", "key", "value"),
         dtypes=dtypes,
-        peers={"sdpa": Peer(_sdpa_call),
-               "natten": Peer(_natten_call(na_dim, kernel, dilation), _natten_unavailable)},
+        peers={"sdpa": Peer(_sdpa_call), "natten": Peer(_natten_call(na_dim, kernel, dilation), _natten_unavailable)},
         targets=targets,
     )
 

@@ -35,8 +35,13 @@ def fps_case(batch, n, npoint, c, profiles, targets=(), reference=True) -> Case:
         call=lambda backend, x: ops.furthest_point_sample(x["xyz"], npoint, backend=backend),
         differentiable=(),
         reference_backends=("reference",) if reference else (),
-        peers={"fpsample": Peer(lambda x: _peers.fpsample_fps(x["xyz"], npoint),
-                                _installed_cpu("fpsample", "pip install fpsample"), forward_only=True)},
+        peers={
+            "fpsample": Peer(
+                lambda x: _peers.fpsample_fps(x["xyz"], npoint),
+                _installed_cpu("fpsample", "pip install fpsample"),
+                forward_only=True,
+            )
+        },
         targets=targets,
     )
 
@@ -44,8 +49,10 @@ def fps_case(batch, n, npoint, c, profiles, targets=(), reference=True) -> Case:
 def knn_case(batch, m, n, k, c, profiles, targets=(), reference=True) -> Case:
     def make(device: torch.device, dtype: torch.dtype) -> dict:
         g = torch.Generator().manual_seed(0)
-        return {"query": torch.randn(batch, m, c, generator=g).to(device, dtype),
-                "points": torch.randn(batch, n, c, generator=g).to(device, dtype)}
+        return {
+            "query": torch.randn(batch, m, c, generator=g).to(device, dtype),
+            "points": torch.randn(batch, n, c, generator=g).to(device, dtype),
+        }
 
     return Case(
         op="knn",
@@ -56,8 +63,13 @@ def knn_case(batch, m, n, k, c, profiles, targets=(), reference=True) -> Case:
         call=lambda backend, x: ops.knn(x["query"], x["points"], k, backend=backend),
         differentiable=("query", "points"),
         reference_backends=("reference",) if reference else (),
-        peers={"faiss_flat": Peer(lambda x: _peers.faiss_flat_knn(x["query"], x["points"], k),
-                                  _installed_cpu("faiss", "pip install faiss-cpu"), forward_only=True),
-               "cdist_topk": Peer(lambda x: _peers.cdist_topk_knn(x["query"], x["points"], k))},
+        peers={
+            "faiss_flat": Peer(
+                lambda x: _peers.faiss_flat_knn(x["query"], x["points"], k),
+                _installed_cpu("faiss", "pip install faiss-cpu"),
+                forward_only=True,
+            ),
+            "cdist_topk": Peer(lambda x: _peers.cdist_topk_knn(x["query"], x["points"], k)),
+        },
         targets=targets,
     )

@@ -13,11 +13,12 @@ from .base import Case, Peer, Target
 def kan_case(tokens, in_dim, out_dim, grids, profiles, targets=(), dtypes=(torch.float32,)) -> Case:
     def make(device: torch.device, dtype: torch.dtype) -> dict:
         g = torch.Generator().manual_seed(0)
-        return {"x": torch.randn(tokens, in_dim, generator=g).to(device, dtype),
-                "grid": torch.linspace(-2.0, 2.0, grids, device=device),
-                "inv_denominator": torch.tensor(1 / 0.33, device=device),
-                "weight": (torch.randn(out_dim, in_dim * grids, generator=g) / (in_dim * grids) ** 0.5).to(device,
-                                                                                                           dtype)}
+        return {
+            "x": torch.randn(tokens, in_dim, generator=g).to(device, dtype),
+            "grid": torch.linspace(-2.0, 2.0, grids, device=device),
+            "inv_denominator": torch.tensor(1 / 0.33, device=device),
+            "weight": (torch.randn(out_dim, in_dim * grids, generator=g) / (in_dim * grids) ** 0.5).to(device, dtype),
+        }
 
     def call(backend: str, x: dict):
         return ops.rswaf_kan(x["x"], x["grid"], x["inv_denominator"], x["weight"], backend=backend)
@@ -37,8 +38,20 @@ def kan_case(tokens, in_dim, out_dim, grids, profiles, targets=(), dtypes=(torch
 
 
 KAN_TARGETS = (
-    Target("forward+backward peak memory <= 1/3 of the unfused layer's", "cpu", "fwd+bwd", "memory", 1 / 3,
-           against="peer:unfused"),
-    Target("forward+backward not slower than the unfused layer (basis, then nn.Linear)", "cpu", "fwd+bwd", "speedup",
-           1.0, against="peer:unfused"),
+    Target(
+        "forward+backward peak memory <= 1/3 of the unfused layer's",
+        "cpu",
+        "fwd+bwd",
+        "memory",
+        1 / 3,
+        against="peer:unfused",
+    ),
+    Target(
+        "forward+backward not slower than the unfused layer (basis, then nn.Linear)",
+        "cpu",
+        "fwd+bwd",
+        "speedup",
+        1.0,
+        against="peer:unfused",
+    ),
 )

@@ -53,14 +53,22 @@ def _mamba_ssm_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,), targets=(),
-              reference=True) -> Case:
+def scan_case(batch, dim, dstate, seqlen, bc, profiles, dtypes=(torch.float32,), targets=(), reference=True) -> Case:
     label = f"B={batch} D={dim} N={dstate} L={seqlen} {bc} B/C, D, z, delta_bias, softplus"
     return Case(
         op="selective_scan",
         label=label,
-        params={"batch": batch, "dim": dim, "dstate": dstate, "seqlen": seqlen, "B_C": bc,
-                "D": True, "z": True, "delta_bias": True, "delta_softplus": True},
+        params={
+            "batch": batch,
+            "dim": dim,
+            "dstate": dstate,
+            "seqlen": seqlen,
+            "B_C": bc,
+            "D": True,
+            "z": True,
+            "delta_bias": True,
+            "delta_softplus": True,
+        },
         profiles=profiles,
         make_inputs=_scan_inputs(batch, dim, dstate, seqlen, bc),
         call=_scan_call,
