@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
-TEST_TOOLS := pytest pytest-benchmark numpy scipy triton fpsample faiss-cpu
+TEST_TOOLS := pytest pytest-benchmark numpy scipy triton fpsample faiss-cpu safetensors monai
 LINT_TOOLS := ruff clang-format
 # A new torch version or tool list makes a new stamp, so an existing .venv gets them installed.
 STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) | cksum | cut -d' ' -f1)

@@ -1,5 +1,6 @@
-"""medkernels.models: reference architectures, built with :func:`create_model` (as timm)."""
+"""medkernels.models: reference architectures, built with :func:`create_model` (as timm), and
+:func:`load_checkpoint` for the checkpoints the official code produces."""
 
-from ._registry import create_model, is_model, list_models, register_model
+from ._registry import clean_state_dict, create_model, is_model, list_models, load_checkpoint, register_model
 
-__all__ = ["create_model", "is_model", "list_models", "register_model"]
+__all__ = ["clean_state_dict", "create_model", "is_model", "list_models", "load_checkpoint", "register_model"]
