@@ -9,6 +9,9 @@ times them as peers (``medkernels.bench.peers``).
 - ``dformer_attention_official``: D-Former's dilated attention as its ``model.py`` computes it.
 - ``dformer_attention_sdpa``: the same grouping around ``torch.nn.functional.scaled_dot_product_attention``.
 - ``kan_unfused``: FasterKAN's RSWAF layer (after its LayerNorm), the basis materialised, then ``F.linear``.
+- ``selective_scan_mamba_form``: mamba_ssm's ``selective_scan_ref`` as written there (every ``exp(delta A)`` and
+  ``delta B u`` materialised as ``[B, D, L, N]``, then a Python loop indexing one step at a time): what mamba_ssm and
+  the papers' code run without a CUDA build.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dformer_attention_official", "dformer_attention_sdpa", "kan_unfused"]
+__all__ = ["dformer_attention_official", "dformer_attention_sdpa", "kan_unfused", "selective_scan_mamba_form"]
 
 
 # --- D-Former dilated attention -------------------------------------------------------------------------
@@ -165,3 +168,51 @@ def kan_unfused(
     t = torch.tanh(diff)
     basis = 1 - t * t
     return F.linear(basis.flatten(-2), weight)
+
+
+# --- mamba_ssm's selective-scan reference ---------------------------------------------------------------
+
+
+def selective_scan_mamba_form(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """mamba_ssm's ``selective_scan_ref`` computation (real ``A``), restated: the same arguments and layouts as
+    :func:`medkernels.ops.selective_scan_fn` (``u``/``delta``/``z`` ``[B, D, L]``, ``A`` ``[D, N]``, ``B``/``C``
+    ``[D, N]`` or ``[B, N, L]`` or ``[B, G, N, L]``), float32 inside, the output in ``u``'s dtype."""
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim = u.shape[:2]
+    A = A.float()
+
+    def per_channel(M):  # [B, G, N, L] -> [B, D, N, L]; [B, N, L] and [D, N] kept
+        M = M.float()
+        return M.repeat_interleave(dim // M.shape[1], dim=1) if M.dim() == 4 else M
+
+    B, C = per_channel(B), per_channel(C)
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    if B.dim() == 2:
+        delta_b_u = torch.einsum("bdl,dn,bdl->bdln", delta, B, u)
+    elif B.dim() == 3:
+        delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    else:
+        delta_b_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    x = A.new_zeros((batch, dim, A.shape[1]))
+    ys = []
+    for i in range(u.shape[2]):
+        x = delta_a[:, :, i] * x + delta_b_u[:, :, i]
+        if C.dim() == 2:
+            ys.append(torch.einsum("bdn,dn->bd", x, C))
+        elif C.dim() == 3:
+            ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+        else:
+            ys.append(torch.einsum("bdn,bdn->bd", x, C[:, :, :, i]))
+    y = torch.stack(ys, dim=2)
+    out = y if D is None else y + u * D.float()[:, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    out = out.to(dtype_in)
+    return (out, x) if return_last_state else out

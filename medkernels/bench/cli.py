@@ -27,7 +27,7 @@ import medkernels
 from medkernels import ops
 
 from .cases import PROFILES, cases_for
-from .runner import PASSES, Result, backends_for, run_case, time_call
+from .runner import PASSES, Result, backends_for, memory_ratio, run_case, time_call
 
 
 def _cpu_model() -> str:
@@ -106,12 +106,14 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
 
-def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -> str:
+def format_case(
+    title: str, results: list[Result], peer_notes: dict[str, str], peer_calls: dict[str, str] | None = None
+) -> str:
     lines = [title]
     w = max([16, *(len(r.backend) for r in results)])
     header = (
         f"  {'backend':<{w}} {'pass':<8} {'median ms':>11} {'vs ref':>9} {'vs peer':>9} {'GB/s':>7} "
-        f"{'peak MB':>9} {'mem/ref':>8}"
+        f"{'peak MB':>9} {'RSS MB':>8} {'mem/ref':>8}"
     )
     lines.append(header)
     for passname in PASSES:
@@ -122,11 +124,20 @@ def format_case(title: str, results: list[Result], peer_notes: dict[str, str]) -
             lines.append(
                 f"  {r.backend:<{w}} {passname:<8} {r.median_ms:>11.3f} "
                 f"{_fmt(r.speedup_vs_reference, '>8.1f', 'x'):>9} "
-                f"{_fmt(r.speedup_vs_best_peer, '>8.2f', 'x'):>9} {r.gbps:>7.2f} {r.peak_bytes / 2**20:>9.2f} "
+                f"{_fmt(r.speedup_vs_best_peer, '>8.2f', 'x'):>9} {r.gbps:>7.2f} "
+                f"{(f'{r.peak_bytes / 2**20:.2f}' if r.torch_memory else 'n/c'):>9} "
+                f"{_fmt(None if r.peak_rss_bytes is None else r.peak_rss_bytes / 2**20, '>8.1f'):>8} "
                 f"{_fmt(r.memory_vs_reference, '>8.3f'):>8}"
             )
+    for peer, how in (peer_calls or {}).items():
+        lines.append(f"  peer {peer} = {how}")
     for peer, why in peer_notes.items():
         lines.append(f"  peer {peer}: not measured ({why})")
+    if any(not r.torch_memory for r in results):
+        lines.append(
+            "  peak MB: torch's allocator (n/c: a numpy peer's buffers are not torch's); RSS MB: the process's "
+            "resident-set rise during one call (every allocator), what memory targets compare when a row is n/c"
+        )
     return "\n".join(lines)
 
 
@@ -140,6 +151,17 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
 
 def check_targets(case, results: list[Result], copy_gbps: float | None = None) -> list[dict]:
     def row(backend, passname):
+        if backend == "peer":  # the fastest peer a user could call instead
+            peers = [
+                r
+                for r in results
+                if r.backend.startswith("peer:")
+                and r.passname == passname
+                and not r.error
+                and (spec := case.peers.get(r.backend[5:])) is not None
+                and spec.comparable
+            ]
+            return min(peers, key=lambda r: r.median_ms, default=None)
         return next((r for r in results if r.backend == backend and r.passname == passname and not r.error), None)
 
     checked = []
@@ -151,8 +173,8 @@ def check_targets(case, results: list[Result], copy_gbps: float | None = None) -
         elif mine is not None and theirs is not None:
             if t.metric == "speedup":
                 value = theirs.median_ms / mine.median_ms
-            elif theirs.peak_bytes:
-                value = mine.peak_bytes / theirs.peak_bytes
+            else:
+                value = memory_ratio(mine, theirs)
         checked.append(
             {
                 "target": t.description,
@@ -316,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             checked = check_targets(c, results, info.get("copy_gbps")) if dt == c.dtypes[0] else []
             targets += [{"op": c.op, "case": c.label, "dtype": str(dt).replace("torch.", ""), **t} for t in checked]
             progress.close()
-            block = format_case(c.title(dt), results, notes)
+            calls = {name: how for name, spec in c.peers.items() if name not in notes and (how := spec.describe())}
+            block = format_case(c.title(dt), results, notes, calls)
             if checked:
                 block += "\n" + "\n".join(_format_target(t) for t in checked)
             print("\n" + block, flush=True)

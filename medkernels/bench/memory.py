@@ -1,8 +1,11 @@
-"""Peak memory of a callable: exact allocator peaks, on CPU as on CUDA.
+"""Peak memory of a callable: exact allocator peaks, on CPU as on CUDA, and the process's resident peak.
 
 CPU: torch has no allocator statistics for host memory, so the profiler's allocation events are
 replayed (each carries the allocator's running total). That counts every tensor allocation,
-including those inside C++ kernels (workspaces allocated through torch), and nothing else.
+including those inside C++ kernels (workspaces allocated through torch), and nothing else: a numpy
+library's buffers are invisible to it. For those, :func:`peak_rss_bytes` reads the process's resident-set
+high-water mark around one more call (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``;
+``ru_maxrss`` cannot be reset), which counts every allocation that touched memory, torch's or not.
 """
 
 from __future__ import annotations
@@ -26,6 +29,60 @@ def _walk(nodes, out):
             if fields.device.type == "cpu":
                 out.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
         _walk(node.children, out)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _libc():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def peak_rss_bytes(fn: Callable[[], object]) -> int | None:
+    """How far the process's resident set rises above its size at the start while ``fn()`` runs: every
+    allocator's memory (numpy's, a C library's, torch's), where :func:`peak_allocated_bytes` sees only torch's.
+
+    Linux with glibc only (None elsewhere): the high-water mark ``VmHWM`` is reset through
+    ``/proc/self/clear_refs``, and for the call glibc maps every block of 64 KiB or more on its own and trims
+    its heap, so that memory freed by earlier calls is not reused unseen (its thresholds are left at their
+    largest dynamic values, 32/64 MiB, afterwards).
+    """
+    libc = _libc()
+    if libc is None:
+        return None
+    libc.mallopt(_M_MMAP_THRESHOLD, 64 << 10)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
+    try:
+        libc.malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        except OSError:
+            return None
+        start = _status_kb("VmRSS")
+        fn()
+        high = _status_kb("VmHWM")
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    return None if start is None or high is None else max(0, high - start) * 1024
 
 
 def peak_allocated_bytes(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:

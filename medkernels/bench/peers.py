@@ -7,18 +7,29 @@ in :mod:`medkernels.testing`, shared with the tests that use them as oracles; th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from medkernels.testing import dformer_attention_official, dformer_attention_sdpa, kan_unfused
+from medkernels.testing import (
+    dformer_attention_official,
+    dformer_attention_sdpa,
+    kan_unfused,
+    selective_scan_mamba_form,
+)
 
 __all__ = [
     "cdist_topk_knn",
     "dformer_attention_official",
     "dformer_attention_sdpa",
+    "ckdtree_build",
+    "ckdtree_knn",
     "faiss_flat_knn",
-    "fpsample_fps",
+    "flex_neighborhood_attention",
+    "fpsample_kdline_fps",
     "kan_unfused",
+    "selective_scan_mamba_form",
     "spatial_attention",
 ]
 
@@ -39,22 +50,48 @@ def spatial_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads
 # --- point clouds -------------------------------------------------------------------------------------
 
 
-def fpsample_fps(xyz: torch.Tensor, npoint: int, start_idx: int = 0) -> torch.Tensor:
-    """fpsample's exact ``fps_sampling`` (CPU, numpy), cloud by cloud: the textbook loop's indices."""
+def fpsample_kdline_fps(xyz: torch.Tensor, npoint: int, h: int) -> torch.Tensor:
+    """fpsample's ``bucket_fps_kdline_sampling`` (QuickFPS; its README's recommended method), cloud by cloud:
+    exact, the textbook loop's indices from the start point it picks (fpsample 1.0 takes ``start_idx=0`` as
+    "pick one", so the start differs from ours; the work does not depend on it). ``h``: the kd-tree height
+    (buckets of ``2**h`` points; its docs: 5 or 7 for medium workloads)."""
     import fpsample  # type: ignore
 
     return torch.stack(
         [
             torch.from_numpy(
-                fpsample.fps_sampling(c.detach().cpu().numpy(), npoint, start_idx=start_idx).astype("int64")
+                fpsample.bucket_fps_kdline_sampling(c.detach().cpu().numpy(), npoint, h, start_idx=0).astype("int64")
             )
             for c in xyz
         ]
     )
 
 
+def ckdtree_knn(query: torch.Tensor, points: torch.Tensor, k: int, trees: list | None = None):
+    """scipy's ``cKDTree``: the tree built over each cloud (unless prebuilt ``trees`` are given), then queried
+    with ``workers`` = torch's thread count. Returns squared distances and indices, as :func:`medkernels.ops.knn`."""
+    from scipy.spatial import cKDTree  # type: ignore
+
+    workers = torch.get_num_threads()
+    dists, idx = [], []
+    for b, (q, p) in enumerate(zip(query, points)):
+        tree = trees[b] if trees is not None else cKDTree(p.detach().numpy())
+        d, i = tree.query(q.detach().numpy(), k, workers=workers)
+        dists.append(torch.from_numpy(d).square().float())
+        idx.append(torch.from_numpy(i))
+    return torch.stack(dists), torch.stack(idx)
+
+
+def ckdtree_build(points: torch.Tensor) -> list:
+    """One ``cKDTree`` per cloud of ``points`` ``[B, N, C]`` (for timing :func:`ckdtree_knn`'s query alone)."""
+    from scipy.spatial import cKDTree  # type: ignore
+
+    return [cKDTree(p.detach().numpy()) for p in points]
+
+
 def faiss_flat_knn(query: torch.Tensor, points: torch.Tensor, k: int):
-    """faiss-cpu's exact flat L2 index (built per call: the add is a copy), cloud by cloud."""
+    """faiss-cpu's exact flat L2 index (built per call: the add is a copy), cloud by cloud: the peer for
+    high-dimensional features (a kd-tree is the peer in 3-D)."""
     import faiss  # type: ignore
 
     dists, idx = [], []
@@ -71,3 +108,47 @@ def cdist_topk_knn(query: torch.Tensor, points: torch.Tensor, k: int):
     """What plain PyTorch code does: all pairwise distances with cdist, then topk (squared, differentiable)."""
     d, idx = torch.cdist(query, points).topk(k, dim=-1, largest=False)
     return d.square(), idx
+
+
+# --- neighborhood attention -------------------------------------------------------------------------------
+
+
+def _na_axis_mask(qi, ki, n: int, kernel: int, dilation: int):
+    """natten's neighbourhood along one axis of length ``n``: the key shares the query's residue mod
+    ``dilation`` and lies in the ``kernel``-long window of that residue class, centred and clamped at the ends."""
+    r = qi % dilation
+    members = (n - r + dilation - 1) // dilation
+    start = (qi // dilation - kernel // 2).clamp(min=0).minimum((members - kernel).clamp(min=0))
+    kj = ki // dilation
+    return (ki % dilation == r) & (kj >= start) & (kj < start + kernel)
+
+
+_FLEX: dict = {}
+
+
+def flex_neighborhood_attention(query, key, value, kernel_size: int, dilation: int = 1):
+    """Neighborhood attention through ``torch.compile(flex_attention)`` with a neighbourhood ``mask_mod``: the
+    strongest same-result CPU peer (forward only: flex has no CPU backward). Heads-last ``[B, *spatial, heads,
+    D]`` in and out, as :func:`medkernels.ops.na2d`. The compiled function and each shape's block mask are
+    built once and cached (outside the timed calls after the first)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    spatial = tuple(query.shape[1:-2])
+    key_ = (spatial, kernel_size, dilation, query.device)
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    if key_ not in _FLEX:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok = None
+            for n in reversed(spatial):  # row-major flattening: the last axis varies fastest
+                m = _na_axis_mask(q_idx % n, kv_idx % n, n, kernel_size, dilation)
+                ok = m if ok is None else ok & m
+                q_idx, kv_idx = q_idx // n, kv_idx // n
+            return ok
+
+        length = math.prod(spatial)
+        _FLEX[key_] = create_block_mask(mask_mod, None, None, length, length, device=query.device)
+    q, k, v = (t.flatten(1, -3).transpose(1, 2) for t in (query, key, value))
+    out = _FLEX["fn"](q, k, v, block_mask=_FLEX[key_])
+    return out.transpose(1, 2).reshape(query.shape)

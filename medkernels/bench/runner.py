@@ -12,7 +12,7 @@ import torch
 from medkernels import ops
 
 from .cases import Case
-from .memory import peak_allocated_bytes
+from .memory import peak_allocated_bytes, peak_rss_bytes
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -33,9 +33,21 @@ class Result:
     speedup_vs_best_peer: float | None = None
     memory_vs_reference: float | None = None
     error: str | None = None
+    peak_rss_bytes: int | None = None  # the process's resident-set rise (every allocator's), None where unknown
+    torch_memory: bool = True  # False: a numpy peer, whose peak_bytes (torch's allocator) does not count its buffers
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def memory_ratio(mine: Result, theirs: Result) -> float | None:
+    """``mine``'s peak memory over ``theirs``: torch's allocator peaks when both rows allocate through torch,
+    else the process's resident-set rises (a numpy peer's buffers are invisible to torch's allocator)."""
+    if mine.torch_memory and theirs.torch_memory:
+        return mine.peak_bytes / theirs.peak_bytes if theirs.peak_bytes else None
+    if mine.peak_rss_bytes is None or not theirs.peak_rss_bytes:
+        return None
+    return mine.peak_rss_bytes / theirs.peak_rss_bytes
 
 
 def _nbytes(obj) -> int:
@@ -151,12 +163,16 @@ def run_case(
     if inputs is None:
         inputs = case.make_inputs(device, dtype)
     runners: dict[str, Callable[[dict], object]] = {b: (lambda x, b=b: case.call(b, x)) for b in backends}
-    forward_only = set()
+    forward_only, process_memory, partial = set(), set(), set()
     for peer, spec in case.peers.items():
         if spec.unavailable(device) is None:
             runners[f"peer:{peer}"] = spec.call
             if spec.forward_only:
                 forward_only.add(f"peer:{peer}")
+            if not spec.torch_memory:
+                process_memory.add(f"peer:{peer}")
+            if not spec.comparable:
+                partial.add(f"peer:{peer}")
     passes = PASSES if case.differentiable or case.parameters else ("fwd",)
     for passname in passes:
         measured: list[Result] = []
@@ -169,6 +185,13 @@ def run_case(
                 fn, moved = _work(case, runner, inputs, passname)
                 times = time_call(fn, device, min_time)
                 peak = peak_allocated_bytes(fn, device)
+                # the process's peak too where a peer allocates outside torch (one more call, so only there, and
+                # not for the slow references: what it compares is ours against that peer)
+                rss = (
+                    peak_rss_bytes(fn)
+                    if process_memory and device.type == "cpu" and name not in case.reference_backends
+                    else None
+                )
             except Exception as exc:  # a peer or backend failing is reported, not fatal
                 measured.append(
                     Result(
@@ -199,17 +222,19 @@ def run_case(
                     moved,
                     moved / med / 1e9,
                     peak,
+                    peak_rss_bytes=rss,
+                    torch_memory=name not in process_memory,
                 )
             )
         ref = next((r for r in measured if r.backend == "reference" and r.error is None), None)
-        peers = [r for r in measured if r.backend.startswith("peer:") and r.error is None]
+        peers = [r for r in measured if r.backend.startswith("peer:") and r.error is None and r.backend not in partial]
         best_peer = min(peers, key=lambda r: r.median_ms) if peers else None
         for r in measured:
             if r.error is not None:
                 continue
             if ref is not None:
                 r.speedup_vs_reference = ref.median_ms / r.median_ms
-                r.memory_vs_reference = r.peak_bytes / ref.peak_bytes if ref.peak_bytes else None
+                r.memory_vs_reference = memory_ratio(r, ref)
             if best_peer is not None:
                 r.speedup_vs_best_peer = best_peer.median_ms / r.median_ms
         yield from measured

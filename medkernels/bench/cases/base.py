@@ -22,7 +22,7 @@ class Target:
     metric: str  # "speedup" (their time / backend time), "memory" (backend peak / their peak) or
     # "bandwidth" (the backend's effective GB/s / the device's measured copy GB/s)
     bound: float  # speedup or bandwidth >= bound, memory <= bound
-    against: str = "reference"
+    against: str = "reference"  # "reference", a backend, "peer:<name>", or "peer": the fastest comparable peer
 
     def met(self, value: float) -> bool:
         return value <= self.bound if self.metric == "memory" else value >= self.bound
@@ -35,6 +35,26 @@ class Peer:
     call: Callable[[dict], object]
     unavailable: Callable[[torch.device], "str | None"] = lambda device: None
     forward_only: bool = False  # not differentiable (e.g. a numpy library): timed in the forward pass only
+    how: str = ""  # how it is called, printed under the case ("bucket_fps_kdline_sampling(h=7), per cloud")
+    package: str | None = None  # the distribution whose version is printed beside ``how``
+    torch_memory: bool = True  # False: its buffers are not torch's (numpy), so memory is compared by process RSS
+    comparable: bool = True  # False: not a replacement a user could call for the same result (a partial
+    # measurement such as a query without its index build, or a different computation such as dense attention):
+    # printed, but never the "best peer" that the vs-peer column and against="peer" targets divide by
+
+    def describe(self) -> str:
+        """``how``, prefixed with the package and its installed version when known."""
+        version = None
+        if self.package:
+            from importlib.metadata import PackageNotFoundError
+            from importlib.metadata import version as _version
+
+            try:
+                version = _version(self.package)
+            except PackageNotFoundError:
+                version = None
+        prefix = f"{self.package} {version}" if version else (self.package or "")
+        return f"{prefix}: {self.how}" if prefix and self.how else (prefix or self.how)
 
 
 @dataclass(frozen=True)

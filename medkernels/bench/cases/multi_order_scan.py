@@ -1,4 +1,6 @@
-"""Multi-order selective scan cases (PointMamba2's group Point-SSM), against the 8-copies path."""
+"""Multi-order selective scan cases (PointMamba2's group Point-SSM), against the official path (K permuted copies
+through mamba_ssm's reference form, what flemme runs without CUDA; full profile, reduced size) and the same
+copies through our own scan."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import torch
 
 from medkernels import ops
 
+from .. import peers as _peers
 from .base import Case, Peer, Target
 
 
@@ -26,15 +29,16 @@ def _multi_scan_inputs(batch: int, dim: int, dstate: int, seqlen: int, K: int):
     return make
 
 
-def _multi_scan_copies(x: dict):
-    """PointMamba2's way: per ordering, permuted copies of u, delta, B, C, one selective scan (ours,
-    on the best backend here), the output scattered back, the K outputs summed."""
+def _multi_scan_copies(x: dict, scan=None):
+    """PointMamba2's way: per ordering, permuted copies of u, delta, B, C, one selective scan (``scan``: ours
+    on the best backend here by default), the output scattered back, the K outputs summed."""
+    scan = scan or ops.selective_scan_fn
     u, orders = x["u"], x["orders"]
     out = None
     for k in range(orders.shape[1]):
         o = orders[:, k, None, :]
         ou, ob = o.expand_as(u), o.expand_as(x["B"][:, k])
-        y = ops.selective_scan_fn(
+        y = scan(
             u.gather(2, ou),
             x["delta"][:, k].gather(2, ou),
             x["A"][k],
@@ -50,8 +54,15 @@ def _multi_scan_copies(x: dict):
     return out
 
 
-def multi_scan_case(batch, dim, dstate, seqlen, K, profiles, targets=(), with_reference=False) -> Case:
+def multi_scan_case(batch, dim, dstate, seqlen, K, profiles, targets=(), with_reference=False, official=False) -> Case:
+    """``official``: also time the official path (copies through mamba_ssm's reference form; seconds per call)."""
     # K reference scans at the issue's size take minutes: only the full profile lists the reference.
+    peers = {"8_copies": Peer(_multi_scan_copies, how="per ordering: gather, our selective_scan_fn, scatter")}
+    if official:
+        peers["official_copies"] = Peer(
+            lambda x: _multi_scan_copies(x, _peers.selective_scan_mamba_form),
+            how="per ordering: gather, mamba_ssm's selective_scan_ref form, scatter (flemme without CUDA)",
+        )
     return Case(
         op="multi_order_selective_scan",
         label=f"B={batch} D={dim} N={dstate} L={seqlen} K={K} D, delta_bias, softplus",
@@ -61,18 +72,18 @@ def multi_scan_case(batch, dim, dstate, seqlen, K, profiles, targets=(), with_re
         call=lambda backend, x: ops.multi_order_selective_scan(**x, backend=backend),
         differentiable=("u", "delta", "A", "B", "C", "D", "delta_bias"),
         reference_backends=("reference",) if with_reference else (),
-        peers={"8_copies": Peer(_multi_scan_copies)},
+        peers=peers,
         targets=targets,
     )
 
 
 MULTI_SCAN_TARGETS = (
     Target(
-        "forward+backward >= 2x the 8-copies path on our own scan",
+        "forward+backward >= 1.3x the 8-copies path on our own scan",  # restated from 2x (issue 17)
         "cpu",
         "fwd+bwd",
         "speedup",
-        2.0,
+        1.3,
         against="peer:8_copies",
     ),
     Target(
