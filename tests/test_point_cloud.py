@@ -78,9 +78,59 @@ def test_fps_all_duplicates_and_dtypes():
         assert torch.equal(ops.furthest_point_sample(x, 30, backend="cpu"), expected_fps(x, 30, 0, None)), dtype
 
 
+def bucket_cloud(seed: int):
+    """Clouds large enough for the bucketed CPU sampler (>= 8 buckets of 64 points, C <= 3): integer grids
+    (exact ties everywhere), anisotropic and flat Gaussians, tight clusters far apart, float64, lengths that
+    put some clouds below the bucket threshold."""
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    B, N, C = pick(1, 3), pick(512, 2500), (3, 3, 2, 1)[seed % 4]
+    kind = seed % 5
+    if kind == 0:
+        xyz = torch.randint(0, 9, (B, N, C), generator=g).float()
+    elif kind == 1:
+        xyz = torch.randn(B, N, C, generator=g) * torch.tensor([1e3, 1.0, 1e-3][:C])
+    elif kind == 2:
+        xyz = torch.randn(B, N, C, generator=g)
+        xyz[..., -1] = 0.5  # a flat axis: every box has zero extent there
+    elif kind == 3:
+        centres = torch.randn(B, 6, C, generator=g) * 100
+        xyz = centres[:, torch.randint(0, 6, (N,), generator=g)] + 1e-3 * torch.randn(B, N, C, generator=g)
+    else:
+        xyz = torch.randn(B, N, C, generator=g, dtype=torch.float64)
+    lengths = torch.randint(300, N + 1, (B,), generator=g) if pick(0, 1) else None
+    low = N if lengths is None else int(lengths.min())
+    return xyz, pick(1, min(low, 160)), pick(0, low - 1), lengths
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_fps_bucketed_sampler_equals_the_textbook_loop(seed):
+    """The CPU sampler skips the buckets a centre cannot reach; its bound rounds as the distances do, so the
+    indices are still exactly the textbook loop's, ties included."""
+    xyz, npoint, start, lengths = bucket_cloud(seed)
+    got = ops.furthest_point_sample(xyz, npoint, lengths=lengths, start_idx=start, backend="cpu")
+    assert torch.equal(got, expected_fps(xyz, npoint, start, lengths))
+
+
+def test_fps_bucketed_sampler_all_points_and_non_finite_clouds():
+    """Sampling every point of a cloud (the last steps reach distance 0 everywhere), and a cloud with an
+    infinite or NaN coordinate beside a finite one (those take the full sweep: torch's NaN rules)."""
+    g = torch.Generator().manual_seed(7)
+    xyz = torch.randint(0, 4, (1, 600, 3), generator=g).float()
+    assert torch.equal(ops.furthest_point_sample(xyz, 600, backend="cpu"), expected_fps(xyz, 600, 0, None))
+    bad = torch.randn(3, 700, 3, generator=g)
+    bad[0, 100, 1] = float("inf")
+    bad[1, 650, 2] = float("nan")
+    assert torch.equal(ops.furthest_point_sample(bad, 50, backend="cpu"), expected_fps(bad, 50, 0, None))
+
+
 def test_fps_one_cloud_over_threads_equals_one_thread():
-    """A large cloud is split over the threads (a spin barrier per step); the indices do not change."""
-    xyz = torch.randint(0, 60, (1, 140000, 3), generator=torch.Generator().manual_seed(0)).float()
+    """A large cloud that the buckets do not take (5 channels) is split over the threads (a spin barrier per
+    step); the indices do not change."""
+    xyz = torch.randint(0, 60, (1, 140000, 5), generator=torch.Generator().manual_seed(0)).float()
     before = torch.get_num_threads()
     try:
         runs = []

@@ -3,7 +3,7 @@
 // Per (batch, channel) row, with the input extended to the left by the initial states (or zeros):
 //   pre[t] = bias + sum_k w[k] * e[t + k],  e[W-1 + t] = x[t];  out = silu(pre) or pre
 // (taps reading another seq_idx segment count as 0). Vectorised over the sequence; compiled once per
-// instruction set by csrc/cpu/isa/causal_conv1d_<isa>.cpp, no torch header here.
+// instruction set from csrc/cpu/isa_kernels.cpp.in, no torch header here.
 #pragma once
 
 #include "medkernels/cpu/causal_conv1d.h"

@@ -1,7 +1,7 @@
 // Separable 2D transform CPU kernel body: out = mh @ x @ mw^T per image (the DCT-II, its inverse, and
 // their truncated / zero-filled variants, with the cosine bases built once on the torch side).
 //
-// Compiled once per instruction set by csrc/cpu/isa/dct_<isa>.cpp; no torch header here. Per image
+// Compiled once per instruction set from csrc/cpu/isa_kernels.cpp.in; no torch header here. Per image
 // the row transform's result (h x ow) stays in a per-thread buffer between the two products, so
 // nothing but x and out touches memory.
 #pragma once

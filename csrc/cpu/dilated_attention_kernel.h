@@ -2,7 +2,7 @@
 // (non-overlapping windows) and the global dilated scope (tokens a fixed interval apart), forward
 // and backward.
 //
-// Compiled once per instruction set by csrc/cpu/isa/dilated_attention_<isa>.cpp; no torch header
+// Compiled once per instruction set from csrc/cpu/isa_kernels.cpp.in; no torch header
 // here. One task is one (batch, group, head). It gathers the group's tokens straight from the
 // strided q/k/v (no padded or permuted copy of the volume exists), then runs blocked attention with
 // an online softmax over key blocks on small register-blocked products (gemm.h). Every token

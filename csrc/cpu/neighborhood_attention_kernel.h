@@ -1,7 +1,7 @@
 // Neighborhood attention (NAT 2204.07143, DiNAT 2209.15001) CPU kernel bodies: fused forward and
 // backward, and the unfused qk / av pair with their backwards.
 //
-// Compiled once per instruction set by csrc/cpu/isa/neighborhood_attention_<isa>.cpp; no torch
+// Compiled once per instruction set from csrc/cpu/isa_kernels.cpp.in; no torch
 // header here. Every loop over a head dimension is vectorised (dims are zero-padded to whole
 // vectors). A query's window is at most K0*K1*K2 keys, so the forward's only buffer is one row of
 // logits per thread. The backward never scatters: dq comes from each query's window, dk and dv from

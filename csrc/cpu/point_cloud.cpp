@@ -83,7 +83,10 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
 #if AT_PARALLEL_OPENMP
   // One cloud over several threads: every part of an OpenMP team runs concurrently, which the
   // per-step spin barrier needs (a nested call runs all parts in one thread, which is also fine).
-  const bool split = batch < threads && parts >= 2 && !at::in_parallel_region();
+  // Only clouds the bucketed sampler does not take (more than 3 channels, or a non-finite coordinate):
+  // one thread on buckets outruns several on the full sweep.
+  const bool split = batch < threads && parts >= 2 && !at::in_parallel_region() &&
+                     (p.c > kFpsBucketMaxChannels || !at::isfinite(xyz).all().item<bool>());
 #else
   const bool split = false;
 #endif

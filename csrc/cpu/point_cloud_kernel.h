@@ -1,6 +1,7 @@
 // Point-cloud CPU kernel bodies: exact furthest point sampling and k nearest neighbours.
 //
-// Compiled once per instruction set by csrc/cpu/isa/point_cloud_<isa>.cpp, with -ffp-contract=off:
+// Compiled once per instruction set (CMake generates the sources from csrc/cpu/isa_kernels.cpp.in), with
+// -ffp-contract=off:
 // a squared distance is sum_c (p_c - q_c)^2 added in channel order with every product and sum rounded,
 // exactly as the pure-PyTorch references compute it, so ties and near-ties resolve the same way (same
 // indices, not just close distances). No torch header here.
@@ -10,6 +11,8 @@
 #pragma once
 
 #include <sched.h>
+
+#include <algorithm>
 
 #include "medkernels/cpu/point_cloud.h"
 #include "medkernels/cpu/simd.h"
@@ -160,16 +163,262 @@ inline void fps_init(T* dist, int64_t j0, int64_t j1, int64_t n) {
 
 inline int64_t fps_count(const FpsParams& p, int64_t b) { return p.lengths ? p.lengths[b] : p.n; }
 
+// ---- furthest point sampling over buckets (finite clouds) --------------------------------------------
+//
+// The textbook loop updates every point's distance at every step; most updates change nothing. The
+// cloud is split into buckets of kFpsLeaf points along a Morton curve, each with its bounding box and the largest
+// distance among its points. A new centre q can lower a distance in a bucket only if the squared distance from q to the
+// bucket's box is below the bucket's largest distance; that bound is computed with the same roundings, in the same
+// order, as a point's distance (each |p_c - q_c| >= the box gap on axis c, and rounding is monotone), so
+// it never exceeds any point's computed distance: skipping is exact, not approximate. The next centre is
+// the largest bucket maximum, ties to the lowest point index, as argmax. Clouds with a non-finite
+// coordinate keep the full sweep (torch's NaN rules; boxes of infinities bound nothing).
+
+inline constexpr int64_t kFpsLeaf = 64;       // a multiple of every vector's lanes
+inline constexpr int64_t kFpsMinBuckets = 8;  // fewer buckets than this: the plain sweep is as fast
+
+template <class T>
+struct FpsBuckets {
+  int64_t nl = 0;         // buckets (each kFpsLeaf slots; the last one's tail is padding)
+  T* xs = nullptr;        // (c, nl * kFpsLeaf) the coordinates in bucket order
+  int32_t* id = nullptr;  // (nl * kFpsLeaf) the point each slot holds
+  T* dist = nullptr;      // (nl * kFpsLeaf) its distance to the centres (padding: -inf)
+  T* lo = nullptr;        // (c, nlpad) box corners per axis
+  T* hi = nullptr;
+  T* mx = nullptr;          // (nlpad) the largest distance in each bucket (padding buckets: -inf)
+  int32_t* mi = nullptr;    // (nlpad) its lowest point index
+  int32_t* perm = nullptr;  // (n) build workspace: indices, Morton codes, each twice (radix sort)
+  int32_t* perm2 = nullptr;
+  uint32_t* code = nullptr;
+  uint32_t* code2 = nullptr;
+  int64_t bytes = 0;  // how much scratch the layout takes
+};
+
+inline int64_t fps_bucket_count(int64_t n) { return (n + kFpsLeaf - 1) / kFpsLeaf; }
+
+template <class T>
+FpsBuckets<T> fps_bucket_layout(void* scratch, int64_t c, int64_t n) {
+  FpsBuckets<T> k;
+  k.nl = fps_bucket_count(n);
+  const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
+  int64_t at = 0;  // bytes carved so far (scratch may be null: fps_bucket_bytes only measures)
+  auto take = [&](int64_t bytes) {
+    void* here = scratch ? static_cast<void*>(static_cast<char*>(scratch) + at) : nullptr;
+    at += round_up(bytes, 64);
+    return here;
+  };
+  k.xs = reinterpret_cast<T*>(take(c * slots * int64_t(sizeof(T))));
+  k.id = reinterpret_cast<int32_t*>(take(slots * 4));
+  k.dist = reinterpret_cast<T*>(take(slots * int64_t(sizeof(T))));
+  k.lo = reinterpret_cast<T*>(take(c * nlpad * int64_t(sizeof(T))));
+  k.hi = reinterpret_cast<T*>(take(c * nlpad * int64_t(sizeof(T))));
+  k.mx = reinterpret_cast<T*>(take(nlpad * int64_t(sizeof(T))));
+  k.mi = reinterpret_cast<int32_t*>(take(nlpad * 4));
+  k.perm = reinterpret_cast<int32_t*>(take(n * 4));
+  k.perm2 = reinterpret_cast<int32_t*>(take(n * 4));
+  k.code = reinterpret_cast<uint32_t*>(take(n * 4));
+  k.code2 = reinterpret_cast<uint32_t*>(take(n * 4));
+  k.bytes = at;
+  return k;
+}
+
+// The scratch bytes fps_bucket_layout carves (the same walk over a null base).
+template <class T>
+int64_t fps_bucket_bytes(int64_t c, int64_t n) {
+  return fps_bucket_layout<T>(nullptr, c, n).bytes;
+}
+
+// True when every coordinate of the cloud's first n points is finite.
+template <class T>
+bool fps_finite(const T* pl, int64_t npad, int64_t c, int64_t n) {
+  for (int64_t i = 0; i < c; ++i) {
+    const T* x = pl + i * npad;
+    T acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += x[j] - x[j];  // inf - inf and NaN give NaN
+    if (acc != acc) return false;
+  }
+  return true;
+}
+
+// Spreads the low 10 bits of v to every third bit (bit i to bit 3i).
+inline uint32_t spread3(uint32_t v) {
+  v &= 0x3ffu;
+  v = (v | (v << 16)) & 0x030000ffu;
+  v = (v | (v << 8)) & 0x0300f00fu;
+  v = (v | (v << 4)) & 0x030c30c3u;
+  v = (v | (v << 2)) & 0x09249249u;
+  return v;
+}
+// Spreads the low 15 bits of v to every second bit.
+inline uint32_t spread2(uint32_t v) {
+  v &= 0x7fffu;
+  v = (v | (v << 8)) & 0x00ff00ffu;
+  v = (v | (v << 4)) & 0x0f0f0f0fu;
+  v = (v | (v << 2)) & 0x33333333u;
+  v = (v | (v << 1)) & 0x55555555u;
+  return v;
+}
+
+// Builds the buckets of the cloud's first n points (planes (c, npad), c <= 3): the points sorted along a
+// Morton curve (30-bit codes over the cloud's box, an LSD radix sort of three 10-bit digits), cut into
+// runs of kFpsLeaf. Any order keeps the sampling exact; this one keeps each bucket's box small.
+template <class T>
+void fps_bucket_build(FpsBuckets<T>& k, const T* pl, int64_t npad, int64_t c, int64_t n) {
+  const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
+  const int bits = c == 1 ? 24 : c == 2 ? 15 : 10;  // cells exact in float32 (2^24)
+  uint32_t* code = k.code;
+  for (int64_t j = 0; j < n; ++j) code[j] = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const T* x = pl + i * npad;
+    T a = x[0], b = x[0];
+    for (int64_t j = 1; j < n; ++j) {
+      a = x[j] < a ? x[j] : a;
+      b = x[j] > b ? x[j] : b;
+    }
+    const T top = T((1u << bits) - 1);
+    const T scale = b > a ? top / (b - a) : T(0);
+    for (int64_t j = 0; j < n; ++j) {
+      T cell = (x[j] - a) * scale;
+      cell = cell < T(0) ? T(0) : (cell > top ? top : cell);
+      const uint32_t v = uint32_t(cell);
+      code[j] |= (c == 3 ? spread3(v) : c == 2 ? spread2(v) : v) << i;
+    }
+  }
+  // LSD radix sort of (code, index), three passes of 10 bits: stable, so equal codes keep index order.
+  uint32_t* key_a = code;
+  uint32_t* key_b = k.code2;
+  int32_t* id_a = k.perm;
+  int32_t* id_b = k.perm2;
+  for (int64_t j = 0; j < n; ++j) id_a[j] = int32_t(j);
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = 10 * pass;
+    uint32_t count[1025] = {};
+    for (int64_t j = 0; j < n; ++j) ++count[((key_a[j] >> shift) & 1023u) + 1];
+    for (int d = 0; d < 1024; ++d) count[d + 1] += count[d];
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t at = count[(key_a[j] >> shift) & 1023u]++;
+      key_b[at] = key_a[j];
+      id_b[at] = id_a[j];
+    }
+    std::swap(key_a, key_b);
+    std::swap(id_a, id_b);
+  }
+  const int32_t* perm = id_a;
+  for (int64_t s = 0; s < slots; ++s) {
+    const bool real = s < n;
+    const int32_t j = perm[real ? s : n - 1];  // padding repeats a real point, with distance -inf
+    k.id[s] = j;
+    k.dist[s] = real ? T(__builtin_inf()) : T(-__builtin_inf());
+    for (int64_t i = 0; i < c; ++i) k.xs[i * slots + s] = pl[i * npad + j];
+  }
+  for (int64_t l = 0; l < nlpad; ++l) {
+    const bool real = l < k.nl;
+    for (int64_t i = 0; i < c; ++i) {
+      T a = T(__builtin_inf()), b = T(-__builtin_inf());
+      if (real) {
+        const T* x = k.xs + i * slots + l * kFpsLeaf;
+        const int64_t m = std::min<int64_t>(kFpsLeaf, n - l * kFpsLeaf);
+        for (int64_t s = 0; s < m; ++s) {
+          a = x[s] < a ? x[s] : a;
+          b = x[s] > b ? x[s] : b;
+        }
+      }
+      k.lo[i * nlpad + l] = a;  // padding buckets: an empty box, never visited (mx = -inf)
+      k.hi[i * nlpad + l] = b;
+    }
+    k.mx[l] = real ? T(__builtin_inf()) : T(-__builtin_inf());
+    k.mi[l] = real ? k.id[l * kFpsLeaf] : INT32_MAX;
+  }
+}
+
+// One step of the bucketed loop: the centre q (coordinates cq) lowers the distances it can, and the
+// next centre is returned.
+template <class T, int CC>
+int64_t fps_bucket_step(FpsBuckets<T>& k, int64_t c, const T* cq) {
+  using I = ivec<T>;
+  const int64_t cc = CC > 0 ? CC : c;
+  const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
+  const vec<T> zero = vsplat<T>(T(0));
+  // Which buckets the centre can reach: the box gap per axis, squared and summed as a distance is.
+  for (int64_t l0 = 0; l0 < k.nl; l0 += lanes<T>) {
+    vec<T> bound = zero;
+    for (int64_t i = 0; i < cc; ++i) {
+      const vec<T> qv = vsplat<T>(cq[i]);
+      const vec<T> below = vload(k.lo + i * nlpad + l0) - qv, above = qv - vload(k.hi + i * nlpad + l0);
+      vec<T> g = below > above ? below : above;
+      g = g > zero ? g : zero;
+      bound = i == 0 ? g * g : bound + g * g;
+    }
+    unsigned visit = lane_bits<T>(bound < vload(k.mx + l0));
+    while (visit) {
+      const int64_t l = l0 + __builtin_ctz(visit);
+      visit &= visit - 1;
+      // Sweep bucket l: new distances, then its largest and that value's lowest point index.
+      T* dist = k.dist + l * kFpsLeaf;
+      const T* xs = k.xs + l * kFpsLeaf;
+      vec<T> vmax = vsplat<T>(T(-__builtin_inf()));
+      for (int64_t s = 0; s < kFpsLeaf; s += lanes<T>) {
+        vec<T> diff = vload(xs + s) - vsplat<T>(cq[0]);
+        vec<T> d = diff * diff;
+        for (int64_t i = 1; i < cc; ++i) {
+          diff = vload(xs + i * slots + s) - vsplat<T>(cq[i]);
+          d = d + diff * diff;
+        }
+        const vec<T> old = vload(dist + s);
+        const vec<T> nd = d < old ? d : old;
+        vstore(dist + s, nd);
+        vmax = nd > vmax ? nd : vmax;
+      }
+      T m = vmax[0];
+      for (int j = 1; j < lanes<T>; ++j) m = vmax[j] > m ? vmax[j] : m;
+      int32_t mi = INT32_MAX;
+      for (int64_t s = 0; s < kFpsLeaf; s += lanes<T>) {
+        const I eq = vload(dist + s) == vsplat<T>(m);
+        unsigned bits = lane_bits<T>(eq);
+        while (bits) {
+          const int j = __builtin_ctz(bits);
+          bits &= bits - 1;
+          mi = std::min(mi, k.id[s + j + l * kFpsLeaf]);
+        }
+      }
+      k.mx[l] = m;
+      k.mi[l] = mi;
+    }
+  }
+  // The next centre: the largest bucket maximum, ties to the lowest point index.
+  T best = T(-__builtin_inf());
+  int32_t best_i = INT32_MAX;
+  for (int64_t l = 0; l < k.nl; ++l) {
+    const T v = k.mx[l];
+    if (v > best || (v == best && k.mi[l] < best_i)) {
+      best = v;
+      best_i = k.mi[l];
+    }
+  }
+  return best_i;
+}
+
 template <class T, int CC>
 void fps_clouds_t(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
-  T* dist = static_cast<T*>(scratch);
   for (int64_t b = b0; b < b1; ++b) {
     const T* pl = static_cast<const T*>(p.planes) + b * p.c * p.npad;
     const int64_t n = fps_count(p, b), nr = round_up(n, lanes<T>);
     int64_t* out = p.out + b * p.npoint;
-    fps_init(dist, 0, nr, n);
     int64_t last = p.start;
     out[0] = last;
+    if (p.c <= kFpsBucketMaxChannels && fps_bucket_count(n) >= kFpsMinBuckets && fps_finite(pl, p.npad, p.c, n)) {
+      FpsBuckets<T> k = fps_bucket_layout<T>(scratch, p.c, n);
+      fps_bucket_build(k, pl, p.npad, p.c, n);
+      T cq[kFpsBucketMaxChannels];
+      for (int64_t i = 1; i < p.npoint; ++i) {
+        for (int64_t ch = 0; ch < p.c; ++ch) cq[ch] = pl[ch * p.npad + last];
+        last = fps_bucket_step<T, CC>(k, p.c, cq);
+        out[i] = last;
+      }
+      continue;
+    }
+    T* dist = static_cast<T*>(scratch);
+    fps_init(dist, 0, nr, n);
     for (int64_t i = 1; i < p.npoint; ++i) {
       const Query<T, CC> q(pl + last, p.npad, p.c);
       last = fps_sweep<T, CC>(pl, p.npad, p.c, q, dist, 0, nr, n).idx;
@@ -253,7 +502,12 @@ void fps_clouds_entry(const FpsParams& p, int64_t b0, int64_t b1, void* scratch)
 void fps_parts_entry(const FpsParams& p, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* sh) {
   with_point_types(p.acc, p.c, [&]<class T, int CC>() { fps_parts_t<T, CC>(p, b, q0, q1, parts, dist, sh); });
 }
-int64_t fps_scratch_bytes(const FpsParams& p) { return round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64); }
+int64_t fps_scratch_bytes(const FpsParams& p) {
+  const int64_t plain = round_up(p.npad * (p.acc == ScalarKind::Float64 ? 8 : 4), 64);
+  const int64_t buckets =
+      p.acc == ScalarKind::Float64 ? fps_bucket_bytes<double>(p.c, p.npad) : fps_bucket_bytes<float>(p.c, p.npad);
+  return std::max(plain, buckets);
+}
 
 // ---- k nearest neighbours --------------------------------------------------------------------------
 

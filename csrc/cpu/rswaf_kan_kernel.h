@@ -1,7 +1,7 @@
 // FasterKAN RSWAF basis CPU kernel body: the basis rows phi = 1 - tanh((x - grid) * inv_den)^2 for the
 // forward's blocked product, and the backward's contraction of dL/dphi with the basis derivative.
 //
-// Compiled once per instruction set by csrc/cpu/isa/rswaf_kan_<isa>.cpp; no torch header here. Per row,
+// Compiled once per instruction set from csrc/cpu/isa_kernels.cpp.in; no torch header here. Per row,
 // x is expanded once to the flattened (in * grids) index in a per-thread buffer, then every pass is one
 // vector loop over k. tanh comes from one exp: with e = exp(-2|a|) (in (0, 1], no overflow),
 //   tanh(a) = sign(a) (1 - e) / (1 + e),  1 - tanh(a)^2 = 4 e / (1 + e)^2,

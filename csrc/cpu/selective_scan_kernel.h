@@ -1,6 +1,6 @@
 // Selective scan (Mamba, arXiv 2312.00752) CPU kernel bodies, forward and backward.
 //
-// Compiled once per instruction set by csrc/cpu/isa/selective_scan_<isa>.cpp; no torch header here.
+// Compiled once per instruction set from csrc/cpu/isa_kernels.cpp.in; no torch header here.
 // Per (batch, channel) row, with dt = softplus?(delta + delta_bias), all in acc precision:
 //   h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t        (state: dstate lanes, in registers)
 //   y_t = <h_t, C_t>,  out_t = (y_t + D * u_t) * silu(z_t)

@@ -19,6 +19,10 @@ struct FpsParams {
   int64_t* out = nullptr;            // (batch, npoint)
 };
 
+// Clouds of at most this many channels, all finite, are sampled over spatial buckets (exact, and most
+// buckets skipped at most steps) by fps_clouds; others by the full sweep.
+inline constexpr int64_t kFpsBucketMaxChannels = 3;
+
 // Shared state of one cloud sampled by `parts` threads together (one spin barrier per step).
 struct FpsShared {
   int64_t arrived = 0;           // monotone: parts * steps finished
@@ -51,8 +55,9 @@ struct PointCloudKernelTable {
   int vector_bytes;
   // Whole clouds b0..b1, one thread each.
   void (*fps_clouds)(const FpsParams&, int64_t b0, int64_t b1, void* scratch);
-  // Parts [q0, q1) of `parts` of cloud b, run concurrently with the other parts (a spin barrier per
-  // step: every part must be running); dist is the cloud's (npad) distance buffer shared by the parts.
+  // (The full sweep only, for clouds the buckets do not take.) Parts [q0, q1) of `parts` of cloud b, run concurrently
+  // with the other parts (a spin barrier per step: every part must be running); dist is the cloud's (npad) distance
+  // buffer shared by the parts.
   void (*fps_parts)(const FpsParams&, int64_t b, int64_t q0, int64_t q1, int64_t parts, void* dist, FpsShared* shared);
   int64_t (*fps_scratch_bytes)(const FpsParams&);
   // Tasks: (batch, block of `block` queries).

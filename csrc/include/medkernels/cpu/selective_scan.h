@@ -2,7 +2,7 @@
 //
 // csrc/cpu/selective_scan.cpp (the torch side) validates tensors, allocates outputs and fills
 // these structs; the kernel bodies (csrc/cpu/selective_scan_kernel.h) are compiled once per
-// instruction set (csrc/cpu/isa/*.cpp) and chosen at run time (csrc/cpu/isa.cpp).
+// instruction set (generated per ISA from csrc/cpu/isa_kernels.cpp.in) and chosen at run time (csrc/cpu/isa.cpp).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,8 @@
 // Portable SIMD for the CPU kernel bodies: GCC/Clang vector extensions, vector exp/log/softplus/
 // sigmoid, and float16/bfloat16 conversions.
 //
-// Included ONLY by the per-instruction-set kernel files (csrc/cpu/isa/*.cpp), which define
+// Included ONLY by the per-instruction-set kernel files (generated per ISA from csrc/cpu/isa_kernels.cpp.in), which
+// define
 //   MK_ISA        the namespace of this compilation (base, avx2, ...)
 //   MK_VEC_BYTES  the vector width in bytes (16 = SSE2/NEON, 32 = AVX2)
 // Everything lives in an unnamed namespace, so no symbol compiled with wide instructions can be
