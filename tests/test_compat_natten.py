@@ -104,8 +104,9 @@ def test_hf_transformers_dinat_runs_and_trains(compat):
     _train(Head(), x, steps=3)
 
 
-def medvit_style_block(natten, dim=8, heads=2, kernel=3, dilation=1):
-    """MedViTV2's use of natten: the generation test, then the module with a relative positional bias."""
+def medvit_style_block(natten, dim=8, heads=2, kernel=3, dilation=None):
+    """MedViTV2's use of natten: the generation test, then the module with a relative positional bias
+    (MedViTV2 passes ``dilation=None``, which natten reads as 1)."""
     is_natten_post_017 = hasattr(natten, "context")
     extra = {"rel_pos_bias": True} if is_natten_post_017 else {"bias": True}
     return natten.NeighborhoodAttention2D(
@@ -129,6 +130,7 @@ def test_medvit_style_module_client(compat, generation):
 
     assert hasattr(natten, "context") == (generation not in ("0.14", "0.15"))
     torch.manual_seed(1)
+    assert medvit_style_block(natten).dilation == (1, 1)
     m = medvit_style_block(natten, dilation=2).double()
     assert m.rpb is not None and m.rpb.shape == (2, 5, 5)
     assert set(m.state_dict()) == {"rpb", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}

@@ -59,6 +59,15 @@ Tensor = torch.Tensor
 # Functional API.
 
 
+def _dil(dilation):
+    """natten 0.14-0.17 read ``dilation=None`` as 1 (MedViTV2 passes it)."""
+    return 1 if dilation is None else dilation
+
+
+def _causal(is_causal):
+    return False if is_causal is None else is_causal
+
+
 def _prod_kernel(fn: str, kernel_size, n: int) -> int:
     return math.prod(na_dims("kernel_size", kernel_size, n, 2, "all >= 2"))
 
@@ -84,6 +93,7 @@ def _make_unfused(n: int):
         rpb: Tensor | None = None,
     ) -> Tensor:
         fn = f"natten.functional.na{n}d_qk"
+        dilation, is_causal = _dil(dilation), _causal(is_causal)
         attn = qk_op(query, key, kernel_size, dilation, is_causal, rpb)
         if additional_keys is None:
             return attn
@@ -98,6 +108,7 @@ def _make_unfused(n: int):
         attn: Tensor, value: Tensor, kernel_size, dilation=1, additional_values: Tensor | None = None, is_causal=False
     ) -> Tensor:
         fn = f"natten.functional.na{n}d_av"
+        dilation, is_causal = _dil(dilation), _causal(is_causal)
         if additional_values is None:
             return av_op(attn, value, kernel_size, dilation, is_causal)
         if not isinstance(additional_values, Tensor) or additional_values.dim() != 4:
@@ -142,16 +153,16 @@ def _make_unfused(n: int):
     na_av.__name__ = na_av.__qualname__ = f"na{n}d_av"
 
     def natten_qkrpb(query: Tensor, key: Tensor, rpb: Tensor | None, kernel_size, dilation) -> Tensor:
-        return qk_op(query, key, kernel_size, dilation, False, rpb)
+        return qk_op(query, key, kernel_size, _dil(dilation), False, rpb)
 
     def natten_qk(query: Tensor, key: Tensor, kernel_size, dilation) -> Tensor:
-        return qk_op(query, key, kernel_size, dilation)
+        return qk_op(query, key, kernel_size, _dil(dilation))
 
     def natten_av(attn: Tensor, value: Tensor, kernel_size, dilation) -> Tensor:
-        return av_op(attn, value, kernel_size, dilation)
+        return av_op(attn, value, kernel_size, _dil(dilation))
 
     def na_qk_with_bias(query: Tensor, key: Tensor, bias: Tensor | None, kernel_size, dilation) -> Tensor:
-        return qk_op(query, key, kernel_size, dilation, False, bias)
+        return qk_op(query, key, kernel_size, _dil(dilation), False, bias)
 
     for f, name in (
         (natten_qkrpb, f"natten{n}dqkrpb"),
@@ -386,8 +397,8 @@ def check_all_args(na_dim: int, kernel_size, dilation=1, is_causal=False):
     """natten 0.17 ``natten.utils.check_all_args``: per-axis tuples ``(kernel_size, dilation, is_causal)``."""
     return (
         na_dims("kernel_size", kernel_size, na_dim, 2, "all >= 2"),
-        na_dims("dilation", dilation, na_dim, 1, "all positive"),
-        na_causal(is_causal, na_dim),
+        na_dims("dilation", _dil(dilation), na_dim, 1, "all positive"),
+        na_causal(_causal(is_causal), na_dim),
     )
 
 
@@ -410,7 +421,7 @@ def _args_014(
     dtype=None,
 ):  # noqa: E501
     return {
-        "embed_dim": dim, "num_heads": num_heads, "kernel_size": kernel_size, "dilation": dilation,
+        "embed_dim": dim, "num_heads": num_heads, "kernel_size": kernel_size, "dilation": _dil(dilation),
         "qkv_bias": qkv_bias, "qk_scale": qk_scale, "proj_drop": proj_drop, "rel_pos_bias": bias,
         "attn_drop": attn_drop, "device": device, "dtype": dtype,
     }  # fmt: skip
@@ -433,8 +444,8 @@ def _args_017(
     dtype=None,
 ):  # noqa: E501
     return {
-        "embed_dim": dim, "num_heads": num_heads, "kernel_size": kernel_size, "dilation": dilation,
-        "is_causal": is_causal, "qkv_bias": qkv_bias, "qk_scale": qk_scale, "proj_drop": proj_drop,
+        "embed_dim": dim, "num_heads": num_heads, "kernel_size": kernel_size, "dilation": _dil(dilation),
+        "is_causal": _causal(is_causal), "qkv_bias": qkv_bias, "qk_scale": qk_scale, "proj_drop": proj_drop,
         "rel_pos_bias": rel_pos_bias, "attn_drop": attn_drop, "device": device, "dtype": dtype,
     }  # fmt: skip
 
