@@ -52,7 +52,7 @@ class UMambaBottleneck(nn.Module):
 
 
 def test_umamba_style_network_trains_on_cpu(compat):
-    compat.install("mamba")
+    compat.install("mamba", prefer="medkernels")
     torch.manual_seed(0)
     net = UMambaBottleneck()
     from mamba_ssm import Mamba
@@ -77,7 +77,7 @@ def test_umamba_style_network_trains_on_cpu(compat):
 
 
 def test_selective_scan_and_mamba_inner_match_references(compat):
-    compat.install("mamba_ssm")
+    compat.install("mamba_ssm", prefer="medkernels")
     from mamba_ssm import Mamba, mamba_inner_fn
     from mamba_ssm.ops.selective_scan_interface import mamba_inner_ref, selective_scan_fn, selective_scan_ref
 
@@ -123,7 +123,7 @@ def test_selective_scan_and_mamba_inner_match_references(compat):
 
 @pytest.mark.parametrize("heads", [False, True])
 def test_selective_state_update_is_one_scan_step(compat, heads):
-    compat.install("mamba_ssm")
+    compat.install("mamba_ssm", prefer="medkernels")
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
     torch.manual_seed(2)
@@ -168,7 +168,7 @@ def test_selective_state_update_is_one_scan_step(compat, heads):
 
 
 def test_causal_conv1d_package(compat):
-    compat.install("causal_conv1d")
+    compat.install("causal_conv1d", prefer="medkernels")
     import causal_conv1d
     from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
     from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref
@@ -193,7 +193,7 @@ def test_causal_conv1d_package(compat):
 
 
 def test_selective_scan_cuda_extension_matches_upstream_contract(compat):
-    compat.install("mamba_ssm")
+    compat.install("mamba_ssm", prefer="medkernels")
     import selective_scan_cuda
 
     torch.manual_seed(4)
@@ -226,7 +226,7 @@ def test_selective_scan_cuda_extension_matches_upstream_contract(compat):
 
 
 def test_causal_conv1d_cuda_extension_both_signatures(compat):
-    compat.install("causal_conv1d")
+    compat.install("causal_conv1d", prefer="medkernels")
     import causal_conv1d_cuda
     from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
 

@@ -68,7 +68,7 @@ class DinatStyleAttention(nn.Module):
 
 @pytest.mark.parametrize("generation", ["0.14", "0.17", None])
 def test_dinat_style_legacy_functional_client(compat, generation):
-    compat.install("natten", natten=generation)
+    compat.install("natten", natten=generation, prefer="medkernels")
     torch.manual_seed(0)
     m = DinatStyleAttention(8, 2, 3, 2).double()
     x = torch.randn(2, 7, 6, 8, dtype=torch.float64)
@@ -81,7 +81,7 @@ def test_dinat_style_legacy_functional_client(compat, generation):
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers is not installed")
 def test_hf_transformers_dinat_runs_and_trains(compat):
-    compat.install("natten", natten="0.14")
+    compat.install("natten", natten="0.14", prefer="medkernels")
     from transformers import DinatConfig, DinatModel
     from transformers.utils import is_natten_available
 
@@ -125,7 +125,7 @@ def _module_reference(m, x):
 
 @pytest.mark.parametrize("generation", ["0.14", "0.15", "0.17", "0.17.3", None])
 def test_medvit_style_module_client(compat, generation):
-    compat.install("natten", natten=generation)
+    compat.install("natten", natten=generation, prefer="medkernels")
     import natten
 
     assert hasattr(natten, "context") == (generation not in ("0.14", "0.15"))
@@ -140,7 +140,7 @@ def test_medvit_style_module_client(compat, generation):
 
 
 def test_legacy_module_pads_inputs_smaller_than_the_window(compat):
-    compat.install("natten", natten="0.14")
+    compat.install("natten", natten="0.14", prefer="medkernels")
     import natten
 
     torch.manual_seed(2)
@@ -152,7 +152,7 @@ def test_legacy_module_pads_inputs_smaller_than_the_window(compat):
 
 
 def test_017_functional(compat):
-    compat.install("natten", natten="0.17")
+    compat.install("natten", natten="0.17", prefer="medkernels")
     import natten
     from natten.functional import na1d, na2d, na2d_av, na2d_qk
 
@@ -203,7 +203,7 @@ class Na021Client(nn.Module):
 
 @pytest.mark.parametrize("generation", ["0.21", None])
 def test_021_api(compat, generation):
-    compat.install("natten", natten=generation)
+    compat.install("natten", natten=generation, prefer="medkernels")
     import natten
     from natten.functional import na3d
 
@@ -241,7 +241,7 @@ def test_021_api(compat, generation):
 
 
 def test_auto_reads_each_call_as_the_newest_generation_it_fits(compat):
-    compat.install("natten")
+    compat.install("natten", prefer="medkernels")
     import natten
     from natten.functional import na2d, natten2dqkrpb  # noqa: F401  (0.14 names too)
 
@@ -263,7 +263,7 @@ def test_metadata_availability_checks(compat):
     """transformers' is_natten_available: importlib.util.find_spec plus importlib.metadata.version."""
     if importlib.machinery.PathFinder.find_spec("natten") is None:  # no real natten on sys.path
         assert importlib.util.find_spec("natten") is None
-    compat.install("natten", natten="0.15")
+    compat.install("natten", natten="0.15", prefer="medkernels")
     assert importlib.util.find_spec("natten") is not None
     assert importlib.metadata.version("natten") == "0.15.1"
     dist = importlib.metadata.distribution("natten")
