@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from compat_kit import compat_fixture  # noqa: F401  (the `compat` fixture)
+from kit import gpu_test
 from torch import nn
 
 from medkernels import ops
@@ -317,3 +318,30 @@ def test_real_mamba_ssm_runs_its_fast_path_on_our_extensions(tmp_path):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "OK" in run.stdout, (run.stdout, time.perf_counter() - t0)
+
+
+@gpu_test
+def test_served_packages_and_extensions_on_gpu(compat):
+    """The shims pass CUDA tensors to medkernels.ops, which runs its GPU kernels (CUDA or Triton)."""
+    compat.install("mamba", prefer="medkernels")
+    import selective_scan_cuda
+    from mamba_ssm import Mamba
+
+    torch.manual_seed(6)
+    m = Mamba(16, d_state=8)
+    h = torch.randn(2, 33, 16)
+    ref = m(h)
+    out = m.cuda()(h.cuda())
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-3, atol=1e-4)
+    out.sum().backward()
+    assert m.A_log.grad is not None and torch.isfinite(m.A_log.grad).all()
+    u, delta = torch.randn(2, 4, 40, device="cuda"), torch.rand(2, 4, 40, device="cuda")
+    A, B, C = (
+        -torch.rand(4, 3, device="cuda"),
+        torch.randn(2, 1, 3, 40, device="cuda"),
+        torch.randn(2, 1, 3, 40, device="cuda"),
+    )
+    got, x = selective_scan_cuda.fwd(u, delta, A, B, C, None, None, None, True)
+    want, last = ops.selective_scan_ref(u, delta, A, B, C, None, None, None, True, True)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(x[:, :, -1, 1::2], last, rtol=1e-3, atol=1e-4)

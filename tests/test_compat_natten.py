@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from compat_kit import compat_fixture  # noqa: F401  (the `compat` fixture)
+from kit import gpu_test
 from na_reference import dense_na
 from torch import nn
 
@@ -270,3 +271,26 @@ def test_metadata_availability_checks(compat):
     assert "medkernels" in dist.metadata["Summary"]
     compat.uninstall()
     assert all("medkernels" not in (d.metadata["Summary"] or "") for d in importlib.metadata.distributions())
+
+
+@gpu_test
+def test_natten_generations_on_gpu(compat):
+    compat.install("natten", prefer="medkernels")
+    import natten
+    from natten.functional import natten2dav, natten2dqkrpb
+
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(2, 9, 8, 4, 16, device="cuda") for _ in range(3))
+    out = natten.na2d(q, k, v, 3, 1, 2)
+    ref, _ = dense_na(q.cpu(), k.cpu(), v.cpu(), (3, 3), (1, 1), (2, 2), (False, False))
+    torch.testing.assert_close(out.cpu(), ref.float(), rtol=1e-3, atol=1e-3)
+    rpb = torch.randn(4, 5, 5, device="cuda")
+    qh, kh, vh = (t.movedim(-2, 1) for t in (q, k, v))
+    attn = natten2dqkrpb(qh * 0.25, kh, rpb, 3, 2).softmax(-1)
+    legacy = natten2dav(attn, vh, 3, 2)
+    ref, _ = dense_na(q.cpu(), k.cpu(), v.cpu(), (3, 3), (1, 1), (2, 2), (False, False), 0.25, rpb=rpb.cpu())
+    torch.testing.assert_close(_heads_last(legacy).cpu(), ref.float(), rtol=1e-3, atol=1e-3)
+    m = medvit_style_block(natten, dim=16, heads=2).cuda()
+    x = torch.randn(2, 8, 8, 16, device="cuda", requires_grad=True)
+    m(x).sum().backward()
+    assert m.rpb.grad is not None and torch.isfinite(x.grad).all()
