@@ -254,6 +254,10 @@ def test_auto_reads_each_call_as_the_newest_generation_it_fits(compat):
     torch.testing.assert_close(as_017, dense_na(q, q, q, (3, 3), (1, 1), (2, 2), (False, False))[0])
     assert natten.NeighborhoodAttention2D(8, 2, 3, 2).stride == (2, 2)
     assert natten.NeighborhoodAttention2D(8, 2, 3, 2, attn_drop=0.1).dilation == (2, 2)
+    from natten.na2d import NeighborhoodAttention2D  # a 0.17 module file that is 0.21's function too
+
+    assert NeighborhoodAttention2D is natten.NeighborhoodAttention2D
+    torch.testing.assert_close(natten.na2d(q, q, q, 3, 2), as_021)
     legacy = natten.NeighborhoodAttention2D(8, 2, 3, bias=True)
     assert legacy.natten_api == "0.14" and legacy.rpb is not None
     with pytest.raises(TypeError, match="NeighborhoodAttention2D"):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import types
 from collections.abc import Sequence
 from typing import Union
 
@@ -802,7 +803,22 @@ def is_package(fullname: str, config) -> bool:
     return fullname == "natten"
 
 
+class _CallableModule(types.ModuleType):
+    """``natten.na{n}d`` in "auto": natten 0.17's module file (``NeighborhoodAttention{n}D``) that is also
+    natten 0.21's function, because importing the submodule rebinds the package attribute to it."""
+
+    _function = None
+
+    def __call__(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
+
+
 def create_module(fullname: str, config):
+    sub = fullname.partition(".")[2]
+    if _gen(config) == "auto" and sub in ("na1d", "na2d", "na3d"):
+        module = _CallableModule(fullname)
+        module._function = _FUSED[int(sub[2])][2]
+        return module
     return None
 
 
