@@ -128,6 +128,10 @@ def test_command_line_runs_the_script_with_its_arguments(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[0] == "0.17.5 True ['--lr', '1'] __main__"
+    as_module = [sys.executable, "-m", "medkernels.compat", "--packages", "natten", "-m", "client", "x"]
+    run = subprocess.run(as_module, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == "0.21.7 True ['x'] __main__"
     bad = subprocess.run(
         [sys.executable, "-m", "medkernels.compat", "--natten", "9", str(script)],
         capture_output=True, text=True, env=_env(), timeout=120,
