@@ -257,6 +257,17 @@ def test_causal_conv1d_cuda_extension_both_signatures(compat):
     got = causal_conv1d_bwd_function(x, w, bias, dout, None, init, dfinal, None, True, True)
     for g, exp in zip(got, want):
         torch.testing.assert_close(g, exp, rtol=1e-5, atol=1e-5)
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    leaves = [t.clone().double().requires_grad_() for t in (x, w, bias)]
+    y = ops.causal_conv1d_ref(*leaves, seq_idx, activation="silu")
+    want = torch.autograd.grad(y, leaves, dout.double())
+    got = causal_conv1d_cuda.causal_conv1d_bwd(
+        *(t.double() for t in (x, w, bias)), dout.double(), seq_idx, None, None, None, False, True
+    )
+    for g, exp in zip(got, want):
+        torch.testing.assert_close(g, exp, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="initial_states"):
+        causal_conv1d_cuda.causal_conv1d_bwd(x, w, bias, dout, None, init[..., :2], None, None, True, True)
     state, nxt = x[..., -3:].clone(), torch.randn(2, 4)
     a = causal_conv1d_cuda.causal_conv1d_update(nxt, state.clone(), w, bias, True)  # 1.4-1.5.0
     out1 = torch.empty(2, 4)
@@ -269,13 +280,13 @@ def test_causal_conv1d_cuda_extension_both_signatures(compat):
         causal_conv1d_cuda.causal_conv1d_fwd(x, w, bias, None, None)
 
 
-def _real_mamba_ssm_installed() -> bool:
+def _real_installed(name: str) -> bool:
     from importlib.machinery import PathFinder
 
-    return PathFinder.find_spec("mamba_ssm") is not None
+    return PathFinder.find_spec(name) is not None
 
 
-@pytest.mark.skipif(not _real_mamba_ssm_installed(), reason="the real mamba_ssm package is not installed")
+@pytest.mark.skipif(not _real_installed("mamba_ssm"), reason="the real mamba_ssm package is not installed")
 def test_real_mamba_ssm_runs_its_fast_path_on_our_extensions(tmp_path):
     """mamba_ssm 2.x installed with MAMBA_SKIP_CUDA_BUILD=TRUE: its selective_scan_fn and Mamba fast path
     call ``selective_scan_cuda`` (and causal-conv1d's functions), which medkernels serves."""
@@ -345,3 +356,33 @@ def test_served_packages_and_extensions_on_gpu(compat):
     want, last = ops.selective_scan_ref(u, delta, A, B, C, None, None, None, True, True)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(x[:, :, -1, 1::2], last, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not _real_installed("causal_conv1d"), reason="the real causal_conv1d package is not installed")
+def test_real_causal_conv1d_runs_on_our_extension(tmp_path):
+    """causal-conv1d 1.6+ installed with CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE: its custom ops call
+    ``causal_conv1d_cuda``, which medkernels serves (the backward runs inside a torch.library.custom_op)."""
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import warnings, torch\n"
+        "warnings.simplefilter('ignore')\n"
+        "import medkernels.compat as c\n"
+        "c.install('causal_conv1d')\n"
+        "import causal_conv1d, causal_conv1d_cuda\n"
+        "assert not getattr(causal_conv1d, '__medkernels_compat__', False), 'the real package must win'\n"
+        "from causal_conv1d import causal_conv1d_fn\n"
+        "from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref\n"
+        "torch.manual_seed(0)\n"
+        "x, w, b = torch.randn(2, 8, 20, requires_grad=True), torch.randn(8, 4, requires_grad=True), torch.randn(8)\n"
+        "b.requires_grad_()\n"
+        "y, r = causal_conv1d_fn(x, w, b, activation='silu'), causal_conv1d_ref(x, w, b, activation='silu')\n"
+        "torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-6)\n"
+        "g = torch.randn_like(y)\n"
+        "for p, q in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(r, (x, w, b), g)):\n"
+        "    torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)\n"
+        "print('OK', causal_conv1d.__version__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "OK" in run.stdout

@@ -185,13 +185,57 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, *rest):
     return None
 
 
+def _conv_vjp(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu):
+    """The gradients of :func:`medkernels.ops.causal_conv1d_ref`, written out (no autograd: causal-conv1d
+    1.6+ calls the backward inside a ``torch.library.custom_op``, where autograd does not record).
+
+    Computed in float32 (float64 for float64 x). Returns ``(dx, dweight, dbias, dinitial_states)``, dbias and
+    dinitial_states None without bias / initial_states.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    left = initial_states.to(acc) if initial_states is not None else x.new_zeros(batch, dim, width - 1, dtype=acc)
+    ext = torch.cat([left, x.to(acc)], dim=-1)  # (batch, dim, width - 1 + seqlen)
+    w = weight.to(acc)
+    keeps = []
+    pre = x.new_zeros(batch, dim, seqlen, dtype=acc)
+    if bias is not None:
+        pre = pre + bias.to(acc)[:, None]
+    for k in range(width):
+        keep = None
+        if seq_idx is not None:  # a tap reading a token of another segment contributes 0
+            src = torch.arange(seqlen, device=x.device) - (width - 1) + k
+            keep = ((src < 0)[None] | (seq_idx[:, src.clamp(min=0)] == seq_idx))[:, None, :].to(acc)
+        keeps.append(keep)
+        tap = ext[..., k : k + seqlen]
+        pre = pre + w[:, k, None] * (tap if keep is None else tap * keep)
+    g = dout.to(acc)
+    if silu:
+        sig = torch.sigmoid(pre)
+        g = g * sig * (1 + pre * (1 - sig))
+    dext = torch.zeros_like(ext)
+    dw = torch.empty_like(w)
+    for k in range(width):
+        gk = g if keeps[k] is None else g * keeps[k]
+        dext[..., k : k + seqlen] += w[:, k, None] * gk
+        dw[:, k] = (gk * ext[..., k : k + seqlen]).sum(dim=(0, 2))
+    if dfinal_states is not None and width > 1:
+        dext[..., ext.shape[-1] - (width - 1) :] += dfinal_states.to(acc)
+    db = None if bias is None else g.sum(dim=(0, 2))
+    dinit = None if initial_states is None else dext[..., : width - 1].to(initial_states.dtype)
+    return dext[..., width - 1 :].to(x.dtype), dw, db, dinit
+
+
 def causal_conv1d_bwd(x, weight, bias, dout, seq_idx, initial_states, dfinal_states, dx, *rest):
     """``causal_conv1d_cuda.causal_conv1d_bwd``, both upstream signatures.
 
     1.4-1.5.0: ``(..., dx, return_dinitial_states, silu_activation) -> [dx, dweight, dbias, dinitial_states]``
     (dweight and dbias float32, as upstream accumulates them); 1.5.2-1.7: ``(..., dx, dweight, dbias,
     dinitial_states, silu_activation) -> None``, writing the preallocated gradients. ``dx`` may be None
-    (a new tensor is returned) or a preallocated (batch, dim, seqlen) buffer.
+    (a new tensor is returned) or a preallocated (batch, dim, seqlen) buffer. The gradients are computed
+    in PyTorch (:func:`_conv_vjp`), not by autograd, which does not record inside the custom op
+    causal-conv1d 1.6+ calls this from.
     """
     fn = "causal_conv1d_cuda.causal_conv1d_bwd"
     if len(rest) == 2:
@@ -206,19 +250,27 @@ def causal_conv1d_bwd(x, weight, bias, dout, seq_idx, initial_states, dfinal_sta
     _tensor(fn, "dout", dout)
     _tensor(fn, "dfinal_states", dfinal_states, optional=True)
     _tensor(fn, "dx", dx, optional=True)
-    if dout.shape != x.shape:
-        raise ValueError(f"{fn}: dout must be shaped like x {tuple(x.shape)}, got {tuple(dout.shape)}")
-    inputs = [_leaf(t) for t in (x, weight, bias, initial_states)]
-    want_final = dfinal_states is not None
-    with torch.enable_grad():
-        res = ops.causal_conv1d_fn(
-            inputs[0], inputs[1], inputs[2], _seq_idx(seq_idx), inputs[3], want_final, None, _activation(silu)
+    _tensor(fn, "weight", weight)
+    _tensor(fn, "bias", bias, optional=True)
+    _tensor(fn, "initial_states", initial_states, optional=True)
+    _tensor(fn, "seq_idx", seq_idx, optional=True)
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"{fn}: x must be (batch, dim, seqlen) and weight (dim, width), got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
         )
-        if want_final:
-            outs, grad_outs = list(res), [dout.to(x.dtype), dfinal_states.to(x.dtype)]
-        else:
-            outs, grad_outs = [res], [dout.to(x.dtype)]
-        ddx, ddw, ddb, ddinit = _grads(outs, inputs, grad_outs)
+    batch, dim, seqlen = x.shape
+    state_shape = (batch, dim, weight.shape[1] - 1)
+    for name, t, shape in (
+        ("dout", dout, tuple(x.shape)),
+        ("bias", bias, (dim,)),
+        ("initial_states", initial_states, state_shape),
+        ("dfinal_states", dfinal_states, state_shape),
+        ("seq_idx", seq_idx, (batch, seqlen)),
+    ):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{fn}: {name} must be {shape}, got {tuple(t.shape)}")
+    ddx, ddw, ddb, ddinit = _conv_vjp(x, weight, bias, _seq_idx(seq_idx), initial_states, dout, dfinal_states, silu)
     if dx is not None:
         dx.copy_(ddx)
         ddx = dx
