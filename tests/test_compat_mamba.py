@@ -225,6 +225,13 @@ def test_selective_scan_cuda_extension_matches_upstream_contract(compat):
     with pytest.raises(ValueError, match="dout"):
         selective_scan_cuda.bwd(u, delta, A, B, C, D, z, bias, dout[..., :-1], x, out, None, True, False)
 
+    @torch.library.custom_op("compat_test::scan_bwd", mutates_args=())
+    def wrapped(u: torch.Tensor, delta: torch.Tensor, dout: torch.Tensor) -> torch.Tensor:
+        # a caller that wraps the extension in a custom op (no autograd recorded inside)
+        return selective_scan_cuda.bwd(u, delta, A, B, C, D, z, bias, dout, x, out, None, True, False)[0].clone()
+
+    torch.testing.assert_close(wrapped(u, delta, dout), expected[0], rtol=1e-4, atol=1e-5)
+
 
 def test_causal_conv1d_cuda_extension_both_signatures(compat):
     compat.install("causal_conv1d", prefer="medkernels")

@@ -9,10 +9,14 @@ medkernels' CPU, Triton or CUDA kernels (:mod:`medkernels.ops`, whichever backen
 The argument lists and return tuples are upstream's. Differences: they run on CPU too; errors are
 TypeError/ValueError naming the argument (upstream: RuntimeError from TORCH_CHECK); the backward functions
 recompute the forward through medkernels' autograd (one extra forward pass; upstream's kernels recompute
-it too, chunk by chunk); the opaque scan state ``x`` holds only the last state (see :func:`selective_scan_fwd`).
+it too, chunk by chunk; inside a ``torch.library.custom_op``, where autograd does not record, in a worker
+thread) or, for the causal conv, compute the gradients in PyTorch; the opaque scan state ``x`` holds only the
+last state (see :func:`selective_scan_fwd`).
 """
 
 from __future__ import annotations
+
+import concurrent.futures
 
 import torch
 import torch.nn.functional as F
@@ -122,10 +126,23 @@ def selective_scan_bwd(
         raise ValueError(f"{fn}: dout must be shaped like u {tuple(u.shape)}, got {tuple(dout.shape)}")
     if dz is not None and dz.shape != u.shape:
         raise ValueError(f"{fn}: dz must be shaped like u {tuple(u.shape)}, got {tuple(dz.shape)}")
-    inputs = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
-    with torch.enable_grad():
-        y = ops.selective_scan_fn(*inputs, bool(delta_softplus))
-        du, ddelta, dA, dB, dC, dD, dz_new, ddelta_bias = _grads(y, inputs, dout.to(y.dtype))
+    softplus = bool(delta_softplus)
+
+    def vjp():
+        inputs = [_leaf(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+        with torch.enable_grad():
+            y = ops.selective_scan_fn(*inputs, softplus)
+            if y.grad_fn is None:
+                return None
+            return _grads(y, inputs, dout.to(y.dtype))
+
+    grads = vjp()
+    if grads is None:
+        # Called inside a torch.library.custom_op (as causal-conv1d 1.6+ wraps its extension): autograd is
+        # excluded there in this thread's dispatch state, so the recomputation runs in a fresh thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            grads = pool.submit(vjp).result()
+    du, ddelta, dA, dB, dC, dD, dz_new, ddelta_bias = grads
     result = [du, ddelta, dA, dB, dC, dD, ddelta_bias]
     if z is not None:
         if dz is not None:
