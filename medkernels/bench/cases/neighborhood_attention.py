@@ -77,6 +77,7 @@ def na_case(
         "natten": Peer(
             _natten_call(na_dim, kernel, dilation),
             _natten_unavailable,
+            forward_only=True,  # natten 0.21 has no CPU backward
             how=f"natten.na{na_dim}d(q, k, v, kernel_size={kernel}, dilation={dilation})",
             package="natten",
         ),
