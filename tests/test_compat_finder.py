@@ -102,22 +102,30 @@ def test_a_real_natten_of_another_generation_is_not_used(compat, tmp_path, monke
     assert natten.__version__ == "0.21.7" and hasattr(natten, "na2d")
 
 
-def test_uninstall_purges_served_modules(compat):
-    absent = [
-        n for n in ("causal_conv1d", "natten", "mamba_ssm") if importlib.machinery.PathFinder.find_spec(n) is None
-    ]
-    if not absent:
-        pytest.skip("every served package is really installed here")
-    name = absent[0]
-    compat.install(name)
+@pytest.mark.parametrize("name", ["causal_conv1d", "natten", "mamba_ssm"])
+def test_uninstall_purges_served_modules(compat, name):
+    """Served by medkernels (forced where the real package is installed), then uninstalled: the served
+    modules leave sys.modules, and the name imports as it would without medkernels (the real package or
+    nothing)."""
+    real = importlib.machinery.PathFinder.find_spec(name) is not None
+    compat.install(name, prefer="medkernels")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # not installed: no warning at all
-        importlib.import_module(name)
-    assert name in sys.modules
+        warnings.simplefilter("error" if not real else "ignore")  # not installed: no warning at all
+        served = importlib.import_module(name)
+    assert sys.modules[name] is served and compat.status()[name].startswith("medkernels")
     compat.uninstall()
     assert name not in sys.modules and compat.status() == {}
-    with pytest.raises(ImportError):
-        importlib.import_module(name)
+    if not real:
+        with pytest.raises(ImportError):
+            importlib.import_module(name)
+        return
+    try:
+        again = importlib.import_module(name)
+    except ImportError:
+        # the real mamba_ssm / causal_conv1d need their CUDA extensions, which medkernels no longer serves
+        assert name in ("mamba_ssm", "causal_conv1d")
+    else:
+        assert again is not served and "site-packages" in (again.__file__ or "")
 
 
 CLIENT = """
