@@ -250,6 +250,28 @@ def test_knn_spatial_blocks_equal_brute_force(c, ties, k):
         assert torch.equal(i, brute_force_knn(q, p, k, qlen, lengths)[1])
 
 
+@pytest.mark.parametrize("kind", ["float64", "clusters", "flat", "non-finite"])
+def test_knn_spatial_blocks_other_clouds(kind):
+    """The block search on float64 (no integer keys), clusters far apart (most boxes skipped), a flat axis,
+    and clouds with an infinite or NaN coordinate (those keep the threshold-free search): brute force's
+    result exactly."""
+    g = torch.Generator().manual_seed(11)
+    dtype = torch.float64 if kind == "float64" else torch.float32
+    q, p = torch.randn(2, 600, 3, generator=g, dtype=dtype), torch.randn(2, 1900, 3, generator=g, dtype=dtype)
+    if kind == "clusters":
+        centres = torch.randn(4, 3, generator=g) * 1e3
+        p = centres[torch.randint(0, 4, (2, 1900), generator=g)] + torch.randn(2, 1900, 3, generator=g)
+        q = centres[torch.randint(0, 4, (2, 600), generator=g)] + torch.randn(2, 600, 3, generator=g)
+    elif kind == "flat":
+        p[..., 1], q[..., 1] = 2.0, 2.0
+    elif kind == "non-finite":
+        p[0, 5, 0], p[1, 77, 2], q[0, 3, 1] = float("inf"), float("nan"), float("nan")
+    d, i = ops.knn(q, p, 24, backend="cpu")
+    rd, ri = ops.knn_ref(q, p, 24)
+    assert torch.equal(i, ri)
+    torch.testing.assert_close(d, rd, rtol=0, atol=0, equal_nan=True)
+
+
 def test_knn_dtypes_and_large_k():
     q, p = torch.randn(2, 33, 3, dtype=torch.float64), torch.randn(2, 500, 3, dtype=torch.float64)
     for dtype in (torch.float64, torch.float16, torch.bfloat16):

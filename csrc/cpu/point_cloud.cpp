@@ -121,7 +121,7 @@ Tensor morton(const Tensor& x, const Tensor& lo, const Tensor& scale) {
 // with +inf, as are the points past a cloud's length, and order -1 there), each cell's bounding box, and
 // each query's starting cell. A NaN coordinate makes its cell's box NaN, which the search never skips.
 struct KnnBlocks {
-  Tensor planes, order, lo, hi, seed;
+  Tensor planes, order, lo, hi, seed, finite;
 };
 KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Tensor>& lengths) {
   const int64_t batch = pts.size(0), n = pts.size(1), c = pts.size(2);
@@ -154,6 +154,9 @@ KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Ten
   k.lo.narrow(2, 0, nb).copy_(cells.amin(3));
   k.hi.narrow(2, 0, nb).copy_(cells.amax(3));
   k.seed = at::searchsorted(sorted, morton(q, lo, scale)).clamp_max_(n - 1).div_(kKnnCell, "floor");
+  Tensor finite = at::isfinite(pts).all(2);
+  if (valid.defined()) finite.logical_or_(valid.logical_not());
+  k.finite = finite.all(1).to(at::kByte).contiguous();
   return k;
 }
 
@@ -198,6 +201,7 @@ std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, in
     p.box_lo = blocks.lo.const_data_ptr();
     p.box_hi = blocks.hi.const_data_ptr();
     p.seed = blocks.seed.const_data_ptr<int64_t>();
+    p.finite = blocks.finite.const_data_ptr<uint8_t>();
   } else {
     p.npad = (n + lanes - 1) / lanes * lanes;
     planes = planes_of(points, acc, p.npad);

@@ -606,10 +606,102 @@ void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, con
   }
 }
 
+// The spatial-block search for a finite query over a finite cloud, in two passes. First a threshold:
+// the k-th smallest distance among the points of the blocks around the query's own (Morton neighbours,
+// at least k + kKnnCell points), which bounds the true k-th distance from above. Then every point within
+// it: blocks whose box bound (computed in the distance's own order and rounding, so never above a
+// point's computed distance) is at most the threshold are read, and their points at most the threshold
+// collected. The k smallest of those in knn_before's order (a selection, then a sort of k) are exactly
+// brute force's, ties included: every point at or below the true k-th distance was collected.
+template <class T>
+struct KnnCand {
+  T d;
+  int64_t j;
+};
+
+template <class T, int CC>
+int64_t knn_query_collect(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi,
+                          int64_t nbpad, int64_t seed, const T* q, T* near, KnnCand<T>* cand, uint64_t* keys) {
+  constexpr int L = lanes<T>;
+  const int64_t cc = CC > 0 ? CC : p.c;
+  const Query<T, CC> qv(q, 1, p.c);
+  const int64_t nb = p.npad / kKnnCell;
+  // Pass 1: the threshold from the blocks around the seed.
+  const int64_t want = (p.k + kKnnCell - 1) / kKnnCell + 2;
+  int64_t b0 = seed - want / 2;
+  b0 = b0 + want > nb ? nb - want : b0;
+  b0 = b0 < 0 ? 0 : b0;
+  const int64_t b1 = b0 + want < nb ? b0 + want : nb;
+  int64_t cnt = 0;
+  for (int64_t j = b0 * kKnnCell; j < b1 * kKnnCell; j += L) {
+    vstore(near + cnt, sqdist<T, CC>(pl, p.npad, p.c, qv, j));  // padding points are +inf
+    cnt += L;
+  }
+  std::nth_element(near, near + (p.k - 1), near + cnt);
+  const T t = near[p.k - 1];
+  const vec<T> tv = vsplat<T>(t);
+  // Pass 2: every point within t.
+  int64_t found = 0;
+  const bool use_keys = sizeof(T) == 4 && p.n <= int64_t(UINT32_MAX);
+  for (int64_t g = 0; g < nbpad; g += L) {
+    vec<T> lb{};
+    for (int64_t c = 0; c < cc; ++c) {
+      const vec<T> below = vload(lo + c * nbpad + g) - qv.at(c), above = qv.at(c) - vload(hi + c * nbpad + g);
+      vec<T> gap = below > above ? below : above;
+      gap = gap > vec<T>{} ? gap : vec<T>{};
+      lb = c == 0 ? gap * gap : lb + gap * gap;
+    }
+    unsigned bits = lane_bits<T>(lb <= tv);
+    while (bits) {
+      const int64_t blk = g + __builtin_ctz(bits);
+      bits &= bits - 1;
+      if (blk >= nb) break;  // the boxes' vector padding (+inf boxes never pass; kept for clarity)
+      for (int64_t j = blk * kKnnCell; j < (blk + 1) * kKnnCell; j += L) {
+        const vec<T> d = sqdist<T, CC>(pl, p.npad, p.c, qv, j);
+        unsigned in = lane_bits<T>(d <= tv);
+        while (in) {
+          const int l = __builtin_ctz(in);
+          in &= in - 1;
+          const int64_t jv = order[j + l];
+          if (jv < 0) continue;
+          if (use_keys) {
+            // float32: one integer key per candidate, the distance's bits (>= 0, so they order as the
+            // values do) above the index, so keys order by distance, then index
+            const float dv = float(d[l]);
+            uint32_t bits32;
+            __builtin_memcpy(&bits32, &dv, 4);
+            keys[found++] = (uint64_t(bits32) << 32) | uint64_t(jv);
+          } else {
+            cand[found++] = KnnCand<T>{d[l], jv};
+          }
+        }
+      }
+    }
+  }
+  if (use_keys) {
+    if (found > p.k) std::nth_element(keys, keys + (p.k - 1), keys + found);
+    std::sort(keys, keys + p.k);
+    for (int64_t r = 0; r < p.k; ++r) {
+      const uint32_t bits32 = uint32_t(keys[r] >> 32);
+      float dv;
+      __builtin_memcpy(&dv, &bits32, 4);
+      cand[r] = KnnCand<T>{T(dv), int64_t(keys[r] & 0xffffffffu)};
+    }
+  } else {
+    auto before = [](const KnnCand<T>& a, const KnnCand<T>& b) { return knn_before(a.d, a.j, b.d, b.j); };
+    if (found > p.k) std::nth_element(cand, cand + (p.k - 1), cand + found, before);
+    std::sort(cand, cand + p.k, before);
+  }
+  return found;
+}
+
 template <class T, int CC>
 void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
   Carver cv{reinterpret_cast<uintptr_t>(scratch)};
   TopK<T> top{cv.take<T>(p.k), cv.take<int64_t>(p.k), p.k};
+  T* near = p.order ? cv.take<T>(p.npad) : nullptr;                    // the first pass's distances
+  KnnCand<T>* cand = p.order ? cv.take<KnnCand<T>>(p.npad) : nullptr;  // the second pass's candidates
+  uint64_t* keys = p.order ? cv.take<uint64_t>(p.npad) : nullptr;      // (float32: as integer keys)
   const int64_t nblocks = (p.m + p.block - 1) / p.block;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t / nblocks, m0 = (t % nblocks) * p.block, m1 = m0 + p.block < p.m ? m0 + p.block : p.m;
@@ -624,6 +716,19 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
       }
       top.reset();
       const T* q = static_cast<const T*>(p.query) + (b * p.m + m) * p.c;
+      const bool finite_q = [&] {
+        T acc = 0;
+        for (int64_t c = 0; c < p.c; ++c) acc += q[c] - q[c];
+        return acc == acc;
+      }();
+      if (p.order && p.finite[b] && finite_q) {
+        const int64_t nbpad = round_up(p.npad / kKnnCell, 8);
+        knn_query_collect<T, CC>(p, pl, p.order + b * p.npad, static_cast<const T*>(p.box_lo) + b * p.c * nbpad,
+                                 static_cast<const T*>(p.box_hi) + b * p.c * nbpad, nbpad, p.seed[b * p.m + m], q, near,
+                                 cand, keys);
+        for (int64_t r = 0; r < p.k; ++r) od[r] = cand[r].d, oi[r] = cand[r].j;
+        continue;
+      }
       if (p.order) {
         const int64_t nbpad = round_up(p.npad / kKnnCell, 8);
         knn_query_blocks<T, CC>(p, pl, p.order + b * p.npad, static_cast<const T*>(p.box_lo) + b * p.c * nbpad,
@@ -641,7 +746,11 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
 void knn_entry(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
   with_point_types(p.acc, p.c, [&]<class T, int CC>() { knn_t<T, CC>(p, t0, t1, scratch); });
 }
-int64_t knn_scratch_bytes(const KnnParams& p) { return round_up(p.k * 8, 64) * 2 + 64; }
+int64_t knn_scratch_bytes(const KnnParams& p) {
+  const int64_t t = p.acc == ScalarKind::Float64 ? 8 : 4;
+  const int64_t collect = p.order ? round_up(p.npad * t, 64) + round_up(p.npad * 16, 64) + round_up(p.npad * 8, 64) : 0;
+  return round_up(p.k * 8, 64) * 2 + collect + 64;
+}
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)

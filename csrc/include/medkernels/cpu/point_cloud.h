@@ -43,10 +43,11 @@ struct KnnParams {
   // Spatial blocks (low C): planes hold the points sorted along a Morton curve, in blocks of
   // kKnnCell points (padding +inf); order maps a sorted position to the point's index, and each query
   // starts at its own cell's block and skips blocks whose bounding box is provably too far.
-  const int64_t* order = nullptr;  // (batch, npad) or null: plain brute force over the planes
-  const void* box_lo = nullptr;    // (batch, c, npad / kKnnCell)
-  const void* box_hi = nullptr;    // (batch, c, npad / kKnnCell)
-  const int64_t* seed = nullptr;   // (batch, m): the block each query starts at
+  const int64_t* order = nullptr;   // (batch, npad) or null: plain brute force over the planes
+  const void* box_lo = nullptr;     // (batch, c, npad / kKnnCell)
+  const void* box_hi = nullptr;     // (batch, c, npad / kKnnCell)
+  const int64_t* seed = nullptr;    // (batch, m): the block each query starts at
+  const uint8_t* finite = nullptr;  // (batch,): 1 when every coordinate of the cloud's points is finite
 };
 inline constexpr int64_t kKnnCell = 32;
 
