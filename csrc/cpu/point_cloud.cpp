@@ -104,62 +104,6 @@ Tensor furthest_point_sample_cpu(const Tensor& xyz, int64_t npoint, const std::o
   return out;
 }
 
-// Morton code (10 bits per axis, C <= 3) of points quantised to the clouds' boxes: (B, R, C) -> (B, R).
-// Non-finite coordinates land in cell 0 or 1023 (any cell keeps the search exact: it only orders points).
-Tensor morton(const Tensor& x, const Tensor& lo, const Tensor& scale) {
-  const Tensor cell =
-      ((x - lo.unsqueeze(1)) * scale.unsqueeze(1)).floor_().nan_to_num_(0, 1023, 0).clamp_(0, 1023).to(at::kLong);
-  const int64_t c = x.size(2);
-  Tensor code = at::zeros({x.size(0), x.size(1)}, cell.options());
-  for (int64_t bit = 0; bit < 10; ++bit)
-    for (int64_t i = 0; i < c; ++i)
-      code.bitwise_or_(cell.select(2, i).bitwise_right_shift(bit).bitwise_and_(1).bitwise_left_shift_(bit * c + i));
-  return code;
-}
-
-// The spatial blocks of KnnParams: points sorted along a Morton curve into cells of kKnnCell (padded
-// with +inf, as are the points past a cloud's length, and order -1 there), each cell's bounding box, and
-// each query's starting cell. A NaN coordinate makes its cell's box NaN, which the search never skips.
-struct KnnBlocks {
-  Tensor planes, order, lo, hi, seed, finite;
-};
-KnnBlocks knn_blocks(const Tensor& q, const Tensor& pts, const std::optional<Tensor>& lengths) {
-  const int64_t batch = pts.size(0), n = pts.size(1), c = pts.size(2);
-  const double inf = std::numeric_limits<double>::infinity();
-  Tensor p = pts;
-  Tensor valid;
-  if (lengths.has_value()) {
-    valid = at::arange(n, lengths->options()).unsqueeze(0) < lengths->unsqueeze(1);
-    p = pts.masked_fill(valid.logical_not().unsqueeze(2), inf);
-  }
-  // The quantisation box, NaN coordinates ignored (amin/amax would propagate them).
-  const Tensor lo = p.nan_to_num(inf, inf, -inf).amin(1);
-  const Tensor hi = (valid.defined() ? pts.masked_fill(valid.logical_not().unsqueeze(2), -inf) : pts)
-                        .nan_to_num(-inf, inf, -inf)
-                        .amax(1);
-  const Tensor scale = 1023.0 / (hi - lo).clamp_min(1e-30);
-  Tensor code = morton(pts, lo, scale);
-  if (valid.defined()) code.masked_fill_(valid.logical_not(), std::numeric_limits<int64_t>::max());
-  auto [sorted, perm] = code.sort(/*stable=*/true, 1, false);
-  const int64_t npad = (n + kKnnCell - 1) / kKnnCell * kKnnCell, nb = npad / kKnnCell;
-  const int64_t nbpad = (nb + 7) / 8 * 8;
-  KnnBlocks k;
-  k.planes = at::full({batch, c, npad}, inf, pts.options());
-  k.planes.narrow(2, 0, n).copy_(p.gather(1, perm.unsqueeze(2).expand({batch, n, c})).transpose(1, 2));
-  k.order = at::full({batch, npad}, -1, perm.options());
-  k.order.narrow(1, 0, n).copy_(perm.masked_fill(sorted == std::numeric_limits<int64_t>::max(), -1));
-  const Tensor cells = k.planes.view({batch, c, nb, kKnnCell});
-  k.lo = at::full({batch, c, nbpad}, inf, pts.options());
-  k.hi = at::full({batch, c, nbpad}, inf, pts.options());
-  k.lo.narrow(2, 0, nb).copy_(cells.amin(3));
-  k.hi.narrow(2, 0, nb).copy_(cells.amax(3));
-  k.seed = at::searchsorted(sorted, morton(q, lo, scale)).clamp_max_(n - 1).div_(kKnnCell, "floor");
-  Tensor finite = at::isfinite(pts).all(2);
-  if (valid.defined()) finite.logical_or_(valid.logical_not());
-  k.finite = finite.all(1).to(at::kByte).contiguous();
-  return k;
-}
-
 std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, int64_t k,
                                    const std::optional<Tensor>& query_lengths, const std::optional<Tensor>& lengths) {
   constexpr const char* op = "knn";
@@ -191,22 +135,40 @@ std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, in
   p.k = k;
   const Tensor qc = query.to(acc).contiguous();
   // Low-dimensional clouds with enough work: the spatial-block search; otherwise brute force.
-  Tensor planes;
-  KnnBlocks blocks;
-  if (c <= 3 && n >= 8 * kKnnCell && m * n >= (int64_t(1) << 20)) {
-    blocks = knn_blocks(qc, points.to(acc), lengths);
-    planes = blocks.planes;
-    p.npad = planes.size(2);
-    p.order = blocks.order.const_data_ptr<int64_t>();
-    p.box_lo = blocks.lo.const_data_ptr();
-    p.box_hi = blocks.hi.const_data_ptr();
-    p.seed = blocks.seed.const_data_ptr<int64_t>();
-    p.finite = blocks.finite.const_data_ptr<uint8_t>();
+  p.query = qc.const_data_ptr();
+  Tensor planes, order, box_lo, box_hi, seed, finite;
+  if (c <= 3 && n >= 8 * kKnnCell && n < (int64_t(1) << 31) && m * n >= (int64_t(1) << 20)) {
+    // Low-dimensional clouds with enough work: the spatial-block search, its blocks built by the kernel
+    // (points in Morton order, cells of kKnnCell with their boxes, each query's starting cell).
+    p.npad = (n + kKnnCell - 1) / kKnnCell * kKnnCell;
+    const int64_t nbpad = (p.npad / kKnnCell + 7) / 8 * 8;
+    const Tensor pc = points.to(acc).contiguous();
+    planes = at::empty({batch, c, p.npad}, pc.options());
+    order = at::empty({batch, p.npad}, pc.options().dtype(at::kLong));
+    box_lo = at::empty({batch, c, nbpad}, pc.options());
+    box_hi = at::empty({batch, c, nbpad}, pc.options());
+    seed = at::empty({batch, m}, pc.options().dtype(at::kLong));
+    finite = at::empty({batch}, pc.options().dtype(at::kByte));
+    KnnBlockBuild o;
+    o.points = pc.const_data_ptr();
+    o.planes = planes.data_ptr();
+    o.order = order.data_ptr<int64_t>();
+    o.box_lo = box_lo.data_ptr();
+    o.box_hi = box_hi.data_ptr();
+    o.seed = seed.data_ptr<int64_t>();
+    o.finite = finite.data_ptr<uint8_t>();
+    Scratch build_scratch(kern.knn_build_scratch_bytes(p));
+    at::parallel_for(0, batch, 1,
+                     [&](int64_t b0, int64_t b1) { kern.knn_build(p, o, b0, b1, build_scratch.for_thread()); });
+    p.order = order.const_data_ptr<int64_t>();
+    p.box_lo = box_lo.const_data_ptr();
+    p.box_hi = box_hi.const_data_ptr();
+    p.seed = seed.const_data_ptr<int64_t>();
+    p.finite = finite.const_data_ptr<uint8_t>();
   } else {
     p.npad = (n + lanes - 1) / lanes * lanes;
     planes = planes_of(points, acc, p.npad);
   }
-  p.query = qc.const_data_ptr();
   p.planes = planes.const_data_ptr();
   p.dists = dists.data_ptr();
   p.idx = idx.data_ptr<int64_t>();

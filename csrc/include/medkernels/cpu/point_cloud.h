@@ -51,6 +51,19 @@ struct KnnParams {
 };
 inline constexpr int64_t kKnnCell = 32;
 
+// What knn_build writes, per cloud (the KnnParams spatial-block fields, owned by the caller): planes
+// (batch, c, npad) and order (batch, npad) in Morton order (padding +inf / -1), box_lo/box_hi
+// (batch, c, round_up(npad / kKnnCell, 8)) (padding boxes +inf), seed (batch, m), finite (batch).
+struct KnnBlockBuild {
+  const void* points = nullptr;  // (batch, n, c) contiguous, in the acc type
+  void* planes = nullptr;
+  int64_t* order = nullptr;
+  void* box_lo = nullptr;
+  void* box_hi = nullptr;
+  int64_t* seed = nullptr;
+  uint8_t* finite = nullptr;
+};
+
 struct PointCloudKernelTable {
   const char* isa;
   int vector_bytes;
@@ -64,6 +77,9 @@ struct PointCloudKernelTable {
   // Tasks: (batch, block of `block` queries).
   void (*knn)(const KnnParams&, int64_t task_begin, int64_t task_end, void* scratch);
   int64_t (*knn_scratch_bytes)(const KnnParams&);
+  // The spatial blocks of clouds b0..b1 (C <= 3; p.query, p.lengths, p.npad set), one thread each.
+  void (*knn_build)(const KnnParams&, const KnnBlockBuild&, int64_t b0, int64_t b1, void* scratch);
+  int64_t (*knn_build_scratch_bytes)(const KnnParams&);
 };
 
 }  // namespace medkernels::cpu
