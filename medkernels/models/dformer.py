@@ -37,6 +37,7 @@ Differences from the official code (documented, tested in tests/test_model_dform
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,7 +46,7 @@ from torch import nn
 
 from medkernels._typing import Device, DType
 from medkernels.nn import DFormerBlock
-from medkernels.nn.dformer import DilatedAttention3d
+from medkernels.nn.dformer import DilatedAttention3d, official_global_intervals
 
 from ._registry import register_model
 
@@ -73,6 +74,14 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_CHUNK_ELEMENTS = 1 << 23  # the fused head's y elements per chunk (32 MB in float32)
+
+
+def _chunks(T: int, PC: int) -> list[tuple[int, int]]:
+    n = max(1, _CHUNK_ELEMENTS // PC)
+    return [(i, min(i + n, T)) for i in range(0, T, n)]
+
+
 class _ExpandNormProject(torch.autograd.Function):
     """The official head ``FinalPatchExpand_X4`` + 1x1x1 Conv3d, fused, on tokens ``x`` ``[T, Ci]``:
     ``y = x @ E^T`` split into P sub-voxels of C channels, LayerNorm(C) of each (``gamma``, ``beta``, ``eps``),
@@ -88,8 +97,6 @@ class _ExpandNormProject(torch.autograd.Function):
     64x128x128) is never normalised, rearranged or read back as such, and no [T, P*C] gradient exists. Runs
     in float32 (float64 for float64) whatever the autocast state."""
 
-    CHUNK_ELEMENTS = 1 << 23  # y elements per chunk (32 MB in float32)
-
     @staticmethod
     def _setup(E, gamma, W, P):
         K, C = W.shape
@@ -97,11 +104,6 @@ class _ExpandNormProject(torch.autograd.Function):
         wg = W * gamma
         Mk = torch.einsum("kc,vci->vki", wg, Ev)  # [P, K, Ci]: per sub-voxel v, Wg @ E_v
         return Ev, wg, Mk
-
-    @staticmethod
-    def _chunks(T: int, PC: int) -> list[tuple[int, int]]:
-        n = max(1, _ExpandNormProject.CHUNK_ELEMENTS // PC)
-        return [(i, min(i + n, T)) for i in range(0, T, n)]
 
     @staticmethod
     def forward(ctx, x, E, gamma, beta, W, eps, grid):  # noqa: D102
@@ -117,7 +119,7 @@ class _ExpandNormProject(torch.autograd.Function):
             M = torch.cat([Mk, Ev.mean(1, keepdim=True)], 1).reshape(P * (K + 1), -1)  # + the mean rows
             zm = (x @ M.t()).view(T, P, K + 1)
             zr, mean = zm[..., :K], zm[..., K]
-            chunks = _ExpandNormProject._chunks(T, P * C)
+            chunks = _chunks(T, P * C)
             y = x.new_empty(T if keep else chunks[0][1], P, C)
             var = x.new_empty(T, P)
             for a, b in chunks:  # the centred sum of squares, chunk by chunk
@@ -128,7 +130,10 @@ class _ExpandNormProject(torch.autograd.Function):
             out = x.new_empty(B, K, D * pd, H * ph, Wd * pw)
             view = out.view(B, K, D, pd, H, ph, Wd, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, D, H, W, pd, ph, pw, K]
             z = (zr - mean[..., None] * wg.sum(1)).view(view.shape)
-            torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1), out=view)
+            if torch.compiler.is_compiling():  # dynamo refuses a non-contiguous out=
+                view.copy_(torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1)))
+            else:
+                torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1), out=view)
         if keep:
             ctx.save_for_backward(x, E, gamma, beta, W, mean, rstd, y)
             ctx.grid, ctx.dtypes = grid, dtypes
@@ -157,7 +162,7 @@ class _ExpandNormProject(torch.autograd.Function):
             dx = gzs.view(T, P * K) @ Mk + c0 @ Ev.sum(1)  # the gzs @ Wg and c0 terms, through E
             dE = torch.einsum("kc,vki->vci", wg, q.view(P, K, Ci)) + (c0.t() @ x)[:, None, :]
             dE = dE.reshape(P * C, Ci)
-            for a, b in _ExpandNormProject._chunks(T, P * C):  # the (y - mean) * m2 term
+            for a, b in _chunks(T, P * C):  # the (y - mean) * m2 term
                 yc = torch.mul(y[a:b], m2[a:b, :, None].neg()).view(b - a, P * C)
                 dx[a:b].addmm_(yc, E)
                 dE.addmm_(yc.t(), x[a:b])
@@ -172,28 +177,35 @@ class _ExpandNormProject(torch.autograd.Function):
 
 class _DepthwiseConvIdentity(torch.autograd.Function):
     """``x + conv3d(x, w, b, padding=1, groups=C)`` on channels-last ``[B, D, H, W, C]`` (D-Former's position
-    encoding) as ONE depthwise convolution whose centre tap carries the identity (``w + delta``), run on the
-    channels-last-3d view; the backward forms the input gradient as the flipped-kernel convolution and the
-    bias gradient as a plain sum (the default depthwise backward takes 10x longer for them on CPU)."""
+    encoding), the convolution run on the channels-last-3d view. In float32/float64 it is ONE depthwise
+    convolution whose centre tap carries the identity (``w + delta``); under autocast or in half precision
+    the identity is added separately (rounding ``w + 1`` to bfloat16 would cost the identity path its
+    precision). The backward forms the input gradient as the flipped-kernel convolution and the bias
+    gradient as a plain sum (the default depthwise backward takes about 10x longer for them on CPU)."""
 
     @staticmethod
     def forward(ctx, x, w, b):  # noqa: D102
         C = x.shape[-1]
-        w1 = w.clone()
-        w1[:, :, 1, 1, 1] += 1
-        y = F.conv3d(x.permute(0, 4, 1, 2, 3), w1.to(x.dtype), b.to(x.dtype), 1, 1, 1, C)
-        ctx.save_for_backward(x, w1)
-        return y.permute(0, 2, 3, 4, 1)
+        fused = x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+        if fused:
+            w = w.clone()
+            w[:, :, 1, 1, 1] += 1
+        y = F.conv3d(x.permute(0, 4, 1, 2, 3), w.to(x.dtype), b.to(x.dtype), 1, 1, 1, C).permute(0, 2, 3, 4, 1)
+        ctx.save_for_backward(x, w)
+        ctx.fused = fused
+        return y if fused else x + y
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        x, w1 = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         C = x.shape[-1]
         gv = g.permute(0, 4, 1, 2, 3)
-        dx = F.conv3d(gv, w1.flip((2, 3, 4)).to(g.dtype), None, 1, 1, 1, C).permute(0, 2, 3, 4, 1)
-        dw = torch.nn.grad.conv3d_weight(x.permute(0, 4, 1, 2, 3).to(g.dtype), w1.shape, gv, 1, 1, 1, C)
-        db = g.sum((0, 1, 2, 3), dtype=w1.dtype)
-        return dx.to(x.dtype), dw.to(w1.dtype), db
+        dx = F.conv3d(gv, w.flip((2, 3, 4)).to(g.dtype), None, 1, 1, 1, C).permute(0, 2, 3, 4, 1)
+        if not ctx.fused:
+            dx = dx + g
+        dw = torch.nn.grad.conv3d_weight(x.permute(0, 4, 1, 2, 3).to(g.dtype), w.shape, gv, 1, 1, 1, C)
+        db = g.sum((0, 1, 2, 3), dtype=w.dtype)
+        return dx.to(x.dtype), dw.to(w.dtype), db
 
 
 # --- layers (the official module names) ----------------------------------------------------------------------
@@ -515,6 +527,9 @@ class DFormer(nn.Module):
             raise ValueError("DFormer: deep supervision needs at least 3 stages (a decoder map of 2C channels)")
         self.num_classes = num_classes
         self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.depths, self.num_heads, self.intervals = depths, num_heads, intervals
+        self.mlp_ratio = mlp_ratio
         self.patch_size = _triple("patch_size", patch_size, "voxels per patch")
         self.group_size = _triple("group_size", group_size, "tokens per group")
         self.deep_supervision = deep_supervision
@@ -577,6 +592,77 @@ class DFormer(nn.Module):
     def num_params(self, trainable_only: bool = False) -> int:
         """The number of parameters (of those requiring gradients with ``trainable_only``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def macs(self, input_size: Sequence[int] = (1, 1, 64, 128, 128)) -> int:
+        """Multiply-accumulates of one forward at ``input_size = (B, C_in, D, H, W)``, counted the way D-Former's
+        58.8 GMACs were (fvcore's rule on the official code): one per multiply-accumulate of every Conv3d and
+        Linear and of both attention matmuls (``q @ k^T``, ``attn @ v``), plus 5 per LayerNorm element;
+        activations, softmax, additions and the scale are not counted. As the official code pads before
+        its qkv projection, the qkv and output projections and the attention count the padded tokens (none
+        at the paper's size). The heads this model returns are counted (the full-resolution one, and with deep
+        supervision the half-resolution one, as the official count: the third head's output is discarded).
+        The count is of the architecture, not of this implementation (the fused head, for one, does
+        different arithmetic). Returns an int (58.80e9 for the paper's model at 1x1x64x128x128 with deep
+        supervision, 53.49e9 without)."""
+        B, Cin, *size = input_size
+        if Cin != self.in_channels or len(size) != 3:
+            raise ValueError(f"DFormer.macs: input_size must be (B, {self.in_channels}, D, H, W), got {input_size}")
+        gs, ph = self.group_size, self.patch_size
+        P = ph[0] * ph[1] * ph[2]
+        L, C0, K = len(self.depths), self.embed_dim, self.num_classes
+
+        def count(g: Sequence[int]) -> int:
+            return B * g[0] * g[1] * g[2]
+
+        def attention(g: Sequence[int], glob: bool, iv: int, C: int) -> int:
+            """qkv and output projections and both attention matmuls, over the padded tokens."""
+            D, H, W = g
+            if H < gs[1] or W < gs[2]:  # full attention
+                n_pad, per_group = D * H * W, D * H * W
+            elif not glob:
+                n_pad = math.prod(-(-n // k) * k for n, k in zip(g, gs))
+                per_group = math.prod(gs)
+            else:
+                padded = [-(-n // iv) * iv for n in g]
+                I = official_global_intervals(g, gs, iv)
+                extent = [-(-p // i) for p, i in zip(padded, I)]
+                n_pad, per_group = math.prod(i * e for i, e in zip(I, extent)), math.prod(extent)
+            return B * n_pad * (4 * C * C + 2 * C * per_group)
+
+        def stage(g: Sequence[int], i: int) -> int:
+            C, N = C0 * 2**i, count(g)
+            hidden = int(C * self.mlp_ratio)
+            m = 27 * N * C  # position encoding
+            for j in range(self.depths[i]):
+                m += 10 * N * C + 2 * N * C * hidden + attention(g, j % 2 == 1, self.intervals[i], C)
+            return m
+
+        def head(g: Sequence[int], C: int) -> int:
+            N = count(g)
+            return N * C * P * C + 5 * N * P * C + N * P * C * K
+
+        g = [-(-n // p) for n, p in zip(size, ph)]
+        total = count(g) * C0 * (Cin * P + 5)  # patch embedding and its norm
+        grids = []
+        for i in range(L):
+            grids.append(g)
+            total += stage(g, i)
+            if i < L - 1:
+                g = [-(-n // 2) for n in g]
+                total += count(g) * 8 * C0 * 2**i * (5 + 2 * C0 * 2**i)  # merging: norm(8C), Linear(8C -> 2C)
+        total += 5 * count(g) * C0 * 2 ** (L - 1)
+        for inx in range(L):
+            i = L - 1 - inx
+            C = C0 * 2**i
+            if inx > 0:
+                total += count(g) * 2 * C * C + stage(g, i)  # concatenation's Linear(2C -> C), stage
+            if inx < L - 1:  # patch expanding: Linear(C -> 4C), norm(C/2) over 8 sub-voxels
+                total += count(g) * C * 4 * C + 5 * count(g) * 4 * C
+                g = grids[i - 1]
+        total += 5 * count(g) * C0 + head(g, C0)
+        if self.deep_supervision:
+            total += head(grids[1], 2 * C0)
+        return total
 
 
 @register_model
