@@ -181,7 +181,8 @@ class _DepthwiseConvIdentity(torch.autograd.Function):
     convolution whose centre tap carries the identity (``w + delta``); under autocast or in half precision
     the identity is added separately (rounding ``w + 1`` to bfloat16 would cost the identity path its
     precision). The backward forms the input gradient as the flipped-kernel convolution and the bias
-    gradient as a plain sum (the default depthwise backward takes about 10x longer for them on CPU)."""
+    gradient as a plain sum (the default depthwise backward takes about 10x longer for them on CPU), and
+    the weight gradient in float32 whatever the input dtype."""
 
     @staticmethod
     def forward(ctx, x, w, b):  # noqa: D102
@@ -203,7 +204,10 @@ class _DepthwiseConvIdentity(torch.autograd.Function):
         dx = F.conv3d(gv, w.flip((2, 3, 4)).to(g.dtype), None, 1, 1, 1, C).permute(0, 2, 3, 4, 1)
         if not ctx.fused:
             dx = dx + g
-        dw = torch.nn.grad.conv3d_weight(x.permute(0, 4, 1, 2, 3).to(g.dtype), w.shape, gv, 1, 1, 1, C)
+        # the weight gradient in float32 (float64 for float64): a sum over every voxel, and PyTorch's CPU
+        # bfloat16 channels-last depthwise weight gradient returns garbage at small grids (torch 2.x)
+        acc = _acc_dtype(w)
+        dw = torch.nn.grad.conv3d_weight(x.permute(0, 4, 1, 2, 3).to(acc), w.shape, gv.to(acc), 1, 1, 1, C)
         db = g.sum((0, 1, 2, 3), dtype=w.dtype)
         return dx.to(x.dtype), dw.to(w.dtype), db
 
