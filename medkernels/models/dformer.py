@@ -1,7 +1,7 @@
 """D-Former: the U-shaped dilated transformer for 3D segmentation, on :mod:`medkernels.nn`'s D-Former blocks.
 
-Wu et al., "D-Former: A U-shaped Dilated Transformer for 3D Medical Image Segmentation" (arXiv 2201.00462;
-Neural Computing and Applications 2022). The architecture is the official ``SegNetwork`` (GitHub
+Wu et al., "D-Former: a U-shaped Dilated Transformer for 3D medical image segmentation", Neural Computing and
+Applications 2023 (arXiv 2201.00462). The architecture is the official ``SegNetwork`` (GitHub
 kkk55596/D-Former, ``model.py``), with its state-dict names, so its checkpoints load with ``strict=True``:
 
 * patch embedding (Conv3d, kernel = stride = ``patch_size``, then LayerNorm) to a token grid ``[B, D, H, W, C]``;

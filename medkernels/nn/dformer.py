@@ -1,7 +1,7 @@
 """D-Former's attention module and transformer block, on :func:`medkernels.ops.dilated_attention3d`.
 
-Wu et al., "D-Former: A U-shaped Dilated Transformer for 3D Medical Image Segmentation"
-(arXiv 2201.00462). Blocks alternate local-scope (LS-MSA) and global dilated-scope (GS-MSA) group
+Wu et al., "D-Former: a U-shaped Dilated Transformer for 3D medical image segmentation", Neural Computing
+and Applications 2023 (arXiv 2201.00462). Blocks alternate local-scope (LS-MSA) and global dilated-scope (GS-MSA) group
 attention over ``[B, D, H, W, C]`` token grids. Parameter names follow the official code
 (``attn.qkv``, ``attn.proj``, ``norm1``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``), so its block weights load.
 
