@@ -592,7 +592,7 @@ PAPER_MODEL = 'create_model("dformer", num_classes=4)'
 
 
 def test_documented_monai_example_runs():
-    """docs/dformer.md's example (also the README's), run as written but for a smaller model."""
+    """docs/dformer.md's example, run as written but for a smaller model."""
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     assert PAPER_MODEL in code
     tiny = 'create_model("dformer", num_classes=4, embed_dim=12, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))'
@@ -622,3 +622,51 @@ def test_registry_and_config_errors():
         create_model("dformer", **_ours_cfg())(torch.randn(1, 2, 8, 8, 8))
     with pytest.raises(ValueError, match="interval applies to the global scope"):
         DFormerBlock(16, 2, (2, 8, 8), "local", interval=4)
+
+
+# --- the benchmark case -------------------------------------------------------------------------------------
+
+
+def test_benchmark_case_trains_every_runner_and_is_in_the_full_and_gpu_profiles():
+    """medkernels-bench's models case (paper size in the full and gpu profiles, not the default run) at a tiny
+    size: each runner (our backends, the official computation, SwinUNETR when monai and einops are there) does a
+    training step that moves its own weights only, and inference returns the logits."""
+    from medkernels.bench.cases import cases_for
+    from medkernels.bench.cases.models_dformer import _swinunetr_unavailable, dformer_infer_case, dformer_train_case
+
+    paper = [c for c in cases_for("full", {"models"}) if c.params.get("model") == "dformer"]
+    assert {c.params["step"] for c in paper} == {"train", "inference"}
+    assert all(c.params["size"] == [64, 128, 128] and c.params["batch"] == 1 for c in paper)
+    assert {c.label for c in cases_for("gpu", {"models"})} >= {c.label for c in paper}
+    assert not [c for c in cases_for("default") if c.op == "models"]
+    targets = {(t.against, t.metric, t.bound) for c in paper for t in c.targets}
+    assert targets == {
+        ("peer:official", "speedup", 1.5),
+        ("peer:swinunetr", "speedup", 6.0),
+        ("peer:official", "memory", 0.7),
+    }
+
+    kw = dict(model_kwargs=dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2)), swin_features=12)
+    # SwinUNETR's instance norms need more than one voxel at its 1/32 scale: 32x64x64 (seconds), LONG only
+    train = dformer_train_case(1, (32, 64, 64) if LONG else (16, 32, 32), ("full",), num_classes=3, **kw)
+    x = train.make_inputs(torch.device("cpu"), torch.float32)
+    assert ("swinunetr" in x) == (_swinunetr_unavailable(torch.device("cpu")) is None)
+    runners = {b: (lambda x, b=b: train.call(b, x)) for b in ("cpu", "reference")}
+    runners["official"] = train.peers["official"].call
+    if LONG and "swinunetr" in x:
+        runners["swinunetr"] = train.peers["swinunetr"].call
+    owners = {"cpu": "model", "reference": "model", "official": "official", "swinunetr": "swinunetr"}
+    for name, run in runners.items():
+        before = {k: [p.detach().clone() for p in x[k].parameters()] for k in ("model", "official")}
+        with torch.no_grad():  # as the runner calls it
+            loss = run(x)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        for k, params in before.items():
+            moved = any(not torch.equal(p, q) for p, q in zip(params, x[k].parameters()))
+            assert moved == (owners[name] == k), f"{name} moved {k}'s weights: {moved}"
+    infer = dformer_infer_case(1, (32, 32, 32), ("full",), num_classes=3, **kw)
+    x = infer.make_inputs(torch.device("cpu"), torch.float32)
+    want = infer.call("reference", x)
+    assert want.shape == (1, 3, 32, 32, 32)
+    close(infer.call("cpu", x), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), what="cpu inference")
+    close(infer.peers["official"].call(x), want, rtol=1e-4, atol=1e-5 * want.abs().max().item(), what="official")

@@ -91,11 +91,11 @@ class _ExpandNormProject(torch.autograd.Function):
     With ``Wg = W * gamma`` the LayerNorm and projection are linear in y up to the row statistics:
     ``z = (y @ Wg^T - mean * Wg.sum(1)) * rstd + W @ beta``, where ``y @ Wg^T`` and the means are small matmuls
     of x (``Wg @ E_v`` per sub-voxel). Only the variance needs y: it is formed chunk by chunk (cache-sized),
-    centred in place and reduced. Training keeps the centred y (inference never holds more than a chunk);
-    the backward's only full-size work is the two matmuls of the centred y scaled per row (the LayerNorm's
-    variance term), chunk by chunk; the rest are small matmuls of x. The [T, P*C] expansion (400 MB at
-    64x128x128) is never normalised, rearranged or read back as such, and no [T, P*C] gradient exists. Runs
-    in float32 (float64 for float64) whatever the autocast state."""
+    centred in place and reduced; nothing of y's size is kept for the backward. The backward's only full-size
+    work is y recomputed chunk by chunk, centred and scaled per row (the LayerNorm's variance term), and its
+    two matmuls; the rest are small matmuls of x. The [T, P*C] expansion (400 MB at 64x128x128) is never
+    stored, normalised or rearranged, and no [T, P*C] gradient exists. Runs in float32 (float64 for float64)
+    whatever the autocast state."""
 
     @staticmethod
     def _setup(E, gamma, W, P):
@@ -120,10 +120,10 @@ class _ExpandNormProject(torch.autograd.Function):
             zm = (x @ M.t()).view(T, P, K + 1)
             zr, mean = zm[..., :K], zm[..., K]
             chunks = _chunks(T, P * C)
-            y = x.new_empty(T if keep else chunks[0][1], P, C)
+            y = x.new_empty(chunks[0][1], P, C)
             var = x.new_empty(T, P)
             for a, b in chunks:  # the centred sum of squares, chunk by chunk
-                yc = y[a:b] if keep else y[: b - a]
+                yc = y[: b - a]
                 torch.mm(x[a:b], E.t(), out=yc.view(b - a, P * C))
                 torch.linalg.vector_norm(yc.sub_(mean[a:b, :, None]), dim=-1, out=var[a:b])
             rstd = var.square_().div_(C).add_(eps).rsqrt_()
@@ -135,13 +135,13 @@ class _ExpandNormProject(torch.autograd.Function):
             else:
                 torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1), out=view)
         if keep:
-            ctx.save_for_backward(x, E, gamma, beta, W, mean, rstd, y)
+            ctx.save_for_backward(x, E, gamma, beta, W, mean, rstd)
             ctx.grid, ctx.dtypes = grid, dtypes
         return out if torch.is_autocast_enabled(x.device.type) else out.to(dtypes[0])
 
     @staticmethod
     def backward(ctx, gz):  # noqa: D102
-        x, E, gamma, beta, W, mean, rstd, y = ctx.saved_tensors
+        x, E, gamma, beta, W, mean, rstd = ctx.saved_tensors
         B, D, H, Wd, pd, ph, pw = ctx.grid
         P = pd * ph * pw
         with torch.autocast(x.device.type, enabled=False):
@@ -155,15 +155,16 @@ class _ExpandNormProject(torch.autograd.Function):
             g.view(gz.shape).copy_(gz)  # the logits' gradient gathered into [T, P, K]
             gzs = g * rstd[..., None]
             gs = g @ wg.sum(1)  # [T, P]: sum over channels of d(loss)/d(normalised y) * gamma
-            # LayerNorm backward: dy = gzs @ Wg - rstd * gs / C - (y - mean) * m2, y - mean being the saved y
+            # LayerNorm backward: dy = gzs @ Wg - rstd * gs / C - (y - mean) * m2
             m2 = rstd.pow(3) * ((g * zr).sum(-1) - mean * gs) / C
             c0 = rstd * gs / -C
             q = gzs.view(T, P * K).t() @ x  # [P*K, Ci]
             dx = gzs.view(T, P * K) @ Mk + c0 @ Ev.sum(1)  # the gzs @ Wg and c0 terms, through E
             dE = torch.einsum("kc,vki->vci", wg, q.view(P, K, Ci)) + (c0.t() @ x)[:, None, :]
             dE = dE.reshape(P * C, Ci)
-            for a, b in _chunks(T, P * C):  # the (y - mean) * m2 term
-                yc = torch.mul(y[a:b], m2[a:b, :, None].neg()).view(b - a, P * C)
+            for a, b in _chunks(T, P * C):  # the (y - mean) * m2 term, y recomputed chunk by chunk
+                yc = (x[a:b] @ E.t()).view(b - a, P, C).sub_(mean[a:b, :, None]).mul_(m2[a:b, :, None].neg())
+                yc = yc.view(b - a, P * C)
                 dx[a:b].addmm_(yc, E)
                 dE.addmm_(yc.t(), x[a:b])
             a_kc = torch.einsum("vki,vci->kc", q.view(P, K, Ci), Ev) - (gzs * mean[..., None]).sum((0, 1))[:, None]
