@@ -108,7 +108,20 @@ def dformer_train_case(
 ) -> Case:
     """One training step of ``dformer`` (forward, cross-entropy, backward, AdamW) on ``[batch, 1, *size]``.
 
-    ``model_kwargs`` (e.g. a smaller ``embed_dim``) and ``swin_features`` shrink the models for tests."""
+    Args:
+        batch: volumes per step.
+        size: ``(D, H, W)`` of each volume (the official computation needs D by 16, H and W by 32; SwinUNETR
+            every axis by 32).
+        profiles: the profiles that run the case.
+        targets: ratios the report checks (e.g. :data:`DFORMER_TRAIN_TARGETS`).
+        num_classes: the models' output channels.
+        dtypes: parameter and input dtypes timed.
+        model_kwargs: more :class:`medkernels.models.dformer.DFormer` arguments (a smaller model for tests).
+        swin_features: SwinUNETR's ``feature_size`` (48 as in the issue; a multiple of 12).
+
+    Returns:
+        The :class:`Case`: backends ``reference`` and the automatic ones, peers ``official`` and ``swinunetr``.
+    """
     kw = dict(model_kwargs or {})
     spatial = "x".join(map(str, size))
     return Case(
