@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkernels._typing import Device, DType
-from medkernels.nn import DFormerBlock
-from medkernels.nn.dformer import DilatedAttention3d, official_global_intervals
+from medkernels.nn import DFormerBlock, DilatedAttention3d
+from medkernels.nn.dformer import official_global_intervals
 
 from ._registry import register_model
 
