@@ -525,7 +525,7 @@ def test_backends_match_the_reference_backend(backend):
     "compiler",
     [
         "aot_eager",  # dynamo's whole-graph capture and AOTAutograd through the fused pieces and the op's fakes
-        pytest.param("inductor", marks=pytest.mark.skipif(not LONG, reason="C++ codegen: minutes; LONG only")),
+        pytest.param("inductor", marks=pytest.mark.skipif(not LONG, reason="C++ codegen, 20 s to minutes; LONG only")),
     ],
 )
 def test_torch_compile_fullgraph(compiler):
