@@ -8,6 +8,7 @@ times them as peers (``medkernels.bench.peers``).
 
 - ``dformer_attention_official``: D-Former's dilated attention as its ``model.py`` computes it.
 - ``dformer_attention_sdpa``: the same grouping around ``torch.nn.functional.scaled_dot_product_attention``.
+- ``dformer_segnetwork_official``: D-Former's whole ``SegNetwork`` forward as its ``model.py`` computes it.
 - ``kan_unfused``: FasterKAN's RSWAF layer (after its LayerNorm), the basis materialised, then ``F.linear``.
 - ``selective_scan_mamba_form``: mamba_ssm's ``selective_scan_ref`` as written there (every ``exp(delta A)`` and
   ``delta B u`` materialised as ``[B, D, L, N]``, then a Python loop indexing one step at a time): what mamba_ssm and
@@ -16,12 +17,18 @@ times them as peers (``medkernels.bench.peers``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dformer_attention_official", "dformer_attention_sdpa", "kan_unfused", "selective_scan_mamba_form"]
+__all__ = [
+    "dformer_attention_official",
+    "dformer_attention_sdpa",
+    "dformer_segnetwork_official",
+    "kan_unfused",
+    "selective_scan_mamba_form",
+]
 
 
 # --- D-Former dilated attention -------------------------------------------------------------------------
@@ -143,6 +150,192 @@ def dformer_attention_sdpa(
         mask = (~pad).view(1, groups, 1, 1, layout.tokens).expand(q.shape[0] // groups, -1, -1, -1, -1)
         mask = mask.reshape(q.shape[0], 1, 1, layout.tokens)
     return layout.ungroup(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
+
+
+# --- D-Former SegNetwork ---------------------------------------------------------------------------------
+
+_NEG = -1000000.0  # the official NEG_INF
+
+
+def _off_ln(p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], p[name + ".weight"], p[name + ".bias"])
+
+
+def _off_linear(p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, p[name + ".weight"], p.get(name + ".bias"))
+
+
+def _off_block(
+    p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor, heads: int, group: Sequence[int], interval: int, gsm: int
+) -> torch.Tensor:
+    """``DFormerBlock3D.forward`` of a freshly built block (its full-attention switch kept for this call only)."""
+    B, D, H, W, C = x.shape
+    shortcut = x
+    x = _off_ln(p, name + ".norm1", x)
+    if H < group[1]:  # the official switch: one group over the whole map, local scope
+        gsm, group = 0, (D, H, W)
+    div = (interval,) * 3 if gsm == 1 else tuple(group)
+    pad_d, pad_b, pad_r = ((s - n % s) % s for s, n in zip(div, (D, H, W)))
+    x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b, 0, pad_d))
+    _, Dp, Hp, Wp, _ = x.shape
+    mask = torch.zeros((1, Dp, Hp, Wp, 1), device=x.device)
+    if pad_d > 0:
+        mask[:, -pad_d:] = -1
+    if pad_b > 0:
+        mask[:, :, -pad_b:] = -1
+    if pad_r > 0:
+        mask[:, :, :, -pad_r:] = -1
+    if gsm == 0:  # LS-MSA: contiguous windows
+        Gd, Gh, Gw = div
+        x = x.view(B, Dp // Gd, Gd, Hp // Gh, Gh, Wp // Gw, Gw, C).permute(0, 1, 3, 5, 2, 4, 6, 7).contiguous()
+        x = x.reshape(-1, Gd * Gh * Gw, C)
+        nG = (Dp * Hp * Wp) // (Gd * Gh * Gw)
+        use_mask = pad_d > 0 or pad_b > 0 or pad_r > 0
+        grouped = (1, Dp // Gd, Gd, Hp // Gh, Gh, Wp // Gw, Gw, 1), (0, 1, 3, 5, 2, 4, 6, 7)
+    else:  # GS-MSA: members an interval apart; the official mask forgets depth-only padding
+        Id, Ih, Iw = Dp // group[0], Hp // group[1], Wp // group[2]
+        Gd, Gh, Gw = Dp // Id, Hp // Ih, Wp // Iw
+        x = x.reshape(B, Gd, Id, Gh, Ih, Gw, Iw, C).permute(0, 2, 4, 6, 1, 3, 5, 7).contiguous()
+        x = x.reshape(B * Id * Ih * Iw, Gd * Gh * Gw, C)
+        nG = Id * Ih * Iw
+        use_mask = pad_r > 0 or pad_b > 0
+        grouped = (1, Gd, Id, Gh, Ih, Gw, Iw, 1), (0, 2, 4, 6, 1, 3, 5, 7)
+    N = Gd * Gh * Gw
+    attn_mask = None
+    if use_mask:
+        m = mask.reshape(grouped[0]).permute(grouped[1]).contiguous().reshape(nG, 1, N)
+        attn_mask = torch.zeros((nG, N, N), device=x.device).masked_fill(m < 0, _NEG)
+    # Attention
+    B_ = x.shape[0]
+    qkv = _off_linear(p, name + ".attn.qkv", x).reshape(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = q * (C // heads) ** -0.5
+    attn = q @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        attn = attn.view(B_ // nG, nG, heads, N, N) + attn_mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, N, N)
+    attn = attn.softmax(dim=-1)
+    x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+    x = _off_linear(p, name + ".attn.proj", x)
+    if gsm == 0:
+        x = x.reshape(B, Dp // Gd, Hp // Gh, Wp // Gw, Gd, Gh, Gw, C).permute(0, 1, 4, 2, 5, 3, 6, 7).contiguous()
+    else:
+        x = x.reshape(B, Id, Ih, Iw, Gd, Gh, Gw, C).permute(0, 4, 1, 5, 2, 6, 3, 7).contiguous()
+    x = x.view(B, Dp, Hp, Wp, -1)
+    if pad_d > 0 or pad_r > 0 or pad_b > 0:
+        x = x[:, :D, :H, :W, :].contiguous()
+    x = shortcut + x
+    h = _off_linear(p, name + ".mlp.fc1", _off_ln(p, name + ".norm2", x))
+    return x + _off_linear(p, name + ".mlp.fc2", F.gelu(h))
+
+
+def _off_pos(p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    """``PosCNN``: channels-last in and out, a depthwise 3x3x3 convolution on the channels-first view."""
+    feat = x.permute(0, 4, 1, 2, 3)
+    w = p[name + ".proj.0.weight"]
+    y = F.conv3d(feat, w, p[name + ".proj.0.bias"], 1, 1, 1, w.shape[0]) + feat
+    return y.permute(0, 2, 3, 4, 1)
+
+
+def _off_expand(p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor, parts: Sequence[int]) -> torch.Tensor:
+    """``PatchExpand3D`` / ``FinalPatchExpand_X4``: Linear, ``b d h w (p0 p1 p2 c) -> b (d p0) (h p1) (w p2) c``,
+    LayerNorm."""
+    x = _off_linear(p, name + ".expand", x)
+    B, D, H, W, C = x.shape
+    c = C // (parts[0] * parts[1] * parts[2])
+    x = x.reshape(B, D, H, W, *parts, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    x = x.reshape(B, D * parts[0], H * parts[1], W * parts[2], c)
+    return _off_ln(p, name + ".norm", x)
+
+
+def dformer_segnetwork_official(
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    *,
+    depths: Sequence[int] = (2, 2, 6, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    patch_size: Sequence[int] = (2, 4, 4),
+    group_size: Sequence[int] = (2, 8, 8),
+    intervals: Sequence[int] = (8, 4, 2, 1),
+    deep_supervision: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """D-Former's ``SegNetwork`` forward as its ``model.py`` computes it (kkk55596/D-Former), on the
+    official state-dict names: channels-first stages around channels-last blocks (a ``.contiguous()``
+    copy entering each encoder stage, permuted views in and out of the position encoding), per block a
+    zero pad, reshape-permute-copy grouping, dense ``q @ k^T`` with an additive -1e6 mask, softmax,
+    ``@ v`` and the copies back; patch merging by eight strided slices and a concatenation; every
+    decoder head computed (the official code computes all three and returns one or two).
+
+    It is stateless: each call behaves as a freshly built ``SegNetwork`` (the official block keeps the
+    full-attention switch it makes on a small map for its later calls). Its global-scope mask forgets
+    depth-only padding, as the official code does. Like the official code it needs the token grid
+    divisible by 8 on every axis (input D by 16, H and W by 32 with the default patch).
+
+    Args:
+        params: the official state dict (``model_down.*``, ``final.*``), e.g. ``model.state_dict()`` of
+            ``medkernels.models.create_model("dformer")``, or its named parameters for gradients.
+        x: ``[B, C_in, D, H, W]``.
+        depths, num_heads, patch_size, group_size, intervals: the configuration the weights were built with.
+        deep_supervision: return ``(full, half)`` resolution logits instead of the full-resolution ones.
+
+    Returns:
+        ``[B, classes, D', H', W']`` logits at the patch-padded input size, or the deep-supervision tuple.
+    """
+    p = params
+    L = len(depths)
+    # PatchEmbed3D: pad W, H, D to the patch, strided convolution, LayerNorm on the flattened tokens
+    _, _, D, H, W = x.shape
+    if W % patch_size[2] != 0:
+        x = F.pad(x, (0, patch_size[2] - W % patch_size[2]))
+    if H % patch_size[1] != 0:
+        x = F.pad(x, (0, 0, 0, patch_size[1] - H % patch_size[1]))
+    if D % patch_size[0] != 0:
+        x = F.pad(x, (0, 0, 0, 0, 0, patch_size[0] - D % patch_size[0]))
+    x = F.conv3d(x, p["model_down.patch_embed.proj.weight"], p["model_down.patch_embed.proj.bias"], patch_size)
+    B, C, D, H, W = x.shape
+    x = _off_ln(p, "model_down.patch_embed.norm", x.flatten(2).transpose(1, 2))
+    x = x.transpose(1, 2).view(-1, C, D, H, W)
+    skips = []
+    for i in range(L):  # BasicLayer
+        skips.append(x.permute(0, 2, 3, 4, 1))
+        x = x.contiguous()
+        B, C, D, H, W = x.shape
+        name = f"model_down.layers.{i}"
+        x = _off_pos(p, name + ".pos_block", x.permute(0, 2, 3, 4, 1))
+        for j in range(depths[i]):
+            x = _off_block(p, f"{name}.blocks.{j}", x, num_heads[i], group_size, intervals[i], j % 2)
+        x = x.view(B, D, H, W, -1)
+        if i < L - 1:  # PatchMerging
+            if H % 2 == 1 or W % 2 == 1:
+                x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            parts = [x[:, a::2, b::2, c::2, :] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+            x = _off_linear(
+                p, name + ".downsample.reduction", _off_ln(p, name + ".downsample.norm", torch.cat(parts, -1))
+            )
+        x = x.permute(0, 4, 1, 2, 3)
+    x = _off_ln(p, "model_down.norm", x.permute(0, 2, 3, 4, 1))
+    ups = []
+    for inx in range(L):  # forward_up_features
+        if inx == 0:
+            x = _off_expand(p, "model_down.layers_up.0", x, (2, 2, 2))
+        else:
+            i = L - 1 - inx
+            x = _off_linear(p, f"model_down.concat_back_dim.{inx}", torch.cat([x, skips[i]], -1))
+            name = f"model_down.layers_up.{inx}"
+            x = _off_pos(p, name + ".pos_block", x)
+            for j in range(depths[i]):
+                x = _off_block(p, f"{name}.blocks.{j}", x, num_heads[i], group_size, intervals[i], j % 2)
+            if inx < L - 1:
+                x = _off_expand(p, name + ".upsample", x, (2, 2, 2))
+        if inx < 2:
+            ups.append(x)
+    ups.append(_off_ln(p, "model_down.norm_up", x))
+    segs = []
+    for i, feat in enumerate(ups):  # every head runs (final[-(i + 1)]): FinalPatchExpand_X4, 1x1x1 convolution
+        k = L - 2 - i
+        y = _off_expand(p, f"final.{k}.0", feat, patch_size)
+        segs.append(F.conv3d(y.permute(0, 4, 1, 2, 3), p[f"final.{k}.1.weight"]))
+    return (segs[-1], segs[-2]) if deep_supervision else segs[-1]
 
 
 # --- FasterKAN -----------------------------------------------------------------------------------------

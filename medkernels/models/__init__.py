@@ -2,5 +2,14 @@
 :func:`load_checkpoint` for the checkpoints the official code produces."""
 
 from ._registry import clean_state_dict, create_model, is_model, list_models, load_checkpoint, register_model
+from .dformer import DFormer
 
-__all__ = ["clean_state_dict", "create_model", "is_model", "list_models", "load_checkpoint", "register_model"]
+__all__ = [
+    "DFormer",
+    "clean_state_dict",
+    "create_model",
+    "is_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+]

@@ -3,9 +3,9 @@
 A case builds its inputs, calls the op on a named backend (or a peer library), and may state
 targets (speed-up and memory ratios against the reference) that the report checks. One module per op
 family builds its cases (``selective_scan``, ``multi_order_scan``, ``neighborhood_attention``,
-``dilated_attention``, ``dct``, ``causal_conv1d``, ``blocks``, ``rswaf_kan``, ``point_cloud``; ``base`` has
-:class:`Case`, :class:`Peer`, :class:`Target` and the profiles); :data:`CASES` below lists which shapes each
-profile runs, in the order they run.
+``dilated_attention``, ``dct``, ``causal_conv1d``, ``blocks``, ``rswaf_kan``, ``point_cloud``; whole models
+in ``models_<name>``; ``base`` has :class:`Case`, :class:`Peer`, :class:`Target` and the profiles);
+:data:`CASES` below lists which shapes each profile runs, in the order they run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .blocks import mamba_case
 from .causal_conv1d import conv_case
 from .dct import dct_attention_case, dct_case
 from .dilated_attention import DA_TARGETS, da_case
+from .models_dformer import DFORMER_TRAIN_TARGETS, dformer_infer_case, dformer_train_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
 from .neighborhood_attention import na_case, na_targets
 from .point_cloud import fps_case, knn_case
@@ -148,6 +149,9 @@ CASES: list[Case] = [
     multi_scan_case(8, 128, 64, 1024, 8, ("full",), MULTI_SCAN_TARGETS, with_reference=True),
     multi_scan_case(8, 128, 64, 1024, 8, ("gpu",)),
     multi_scan_case(1, 128, 64, 256, 8, ("full",), MULTI_SCAN_TARGETS, official=True),  # the official path, reduced
+    # The models group (--ops models): D-Former at the paper's crop (seconds per step; SwinUNETR's tens).
+    dformer_train_case(1, (64, 128, 128), ("full", "gpu"), DFORMER_TRAIN_TARGETS),
+    dformer_infer_case(1, (64, 128, 128), ("full", "gpu")),
 ]
 
 
