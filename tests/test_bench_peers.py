@@ -120,9 +120,11 @@ def test_point_cloud_and_na_cases_use_the_strongest_peers():
     for c in default:
         if c.op in ("na2d", "na3d"):
             assert "flex_compiled" in c.peers and not c.peers["sdpa"].comparable
-    assert "pip install natten" in next(c for c in default if c.op == "na2d").peers["natten"].unavailable(
-        torch.device("cpu")
-    ) or importlib.util.find_spec("natten")
+    why = next(c for c in default if c.op == "na2d").peers["natten"].unavailable(torch.device("cpu"))
+    if importlib.util.find_spec("natten") is None:
+        assert "pip install natten" in why
+    else:
+        assert why is None  # installed (the test venv has natten 0.21): measured
 
 
 @pytest.mark.parametrize("bc", ["fixed", "variable", "grouped"])
