@@ -17,6 +17,7 @@ from .blocks import mamba_case
 from .causal_conv1d import conv_case
 from .dct import dct_attention_case, dct_case
 from .dilated_attention import DA_TARGETS, da_case
+from .models_medvit import MEDVIT_TRAIN_TARGETS, medvit_infer_case, medvit_train_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
 from .neighborhood_attention import na_case, na_targets
 from .point_cloud import fps_case, knn_case
@@ -133,6 +134,9 @@ CASES: list[Case] = [
     multi_scan_case(1, 128, 64, 1024, 8, ("default",), MULTI_SCAN_TARGETS),
     multi_scan_case(8, 128, 64, 1024, 8, ("full",), MULTI_SCAN_TARGETS, with_reference=True),
     multi_scan_case(8, 128, 64, 1024, 8, ("gpu",)),
+    # The models group (--ops models): MedViTV2-small at 224x224, batch 8 (tens of seconds per reference step).
+    medvit_train_case("small", 8, 224, ("full", "gpu"), MEDVIT_TRAIN_TARGETS),
+    medvit_infer_case("small", 8, 224, ("full", "gpu")),
 ]
 
 
