@@ -17,10 +17,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kit import close
+from kit import GPU, LONG, backends, close, requires_triton
 
-from medkernels import models
+from medkernels import models, ops
 from medkernels.models import create_model, load_checkpoint
+from medkernels.models.medvitv2 import MedViTV2
+from medkernels.nn import FasterKAN, GFPBlock, LFPBlock
 
 VARIANTS = {  # the official MedViT_<variant> factories: dims, depths
     "tiny": ((64, 128, 192, 384), (2, 2, 6, 1)),
@@ -316,12 +318,18 @@ def test_flops_the_papers_way():
 # --- the official computation --------------------------------------------------------------------------
 
 
-def test_official_layout_equals_the_official_forward(tmp_path):
+@pytest.fixture(scope="module")
+def official_small() -> dict[str, torch.Tensor]:
+    """A random, calibrated official ``MedViT_small(num_classes=10)`` state_dict (with the unused GFP.conv)."""
+    return random_official_state(*VARIANTS["small"], num_classes=10, seed=1)
+
+
+def test_official_layout_equals_the_official_forward(tmp_path, official_small):
     """medvitv2_small(official_layout=True) loaded from an official state_dict (with the unused GFP.conv)
     gives the official forward's logits: checked against the re-creation above in float64 (the truth) and
     float32; our float32 error must stay within a small factor of the official float32 code's own."""
     dims, depths = VARIANTS["small"]
-    sd = random_official_state(dims, depths, num_classes=10, seed=1)
+    sd = official_small
     torch.save({"model": sd}, tmp_path / "MedViT_small.pth")
     model = create_model("medvitv2_small", num_classes=10, official_layout=True).eval()
     notes = load_checkpoint(model, tmp_path / "MedViT_small.pth")  # strict=True
@@ -346,8 +354,215 @@ def test_official_layout_equals_the_official_forward(tmp_path):
         assert (paper(x) - ours).abs().max().item() > 100 * err_ours + 1e-3 * scale
 
 
-def test_natten017_reference_raises_where_natten_does():
+def test_natten017_reference_raises_where_natten_does(official_small):
     dims, depths = VARIANTS["small"]
-    sd = random_official_state(dims, depths, num_classes=10, seed=1)
     with pytest.raises(ValueError, match="kernel size larger"):
-        official_forward(sd, torch.randn(1, 3, 64, 64), dims, depths)  # stage 3 is 4x4 < 7
+        official_forward(official_small, torch.randn(1, 3, 64, 64), dims, depths)  # stage 3 is 4x4 < 7
+
+
+@pytest.mark.parametrize("official_layout", [False, True], ids=["paper", "official"])
+def test_what_the_attention_and_the_kan_see(official_layout):
+    """Why the official layout is wrong: its NCHW ``reshape`` hands the attention and the KAN runs of the
+    flattened buffer: with 64 channels at 8x8, its "token" (0, 0) is channel 0's whole map, not a pixel;
+    the paper's layout gives them each pixel's channel vector."""
+    torch.manual_seed(0)
+    lfp = LFPBlock(64, 64, official_layout=official_layout).eval()
+    gfp = GFPBlock(64, 64, mix_block_ratio=0.5, official_layout=official_layout).eval()
+    seen = {}
+    lfp.norm1.register_forward_hook(lambda m, a, out: seen.__setitem__("u_attn", out))
+    lfp.attn.register_forward_pre_hook(lambda m, a: seen.__setitem__("attn", a[0]))
+    gfp.norm2.register_forward_hook(lambda m, a, out: seen.__setitem__("u_kan", out))
+    gfp.kan.register_forward_pre_hook(lambda m, a: seen.__setitem__("kan", a[0]))
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        lfp(x)
+        gfp(x)
+    for u, got in ((seen["u_attn"], seen["attn"]), (seen["u_kan"], seen["kan"])):
+        if official_layout:
+            assert torch.equal(got.reshape(-1), u.reshape(-1))  # the NCHW buffer in its own order
+            assert torch.equal(got.reshape(-1, 64)[0], u[0, 0].flatten())  # token 0: channel 0, all 64 pixels
+            assert not torch.equal(got.reshape(-1, 64)[0], u[0, :, 0, 0])
+        else:
+            assert torch.equal(got, u.permute(0, 2, 3, 1))  # [B, H, W, C]: pixel (h, w)'s channels
+            assert torch.equal(got[0, 0, 0], u[0, :, 0, 0])
+
+
+# --- every model, every backend here --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant_model(request) -> MedViTV2:
+    """One model per variant (built once: initialising base and large takes seconds), 3 classes."""
+    torch.manual_seed(0)
+    return create_model(f"medvitv2_{request.param}", num_classes=3)
+
+
+@pytest.mark.parametrize("backend", backends("cpu", "reference"))
+def test_forward_backward(variant_model, backend):
+    if backend == "reference" and variant_model.num_features > 512 and not LONG:
+        pytest.skip("base and large on the reference ops: MEDKERNELS_LONG_TESTS=1 (the kernels run them here)")
+    """Training forward and backward of every variant at the smallest input (32x32: the last attention
+    stage at 2x2, the last stage at 1x1): logits, and a finite gradient for every trainable parameter."""
+    torch.manual_seed(0)
+    model = variant_model.train()
+    model.backend = backend
+    model.zero_grad(set_to_none=True)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    (out * torch.randn(2, 3)).sum().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        else:
+            assert name.endswith("rbf.grid"), name  # FasterKAN's frozen grid, as upstream
+    assert any(p.grad.abs().max() > 0 for n, p in model.named_parameters() if ".attn." in n)
+    assert any(p.grad.abs().max() > 0 for n, p in model.named_parameters() if ".kan." in n)
+
+
+def _mini(**kwargs) -> MedViTV2:
+    # every block kind at the least depth and width (GFP needs 2 x 32 channels at mix 0.5)
+    return MedViTV2((32, 64, 64, 64), (1, 1, 3, 1), num_classes=3, mix_block_ratio=0.5, **kwargs)
+
+
+def _run(model: MedViTV2, x: torch.Tensor, backend: str, weights: torch.Tensor):
+    model.backend = backend
+    model.zero_grad(set_to_none=True)
+    xx = x.detach().requires_grad_(True)
+    out = model(xx)
+    (out * weights).sum().backward()
+    grads = torch.cat([xx.grad.flatten()] + [p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("official_layout", [False, True], ids=["paper", "official"])
+def test_kernels_equal_the_reference_ops_float64(official_layout):
+    """Every block kind in training mode at 32x32 with a 3x3 window (the paper's dilation fitted to 2 in
+    stage 1, the window shrunk to the 2x2 map in stage 3): the CPU kernels' logits and every gradient equal
+    the reference ops' in float64, relative to the largest gradient."""
+    torch.manual_seed(0)
+    model = _mini(drop_path_rate=0.0, na_kernel_size=3, official_layout=official_layout, dtype=torch.float64)
+    model.train()
+    assert [b.attn.fitted((8 >> i, 8 >> i)) for i, b in ((0, model.features[0]), (2, model.features[2]))] == [
+        ((3, 3), ((2, 2) if not official_layout else (1, 1))),
+        ((2, 2), (1, 1)),
+    ]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    w = torch.randn(2, 3, dtype=torch.float64)
+    out_ref, g_ref = _run(model, x, "reference", w)
+    out, g = _run(model, x, "cpu", w)
+    close(out, out_ref, rtol=0, atol=1e-12 * out_ref.abs().max().item(), what="logits")
+    close(g, g_ref, rtol=0, atol=1e-11 * g_ref.abs().max().item(), what="gradients")
+
+
+@requires_triton
+def test_blocks_on_triton_interpreter():
+    """The Triton kernels (in Triton's interpreter on CPU: minutes for a whole model, so one block of each
+    kind at tiny sizes) give the reference ops' outputs and gradients in float32."""
+    torch.manual_seed(0)
+    lfp = LFPBlock(32, 32, na_kernel_size=3, dilation=2).eval()  # dilated NA with rpb on a 6x6 map
+    gfp = GFPBlock(32, 64, mix_block_ratio=0.5, sr_ratio=2).eval()  # KAN [64, 128, 64] on 3x3 pixels
+    x = torch.randn(1, 32, 6, 6)
+    for block, inp in ((lfp, x), (gfp, x[:, :, :3, :3])):
+        results = {}
+        for backend in ("reference", "triton"):
+            for m in block.modules():
+                if hasattr(m, "backend"):
+                    m.backend = backend
+            block.zero_grad(set_to_none=True)
+            xx = inp.detach().requires_grad_(True)
+            out = block(xx)
+            (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            grads = [xx.grad] + [p.grad for p in block.parameters() if p.grad is not None]
+            results[backend] = (out.detach(), torch.cat([t.flatten() for t in grads]))
+        (out, g), (out_ref, g_ref) = results["triton"], results["reference"]
+        close(out, out_ref, rtol=0, atol=1e-5 * out_ref.abs().max().item(), what=f"{type(block).__name__} out")
+        close(g, g_ref, rtol=0, atol=1e-5 * g_ref.abs().max().item(), what=f"{type(block).__name__} grads")
+
+
+@pytest.mark.parametrize("backend", backends("cuda", "triton", device="cuda"))
+def test_gpu_backends_equal_the_reference_ops(backend):
+    torch.manual_seed(0)
+    model = create_model("medvitv2_small", num_classes=5, device="cuda").train()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    w = torch.randn(2, 5, device="cuda")
+    out_ref, g_ref = _run(model, x, "reference", w)
+    out, g = _run(model, x, backend, w)
+    close(out, out_ref, rtol=0, atol=1e-4 * out_ref.abs().max().item(), what="logits")
+    close(g, g_ref, rtol=0, atol=1e-3 * g_ref.abs().max().item(), what="gradients")
+
+
+GPU  # noqa: B018  (the gpu marks come through backends(device="cuda"))
+
+
+def test_torch_compile_fullgraph():
+    """The whole model traces into one graph, forward and backward (aot_eager: the kernels' fake and
+    autograd registrations, no graph breaks), with the eager results."""
+    torch.manual_seed(0)
+    model = _mini(drop_path_rate=0.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    w = torch.randn(2, 3)
+    out_ref, g_ref = _run(model, x, "cpu", w)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out, g = _run(compiled, x, "cpu", w)
+    close(out, out_ref, rtol=1e-6, atol=1e-6 * out_ref.abs().max().item(), what="compiled logits")
+    close(g, g_ref, rtol=1e-6, atol=1e-6 * g_ref.abs().max().item(), what="compiled gradients")
+
+
+@pytest.mark.skipif(not LONG, reason="inductor compiles for minutes on CPU (MEDKERNELS_LONG_TESTS=1)")
+def test_torch_compile_inductor():
+    torch.manual_seed(0)
+    model = _mini(drop_path_rate=0.0).eval()
+    x, w = torch.randn(2, 3, 32, 32), torch.randn(2, 3)
+    out_ref, g_ref = _run(model, x, "cpu", w)
+    out, g = _run(torch.compile(model, fullgraph=True), x, "cpu", w)
+    close(out, out_ref, rtol=1e-5, atol=1e-5 * out_ref.abs().max().item(), what="inductor logits")
+    close(g, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item(), what="inductor gradients")
+
+
+def test_bf16_autocast(official_small):
+    """Under CPU bfloat16 autocast the model runs end to end (the KAN and attention kernels in bfloat16,
+    the parameters and their gradients float32). Its logits follow the float32 ones as closely as the
+    same model's on the reference ops under autocast do (flash-attention's rule: the kernels' low-precision
+    error within 2x PyTorch's own); a random network amplifies rounding, so the error itself is no measure."""
+    model = create_model("medvitv2_small", num_classes=10, official_layout=True).eval()
+    model.load_state_dict(model.checkpoint_filter(official_small)[0])
+    x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+        errors = {}
+        for backend in ("reference", "cpu"):
+            model.backend = backend
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            assert out.dtype == torch.bfloat16
+            errors[backend] = ((out.float() - ref).norm() / ref.norm()).item()
+    assert errors["cpu"] <= 2 * errors["reference"] + 1e-2, errors
+    model.backend = "cpu"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", backends("cpu", "reference"))
+def test_faster_kan_under_autocast(backend):
+    """FasterKAN under autocast runs its linear map in the autocast dtype, as nn.Linear would (the fused
+    op needs x and weight in one dtype): bfloat16 out, equal to the op on the bfloat16-cast LayerNorm output
+    and weight; the float32 weight gets a float32 gradient through the cast."""
+    torch.manual_seed(0)
+    kan = FasterKAN([16, 32, 8], backend=backend)
+    x = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kan(x)
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        h = x
+        for layer in kan.layers:
+            u = layer.layernorm(h).bfloat16()
+            h = ops.rswaf_kan_ref(u, layer.rbf.grid, layer.rbf.inv_denominator, layer.spline_linear.weight.bfloat16())
+    close(out, h, rtol=1e-2, atol=1e-2 * h.abs().max().item(), what="autocast KAN")
+    out.float().sum().backward()
+    w = kan.layers[0].spline_linear.weight
+    assert w.grad is not None and w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
