@@ -1,7 +1,8 @@
 """MedViTV2: 2D medical image classification with KAN-integrated transformers and dilated neighborhood attention.
 
-Manzari et al., "MedViTV2: Medical Image Classification with KAN-Integrated Transformers and Dilated
+Manzari et al. 2025, "MedViTV2: Medical Image Classification with KAN-Integrated Transformers and Dilated
 Neighborhood Attention" (arXiv 2502.13693); official code github.com/Omid-Nejati/MedViTV2 (``MedViT.py``).
+Measured speed and memory: docs/medvitv2.md.
 
 Architecture (input ``[B, 3, H, W]``, logits ``[B, num_classes]``):
 
@@ -11,12 +12,15 @@ Architecture (input ``[B, 3, H, W]``, logits ``[B, num_classes]``):
   (blocks in :mod:`medkernels.nn.medvit`);
 - head: BatchNorm2d -> global average pool -> Linear (``norm``, ``proj_head.0``).
 
-| variant | channels per stage | depths | drop path | params (1000 classes) | GFLOPs at 224 |
+| variant | channels per stage | depths | drop path | params (1000 classes) | GFLOPs at 224 (paper's rule) |
 |---|---|---|---|---|---|
-| ``medvitv2_tiny`` | 64/128/192/384 | 2/2/6/1 | 0.1 | 10.74M | see docs/medvitv2.md |
-| ``medvitv2_small`` | 64/128/256/512 | 2/2/6/2 | 0.1 | 27.34M | |
-| ``medvitv2_base`` | 96/192/384/768 | 2/2/6/2 | 0.2 | 60.86M | |
-| ``medvitv2_large`` | 96/256/512/1024 | 2/2/6/2 | 0.2 | 107.42M | |
+| ``medvitv2_tiny`` | 64/128/192/384 | 2/2/6/1 | 0.1 | 10.74M | 5.14 |
+| ``medvitv2_small`` | 64/128/256/512 | 2/2/6/2 | 0.1 | 27.34M | 7.68 (paper: 7.6) |
+| ``medvitv2_base`` | 96/192/384/768 | 2/2/6/2 | 0.2 | 60.86M | 15.67 |
+| ``medvitv2_large`` | 96/256/512/1024 | 2/2/6/2 | 0.2 | 107.42M | 25.77 |
+
+(The official models count 11.72M / 30.09M / 67.00M / 118.29M with their unused GFP ``conv``; GFLOPs = 2 x MACs
+without the neighborhood attention's products, :meth:`MedViTV2.flops`.)
 
 Head dim 32, E-MHSA spatial reductions (8, 4, 2, 1), mix ratio 0.75, LFFN expansion 3, KAN ``[C, 2C, C]``.
 

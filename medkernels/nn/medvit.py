@@ -1,6 +1,6 @@
 """MedViTV2's blocks: the local (LFP) and global (GFP) feature perception blocks and their parts.
 
-Manzari et al., "MedViTV2: Medical Image Classification with KAN-Integrated Transformers and Dilated
+Manzari et al. 2025, "MedViTV2: Medical Image Classification with KAN-Integrated Transformers and Dilated
 Neighborhood Attention" (arXiv 2502.13693); official code github.com/Omid-Nejati/MedViTV2 (``MedViT.py``,
 vendored ``fasterkan.py``). The blocks run on ``[B, C, H, W]`` (NCHW) maps; the neighborhood attention on
 :func:`medkernels.ops.na2d` (heads last) and the KAN on :func:`medkernels.ops.rswaf_kan`:
