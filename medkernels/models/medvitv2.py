@@ -96,7 +96,8 @@ class MedViTV2(nn.Module):
         channels_last: run the network in the channels-last memory format (the input is converted once; the
             NCHW ``[B, C, H, W]`` shapes and the results are unchanged). Default True: on CPU the (depthwise
             and grouped) convolutions' backward is ~10-50x faster than in the contiguous format, and the
-            permutes to ``[B, H, W, C]`` before the attention and the KAN become free views.
+            permutes to ``[B, H, W, C]`` before the attention and the KAN become free views (float64 is the
+            exception: its CPU convolutions are faster contiguous). Settable (attribute ``channels_last``).
         backend: medkernels backend of the attention and KAN kernels (None = automatic); settable later
             through :attr:`backend`.
         device, dtype: of the parameters.
