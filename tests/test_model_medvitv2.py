@@ -273,6 +273,11 @@ def official_forward(sd, x, dims, depths):
 
 def test_registered():
     assert models.list_models("medvitv2_*") == [f"medvitv2_{v}" for v in ("base", "large", "small", "tiny")]
+    # the official dropout wiring: MedViT(drop=...) reaches the LFP attention's weights and E-MHSA's projection,
+    # MedViT(attn_drop=...) E-MHSA's weights
+    model = create_model("medvitv2_tiny", drop_rate=0.1, attn_drop_rate=0.2, device="meta")
+    lfp, gfp = model.features[0], model.features[3]
+    assert lfp.attn.attn_drop_rate == 0.1 and gfp.e_mhsa.proj_drop.p == 0.1 and gfp.e_mhsa.attn_drop == 0.2
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -399,8 +404,6 @@ def variant_model(request) -> MedViTV2:
 
 @pytest.mark.parametrize("backend", backends("cpu", "reference"))
 def test_forward_backward(variant_model, backend):
-    if backend == "reference" and variant_model.num_features > 512 and not LONG:
-        pytest.skip("base and large on the reference ops: MEDKERNELS_LONG_TESTS=1 (the kernels run them here)")
     """Training forward and backward of every variant at the smallest input (32x32: the last attention
     stage at 2x2, the last stage at 1x1): logits, and a finite gradient for every trainable parameter."""
     torch.manual_seed(0)

@@ -91,7 +91,9 @@ class MedViTV2(nn.Module):
             with ``official_layout`` (the official code's plain NA).
         na_kernel_size: the neighborhood attention's window (7).
         mix_block_ratio: GFP's E-MHSA share of the channels.
-        attn_drop_rate, drop_rate: attention-weight and E-MHSA projection dropout (0 in the paper).
+        attn_drop_rate: E-MHSA's attention-weight dropout (the official ``attn_drop``; 0 in the paper).
+        drop_rate: E-MHSA's projection dropout and, as in the official code (its ``drop``), the LFP
+            neighborhood attention's attention-weight dropout (0 in the paper).
         official_layout: the official code's computation (see the module docstring).
         channels_last: run the network in the channels-last memory format (the input is converted once; the
             NCHW ``[B, C, H, W]`` shapes and the results are unchanged). Default True: on CPU the (depthwise
@@ -177,7 +179,7 @@ class MedViTV2(nn.Module):
                         head_dim=head_dim,
                         na_kernel_size=na_kernel_size,
                         dilation=self.dilations[stage],
-                        attn_drop=attn_drop_rate,
+                        attn_drop=drop_rate,  # the official LFP passes its `drop` as the NA's attn_drop
                         **common,
                     )
                 else:
