@@ -7,6 +7,7 @@ from .dct_attention import DCTAttention
 from .dformer import DFormerBlock, DilatedAttention3d
 from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
+from .medvit import FittedNeighborhoodAttention2D, GFPBlock, LFPBlock
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .point_ssm import PointSSMGroupBlock, point_scan_orders
 
@@ -16,7 +17,10 @@ __all__ = [
     "DilatedAttention3d",
     "FasterKAN",
     "FasterKANLayer",
+    "FittedNeighborhoodAttention2D",
+    "GFPBlock",
     "InferenceParams",
+    "LFPBlock",
     "Mamba",
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",

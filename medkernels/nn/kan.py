@@ -189,9 +189,14 @@ class FasterKANLayer(nn.Module):
                 f"{type(self).__name__}: expected input (..., {self.input_dim}), got shape {tuple(x.shape)}"
             )
         u = self.layernorm(x)
-        return ops.rswaf_kan(
-            u, self.rbf.grid, self.rbf.inv_denominator, self.spline_linear.weight, backend=self.backend
-        )
+        weight = self.spline_linear.weight
+        device_type = u.device.type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            # A linear map: under autocast it runs in the autocast dtype, as nn.Linear (the kernel needs x and
+            # weight in one dtype and accumulates in float32); the weight's gradient flows back in its dtype.
+            dtype = torch.get_autocast_dtype(device_type)
+            u, weight = u.to(dtype), weight.to(dtype)
+        return ops.rswaf_kan(u, self.rbf.grid, self.rbf.inv_denominator, weight, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_grids={self.rbf.num_grids}"

@@ -18,6 +18,7 @@ from .causal_conv1d import conv_case
 from .dct import dct_attention_case, dct_case
 from .dilated_attention import DA_TARGETS, da_case
 from .models_dformer import DFORMER_TRAIN_TARGETS, dformer_infer_case, dformer_train_case
+from .models_medvit import MEDVIT_TRAIN_TARGETS, medvit_infer_case, medvit_train_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
 from .neighborhood_attention import na_case, na_targets
 from .point_cloud import fps_case, knn_case
@@ -152,6 +153,9 @@ CASES: list[Case] = [
     # The models group (--ops models): D-Former at the paper's crop (seconds per step; SwinUNETR's tens).
     dformer_train_case(1, (64, 128, 128), ("full", "gpu"), DFORMER_TRAIN_TARGETS),
     dformer_infer_case(1, (64, 128, 128), ("full", "gpu")),
+    # MedViTV2-small at 224x224, batch 8 (seconds per reference step).
+    medvit_train_case("small", 8, 224, ("full", "gpu"), MEDVIT_TRAIN_TARGETS),
+    medvit_infer_case("small", 8, 224, ("full", "gpu")),
 ]
 
 
