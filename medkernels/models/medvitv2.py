@@ -254,10 +254,14 @@ class MedViTV2(nn.Module):
 
     # --- sizes ----------------------------------------------------------------------------------------
 
-    def num_params(self) -> int:
+    def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (every ``nn.Parameter``, the KAN's frozen grids too: 8 per layer, as the
-        official count); the official model has also its unused GFP ``conv`` (see the module docstring)."""
-        return sum(p.numel() for p in self.parameters())
+        official count); the official model has also its unused GFP ``conv`` (see the module docstring).
+
+        Args:
+            trainable_only: count only those requiring gradients (the KAN grids do not).
+        """
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def flops(self, img_size: int | Sequence[int] = 224, batch_size: int = 1) -> int:
         """Floating-point operations of one forward pass, counted the paper's way.
