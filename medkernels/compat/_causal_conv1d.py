@@ -13,6 +13,7 @@ import torch
 from medkernels import ops
 
 from . import _extensions
+from ._finder import TableProvider
 
 __all__ = [
     "causal_conv1d_fn",
@@ -118,22 +119,6 @@ MODULES: dict[str, tuple[bool, tuple[str, ...]]] = {
 # The provider interface (medkernels.compat._finder).
 
 
-def has_module(fullname: str, config) -> bool:
-    return fullname in MODULES
-
-
-def is_package(fullname: str, config) -> bool:
-    return MODULES[fullname][0]
-
-
-def create_module(fullname: str, config):
-    return None
-
-
-def build(module, fullname: str, config) -> None:
-    for name in MODULES[fullname][1]:
-        setattr(module, name, globals()[name])
-    module.__all__ = list(MODULES[fullname][1])
-    module.__doc__ = f"causal-conv1d's {fullname}, served by medkernels.compat (medkernels.ops kernels)."
-    if fullname == "causal_conv1d":
-        module.__version__ = VERSION
+has_module, is_package, create_module, build = TableProvider(
+    MODULES, globals(), "causal-conv1d's", "causal_conv1d", VERSION
+).interface()

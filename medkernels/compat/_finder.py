@@ -60,6 +60,44 @@ class CompatWarning(UserWarning):
     """Which implementation serves a package name, when a real installed one is involved."""
 
 
+class TableProvider:
+    """The provider interface for modules served from a fixed table (mamba_ssm's and causal-conv1d's Python
+    packages): ``modules`` maps each served name to ``(is_package, attribute names)``, the attributes taken from
+    ``namespace`` (the providing module's globals) when the module is built; the ``root`` package also gets
+    ``__version__`` and whatever ``finish(module)`` adds.
+
+    A providing module exposes the interface as module attributes: ``has_module, is_package, create_module,
+    build = TableProvider(...).interface()``.
+    """
+
+    def __init__(self, modules, namespace, label: str, root: str, version: str, finish=None) -> None:
+        self.modules, self.namespace, self.label = modules, namespace, label
+        self.root, self.version, self.finish = root, version, finish
+
+    def has_module(self, fullname: str, config) -> bool:
+        return fullname in self.modules
+
+    def is_package(self, fullname: str, config) -> bool:
+        return self.modules[fullname][0]
+
+    def create_module(self, fullname: str, config):
+        return None
+
+    def build(self, module, fullname: str, config) -> None:
+        names = self.modules[fullname][1]
+        for name in names:
+            setattr(module, name, self.namespace[name])
+        module.__all__ = list(names)
+        module.__doc__ = f"{self.label} {fullname}, served by medkernels.compat (medkernels.ops kernels)."
+        if fullname == self.root:
+            module.__version__ = self.version
+            if self.finish is not None:
+                self.finish(module)
+
+    def interface(self):
+        return self.has_module, self.is_package, self.create_module, self.build
+
+
 @dataclass(frozen=True)
 class Unit:
     """One top-level module name medkernels can serve.

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from medkernels import nn as mknn
 from medkernels import ops
 
+from ._finder import TableProvider
+
 __all__ = [
     "selective_scan_fn",
     "selective_scan_ref",
@@ -327,23 +329,6 @@ def _not_served(name: str):
 # The provider interface (medkernels.compat._finder).
 
 
-def has_module(fullname: str, config) -> bool:
-    return fullname in MODULES
-
-
-def is_package(fullname: str, config) -> bool:
-    return MODULES[fullname][0]
-
-
-def create_module(fullname: str, config):
-    return None
-
-
-def build(module, fullname: str, config) -> None:
-    for name in MODULES[fullname][1]:
-        setattr(module, name, globals()[name])
-    module.__all__ = list(MODULES[fullname][1])
-    module.__doc__ = f"mamba_ssm's {fullname}, served by medkernels.compat (medkernels.ops kernels)."
-    if fullname == "mamba_ssm":
-        module.__version__ = VERSION
-        module.__getattr__ = _not_served
+has_module, is_package, create_module, build = TableProvider(
+    MODULES, globals(), "mamba_ssm's", "mamba_ssm", VERSION, finish=lambda m: setattr(m, "__getattr__", _not_served)
+).interface()
