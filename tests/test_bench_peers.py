@@ -154,3 +154,14 @@ def test_restated_scan_targets_and_official_multi_order_path_are_in_the_full_pro
     assert {t.bound for t in scan[0].targets} == {150.0, 40.0}
     multi = [c for c in full if c.op == "multi_order_selective_scan" and "official_copies" in c.peers]
     assert multi and {t.bound for t in multi[0].targets} == {1.3, 0.5}
+
+
+def test_dct_peers_compute_the_dct():
+    """The DCT case's peers (torch.fft, scipy) compute our orthonormal DCT-II and its keep corner."""
+    x = torch.randn(2, 3, 7, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    want = ops.dct2d(x, keep=(4, 5))
+    torch.testing.assert_close(peers.dct2d_fft(x, (4, 5)), want, rtol=1e-12, atol=1e-12)
+    if importlib.util.find_spec("scipy") is not None:
+        torch.testing.assert_close(peers.scipy_dctn(x, (4, 5)), want, rtol=1e-12, atol=1e-12)
+    dct = next(c for c in cases_for("default") if c.op == "dct2d")
+    assert {"torch_fft", "scipy_dctn"} <= set(dct.peers) and not dct.peers["scipy_dctn"].torch_memory

@@ -21,6 +21,7 @@ from medkernels.testing import (
 
 __all__ = [
     "cdist_topk_knn",
+    "dct2d_fft",
     "dformer_attention_official",
     "dformer_attention_sdpa",
     "ckdtree_build",
@@ -29,6 +30,7 @@ __all__ = [
     "flex_neighborhood_attention",
     "fpsample_kdline_fps",
     "kan_unfused",
+    "scipy_dctn",
     "selective_scan_mamba_form",
     "spatial_attention",
 ]
@@ -45,6 +47,33 @@ def spatial_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads
     q, k, v = F.linear(t, qkv_weight, qkv_bias).reshape(B, H * W, 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4)
     a = F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).reshape(B, H * W, C)
     return F.linear(a, proj_weight, proj_bias).transpose(1, 2).reshape(B, C, H, W)
+
+
+def _dct2_fft_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Orthonormal DCT-II along ``dim`` through one complex FFT of the even/odd reordering (Makhoul 1980)."""
+    x = x.movedim(dim, -1)
+    n = x.shape[-1]
+    v = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
+    k = torch.arange(n, device=x.device, dtype=x.dtype)
+    w = torch.polar(torch.ones_like(k), -torch.pi * k / (2 * n))  # exp(-i pi k / 2N)
+    out = (torch.fft.fft(v, dim=-1) * w).real * (2.0 / n) ** 0.5
+    out = torch.cat([out[..., :1] / 2**0.5, out[..., 1:]], dim=-1)
+    return out.movedim(-1, dim)
+
+
+def dct2d_fft(x: torch.Tensor, keep: tuple[int, int] | None = None) -> torch.Tensor:
+    """The orthonormal 2D DCT-II over the last two axes with ``torch.fft`` (differentiable; the way a user
+    without a DCT op writes it), then the low-frequency ``keep`` corner."""
+    y = _dct2_fft_axis(_dct2_fft_axis(x, -1), -2)
+    return y if keep is None else y[..., : keep[0], : keep[1]]
+
+
+def scipy_dctn(x: torch.Tensor, keep: tuple[int, int] | None = None) -> torch.Tensor:
+    """``scipy.fft.dctn(type=2, norm="ortho")`` over the last two axes (numpy, forward only), then ``keep``."""
+    from scipy import fft  # type: ignore
+
+    y = torch.from_numpy(fft.dctn(x.detach().cpu().numpy(), type=2, norm="ortho", axes=(-2, -1)))
+    return y if keep is None else y[..., : keep[0], : keep[1]]
 
 
 # --- point clouds -------------------------------------------------------------------------------------

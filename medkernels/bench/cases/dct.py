@@ -1,5 +1,6 @@
-"""DCT cases: ``dct2d`` and the DCT attention module (``medkernels.nn.DCTAttention``), against full
-spatial attention."""
+"""DCT cases: ``dct2d`` at kernel level (against ``torch.fft`` and scipy's ``dctn``; the reference is two matmuls
+with cached bases) and the DCT attention module (``medkernels.nn.DCTAttention``: against the same module on the
+reference ops, and full spatial attention, which measures the architecture rather than the kernel)."""
 
 from __future__ import annotations
 
@@ -54,4 +55,28 @@ def dct_case(batch, channels, size, keep, profiles) -> Case:
         make_inputs=make,
         call=lambda backend, x: ops.dct2d(x["x"], keep=(keep, keep), backend=backend),
         differentiable=("x",),
+        peers={
+            "torch_fft": Peer(
+                lambda x: _peers.dct2d_fft(x["x"], (keep, keep)),
+                how="an orthonormal DCT-II per axis through torch.fft.fft of the even/odd reordering (Makhoul), "
+                "then the keep corner",
+                package="torch",
+            ),
+            "scipy_dctn": Peer(
+                lambda x: _peers.scipy_dctn(x["x"], (keep, keep)),
+                _scipy_cpu,
+                forward_only=True,
+                how="scipy.fft.dctn(x, type=2, norm='ortho', axes=(-2, -1)), then the keep corner (numpy)",
+                package="scipy",
+                torch_memory=False,
+            ),
+        },
     )
+
+
+def _scipy_cpu(device: torch.device) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        return "scipy is not installed (pip install scipy)"
+    return None if device.type == "cpu" else "scipy runs on the CPU only"
