@@ -8,6 +8,7 @@ times them as peers (``medkernels.bench.peers``).
 
 - ``dformer_attention_official``: D-Former's dilated attention as its ``model.py`` computes it.
 - ``dformer_attention_sdpa``: the same grouping around ``torch.nn.functional.scaled_dot_product_attention``.
+- ``dformer_block_official``: one ``DFormerBlock3D`` (norm, grouping once, attention, MLP) as ``model.py`` runs it.
 - ``dformer_segnetwork_official``: D-Former's whole ``SegNetwork`` forward as its ``model.py`` computes it.
 - ``kan_unfused``: FasterKAN's RSWAF layer (after its LayerNorm), the basis materialised, then ``F.linear``.
 - ``selective_scan_mamba_form``: mamba_ssm's ``selective_scan_ref`` as written there (every ``exp(delta A)`` and
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "dformer_attention_official",
     "dformer_attention_sdpa",
+    "dformer_block_official",
     "dformer_segnetwork_official",
     "kan_unfused",
     "selective_scan_mamba_form",
@@ -227,6 +229,26 @@ def _off_block(
     x = shortcut + x
     h = _off_linear(p, name + ".mlp.fc1", _off_ln(p, name + ".norm2", x))
     return x + _off_linear(p, name + ".mlp.fc2", F.gelu(h))
+
+
+def dformer_block_official(
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    num_heads: int,
+    group_size: Sequence[int] = (2, 8, 8),
+    scope: str = "local",
+    interval: int = 1,
+) -> torch.Tensor:
+    """D-Former's ``DFormerBlock3D.forward`` as its ``model.py`` computes it: LayerNorm, the block input padded,
+    reshaped and permuted into groups ONCE (local windows, or for ``scope="global"`` members ``interval``-padded
+    apart), the qkv projection on the grouped tokens, dense attention with the official mask, the projection,
+    the inverse permute and crop, the residual and the MLP. ``params`` are a block's parameters under the
+    official names (``norm1.*``, ``attn.qkv.*``, ``attn.proj.*``, ``norm2.*``, ``mlp.fc1.*``, ``mlp.fc2.*``, as
+    ``medkernels.nn.DFormerBlock`` names them); ``x`` is ``[B, D, H, W, C]``; returns the same shape."""
+    if scope not in ("local", "global"):
+        raise ValueError(f"dformer_block_official: scope must be 'local' or 'global', got {scope!r}")
+    p = {f"blk.{k}": v for k, v in params.items()}
+    return _off_block(p, "blk", x, num_heads, tuple(group_size), interval, 1 if scope == "global" else 0)
 
 
 def _off_pos(p: Mapping[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:

@@ -165,3 +165,18 @@ def test_dct_peers_compute_the_dct():
         torch.testing.assert_close(peers.scipy_dctn(x, (4, 5)), want, rtol=1e-12, atol=1e-12)
     dct = next(c for c in cases_for("default") if c.op == "dct2d")
     assert {"torch_fft", "scipy_dctn"} <= set(dct.peers) and not dct.peers["scipy_dctn"].torch_memory
+
+
+@pytest.mark.parametrize("scope,interval,spatial", [("local", 1, (4, 16, 16)), ("global", 4, (4, 12, 20))])
+def test_official_block_equals_our_block(scope, interval, spatial):
+    """The block-level peer (model.py's DFormerBlock3D, input grouped once) computes nn.DFormerBlock with the same
+    weights, at sizes without padding and with height/width padding (where the official code is right)."""
+    from medkernels.nn import DFormerBlock
+    from medkernels.testing import dformer_block_official
+
+    torch.manual_seed(2)
+    block = DFormerBlock(24, 3, (2, 4, 4), scope, interval=interval if scope == "global" else None).double()
+    x = torch.randn(2, *spatial, 24, dtype=torch.float64)
+    want = block(x)
+    got = dformer_block_official(dict(block.named_parameters()), x, 3, (2, 4, 4), scope, interval)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

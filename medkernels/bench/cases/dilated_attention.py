@@ -1,10 +1,11 @@
-"""D-Former dilated attention cases, against D-Former's official path and SDPA on permuted tokens."""
+"""D-Former dilated attention cases: the op against D-Former's official path and SDPA on permuted tokens, and the
+whole block against the official block (which groups its input once)."""
 
 from __future__ import annotations
 
 import torch
 
-from medkernels import ops
+from medkernels import ops, testing
 
 from .. import peers as _peers
 from .base import Case, Peer, Target
@@ -46,5 +47,64 @@ DA_TARGETS = (
         "speedup",
         1.0,
         against="peer:sdpa",
+    ),
+)
+
+
+def dformer_block_case(spatial, dim, heads, group, scope, interval, profiles, targets=()) -> Case:
+    """A whole ``nn.DFormerBlock`` (norm, attention, MLP, residuals) on ``[1, *spatial, dim]`` tokens against the
+    official block, which pads and permutes the block input into groups once before its qkv projection (the
+    fair comparison for the grouping: the op-level peers above group q, k and v separately)."""
+
+    def make(device: torch.device, dtype: torch.dtype) -> dict:
+        from medkernels.nn import DFormerBlock
+
+        torch.manual_seed(0)
+        interval_arg = interval if scope == "global" else None
+        block = DFormerBlock(dim, heads, group, scope, interval=interval_arg, device=device, dtype=dtype)
+        x = torch.randn(1, *spatial, dim, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        return {"x": x, "block": block}
+
+    def call(backend: str, x: dict):
+        x["block"].attn.backend = backend
+        return x["block"](x["x"])
+
+    def official(x: dict):
+        params = dict(x["block"].named_parameters())
+        return testing.dformer_block_official(params, x["x"], heads, group, scope, interval)
+
+    return Case(
+        op="dformer_block",
+        label=f"B=1 {'x'.join(map(str, spatial))} C={dim} heads={heads} group={'x'.join(map(str, group))} {scope}"
+        + (f" interval={interval}" if scope == "global" else "")
+        + " (nn.DFormerBlock)",
+        params={"spatial": list(spatial), "dim": dim, "heads": heads, "group_size": list(group), "scope": scope},
+        profiles=profiles,
+        make_inputs=make,
+        call=call,
+        differentiable=("x",),
+        peers={
+            "official_block": Peer(
+                official,
+                how="medkernels.testing.dformer_block_official: model.py's DFormerBlock3D (the block input grouped "
+                "once, dense masked softmax), same weights",
+            )
+        },
+        targets=targets,
+        parameters=lambda x: list(x["block"].parameters()),
+    )
+
+
+# The issue asks for the block-level comparison without a bound; 1.2x guards against a regression (measured
+# 1.3-1.6x on 2 cores).
+BLOCK_TARGETS = (
+    Target("block forward >= 1.2x the official block", "cpu", "fwd", "speedup", 1.2, against="peer:official_block"),
+    Target(
+        "block forward+backward >= 1.2x the official block",
+        "cpu",
+        "fwd+bwd",
+        "speedup",
+        1.2,
+        against="peer:official_block",
     ),
 )
