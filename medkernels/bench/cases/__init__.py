@@ -16,7 +16,7 @@ from .base import PROFILES, Case, Peer, Target
 from .blocks import mamba_case
 from .causal_conv1d import conv_case
 from .dct import dct_attention_case, dct_case
-from .dilated_attention import BLOCK_TARGETS, DA_TARGETS, da_case, dformer_block_case
+from .dilated_attention import DA_TARGETS, da_case, dformer_block_case
 from .models_dformer import DFORMER_TRAIN_TARGETS, dformer_infer_case, dformer_train_case
 from .models_medvit import MEDVIT_TRAIN_TARGETS, medvit_infer_case, medvit_train_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
@@ -84,8 +84,8 @@ CASES: list[Case] = [
     da_case((32, 32, 32), (2, 8, 8), "local", ("default", "full"), DA_TARGETS),
     da_case((32, 32, 32), (2, 8, 8), "global", ("default", "full"), DA_TARGETS),
     # block level (issue 17): D-Former's stage-1 block at the paper's token grid, local and global scope
-    dformer_block_case((32, 32, 32), 96, 3, (2, 8, 8), "local", 1, ("full",), BLOCK_TARGETS),
-    dformer_block_case((32, 32, 32), 96, 3, (2, 8, 8), "global", 8, ("default", "full"), BLOCK_TARGETS),
+    dformer_block_case((32, 32, 32), 96, 3, (2, 8, 8), "local", 1, ("full",)),
+    dformer_block_case((32, 32, 32), 96, 3, (2, 8, 8), "global", 8, ("default", "full")),
     da_case((64, 64, 64), (2, 8, 8), "global", ("gpu",), heads=3, dim=32, dtypes=(torch.bfloat16, torch.float32)),
     dct_case(8, 64, 56, 28, ("default", "full")),
     dct_attention_case(
