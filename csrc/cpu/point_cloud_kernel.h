@@ -228,17 +228,7 @@ int64_t fps_bucket_bytes(int64_t c, int64_t n) {
   return fps_bucket_layout<T>(nullptr, c, n).bytes;
 }
 
-// True when every coordinate of the cloud's first n points is finite.
-template <class T>
-bool fps_finite(const T* pl, int64_t npad, int64_t c, int64_t n) {
-  for (int64_t i = 0; i < c; ++i) {
-    const T* x = pl + i * npad;
-    T acc = 0;
-    for (int64_t j = 0; j < n; ++j) acc += x[j] - x[j];  // inf - inf and NaN give NaN
-    if (acc != acc) return false;
-  }
-  return true;
-}
+// ---- Morton order and block boxes (the FPS buckets and the kNN blocks) --------------------------------
 
 // Spreads the low 10 bits of v to every third bit (bit i to bit 3i).
 inline uint32_t spread3(uint32_t v) {
@@ -259,51 +249,138 @@ inline uint32_t spread2(uint32_t v) {
   return v;
 }
 
-// Builds the buckets of the cloud's first n points (planes (c, npad), c <= 3): the points sorted along a
-// Morton curve (30-bit codes over the cloud's box, an LSD radix sort of three 10-bit digits), cut into
-// runs of kFpsLeaf. Any order keeps the sampling exact; this one keeps each bucket's box small.
+// The quantisation box of up to 3 channels for Morton codes: over the finite coordinates of n points
+// (coordinate i of point j at x[j * ps + i * cs]), and whether every coordinate is finite.
 template <class T>
-void fps_bucket_build(FpsBuckets<T>& k, const T* pl, int64_t npad, int64_t c, int64_t n) {
-  const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
-  const int bits = c == 1 ? 24 : c == 2 ? 15 : 10;  // cells exact in float32 (2^24)
-  uint32_t* code = k.code;
-  for (int64_t j = 0; j < n; ++j) code[j] = 0;
+struct MortonBox {
+  T lo[3], scale[3], top;
+  bool finite = true;
+};
+template <class T>
+MortonBox<T> morton_box(const T* x, int64_t ps, int64_t cs, int64_t c, int64_t n) {
+  MortonBox<T> m;
+  const int bits = c == 1 ? 24 : c == 2 ? 15 : 10;  // 30-bit codes at most; cells exact in float32 (2^24)
+  m.top = T((1u << bits) - 1);
   for (int64_t i = 0; i < c; ++i) {
-    const T* x = pl + i * npad;
-    T a = x[0], b = x[0];
-    for (int64_t j = 1; j < n; ++j) {
-      a = x[j] < a ? x[j] : a;
-      b = x[j] > b ? x[j] : b;
+    const T* xi = x + i * cs;
+    T a = T(__builtin_inf()), z = T(-__builtin_inf()), nonfinite = T(0);
+    for (int64_t j = 0; j < n; ++j) {  // branch-free: the common, finite case
+      const T v = xi[j * ps];
+      nonfinite += v - v;  // NaN once any coordinate is NaN or +-inf
+      a = v < a ? v : a;
+      z = v > z ? v : z;
     }
-    const T top = T((1u << bits) - 1);
-    const T scale = b > a ? top / (b - a) : T(0);
-    for (int64_t j = 0; j < n; ++j) {
-      T cell = (x[j] - a) * scale;
-      cell = cell < T(0) ? T(0) : (cell > top ? top : cell);
-      const uint32_t v = uint32_t(cell);
-      code[j] |= (c == 3 ? spread3(v) : c == 2 ? spread2(v) : v) << i;
+    if (nonfinite != T(0)) {  // again, over the finite coordinates only
+      m.finite = false;
+      a = T(__builtin_inf()), z = T(-__builtin_inf());
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = xi[j * ps];
+        if (v - v == T(0)) {
+          a = v < a ? v : a;
+          z = v > z ? v : z;
+        }
+      }
     }
+    m.lo[i] = z >= a ? a : T(0);
+    m.scale[i] = z > a ? m.top / (z - a) : T(0);
   }
-  // LSD radix sort of (code, index), three passes of 10 bits: stable, so equal codes keep index order.
-  uint32_t* key_a = code;
-  uint32_t* key_b = k.code2;
-  int32_t* id_a = k.perm;
-  int32_t* id_b = k.perm2;
-  for (int64_t j = 0; j < n; ++j) id_a[j] = int32_t(j);
+  return m;
+}
+
+// Coordinate v's cell on axis i, spread to its bits of the Morton code; NaN lands in cell 0 and +-inf at the
+// ends (any cell keeps the searches exact: the code only orders points and picks where a kNN query starts).
+template <class T>
+inline uint32_t morton_bits(T v, int64_t i, int64_t c, const MortonBox<T>& m) {
+  T cell = (v - m.lo[i]) * m.scale[i];
+  cell = cell > T(0) ? (cell < m.top ? cell : m.top) : T(0);  // NaN fails the first test: cell 0
+  const uint32_t u = uint32_t(cell);
+  return (c == 3 ? spread3(u) : c == 2 ? spread2(u) : u) << i;
+}
+// The Morton code of one point (coordinate i at p[i * cs]).
+template <class T>
+inline uint32_t morton_code(const T* p, int64_t cs, int64_t c, const MortonBox<T>& m) {
+  uint32_t code = 0;
+  for (int64_t i = 0; i < c; ++i) code |= morton_bits(p[i * cs], i, c, m);
+  return code;
+}
+// The codes of n points (as morton_box's layout), axis by axis (a loop the compiler vectorises).
+template <class T>
+void morton_codes(const T* x, int64_t ps, int64_t cs, int64_t c, int64_t n, const MortonBox<T>& m, uint32_t* code) {
+  for (int64_t j = 0; j < n; ++j) code[j] = 0;
+  for (int64_t i = 0; i < c; ++i)
+    for (int64_t j = 0; j < n; ++j) code[j] |= morton_bits(x[j * ps + i * cs], i, c, m);
+}
+
+// Stable LSD radix sort of n (key, id) pairs by three 10-bit digits (30-bit keys), ids set to 0..n-1 first;
+// key/id end pointing at the sorted arrays (either the inputs or the tmp buffers).
+inline void morton_sort(uint32_t*& key, int32_t*& id, uint32_t* key_tmp, int32_t* id_tmp, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) id[j] = int32_t(j);
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = 10 * pass;
     uint32_t count[1025] = {};
-    for (int64_t j = 0; j < n; ++j) ++count[((key_a[j] >> shift) & 1023u) + 1];
+    for (int64_t j = 0; j < n; ++j) ++count[((key[j] >> shift) & 1023u) + 1];
     for (int d = 0; d < 1024; ++d) count[d + 1] += count[d];
     for (int64_t j = 0; j < n; ++j) {
-      const uint32_t at = count[(key_a[j] >> shift) & 1023u]++;
-      key_b[at] = key_a[j];
-      id_b[at] = id_a[j];
+      const uint32_t at = count[(key[j] >> shift) & 1023u]++;
+      key_tmp[at] = key[j];
+      id_tmp[at] = id[j];
     }
-    std::swap(key_a, key_b);
-    std::swap(id_a, id_b);
+    std::swap(key, key_tmp);
+    std::swap(id, id_tmp);
   }
-  const int32_t* perm = id_a;
+}
+
+// The boxes of nb blocks of `block` consecutive points of coordinate planes (c, stride): lo/hi (c, nbpad),
+// a NaN coordinate making its block's box NaN; blocks nb..nbpad (vector padding) get +inf boxes.
+template <class T>
+void block_boxes(const T* pl, int64_t stride, int64_t c, int64_t nb, int64_t block, T* lo, T* hi, int64_t nbpad) {
+  const T inf = T(__builtin_inf());
+  for (int64_t i = 0; i < c; ++i)
+    for (int64_t l = 0; l < nbpad; ++l) {
+      T a = inf, z = inf;
+      if (l < nb) {
+        const T* x = pl + i * stride + l * block;
+        bool nan = false;
+        a = x[0], z = x[0];
+        for (int64_t s = 0; s < block; ++s) {  // branch-free min/max (NaN ignored), NaN noted apart
+          const T v = x[s];
+          nan |= v != v;
+          a = v < a ? v : a;
+          z = v > z ? v : z;
+        }
+        if (nan) a = z = T(__builtin_nan(""));
+      }
+      lo[i * nbpad + l] = a;
+      hi[i * nbpad + l] = z;
+    }
+}
+
+// The squared distances from the query to the `lanes` boxes g..g+lanes-1 (lo/hi (c, nbpad)): the gap per
+// axis squared and summed in a distance's order and rounding, so never above the computed distance of a
+// point inside (rounding is monotone); NaN where a box is NaN.
+template <class T, int CC>
+inline vec<T> box_bound(const T* lo, const T* hi, int64_t nbpad, int64_t c, const Query<T, CC>& q, int64_t g) {
+  const int64_t cc = CC > 0 ? CC : c;
+  vec<T> lb{};
+  for (int64_t i = 0; i < cc; ++i) {
+    const vec<T> below = vload(lo + i * nbpad + g) - q.at(i), above = q.at(i) - vload(hi + i * nbpad + g);
+    vec<T> gap = below > above ? below : above;
+    gap = gap > vec<T>{} ? gap : vec<T>{};
+    lb = i == 0 ? gap * gap : lb + gap * gap;
+  }
+  return lb;
+}
+
+// Builds the buckets of the cloud's first n points (planes (c, npad), c <= 3, every coordinate finite; m
+// their box): the points sorted along a Morton curve, cut into runs of kFpsLeaf. Any order keeps the sampling
+// exact; this one keeps each bucket's box small.
+template <class T>
+void fps_bucket_build(FpsBuckets<T>& k, const T* pl, int64_t npad, int64_t c, int64_t n, const MortonBox<T>& m) {
+  const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
+  uint32_t* key = k.code;
+  int32_t* perm = k.perm;
+  morton_codes(pl, 1, npad, c, n, m, key);
+  morton_sort(key, perm, k.code2, k.perm2, n);
   for (int64_t s = 0; s < slots; ++s) {
     const bool real = s < n;
     const int32_t j = perm[real ? s : n - 1];  // padding repeats a real point, with distance -inf
@@ -311,59 +388,30 @@ void fps_bucket_build(FpsBuckets<T>& k, const T* pl, int64_t npad, int64_t c, in
     k.dist[s] = real ? T(__builtin_inf()) : T(-__builtin_inf());
     for (int64_t i = 0; i < c; ++i) k.xs[i * slots + s] = pl[i * npad + j];
   }
+  // (the last bucket's box also covers the point its padding repeats: a looser bound, still exact)
+  block_boxes(k.xs, slots, c, k.nl, kFpsLeaf, k.lo, k.hi, nlpad);
   for (int64_t l = 0; l < nlpad; ++l) {
     const bool real = l < k.nl;
-    for (int64_t i = 0; i < c; ++i) {
-      T a = T(__builtin_inf()), b = T(-__builtin_inf());
-      if (real) {
-        const T* x = k.xs + i * slots + l * kFpsLeaf;
-        const int64_t m = std::min<int64_t>(kFpsLeaf, n - l * kFpsLeaf);
-        for (int64_t s = 0; s < m; ++s) {
-          a = x[s] < a ? x[s] : a;
-          b = x[s] > b ? x[s] : b;
-        }
-      }
-      k.lo[i * nlpad + l] = a;  // padding buckets: an empty box, never visited (mx = -inf)
-      k.hi[i * nlpad + l] = b;
-    }
-    k.mx[l] = real ? T(__builtin_inf()) : T(-__builtin_inf());
+    k.mx[l] = real ? T(__builtin_inf()) : T(-__builtin_inf());  // padding buckets are never visited
     k.mi[l] = real ? k.id[l * kFpsLeaf] : INT32_MAX;
   }
 }
 
-// One step of the bucketed loop: the centre q (coordinates cq) lowers the distances it can, and the
-// next centre is returned.
+// One step of the bucketed loop: the centre q lowers the distances it can, and the next centre is returned.
 template <class T, int CC>
-int64_t fps_bucket_step(FpsBuckets<T>& k, int64_t c, const T* cq) {
+int64_t fps_bucket_step(FpsBuckets<T>& k, int64_t c, const Query<T, CC> q) {  // by value: kept in registers
   using I = ivec<T>;
-  const int64_t cc = CC > 0 ? CC : c;
   const int64_t slots = k.nl * kFpsLeaf, nlpad = round_up(k.nl, 16);
-  const vec<T> zero = vsplat<T>(T(0));
-  // Which buckets the centre can reach: the box gap per axis, squared and summed as a distance is.
   for (int64_t l0 = 0; l0 < k.nl; l0 += lanes<T>) {
-    vec<T> bound = zero;
-    for (int64_t i = 0; i < cc; ++i) {
-      const vec<T> qv = vsplat<T>(cq[i]);
-      const vec<T> below = vload(k.lo + i * nlpad + l0) - qv, above = qv - vload(k.hi + i * nlpad + l0);
-      vec<T> g = below > above ? below : above;
-      g = g > zero ? g : zero;
-      bound = i == 0 ? g * g : bound + g * g;
-    }
-    unsigned visit = lane_bits<T>(bound < vload(k.mx + l0));
+    unsigned visit = lane_bits<T>(box_bound<T, CC>(k.lo, k.hi, nlpad, c, q, l0) < vload(k.mx + l0));
     while (visit) {
       const int64_t l = l0 + __builtin_ctz(visit);
       visit &= visit - 1;
       // Sweep bucket l: new distances, then its largest and that value's lowest point index.
       T* dist = k.dist + l * kFpsLeaf;
-      const T* xs = k.xs + l * kFpsLeaf;
       vec<T> vmax = vsplat<T>(T(-__builtin_inf()));
       for (int64_t s = 0; s < kFpsLeaf; s += lanes<T>) {
-        vec<T> diff = vload(xs + s) - vsplat<T>(cq[0]);
-        vec<T> d = diff * diff;
-        for (int64_t i = 1; i < cc; ++i) {
-          diff = vload(xs + i * slots + s) - vsplat<T>(cq[i]);
-          d = d + diff * diff;
-        }
+        const vec<T> d = sqdist<T, CC>(k.xs + l * kFpsLeaf, slots, c, q, s);
         const vec<T> old = vload(dist + s);
         const vec<T> nd = d < old ? d : old;
         vstore(dist + s, nd);
@@ -406,13 +454,13 @@ void fps_clouds_t(const FpsParams& p, int64_t b0, int64_t b1, void* scratch) {
     int64_t* out = p.out + b * p.npoint;
     int64_t last = p.start;
     out[0] = last;
-    if (p.c <= kFpsBucketMaxChannels && fps_bucket_count(n) >= kFpsMinBuckets && fps_finite(pl, p.npad, p.c, n)) {
+    const bool bucketed = p.c <= kFpsBucketMaxChannels && fps_bucket_count(n) >= kFpsMinBuckets;
+    const MortonBox<T> box = bucketed ? morton_box(pl, 1, p.npad, p.c, n) : MortonBox<T>{};
+    if (bucketed && box.finite) {
       FpsBuckets<T> k = fps_bucket_layout<T>(scratch, p.c, n);
-      fps_bucket_build(k, pl, p.npad, p.c, n);
-      T cq[kFpsBucketMaxChannels];
+      fps_bucket_build(k, pl, p.npad, p.c, n, box);
       for (int64_t i = 1; i < p.npoint; ++i) {
-        for (int64_t ch = 0; ch < p.c; ++ch) cq[ch] = pl[ch * p.npad + last];
-        last = fps_bucket_step<T, CC>(k, p.c, cq);
+        last = fps_bucket_step<T, CC>(k, p.c, Query<T, CC>(pl + last, p.npad, p.c));
         out[i] = last;
       }
       continue;
@@ -580,19 +628,12 @@ template <class T, int CC>
 void knn_query_blocks(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi, int64_t nbpad,
                       int64_t seed, const T* q, TopK<T>& top) {
   constexpr int L = lanes<T>;
-  const int64_t cc = CC > 0 ? CC : p.c;
   const Query<T, CC> qv(q, 1, p.c);
   const T slack = T(1) + T(sizeof(T) == 4 ? 1e-5 : 1e-12);
   const int64_t groups = nbpad / L, g0 = seed / L;
   for (int64_t s = 0; s < groups; ++s) {
     const int64_t g = g0 + s < groups ? g0 + s : g0 + s - groups;
-    vec<T> lb{};
-    for (int64_t c = 0; c < cc; ++c) {
-      const vec<T> below = vload(lo + c * nbpad + g * L) - qv.at(c), above = qv.at(c) - vload(hi + c * nbpad + g * L);
-      vec<T> gap = below > above ? below : above;
-      gap = gap > vec<T>{} ? gap : vec<T>{};
-      lb = lb + gap * gap;
-    }
+    const vec<T> lb = box_bound<T, CC>(lo, hi, nbpad, p.c, qv, g * L);
     // every box while not full (thr NaN), and boxes whose bound is NaN (a NaN coordinate)
     unsigned bits = ~lane_bits<T>(lb > vsplat<T>(top.thr * slack)) & ((1u << L) - 1);
     while (bits) {
@@ -623,7 +664,6 @@ template <class T, int CC>
 int64_t knn_query_collect(const KnnParams& p, const T* pl, const int64_t* order, const T* lo, const T* hi,
                           int64_t nbpad, int64_t seed, const T* q, T* near, KnnCand<T>* cand, uint64_t* keys) {
   constexpr int L = lanes<T>;
-  const int64_t cc = CC > 0 ? CC : p.c;
   const Query<T, CC> qv(q, 1, p.c);
   const int64_t nb = p.npad / kKnnCell;
   // Pass 1: the threshold from the blocks around the seed.
@@ -644,14 +684,7 @@ int64_t knn_query_collect(const KnnParams& p, const T* pl, const int64_t* order,
   int64_t found = 0;
   const bool use_keys = sizeof(T) == 4 && p.n <= int64_t(UINT32_MAX);
   for (int64_t g = 0; g < nbpad; g += L) {
-    vec<T> lb{};
-    for (int64_t c = 0; c < cc; ++c) {
-      const vec<T> below = vload(lo + c * nbpad + g) - qv.at(c), above = qv.at(c) - vload(hi + c * nbpad + g);
-      vec<T> gap = below > above ? below : above;
-      gap = gap > vec<T>{} ? gap : vec<T>{};
-      lb = c == 0 ? gap * gap : lb + gap * gap;
-    }
-    unsigned bits = lane_bits<T>(lb <= tv);
+    unsigned bits = lane_bits<T>(box_bound<T, CC>(lo, hi, nbpad, p.c, qv, g) <= tv);
     while (bits) {
       const int64_t blk = g + __builtin_ctz(bits);
       bits &= bits - 1;
@@ -743,21 +776,6 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
   }
 }
 
-// Morton code (30 bits: 10 per axis for C = 3, 15 for 2, 24 for 1) of a point quantised to the box
-// [lo, lo + top / scale]; NaN lands in cell 0 and +-inf at the ends (any cell keeps the search exact: the
-// code only orders points and picks where a query starts).
-template <class T>
-inline uint32_t knn_morton(const T* x, int64_t stride, int64_t c, const T* lo, const T* scale, T top) {
-  uint32_t code = 0;
-  for (int64_t i = 0; i < c; ++i) {
-    T cell = (x[i * stride] - lo[i]) * scale[i];
-    cell = cell > T(0) ? (cell < top ? cell : top) : T(0);  // NaN fails the first test: cell 0
-    const uint32_t v = uint32_t(cell);
-    code |= (c == 3 ? spread3(v) : c == 2 ? spread2(v) : v) << i;
-  }
-  return code;
-}
-
 template <class T>
 void knn_build_t(const KnnParams& p, const KnnBlockBuild& o, int64_t b0, int64_t b1, void* scratch) {
   const int64_t c = p.c, nb = p.npad / kKnnCell, nbpad = round_up(nb, 8);
@@ -770,48 +788,12 @@ void knn_build_t(const KnnParams& p, const KnnBlockBuild& o, int64_t b0, int64_t
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t n = p.lengths ? p.lengths[b] : p.n;
     const T* pts = static_cast<const T*>(o.points) + b * p.n * c;
-    // The quantisation box over the finite coordinates; whether every coordinate is finite.
-    T lo[3], scale[3];
-    bool finite = true;
-    const int bits = c == 1 ? 24 : c == 2 ? 15 : 10;
-    const T top = T((1u << bits) - 1);
-    for (int64_t i = 0; i < c; ++i) {
-      T a = inf, z = -inf;
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = pts[j * c + i];
-        if (v - v != T(0)) {  // NaN or +-inf
-          finite = false;
-          continue;
-        }
-        a = v < a ? v : a;
-        z = v > z ? v : z;
-      }
-      lo[i] = z >= a ? a : T(0);
-      scale[i] = z > a ? top / (z - a) : T(0);
-    }
-    o.finite[b] = finite;
-    for (int64_t j = 0; j < n; ++j) {
-      key_a[j] = knn_morton(pts + j * c, 1, c, lo, scale, top);
-      id_a[j] = int32_t(j);
-    }
-    // LSD radix sort of (code, index), three passes of 10 bits: stable.
+    const MortonBox<T> box = morton_box(pts, c, 1, c, n);
+    o.finite[b] = box.finite;
     uint32_t* ka = key_a;
-    uint32_t* kb = key_b;
     int32_t* ia = id_a;
-    int32_t* ib = id_b;
-    for (int pass = 0; pass < 3; ++pass) {
-      const int shift = 10 * pass;
-      uint32_t count[1025] = {};
-      for (int64_t j = 0; j < n; ++j) ++count[((ka[j] >> shift) & 1023u) + 1];
-      for (int d = 0; d < 1024; ++d) count[d + 1] += count[d];
-      for (int64_t j = 0; j < n; ++j) {
-        const uint32_t at = count[(ka[j] >> shift) & 1023u]++;
-        kb[at] = ka[j];
-        ib[at] = ia[j];
-      }
-      std::swap(ka, kb);
-      std::swap(ia, ib);
-    }
+    morton_codes(pts, c, 1, c, n, box, ka);
+    morton_sort(ka, ia, key_b, id_b, n);
     T* pl = static_cast<T*>(o.planes) + b * c * p.npad;
     int64_t* order = o.order + b * p.npad;
     for (int64_t s = 0; s < p.npad; ++s) {
@@ -820,27 +802,12 @@ void knn_build_t(const KnnParams& p, const KnnBlockBuild& o, int64_t b0, int64_t
       for (int64_t i = 0; i < c; ++i) pl[i * p.npad + s] = real ? pts[int64_t(ia[s]) * c + i] : inf;
     }
     // Each block's box; a NaN coordinate makes it NaN (the threshold-free search then never skips it).
-    T* blo = static_cast<T*>(o.box_lo) + b * c * nbpad;
-    T* bhi = static_cast<T*>(o.box_hi) + b * c * nbpad;
-    for (int64_t i = 0; i < c; ++i)
-      for (int64_t l = 0; l < nbpad; ++l) {
-        T a = inf, z = inf;
-        if (l < nb) {
-          const T* x = pl + i * p.npad + l * kKnnCell;
-          a = x[0], z = x[0];
-          for (int64_t s = 1; s < kKnnCell; ++s) {
-            const T v = x[s];
-            a = a != a ? a : (v != v || v < a ? v : a);
-            z = z != z ? z : (v != v || v > z ? v : z);
-          }
-        }
-        blo[i * nbpad + l] = a;
-        bhi[i * nbpad + l] = z;
-      }
+    block_boxes(pl, p.npad, c, nb, kKnnCell, static_cast<T*>(o.box_lo) + b * c * nbpad,
+                static_cast<T*>(o.box_hi) + b * c * nbpad, nbpad);
     // Each query starts at the block where its own code would sort.
     const T* qs = static_cast<const T*>(p.query) + b * p.m * c;
     for (int64_t m = 0; m < p.m; ++m) {
-      const uint32_t code = knn_morton(qs + m * c, 1, c, lo, scale, top);
+      const uint32_t code = morton_code(qs + m * c, 1, c, box);
       int64_t pos = std::lower_bound(ka, ka + n, code) - ka;
       pos = pos < n ? pos : n - 1;
       o.seed[b * p.m + m] = pos / kKnnCell;
