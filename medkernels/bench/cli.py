@@ -27,7 +27,7 @@ import medkernels
 from medkernels import ops
 
 from .cases import PROFILES, cases_for
-from .runner import PASSES, Result, backends_for, memory_ratio, run_case, time_call
+from .runner import PASSES, Result, backends_for, fastest_peer, memory_ratio, run_case, time_call
 
 
 def _cpu_model() -> str:
@@ -152,16 +152,7 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
 def check_targets(case, results: list[Result], copy_gbps: float | None = None) -> list[dict]:
     def row(backend, passname):
         if backend == "peer":  # the fastest peer a user could call instead
-            peers = [
-                r
-                for r in results
-                if r.backend.startswith("peer:")
-                and r.passname == passname
-                and not r.error
-                and (spec := case.peers.get(r.backend[5:])) is not None
-                and spec.comparable
-            ]
-            return min(peers, key=lambda r: r.median_ms, default=None)
+            return fastest_peer(case, results, passname)
         return next((r for r in results if r.backend == backend and r.passname == passname and not r.error), None)
 
     checked = []

@@ -40,6 +40,21 @@ class Result:
         return asdict(self)
 
 
+def fastest_peer(case: Case, rows: list[Result], passname: str) -> Result | None:
+    """The fastest peer row of ``passname`` a user could call instead (the case's ``comparable`` peers: not a
+    partial measurement, not a different computation), or None: what "vs peer" and against="peer" divide by."""
+    peers = [
+        r
+        for r in rows
+        if r.backend.startswith("peer:")
+        and r.passname == passname
+        and r.error is None
+        and (spec := case.peers.get(r.backend[5:])) is not None
+        and spec.comparable
+    ]
+    return min(peers, key=lambda r: r.median_ms, default=None)
+
+
 def memory_ratio(mine: Result, theirs: Result) -> float | None:
     """``mine``'s peak memory over ``theirs``: torch's allocator peaks when both rows allocate through torch,
     else the process's resident-set rises (a numpy peer's buffers are invisible to torch's allocator)."""
@@ -163,7 +178,7 @@ def run_case(
     if inputs is None:
         inputs = case.make_inputs(device, dtype)
     runners: dict[str, Callable[[dict], object]] = {b: (lambda x, b=b: case.call(b, x)) for b in backends}
-    forward_only, process_memory, partial = set(), set(), set()
+    forward_only, process_memory = set(), set()
     for peer, spec in case.peers.items():
         if spec.unavailable(device) is None:
             runners[f"peer:{peer}"] = spec.call
@@ -171,8 +186,6 @@ def run_case(
                 forward_only.add(f"peer:{peer}")
             if not spec.torch_memory:
                 process_memory.add(f"peer:{peer}")
-            if not spec.comparable:
-                partial.add(f"peer:{peer}")
     passes = PASSES if case.differentiable or case.parameters else ("fwd",)
     for passname in passes:
         measured: list[Result] = []
@@ -227,8 +240,7 @@ def run_case(
                 )
             )
         ref = next((r for r in measured if r.backend == "reference" and r.error is None), None)
-        peers = [r for r in measured if r.backend.startswith("peer:") and r.error is None and r.backend not in partial]
-        best_peer = min(peers, key=lambda r: r.median_ms) if peers else None
+        best_peer = fastest_peer(case, measured, passname)
         for r in measured:
             if r.error is not None:
                 continue
