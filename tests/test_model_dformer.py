@@ -19,7 +19,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from kit import LONG, backends, close, close_as_pytorch
+from kit import LONG, backends, close, close_as_pytorch, close_ulp
 from torch import nn
 
 from medkernels import models
@@ -554,7 +554,13 @@ def test_bf16_autocast():
     assert res[0][0].dtype == torch.float32
     names = ["out", *_used(ours)]
     for name, a, b, t in zip(names, *res):
-        close_as_pytorch(a, t, b, name, factor=2, floor_ulps=1, dtype=torch.bfloat16)
+        if name.endswith("pos_block.proj.0.weight"):
+            # formed in float32 by design: PyTorch's CPU bfloat16 channels-last depthwise weight gradient (the
+            # official's) breaks at small grids (layers_up.1: 120 ulp off here, NaN on some runs; the tiny-grid
+            # test below), so no yardstick from it: ours within 4 ulp of max|truth| (measured <= 2.6)
+            close_ulp(a, t, name, ulps=4, dtype=torch.bfloat16, scale=t.abs().max().item())
+        else:
+            close_as_pytorch(a, t, b, name, factor=2, floor_ulps=1, dtype=torch.bfloat16)
 
 
 def test_position_encoding_weight_gradient_under_bf16_autocast_at_a_tiny_grid():
