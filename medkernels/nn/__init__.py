@@ -9,7 +9,7 @@ from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
 from .medvit import FittedNeighborhoodAttention2D, GFPBlock, LFPBlock
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
-from .point_ssm import PointSSMGroupBlock, point_scan_orders
+from .point_ssm import PointSSMBlock, PointSSMGroupBlock, point_scan_orders
 
 __all__ = [
     "DCTAttention",
@@ -25,6 +25,7 @@ __all__ = [
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
+    "PointSSMBlock",
     "PointSSMGroupBlock",
     "point_scan_orders",
 ]

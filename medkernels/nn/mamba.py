@@ -157,7 +157,8 @@ class Mamba(nn.Module):
         xz = xz.permute(1, 0, 2)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
-        A = -torch.exp(self.A_log.float())
+        acc = torch.float64 if xz.dtype == torch.float64 else torch.float32  # the scan's parameter dtype
+        A = -torch.exp(self.A_log.to(acc))
         x, z = xz.chunk(2, dim=1)
         if conv_state is not None:
             with torch.no_grad():
@@ -176,9 +177,9 @@ class Mamba(nn.Module):
             A,
             B,
             C,
-            self.D.float(),
+            self.D.to(acc),
             z=z,
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=self.dt_proj.bias.to(acc),
             delta_softplus=True,
             return_last_state=ssm_state is not None,
             backend=self.backend,

@@ -1,4 +1,4 @@
-"""The group Point-SSM block of PointMamba2.
+"""The Point-SSM blocks of PointMamba2: the vanilla block (one Mamba over a sequence) and the group block.
 
 Zhang, Yang, Li, "PointMamba2" (hierarchical point-cloud SSM), MICCAI 2025, arXiv 2504.13015;
 official code github.com/wlsdzyzl/flemme, class ``PointScanMambaNonFFNBlock`` in
@@ -52,7 +52,9 @@ from torch import nn
 from medkernels import ops
 from medkernels._typing import Device, DType
 
-__all__ = ["PointSSMGroupBlock", "point_scan_orders", "SCAN_ORDERS"]
+from .mamba import Mamba
+
+__all__ = ["PointSSMBlock", "PointSSMGroupBlock", "point_scan_orders", "SCAN_ORDERS"]
 
 SCAN_ORDERS = ("x", "y", "z", "center", "x_reversed", "y_reversed", "z_reversed", "center_reversed")
 
@@ -79,6 +81,95 @@ def point_scan_orders(xyz: torch.Tensor) -> torch.Tensor:
     keys = torch.stack([xyz[..., 0], xyz[..., 1], xyz[..., 2], center], dim=1)  # (B, 4, L)
     orders = torch.argsort(keys, dim=-1, stable=True)
     return torch.cat([orders, orders.flip(-1)], dim=1)
+
+
+def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm of x (S, C, L) whose statistics use only the first ``lengths[s]`` positions of row s."""
+    if lengths is None:
+        return norm(x)
+    S, C, L = x.shape
+    G = norm.num_groups
+    valid = (torch.arange(L, device=x.device) < lengths.to(x.device)[:, None]).to(x.dtype)  # (S, L)
+    xg = x.reshape(S, G, C // G, L)
+    count = (valid.sum(-1) * (C // G)).clamp_min(1)[:, None]  # (S, 1)
+    mean = (xg * valid[:, None, None]).sum((2, 3)) / count
+    var = (((xg - mean[..., None, None]) * valid[:, None, None]) ** 2).sum((2, 3)) / count
+    y = ((xg - mean[..., None, None]) * torch.rsqrt(var + norm.eps)[..., None, None]).reshape(S, C, L)
+    if norm.affine:
+        y = y * norm.weight[:, None] + norm.bias[:, None]
+    return y
+
+
+class PointSSMBlock(nn.Module):
+    """PointMamba2's vanilla Point-SSM block: one Mamba over each sequence, GroupNorm, LeakyReLU, residual.
+
+    The official ``PointMambaNonFFNBlock`` (flemme ``flemme/block/pmamba.py`` at cde13ac, building block
+    ``pmamba_non_ffn``): ``h = x + LeakyReLU(GroupNorm(Mamba(x)))``, then ``dense(h)``, a Linear to
+    ``out_channels`` when it differs from ``in_channels`` (else the identity). PointMamba2 runs it over the
+    k feature-space neighbours of each sampled point (sequences of length k, nearest first) and, in the
+    segmentation decoder, over the points of a level (in their sampling order).
+
+    Args:
+        in_channels: channels C of the input sequence (the Mamba's d_model).
+        out_channels: channels of the output (default ``in_channels``).
+        d_state, d_conv, expand: the Mamba's (64, 4, 2 in PointMamba2).
+        dt_rank: "auto" = ceil(in_channels / 16).
+        conv_bias, bias: the Mamba's (True, False).
+        num_groups: GroupNorm groups (8).
+        negative_slope: of the LeakyReLU (0.01, the official "lrelu").
+        backend: forced backend of the Mamba's ops (None: automatic).
+        device, dtype: of the parameters.
+
+    Parameter names are the official block's: ``mamba.*`` (mamba_ssm's Mamba), ``norm.weight``/``norm.bias``,
+    ``dense.weight``/``dense.bias`` (only when the sizes differ).
+
+    Shapes:
+        forward(x (S, L, C_in), lengths=None) -> (S, L, C_out). With ``lengths`` (S,) only the first
+        ``lengths[s]`` positions of row s are real: the GroupNorm statistics skip the rest (the Mamba is
+        causal, so padding at the end never reaches the real positions); padded outputs are unspecified.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        conv_bias: bool = True,
+        bias: bool = False,
+        num_groups: int = 8,
+        negative_slope: float = 0.01,
+        backend: str | None = None,
+        device: Device = None,
+        dtype: DType = None,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"PointSSMBlock: {name} must be a positive int, got {v!r}")
+        if in_channels % num_groups != 0:
+            raise ValueError(f"PointSSMBlock: in_channels={in_channels} must be divisible by num_groups={num_groups}")
+        fk = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.negative_slope = negative_slope
+        self.mamba = Mamba(
+            in_channels, d_state, d_conv, expand, dt_rank, conv_bias=conv_bias, bias=bias, backend=backend, **fk
+        )
+        self.norm = nn.GroupNorm(num_groups, in_channels, **fk)
+        self.dense = nn.Linear(in_channels, out_channels, **fk) if out_channels != in_channels else nn.Identity()
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x (S, L, C_in) -> (S, L, C_out); see the class docstring for ``lengths``."""
+        if x.dim() != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"PointSSMBlock: x must have shape (S, L, {self.in_channels}), got {tuple(x.shape)}")
+        r = _masked_group_norm(self.mamba(x).transpose(1, 2), self.norm, lengths).transpose(1, 2)
+        return self.dense(x + F.leaky_relu(r, self.negative_slope))
 
 
 class PointSSMGroupBlock(nn.Module):
@@ -184,13 +275,14 @@ class PointSSMGroupBlock(nn.Module):
         x_dbl = torch.einsum("bdl,kcd->bkcl", x, self.x_proj_weight.to(x.dtype))  # (B, K, R + 2N, L)
         dts, B, C = torch.split(x_dbl, [R, N, N], dim=2)
         delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(x.dtype))
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # the scan's parameter dtype
         return {
             "delta": delta.contiguous(),
-            "A": -torch.exp(self.A_logs.float()).view(K, self.d_inner, N),
+            "A": -torch.exp(self.A_logs.to(acc)).view(K, self.d_inner, N),
             "B": B.contiguous(),
             "C": C.contiguous(),
-            "D": self.Ds.float().view(K, self.d_inner),
-            "delta_bias": self.dt_projs_bias.float(),
+            "D": self.Ds.to(acc).view(K, self.d_inner),
+            "delta_bias": self.dt_projs_bias.to(acc),
         }
 
     def forward(
