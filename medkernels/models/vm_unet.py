@@ -447,15 +447,16 @@ class VMUNet(nn.Module):
             else:
                 macs[0] += out.numel() * m.in_features
 
-        def scan(m, inputs, out):
+        def ss2d(m, inputs, out):
             B, H, W, _ = inputs[0].shape
-            tokens = B * H * W * m.num_scans
-            proj = tokens * m.d_inner * (m.dt_rank + 2 * m.d_state) + tokens * m.dt_rank * m.d_inner
-            macs[0] += proj + tokens * m.d_inner * (4 * m.d_state + 1)
+            macs[0] += B * H * W * m.d_model * 2 * m.d_inner  # in_proj (SS2D runs it as two GEMMs, not the module)
+            if include_scan:
+                t = B * H * W * m.num_scans
+                proj = t * m.d_inner * (m.dt_rank + 2 * m.d_state) + t * m.dt_rank * m.d_inner
+                macs[0] += proj + t * m.d_inner * (4 * m.d_state + 1)
 
         hooks = [m.register_forward_hook(conv_linear) for m in meta.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        if include_scan:
-            hooks += [m.register_forward_hook(scan) for m in meta.modules() if isinstance(m, SS2D)]
+        hooks += [m.register_forward_hook(ss2d) for m in meta.modules() if isinstance(m, SS2D)]
         with torch.no_grad():
             meta(torch.empty(batch_size, self.input_channels, h, w, device="meta"))
         for hook in hooks:

@@ -27,6 +27,10 @@ Where this differs from the official computation (same results to rounding in fl
   copy with its x_proj / dt_proj, and runs one ``selective_scan_fn`` on the ``(B, 4 * d_inner, L)`` stack.
   The projections are per token, so here they run once per k on u in the ORIGINAL token order, and the scan
   reads u, delta, B, C through the orderings' index (no copy of u, no permuted delta/B/C, no un-permuting).
+- ``in_proj`` runs as two GEMMs on its weight's halves: u straight into the conv's ``(B, d_inner, H, W)`` layout
+  (the official permutes and copies it), z channels-last; and the four x_proj run as one GEMM whose rows are
+  grouped dt / B / C, so that delta comes out of the dt_proj GEMM as a contiguous ``(B, 4, d_inner, L)`` (the
+  parameters are used as stored; the state_dict is unchanged).
 - The official forward casts the scan inputs to float32 and sums the four outputs in float32 (``assert
   out_y.dtype == torch.float``). Here the scan computes in float32 on inputs of the model's dtype and returns
   the sum in that dtype (the same for float32 models; bfloat16/float16 models round the sum once more before
@@ -181,9 +185,18 @@ class SS2D(nn.Module):
         delta_bias (4, d_inner) float32 (float64 for float64 u)."""
         K, N, R = self.num_scans, self.d_state, self.dt_rank
         pdt = torch.float64 if u.dtype == torch.float64 else torch.float32
-        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight.to(u.dtype))  # (B, K, R + 2N, L)
-        dts, B, C = torch.split(x_dbl, [R, N, N], dim=2)
-        delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(u.dtype))
+        batch, _, L = u.shape
+        # One GEMM for the four x_proj, its rows grouped [dt of every k, B of every k, C of every k], so that
+        # the dt block and the delta GEMM give contiguous (B, K, ., L) tensors without a permuting copy.
+        w = self.x_proj_weight.to(u.dtype)
+        w = torch.cat(
+            [w[:, :R].reshape(K * R, -1), w[:, R : R + N].reshape(K * N, -1), w[:, R + N :].reshape(K * N, -1)]
+        )
+        x_dbl = torch.matmul(w, u)  # (B, K (R + 2N), L)
+        dts = x_dbl[:, : K * R].view(batch, K, R, L)
+        B = x_dbl[:, K * R : K * (R + N)].reshape(batch, K, N, L)
+        C = x_dbl[:, K * (R + N) :].reshape(batch, K, N, L)
+        delta = torch.matmul(self.dt_projs_weight.to(u.dtype), dts)  # (B, K, d_inner, L)
         return {
             "delta": delta.contiguous(),
             "A": -torch.exp(self.A_logs.to(pdt)).view(K, self.d_inner, N),
@@ -200,9 +213,13 @@ class SS2D(nn.Module):
         batch, H, W, _ = x.shape
         if H < 1 or W < 1:
             raise ValueError(f"SS2D: the map must have at least one pixel, got {H}x{W}")
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
-        u = u.reshape(batch, self.d_inner, H * W).contiguous()
+        # in_proj in two GEMMs: u straight into the conv's NCHW layout (no permuting copy), z channels-last
+        D, wb = self.d_inner, self.in_proj.bias
+        u = torch.matmul(self.in_proj.weight[:D], x.reshape(batch, H * W, -1).transpose(1, 2))  # (B, d_inner, L)
+        if wb is not None:
+            u = u + wb[:D, None]
+        z = F.linear(x, self.in_proj.weight[D:], None if wb is None else wb[D:])  # (B, H, W, d_inner)
+        u = F.silu(self.conv2d(u.view(batch, D, H, W))).view(batch, D, H * W)
         s = self.scan_inputs(u)
         orders = cross_scan_orders(H, W, device=x.device)[None].expand(batch, -1, -1)
         if self.backend == "reference":
