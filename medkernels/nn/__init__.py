@@ -10,6 +10,7 @@ from .mamba import InferenceParams, Mamba
 from .medvit import FittedNeighborhoodAttention2D, GFPBlock, LFPBlock
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .point_ssm import PointSSMBlock, PointSSMGroupBlock, point_scan_orders
+from .ss2d import SS2D, VSSBlock, cross_scan_orders
 
 __all__ = [
     "DCTAttention",
@@ -27,5 +28,8 @@ __all__ = [
     "NeighborhoodAttention3D",
     "PointSSMBlock",
     "PointSSMGroupBlock",
+    "SS2D",
+    "VSSBlock",
+    "cross_scan_orders",
     "point_scan_orders",
 ]
