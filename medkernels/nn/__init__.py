@@ -4,6 +4,7 @@ Each matches the constructor and state_dict names of the module it replaces.
 """
 
 from .dct_attention import DCTAttention
+from .dct_conv import DCTConvBlock, MobileConv
 from .dformer import DFormerBlock, DilatedAttention3d
 from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
@@ -13,6 +14,7 @@ from .point_ssm import PointSSMGroupBlock, point_scan_orders
 
 __all__ = [
     "DCTAttention",
+    "DCTConvBlock",
     "DFormerBlock",
     "DilatedAttention3d",
     "FasterKAN",
@@ -22,6 +24,7 @@ __all__ = [
     "InferenceParams",
     "LFPBlock",
     "Mamba",
+    "MobileConv",
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
