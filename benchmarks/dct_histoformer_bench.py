@@ -4,7 +4,10 @@ Two configurations of ``dct_histoformer`` with the same weights, each with its o
 DCTs on the medkernels kernels, automatic backend) and ``reference`` (the same model on the pure-PyTorch
 reference ops: the two batched matmuls per transform). Per round each runs one training step (forward,
 cross-entropy, backward, AdamW) and one inference batch (eval, no_grad), in alternating order; medians over
-the rounds; peak memory from the allocator events (medkernels.bench.memory), once per configuration.
+the rounds; peak memory from the allocator events (medkernels.bench.memory), once per configuration. The DCTs
+are a small part of the step, so the script also times them alone, interleaved the same way: ``dct2d`` (kept
+block) then ``idct2d`` (zero-filled) forward and backward at every DCT attention's shape of the model, summed
+over the blocks (``dct_rows``).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/dct_histoformer_bench.py --batch 8 --size 224 --rounds 5
 """
@@ -20,8 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from medkernels import ops
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.models import create_model
+from medkernels.nn import DCTAttention
 
 
 def main() -> None:
@@ -85,6 +90,32 @@ def main() -> None:
             for k in keys
             for s, fn in (("train", train), ("infer", infer))
         }
+    dct_times = {k: [] for k in keys}
+    shapes = []  # (C, H, W, kh, kw) of every DCT attention, from one eval pass on one image
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: shapes.append((*i[0].shape[1:], *m.kept(*i[0].shape[2:]))))
+        for m in models["kernels"].modules()
+        if isinstance(m, DCTAttention)
+    ]
+    with torch.no_grad():
+        models["kernels"].eval()(x[:1])
+    for h in hooks:
+        h.remove()
+    inputs = [torch.randn(a.batch, c, h, w, device=dev, requires_grad=True) for c, h, w, _, _ in shapes]
+
+    def dcts(key):
+        for t, (_, h, w, kh, kw) in zip(inputs, shapes):
+            back = ops.idct2d(ops.dct2d(t, keep=(kh, kw), backend=configs[key]), s=(h, w), backend=configs[key])
+            back.backward(t.detach())
+
+    for r in range(a.rounds + 1):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            sync()
+            t0 = time.perf_counter()
+            dcts(key)
+            sync()
+            if r > 0:
+                dct_times[key].append(time.perf_counter() - t0)
     model = models["kernels"]
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -112,6 +143,14 @@ def main() -> None:
                 row["memory_vs_reference"] = round(peaks[(key, step)] / peaks[("reference", step)], 3)
             out["rows"].append(row)
             print(json.dumps(row), flush=True)
+    out["dct_rows"] = []
+    for key in keys:
+        med = statistics.median(dct_times[key])
+        ref = statistics.median(dct_times["reference"])
+        row = {"config": key, "step": "dct2d+idct2d fwd+bwd, all blocks", "median_ms": round(med * 1e3, 2)}
+        row["speedup_vs_reference"] = round(ref / med, 2)
+        out["dct_rows"].append(row)
+        print(json.dumps(row), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
