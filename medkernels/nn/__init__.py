@@ -4,6 +4,7 @@ Each matches the constructor and state_dict names of the module it replaces.
 """
 
 from .dct_attention import DCTAttention
+from .dct_conv import DCTConvBlock, MobileConv
 from .dformer import DFormerBlock, DilatedAttention3d
 from .kan import FasterKAN, FasterKANLayer
 from .mamba import InferenceParams, Mamba
@@ -14,6 +15,7 @@ from .ss2d import SS2D, VSSBlock, cross_scan_orders
 
 __all__ = [
     "DCTAttention",
+    "DCTConvBlock",
     "DFormerBlock",
     "DilatedAttention3d",
     "FasterKAN",
@@ -23,6 +25,7 @@ __all__ = [
     "InferenceParams",
     "LFPBlock",
     "Mamba",
+    "MobileConv",
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
