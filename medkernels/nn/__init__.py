@@ -10,6 +10,7 @@ from .mamba import InferenceParams, Mamba
 from .medvit import FittedNeighborhoodAttention2D, GFPBlock, LFPBlock
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .point_ssm import PointSSMGroupBlock, point_scan_orders
+from .tri_oriented_mamba import TriOrientedMamba, TriOrientedMambaLayer, slice_order
 
 __all__ = [
     "DCTAttention",
@@ -27,4 +28,7 @@ __all__ = [
     "NeighborhoodAttention3D",
     "PointSSMGroupBlock",
     "point_scan_orders",
+    "TriOrientedMamba",
+    "TriOrientedMambaLayer",
+    "slice_order",
 ]
