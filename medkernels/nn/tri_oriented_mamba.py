@@ -35,6 +35,10 @@ the shared-u multi-order op cannot run them as one K = 3 call; they run as three
   the forward and 1.7x in the backward on the CPU kernel (B 1, d_inner 96, L 64^3, nslices 64: consecutive
   steps touch tokens M apart), far more than the copy.
 
+The projections run channels-first (x_proj and dt_proj as batched products on (B, d_inner, L)), so neither u
+nor delta, B, C is ever transposed; the fork's ``(b l) d`` layout costs a transposed copy of u per direction
+and of B and C on the CPU. The three scans' outputs are summed, then gated once.
+
 Parameter names, shapes, defaults and initialisation are the fork's, so a SegMamba checkpoint loads with
 ``strict=True`` (``TriOrientedMambaLayer`` holds it as ``mamba`` next to ``norm``, as the official
 ``MambaLayer``). As in the fork, only ``dt_proj`` gets mamba_ssm's dt initialisation: ``dt_proj_b`` and
@@ -204,15 +208,17 @@ class TriOrientedMamba(nn.Module):
         acc = torch.float64 if u.dtype == torch.float64 else torch.float32
         x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
-        x_dbl = F.linear(u.transpose(1, 2), x_proj.weight)  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [R, N, N], dim=-1)
-        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))  # (B, E, L)
+        # (R + 2N, E) @ (B, E, L): channels-first in and out, so no transposed copy of u, B or C
+        # (bmm of the expanded weights: torch.matmul folds a 2D @ 3D product through transposed copies)
+        x_dbl = torch.bmm(x_proj.weight.expand(batch, -1, -1), u)  # (B, R + 2N, L)
+        dt, B, C = torch.split(x_dbl, [R, N, N], dim=1)
+        delta = torch.bmm(dt_proj.weight.expand(batch, -1, -1), dt)  # (B, E, L)
         args = (
             u,
             delta[:, None],
             -torch.exp(getattr(self, "A" + suffix + "_log").to(acc))[None],
-            B.transpose(1, 2)[:, None].contiguous(),
-            C.transpose(1, 2)[:, None].contiguous(),
+            B[:, None],
+            C[:, None],
             getattr(self, "D" + suffix).to(acc)[None],
             dt_proj.bias.to(acc)[None],
             orders,
