@@ -16,7 +16,7 @@ from kit import backends, close, close_as_pytorch, close_ulp
 from test_tri_oriented_mamba import official_forward, official_state_dict_shapes
 from torch import nn
 
-from medkernels.models import create_model, is_model
+from medkernels.models import create_model, is_model, load_checkpoint
 from medkernels.models.segmamba import SegMamba, UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from medkernels.nn import TriOrientedMamba
 
@@ -156,6 +156,15 @@ def _tiny_pair(seed: int = 0, **kw):
     )
     official.load_state_dict(model.state_dict(), strict=True)
     return model, official
+
+
+def test_official_checkpoint_loads(tmp_path):
+    """A state_dict saved from the official network (DataParallel's "module." prefix) loads strictly."""
+    model, official = _tiny_pair()
+    path = tmp_path / "segmamba.pt"
+    torch.save({"module." + k: v.clone() + 1 for k, v in official.state_dict().items()}, path)
+    assert load_checkpoint(model, path) == []
+    assert torch.equal(model.out.conv.conv.bias, official.out.conv.conv.bias + 1)
 
 
 def _run(net: nn.Module, dtype: torch.dtype, names: list) -> tuple:
