@@ -12,6 +12,7 @@ from .medvit import FittedNeighborhoodAttention2D, GFPBlock, LFPBlock
 from .neighborhood_attention import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .point_ssm import PointSSMBlock, PointSSMGroupBlock, point_scan_orders
 from .ss2d import SS2D, VSSBlock, cross_scan_orders
+from .tri_oriented_mamba import TriOrientedMamba, TriOrientedMambaLayer, slice_order
 
 __all__ = [
     "DCTAttention",
@@ -35,4 +36,7 @@ __all__ = [
     "VSSBlock",
     "cross_scan_orders",
     "point_scan_orders",
+    "TriOrientedMamba",
+    "TriOrientedMambaLayer",
+    "slice_order",
 ]
