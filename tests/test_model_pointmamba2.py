@@ -313,3 +313,31 @@ def test_bad_input():
         PointMamba2Classifier(0)
     with pytest.raises(ValueError, match="fp_channels needs one entry per encoder level"):
         PointMamba2Segmenter(fp_channels=(64, 32))
+
+
+@pytest.mark.parametrize("kind", ["cls", "seg"])
+def test_flops_rule(kind):
+    """flops(): every matmul as torch's FlopCounterMode counts it on the CPU kernels (2 x MACs), plus what that
+    cannot see: inside the custom ops, the depthwise convs (2 x MACs) and the scans (9 L E N + L E each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medkernels.nn import Mamba
+
+    model = (_cls if kind == "cls" else _seg)()
+    extra = [0]
+
+    def hook(m, args, _out):
+        S, L, _ = args[0].shape
+        E, N, W = m.d_inner, m.d_state, m.d_conv
+        K = getattr(m, "num_scans", 1)
+        extra[0] += S * L * (2 * E * W + K * (9 * E * N + E))
+        if K > 1 and m.dt_rank == 1:  # the group block's dt_proj einsum over rank 1 runs as a product, no matmul
+            extra[0] += S * L * 2 * K * E
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (Mamba, PointSSMGroupBlock))]
+    xyz = torch.randn(2, 96, 3, generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(xyz)
+    for h in hooks:
+        h.remove()
+    assert model.flops(96, batch_size=2) == fc.get_total_flops() + extra[0]

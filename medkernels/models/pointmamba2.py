@@ -58,7 +58,7 @@ from torch import nn
 
 from medkernels import ops
 from medkernels._typing import Backend
-from medkernels.nn import PointSSMBlock, PointSSMGroupBlock, point_scan_orders
+from medkernels.nn import Mamba, PointSSMBlock, PointSSMGroupBlock, point_scan_orders
 
 from ._registry import register_model
 
@@ -319,9 +319,62 @@ class PointMamba2Encoder(nn.Module):
 
 
 class _Model(nn.Module):
+    default_points = 2048
+
     def num_params(self, trainable_only: bool = False) -> int:
         """The number of parameters (all, or only those requiring gradients)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def flops(self, num_points: int | None = None, batch_size: int = 1) -> int:
+        """Floating-point operations of one forward on ``batch_size`` clouds of ``num_points`` points.
+
+        Rule (the paper gives no count): 2 x the multiply-accumulates of every linear layer (the Mambas' in_proj,
+        x_proj, dt_proj and out_proj included) and depthwise conv, plus each selective scan as mamba_ssm's
+        ``flops_selective_scan_ref`` counts it (9 L d_inner d_state, and L d_inner for the D skip); FPS, kNN,
+        gathers, norms, activations, pooling and additions are not counted. Counted by running the model once
+        on random points with hooks (a few seconds at the default size), so it follows any configuration.
+
+        Args:
+            num_points: points per cloud (default 2048 for the classifier, 4096 for the segmenter).
+            batch_size: clouds.
+
+        Returns:
+            FLOPs (e.g. ``flops() / 1e9`` GFLOPs).
+        """
+        n = self.default_points if num_points is None else num_points
+        total = [0]
+
+        def mamba(m, args, _out):
+            S, L, D = args[0].shape
+            E, N, R, W = m.d_inner, m.d_state, m.dt_rank, m.d_conv
+            total[0] += S * L * (2 * (D * 2 * E + E * W + E * (R + 2 * N) + R * E + E * D) + 9 * E * N + E)
+
+        def group(m, args, _out):
+            S, L, D = args[0].shape
+            E, N, R, W, K = m.d_inner, m.d_state, m.dt_rank, m.d_conv, m.num_scans
+            total[0] += S * L * (2 * (D * 2 * E + E * W + K * (E * (R + 2 * N) + R * E) + E * D) + K * (9 * E * N + E))
+
+        def linear(m, args, _out):
+            total[0] += 2 * args[0].numel() // m.in_features * m.in_features * m.out_features
+
+        blocks = [m for m in self.modules() if isinstance(m, (Mamba, PointSSMGroupBlock))]
+        inner = {id(x) for b in blocks for x in b.modules()}  # counted by their block's rule
+        hooks = [b.register_forward_hook(mamba if isinstance(b, Mamba) else group) for b in blocks]
+        hooks += [
+            m.register_forward_hook(linear) for m in self.modules() if isinstance(m, nn.Linear) and id(m) not in inner
+        ]
+        p = next(self.parameters())
+        xyz = torch.randn(batch_size, n, 3, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+        feats = None
+        if self.encoder.in_features:
+            feats = torch.zeros(batch_size, n, self.encoder.in_features, device=p.device, dtype=p.dtype)
+        try:
+            with torch.no_grad():
+                self(xyz, feats)
+        finally:
+            for h in hooks:
+                h.remove()
+        return total[0]
 
 
 class PointMamba2Classifier(_Model):
@@ -368,6 +421,7 @@ class PointMamba2Segmenter(_Model):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"PointMamba2Segmenter: num_classes must be a positive int, got {num_classes!r}")
+        self.default_points = 4096
         kwargs.setdefault("num_points", (2048, 1024, 512, 256, 128))
         kwargs.setdefault("dense_channels", (1024,))
         self.encoder = enc = PointMamba2Encoder(**kwargs)
