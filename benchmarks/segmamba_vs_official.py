@@ -19,37 +19,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from medkernels import ops
 from medkernels.nn import TriOrientedMamba
-
-
-def official_forward(m: TriOrientedMamba, h: torch.Tensor, backend: str | None) -> torch.Tensor:
-    """The fork's ``Mamba.forward`` (bimamba_type "v3", ``mamba_inner_fn_no_out_proj`` per direction) on medkernels'
-    conv and scan ops: three permuted copies of xz, three gated scans, outputs permuted back and summed."""
-    batch, L, _ = h.shape
-    E, N, R, n = m.d_inner, m.d_state, m.dt_rank, m.nslices
-
-    def inner(xz: torch.Tensor, s: str) -> torch.Tensor:
-        x, z = xz.chunk(2, dim=1)
-        conv = getattr(m, "conv1d" + s)
-        u = ops.causal_conv1d_fn(x, conv.weight[:, 0], conv.bias, activation="silu", backend=backend)
-        x_dbl = F.linear(u.transpose(1, 2).reshape(batch * L, E), getattr(m, "x_proj" + s).weight)
-        dt_proj = getattr(m, "dt_proj" + s)
-        delta = (dt_proj.weight @ x_dbl[:, :R].t()).view(E, batch, L).permute(1, 0, 2)
-        Bm = x_dbl[:, R : R + N].view(batch, L, N).transpose(1, 2).contiguous()
-        Cm = x_dbl[:, R + N :].view(batch, L, N).transpose(1, 2).contiguous()
-        A = -torch.exp(getattr(m, "A" + s + "_log").float())
-        D = getattr(m, "D" + s).float()
-        return ops.selective_scan_fn(u, delta, A, Bm, Cm, D, z, dt_proj.bias.float(), True, backend=backend)
-
-    xz = (m.in_proj.weight @ h.reshape(batch * L, -1).t()).view(2 * E, batch, L).permute(1, 0, 2)
-    out = inner(xz, "")
-    out_b = inner(xz.flip([-1]), "_b")
-    xz_s = torch.stack(xz.chunk(n, dim=-1), dim=-1).flatten(-2)
-    out_s = inner(xz_s, "_s").reshape(batch, E, L // n, n).permute(0, 1, 3, 2).flatten(-2)
-    return F.linear((out + out_b.flip([-1]) + out_s).transpose(1, 2), m.out_proj.weight)
+from medkernels.testing import tri_oriented_mamba_official
 
 
 def main() -> None:
@@ -60,7 +32,7 @@ def main() -> None:
     m = TriOrientedMamba(48, nslices=64, backend=backend)
     h = torch.randn(1, side**3, 48)
     g = torch.randn_like(h)
-    runs = {"ours": lambda: m(h), "official": lambda: official_forward(m, h, backend)}
+    runs = {"ours": lambda: m(h), "official": lambda: tri_oriented_mamba_official(m, h, backend)}
     with torch.no_grad():
         a, b = runs["ours"](), runs["official"]()
     err = ((a - b).abs().max() / b.abs().max()).item()
@@ -72,7 +44,7 @@ def main() -> None:
 
     def train(name: str) -> None:
         hh = h.detach().requires_grad_(True)
-        out = m(hh) if name == "ours" else official_forward(m, hh, backend)
+        out = m(hh) if name == "ours" else tri_oriented_mamba_official(m, hh, backend)
         out.backward(g)
         m.zero_grad(set_to_none=True)
 

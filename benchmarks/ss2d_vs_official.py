@@ -27,42 +27,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from medkernels import ops
 from medkernels.bench.memory import peak_allocated_bytes
 from medkernels.nn import SS2D
-
-
-def official_forward(m: SS2D, x: torch.Tensor, backend: str | None) -> torch.Tensor:
-    """The official SS2D forward (forward_corev0) on m's parameters, the scan by medkernels.ops.selective_scan_fn."""
-    B, H, W, _ = x.shape
-    L, K, N, R = H * W, 4, m.d_state, m.dt_rank
-    u, z = m.in_proj(x).chunk(2, dim=-1)
-    u = F.silu(m.conv2d(u.permute(0, 3, 1, 2).contiguous()))
-    x_hwwh = torch.stack([u.view(B, -1, L), torch.transpose(u, 2, 3).contiguous().view(B, -1, L)], dim=1)
-    xs = torch.cat([x_hwwh, torch.flip(x_hwwh, dims=[-1])], dim=1)  # (B, 4, d_inner, L): four copies
-    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, m.x_proj_weight)
-    dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-    dts = torch.einsum("b k r l, k d r -> b k d l", dts, m.dt_projs_weight)
-    out_y = ops.selective_scan_fn(
-        xs.float().view(B, -1, L),
-        dts.contiguous().float().view(B, -1, L),
-        -torch.exp(m.A_logs.float()),
-        Bs.float(),
-        Cs.float(),
-        m.Ds.float(),
-        None,
-        m.dt_projs_bias.float().view(-1),
-        True,
-        backend=backend,
-    ).view(B, K, -1, L)
-    inv_y = torch.flip(out_y[:, 2:4], dims=[-1])
-    wh_y = torch.transpose(out_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
-    invwh_y = torch.transpose(inv_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
-    y = out_y[:, 0] + inv_y[:, 0] + wh_y + invwh_y
-    y = m.out_norm(torch.transpose(y, 1, 2).contiguous().view(B, H, W, -1))
-    return m.out_proj(y * F.silu(z))
+from medkernels.testing import ss2d_official
 
 
 def main() -> None:
@@ -81,7 +49,7 @@ def main() -> None:
     m = SS2D(a.dim, d_state=a.d_state, backend=a.backend, device=dev)
     x = torch.randn(a.batch, a.size, a.size, a.dim, device=dev, requires_grad=True)
     gw = torch.randn(a.batch, a.size, a.size, a.dim, device=dev)
-    runs = {"ours": lambda: m(x), "official": lambda: official_forward(m, x, a.backend)}
+    runs = {"ours": lambda: m(x), "official": lambda: ss2d_official(m, x, a.backend)}
 
     def step(name):
         m.zero_grad(set_to_none=True)

@@ -11,6 +11,8 @@ times them as peers (``medkernels.bench.peers``).
 - ``dformer_block_official``: one ``DFormerBlock3D`` (norm, grouping once, attention, MLP) as ``model.py`` runs it.
 - ``dformer_segnetwork_official``: D-Former's whole ``SegNetwork`` forward as its ``model.py`` computes it.
 - ``kan_unfused``: FasterKAN's RSWAF layer (after its LayerNorm), the basis materialised, then ``F.linear``.
+- ``ss2d_official``: VM-UNet's SS2D (four permuted copies around ``selective_scan_fn``), the SS2D peer.
+- ``tri_oriented_mamba_official``: SegMamba's v3 Mamba (three permuted copies), the TriOrientedMamba peer.
 - ``selective_scan_mamba_form``: mamba_ssm's ``selective_scan_ref`` as written there (every ``exp(delta A)`` and
   ``delta B u`` materialised as ``[B, D, L, N]``, then a Python loop indexing one step at a time): what mamba_ssm and
   the papers' code run without a CUDA build.
@@ -23,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from medkernels import ops
+
 __all__ = [
     "dformer_attention_official",
     "dformer_attention_sdpa",
@@ -30,6 +34,8 @@ __all__ = [
     "dformer_segnetwork_official",
     "kan_unfused",
     "selective_scan_mamba_form",
+    "ss2d_official",
+    "tri_oriented_mamba_official",
 ]
 
 
@@ -431,3 +437,72 @@ def selective_scan_mamba_form(
         out = out * F.silu(z.float())
     out = out.to(dtype_in)
     return (out, x) if return_last_state else out
+
+
+# --- the official scan patterns (their data movement around medkernels' own scan) ---------------------------
+
+
+def ss2d_official(m, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """VM-UNet's ``SS2D.forward`` / ``forward_corev0`` (JCruan519/VM-UNet ``models/vmunet/vmamba.py``) on the
+    parameters of ``m`` (a :class:`medkernels.nn.SS2D`): four permuted copies ``xs (B, 4, d_inner, L)``, per-copy
+    x_proj / dt_proj einsums, one ``selective_scan_fn`` on the ``(B, 4 * d_inner, L)`` stack -- medkernels' own
+    (``backend``) in mamba_ssm's place -- flips / transposes back and the sum. ``x (B, H, W, C) -> (B, H, W, C)``."""
+    B, H, W, _ = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # the official .float(), kept for float64
+    L, K, N, R = H * W, 4, m.d_state, m.dt_rank
+    u, z = m.in_proj(x).chunk(2, dim=-1)
+    u = F.silu(m.conv2d(u.permute(0, 3, 1, 2).contiguous()))
+    x_hwwh = torch.stack([u.view(B, -1, L), torch.transpose(u, 2, 3).contiguous().view(B, -1, L)], dim=1)
+    xs = torch.cat([x_hwwh, torch.flip(x_hwwh, dims=[-1])], dim=1)  # (B, 4, d_inner, L): four copies
+    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, m.x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
+    dts = torch.einsum("b k r l, k d r -> b k d l", dts, m.dt_projs_weight)
+    out_y = ops.selective_scan_fn(
+        xs.to(acc).view(B, -1, L),
+        dts.contiguous().to(acc).view(B, -1, L),
+        -torch.exp(m.A_logs.to(acc)),
+        Bs.to(acc),
+        Cs.to(acc),
+        m.Ds.to(acc),
+        None,
+        m.dt_projs_bias.to(acc).view(-1),
+        True,
+        backend=backend,
+    ).view(B, K, -1, L)
+    inv_y = torch.flip(out_y[:, 2:4], dims=[-1])
+    wh_y = torch.transpose(out_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
+    invwh_y = torch.transpose(inv_y[:, 1].view(B, -1, W, H), 2, 3).contiguous().view(B, -1, L)
+    y = out_y[:, 0] + inv_y[:, 0] + wh_y + invwh_y
+    y = m.out_norm(torch.transpose(y, 1, 2).contiguous().view(B, H, W, -1))
+    return m.out_proj(y * F.silu(z))
+
+
+def tri_oriented_mamba_official(m, h: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """SegMamba's forked ``Mamba.forward`` (ge-xing/SegMamba, ``bimamba_type="v3"``, ``mamba_inner_fn_no_out_proj``
+    per direction) on the parameters of ``m`` (a :class:`medkernels.nn.TriOrientedMamba`), with medkernels' own
+    ``causal_conv1d_fn`` and ``selective_scan_fn`` (``backend``) in mamba_ssm's place: three permuted copies of xz
+    (as is, flipped, slice-regrouped), three gated scans, outputs permuted back and summed.
+    ``h (B, L, C) -> (B, L, C)``."""
+    batch, L, _ = h.shape
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32  # the official .to(acc), kept for float64
+    E, N, R, n = m.d_inner, m.d_state, m.dt_rank, m.nslices
+
+    def inner(xz: torch.Tensor, s: str) -> torch.Tensor:
+        x, z = xz.chunk(2, dim=1)
+        conv = getattr(m, "conv1d" + s)
+        u = ops.causal_conv1d_fn(x, conv.weight[:, 0], conv.bias, activation="silu", backend=backend)
+        x_dbl = F.linear(u.transpose(1, 2).reshape(batch * L, E), getattr(m, "x_proj" + s).weight)
+        dt_proj = getattr(m, "dt_proj" + s)
+        delta = (dt_proj.weight @ x_dbl[:, :R].t()).view(E, batch, L).permute(1, 0, 2)
+        Bm = x_dbl[:, R : R + N].view(batch, L, N).transpose(1, 2).contiguous()
+        Cm = x_dbl[:, R + N :].view(batch, L, N).transpose(1, 2).contiguous()
+        A = -torch.exp(getattr(m, "A" + s + "_log").to(acc))
+        D = getattr(m, "D" + s).to(acc)
+        return ops.selective_scan_fn(u, delta, A, Bm, Cm, D, z, dt_proj.bias.to(acc), True, backend=backend)
+
+    xz = (m.in_proj.weight @ h.reshape(batch * L, -1).t()).view(2 * E, batch, L).permute(1, 0, 2)
+    out = inner(xz, "")
+    out_b = inner(xz.flip([-1]), "_b")
+    xz_s = torch.stack(xz.chunk(n, dim=-1), dim=-1).flatten(-2)
+    out_s = inner(xz_s, "_s").reshape(batch, E, L // n, n).permute(0, 1, 3, 2).flatten(-2)
+    return F.linear((out + out_b.flip([-1]) + out_s).transpose(1, 2), m.out_proj.weight)

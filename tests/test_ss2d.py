@@ -445,3 +445,14 @@ def test_vm_unet_bad_input_and_config():
         VMUNet(dims=(96, 192, 384, 700), device="meta")
     with pytest.raises(ValueError, match=r"num_classes must be a positive int"):
         VMUNet(num_classes=0, device="meta")
+
+
+def test_testing_ss2d_official_is_the_official_computation():
+    """medkernels.testing.ss2d_official (the benchmark's peer: the official copies around our selective_scan_fn)
+    equals the official computation restated here, in float64."""
+    from medkernels.testing import ss2d_official
+
+    m = _ss2d().double()
+    x = torch.randn(2, 5, 7, m.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want = official_ss2d({k: v for k, v in m.state_dict().items()}, x)
+    close(ss2d_official(m, x, "cpu"), want, rtol=1e-12, atol=1e-12 * want.abs().max().item(), what="peer")

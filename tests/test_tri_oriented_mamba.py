@@ -218,3 +218,15 @@ def test_bad_input():
         TriOrientedMambaLayer(8, num_slices=4)(torch.randn(1, 4, 2, 2, 2))
     with pytest.raises(ValueError, match=r"seqlen=10 must be a multiple of nslices=4"):
         slice_order(10, 4)
+
+
+def test_testing_tri_oriented_mamba_official_is_the_official_computation():
+    """medkernels.testing.tri_oriented_mamba_official (the benchmark's peer: the fork's copies around our conv and
+    scan) equals the official forward restated here, in float64."""
+    from medkernels.testing import tri_oriented_mamba_official
+
+    m = _module().double()
+    h = torch.randn(2, 24, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want = official_forward({k: v for k, v in m.state_dict().items()}, h, m.nslices)
+    got = tri_oriented_mamba_official(m, h, "cpu")
+    close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item(), what="peer")
