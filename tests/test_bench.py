@@ -38,6 +38,10 @@ def test_list_and_backend_filter(capsys):
     assert cli.main(["--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == sum(len(c.dtypes) for c in cases_for("default"))
+    assert cli.main(["--list", "--profile", "full", "--match", "POINTMAMBA2"]) == 0
+    matched = capsys.readouterr().out.splitlines()
+    assert matched and all("pointmamba2" in line for line in matched)
+    assert len(matched) < sum(len(c.dtypes) for c in cases_for("full"))
 
 
 def test_targets_are_checked_against_the_right_row():

@@ -205,6 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default: 'gpu' on a CUDA device, else 'default'",
     )
     p.add_argument("--ops", default="", help="comma-separated ops to run (default: all)")
+    p.add_argument(
+        "--match", default="", help="only the cases whose label contains this text, case-insensitive (e.g. 'ss2d')"
+    )
     p.add_argument("--backends", default="", help="comma-separated medkernels backends (default: all that run here)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--min-time", type=float, default=0.75, help="seconds of timed calls per measurement (default 0.75)")
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = args.profile or ("gpu" if device.type == "cuda" else "default")
     only_ops = {o for o in args.ops.split(",") if o} or None
     only_backends = {b for b in args.backends.split(",") if b} or None
-    cases = cases_for(profile, only_ops)
+    cases = [c for c in cases_for(profile, only_ops) if args.match.lower() in c.label.lower()]
     if args.list:
         for c in cases:
             for dt in c.dtypes:

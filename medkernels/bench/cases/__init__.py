@@ -19,6 +19,7 @@ from .dct import dct_attention_case, dct_case
 from .dilated_attention import DA_TARGETS, da_case, dformer_block_case
 from .models_dformer import DFORMER_TRAIN_TARGETS, dformer_infer_case, dformer_train_case
 from .models_medvit import MEDVIT_TRAIN_TARGETS, medvit_infer_case, medvit_train_case
+from .models_ssm import POINTMAMBA2_TRAIN_TARGETS, SS2D_TARGETS, model_infer_case, model_train_case, scan_block_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
 from .neighborhood_attention import na_case, na_targets
 from .point_cloud import fps_case, knn_case
@@ -159,6 +160,17 @@ CASES: list[Case] = [
     # MedViTV2-small at 224x224, batch 8 (seconds per reference step).
     medvit_train_case("small", 8, 224, ("full", "gpu"), MEDVIT_TRAIN_TARGETS),
     medvit_infer_case("small", 8, 224, ("full", "gpu")),
+    # PointMamba2 at one cloud of 512 points: the reference at the paper's batch 8 x 2048 exceeds 24 GB.
+    model_train_case("pointmamba2_cls", ("full",), POINTMAMBA2_TRAIN_TARGETS),
+    model_infer_case("pointmamba2_cls", ("full",)),
+    model_train_case("pointmamba2_seg", ("full",)),
+    # The scan patterns against the papers' permuted copies (the issue's SS2D shape), then their U-Nets.
+    scan_block_case("ss2d", 2, (64, 64), 96, 16, ("full",), SS2D_TARGETS),
+    scan_block_case("tri", 1, (32, 32, 32), 48, 16, ("full",), nslices=32, reference=False),
+    model_train_case("vm_unet", ("full",)),
+    model_train_case("segmamba", ("full",)),
+    model_train_case("dct_histoformer", ("full",)),
+    model_infer_case("dct_histoformer", ("full",)),
 ]
 
 
