@@ -26,7 +26,6 @@ abstract and summaries: "lightweight", "significantly reducing computational cos
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +35,7 @@ from medkernels._typing import Backend, Device, DType
 from medkernels.nn.dct_attention import DCTAttention
 from medkernels.nn.dct_conv import FUSIONS, NORMS, DCTConvBlock, MobileConv, check_act, make_act, make_norm2d
 
+from ._flops import forward_flops
 from ._registry import register_model
 
 __all__ = ["DCTHistoTransformer", "dct_histoformer"]
@@ -274,37 +274,20 @@ class DCTHistoTransformer(nn.Module):
             FLOPs (``flops() / 1e9`` GFLOPs).
         """
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        meta = copy.deepcopy(self).to("meta").eval()
-        macs = [0]
-
-        def conv_linear(m, inputs, out):
-            if isinstance(m, nn.Conv2d):
-                macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            else:
-                macs[0] += out.numel() * m.in_features
 
         def dct_attention(m, inputs, out):
             B, C, H, W = inputs[0].shape
+            macs = 0
             kh, kw = m.kept(H, W)
             n = kh * kw
-            macs[0] += B * n * C * C  # the output projection (F.linear on the kept coefficients)
-            macs[0] += 2 * B * n * n * C  # q k^T and attn v over all heads
-            macs[0] += B * C * (kh * H * W + kh * W * kw)  # dct2d with keep
-            macs[0] += B * C * (H * kh * kw + H * kw * W)  # idct2d to (H, W)
+            macs += B * n * C * C  # the output projection (F.linear on the kept coefficients)
+            macs += 2 * B * n * n * C  # q k^T and attn v over all heads
+            macs += B * C * (kh * H * W + kh * W * kw)  # dct2d with keep
+            macs += B * C * (H * kh * kw + H * kw * W)  # idct2d to (H, W)
+            return 2 * macs
 
-        hooks = []
-        for m in meta.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                hooks.append(m.register_forward_hook(conv_linear))
-            elif isinstance(m, DCTAttention):
-                hooks.append(m.register_forward_hook(dct_attention))
-        try:
-            with torch.no_grad():
-                meta(torch.empty(batch_size, self.in_chans, h, w, device="meta"))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return 2 * macs[0]
+        x = torch.empty(batch_size, self.in_chans, h, w, device="meta")
+        return forward_flops(self, [x], {DCTAttention: dct_attention})
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, keep={self.keeps}, channels_last={self.channels_last}"

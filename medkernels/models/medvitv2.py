@@ -50,7 +50,6 @@ official state_dicts and parameter counts). :meth:`MedViTV2.checkpoint_filter` d
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 
@@ -68,6 +67,7 @@ from medkernels.nn.medvit import (
     LFPBlock,
 )
 
+from ._flops import forward_flops
 from ._registry import register_model
 
 __all__ = ["MedViTV2", "medvitv2_tiny", "medvitv2_small", "medvitv2_base", "medvitv2_large"]
@@ -281,36 +281,17 @@ class MedViTV2(nn.Module):
             FLOPs (e.g. ``flops() / 1e9`` GFLOPs).
         """
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        meta = copy.deepcopy(self).to("meta").eval()
-        macs = [0]
-
-        def conv_linear(m, inputs, out):
-            if isinstance(m, nn.Conv2d):
-                macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            else:
-                macs[0] += out.numel() * m.in_features
 
         def mhsa(m, inputs, out):
             B, N, C = out.shape
             r = min(m.sr_ratio**2, N) if m.sr_ratio > 1 else 1
-            macs[0] += 2 * B * N * (N // r) * C  # q k^T and attn v, over all heads
+            return 2 * 2 * B * N * (N // r) * C  # q k^T and attn v, over all heads
 
         def kan(m, inputs, out):
-            macs[0] += out.numel() * m.input_dim * m.rbf.num_grids
+            return 2 * out.numel() * m.input_dim * m.rbf.num_grids
 
-        hooks = []
-        for m in meta.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                hooks.append(m.register_forward_hook(conv_linear))
-            elif isinstance(m, EfficientMHSA):
-                hooks.append(m.register_forward_hook(mhsa))
-            elif isinstance(m, FasterKANLayer):
-                hooks.append(m.register_forward_hook(kan))
-        with torch.no_grad():
-            meta(torch.empty(batch_size, self.stem[0].conv.in_channels, h, w, device="meta"))
-        for hook in hooks:
-            hook.remove()
-        return 2 * macs[0]
+        x = torch.empty(batch_size, self.stem[0].conv.in_channels, h, w, device="meta")
+        return forward_flops(self, [x], {EfficientMHSA: mhsa, FasterKANLayer: kan})
 
     # --- official checkpoints -------------------------------------------------------------------------
 

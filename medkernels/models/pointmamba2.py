@@ -60,6 +60,7 @@ from medkernels import ops
 from medkernels._typing import Backend
 from medkernels.nn import Mamba, PointSSMBlock, PointSSMGroupBlock, point_scan_orders
 
+from ._flops import forward_flops
 from ._registry import register_model
 
 __all__ = ["PointMamba2Classifier", "PointMamba2Encoder", "PointMamba2Segmenter"]
@@ -331,8 +332,8 @@ class _Model(nn.Module):
         Rule (the paper gives no count): 2 x the multiply-accumulates of every linear layer (the Mambas' in_proj,
         x_proj, dt_proj and out_proj included) and depthwise conv, plus each selective scan as mamba_ssm's
         ``flops_selective_scan_ref`` counts it (9 L d_inner d_state, and L d_inner for the D skip); FPS, kNN,
-        gathers, norms, activations, pooling and additions are not counted. Counted by running the model once
-        on random points with hooks (a few seconds at the default size), so it follows any configuration.
+        gathers, norms, activations, pooling and additions are not counted. Counted on the meta device (no
+        arithmetic), so it follows any configuration and size.
 
         Args:
             num_points: points per cloud (default 2048 for the classifier, 4096 for the segmenter).
@@ -342,39 +343,22 @@ class _Model(nn.Module):
             FLOPs (e.g. ``flops() / 1e9`` GFLOPs).
         """
         n = self.default_points if num_points is None else num_points
-        total = [0]
 
         def mamba(m, args, _out):
             S, L, D = args[0].shape
             E, N, R, W = m.d_inner, m.d_state, m.dt_rank, m.d_conv
-            total[0] += S * L * (2 * (D * 2 * E + E * W + E * (R + 2 * N) + R * E + E * D) + 9 * E * N + E)
+            return S * L * (2 * (D * 2 * E + E * W + E * (R + 2 * N) + R * E + E * D) + 9 * E * N + E)
 
         def group(m, args, _out):
             S, L, D = args[0].shape
             E, N, R, W, K = m.d_inner, m.d_state, m.dt_rank, m.d_conv, m.num_scans
-            total[0] += S * L * (2 * (D * 2 * E + E * W + K * (E * (R + 2 * N) + R * E) + E * D) + K * (9 * E * N + E))
+            return S * L * (2 * (D * 2 * E + E * W + K * (E * (R + 2 * N) + R * E) + E * D) + K * (9 * E * N + E))
 
-        def linear(m, args, _out):
-            total[0] += 2 * args[0].numel() // m.in_features * m.in_features * m.out_features
-
-        blocks = [m for m in self.modules() if isinstance(m, (Mamba, PointSSMGroupBlock))]
-        inner = {id(x) for b in blocks for x in b.modules()}  # counted by their block's rule
-        hooks = [b.register_forward_hook(mamba if isinstance(b, Mamba) else group) for b in blocks]
-        hooks += [
-            m.register_forward_hook(linear) for m in self.modules() if isinstance(m, nn.Linear) and id(m) not in inner
-        ]
-        p = next(self.parameters())
-        xyz = torch.randn(batch_size, n, 3, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-        feats = None
-        if self.encoder.in_features:
-            feats = torch.zeros(batch_size, n, self.encoder.in_features, device=p.device, dtype=p.dtype)
-        try:
-            with torch.no_grad():
-                self(xyz, feats)
-        finally:
-            for h in hooks:
-                h.remove()
-        return total[0]
+        xyz = torch.empty(batch_size, n, 3, device="meta")
+        c = self.encoder.in_features
+        feats = torch.empty(batch_size, n, c, device="meta") if c else None
+        rules = {Mamba: mamba, PointSSMGroupBlock: group}
+        return forward_flops(self, [xyz, feats], rules, opaque=(Mamba, PointSSMGroupBlock))
 
 
 class PointMamba2Classifier(_Model):

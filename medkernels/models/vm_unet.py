@@ -46,7 +46,6 @@ decoder's skip sums fail (after printing a warning in PatchMerging2D); here they
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -55,6 +54,7 @@ from torch import nn
 from medkernels._typing import Backend, Device, DType
 from medkernels.nn.ss2d import SS2D, VSSBlock
 
+from ._flops import forward_flops
 from ._registry import register_model
 
 __all__ = [
@@ -438,30 +438,18 @@ class VMUNet(nn.Module):
             FLOPs (e.g. ``flops() / 1e9`` GFLOPs).
         """
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        meta = copy.deepcopy(self).to("meta").eval()
-        macs = [0]
-
-        def conv_linear(m, inputs, out):
-            if isinstance(m, nn.Conv2d):
-                macs[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            else:
-                macs[0] += out.numel() * m.in_features
 
         def ss2d(m, inputs, out):
             B, H, W, _ = inputs[0].shape
-            macs[0] += B * H * W * m.d_model * 2 * m.d_inner  # in_proj (SS2D runs it as two GEMMs, not the module)
+            macs = B * H * W * m.d_model * 2 * m.d_inner  # in_proj (SS2D runs it as two GEMMs, not the module)
             if include_scan:
                 t = B * H * W * m.num_scans
                 proj = t * m.d_inner * (m.dt_rank + 2 * m.d_state) + t * m.dt_rank * m.d_inner
-                macs[0] += proj + t * m.d_inner * (4 * m.d_state + 1)
+                macs += proj + t * m.d_inner * (4 * m.d_state + 1)
+            return 2 * macs
 
-        hooks = [m.register_forward_hook(conv_linear) for m in meta.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        hooks += [m.register_forward_hook(ss2d) for m in meta.modules() if isinstance(m, SS2D)]
-        with torch.no_grad():
-            meta(torch.empty(batch_size, self.input_channels, h, w, device="meta"))
-        for hook in hooks:
-            hook.remove()
-        return 2 * macs[0]
+        x = torch.empty(batch_size, self.input_channels, h, w, device="meta")
+        return forward_flops(self, [x], {SS2D: ss2d})
 
     def checkpoint_filter(self, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
         """Maps an official VM-UNet state_dict onto this model (used by :func:`medkernels.models.load_checkpoint`):
