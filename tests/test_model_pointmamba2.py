@@ -205,8 +205,9 @@ def test_equals_the_official_forward_in_float64(kind):
     model.encoder.backend = None
     xyz = _cloud()
     out = model(xyz)
-    names = [n for n, _ in model.named_parameters()]
-    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()), allow_unused=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(".ca." in n for n, p in model.named_parameters() if not p.requires_grad)  # frozen while unused
+    grads = torch.autograd.grad(out.square().sum(), [p for p in model.parameters() if p.requires_grad])
     sd = {k: v.detach().clone().requires_grad_(True) for k, v in model.state_dict().items()}
     want = (_official_cls if kind == "cls" else _official_seg)(sd, xyz, {**TINY})
     close(out, want, rtol=1e-10, atol=1e-10 * want.abs().max().item(), what="output")
@@ -214,9 +215,6 @@ def test_equals_the_official_forward_in_float64(kind):
     # the floor: pos_embed.bias cancels in e_j - e_centre, its gradient is 0 up to rounding (~1e-16)
     floor = 1e-13 * max(b.abs().max().item() for b in wgrads if b is not None)
     for n, a, b in zip(names, grads, wgrads):
-        if b is None:  # the ECA weights: built, unused (as upstream)
-            assert a is None and ".ca." in n, n
-            continue
         close(a, b, rtol=1e-9, atol=max(1e-9 * b.abs().max().item(), floor), what=f"d{n}")
 
 
@@ -283,7 +281,9 @@ def test_channel_attention_official_and_applied():
         for m in model.encoder.ca:
             m.conv.weight.mul_(3)
     assert torch.equal(model(xyz), base)
+    assert not any(p.requires_grad for p in model.encoder.ca.parameters())
     model.encoder.apply_channel_attention = True
+    assert all(p.requires_grad for p in model.encoder.ca.parameters())
     assert not torch.allclose(model(xyz), base)
 
 

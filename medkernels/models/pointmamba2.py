@@ -34,8 +34,10 @@ Point-SSM blocks over the level's points in their sampling order (fp channels 10
 Official-code behaviour kept, and where it is stated:
     - Channel attention: the configs set ``channel_attention: eca`` and the encoder builds an ECA per level, but
       its forward calls ``self.ca[lid](features)`` and discards the result (the decoder never calls its own):
-      the ECA weights exist (3 per module, so checkpoints load) and change nothing. ``apply_channel_attention=
-      True`` applies the encoder's ECA as the config intended (a different model from the published weights).
+      the ECA weights exist (3 per module, so checkpoints load), change nothing, and are frozen
+      (``requires_grad=False``: DistributedDataParallel needs every trainable parameter to get a gradient).
+      ``apply_channel_attention=True`` applies the encoder's ECA as the config intended (a different model from
+      the published weights) and makes its weights trainable.
     - kNN ties: the official KNN_CUDA breaks distance ties by its own sort; ours by the lower index.
     - The orderings' argsort: stable here, unstable upstream (ties only).
     - Padded batches (``lengths``) are ours: upstream takes equal-size clouds only.
@@ -235,7 +237,6 @@ class PointMamba2Encoder(nn.Module):
         self.in_features = in_features
         self.num_points, self.channels, self.neighbors = tuple(num_points), tuple(channels), tuple(neighbors)
         self.negative_slope = negative_slope
-        self.apply_channel_attention = apply_channel_attention
         self.backend = backend
 
         def vanilla(cin: int, cout: int) -> PointSSMBlock:
@@ -248,6 +249,7 @@ class PointMamba2Encoder(nn.Module):
         self.pos_embed = nn.Linear(3, embed_dim)
         path = [embed_dim, *channels]
         self.ca = nn.ModuleList(_ECA() for _ in channels)
+        self.apply_channel_attention = apply_channel_attention  # freezes the ECA weights while they are unused
         # flemme's get_scale_channel: halves from the last scale down; the first takes the remainder
         self.msg = nn.ModuleList(
             _Grouping(path[i] + embed_dim, [c - (S - 1) * (c // S), *[c // S] * (S - 1)][::-1], vanilla)
@@ -269,6 +271,17 @@ class PointMamba2Encoder(nn.Module):
         dims = [2 * channels[-1], *dense_channels]
         self.dense = nn.ModuleList(_Dense(a, b, True, num_groups, negative_slope) for a, b in zip(dims, dims[1:]))
         self.out_channels = dims[-1]
+
+    @property
+    def apply_channel_attention(self) -> bool:
+        """Whether the per-level ECA is applied (settable). While it is not (the official forward), its weights have
+        ``requires_grad=False``, so that optimizers and DistributedDataParallel see no parameter without a gradient."""
+        return self._apply_ca
+
+    @apply_channel_attention.setter
+    def apply_channel_attention(self, value: bool) -> None:
+        self._apply_ca = bool(value)
+        self.ca.requires_grad_(self._apply_ca)
 
     def extra_repr(self) -> str:
         return (
@@ -433,7 +446,7 @@ class PointMamba2Segmenter(_Model):
         unknown = [enc.channels[-1], *skips]
         self.decoder = nn.Module()
         self.decoder.fp = nn.ModuleList(_Propagation(k + u, c, vanilla) for k, u, c in zip(known, unknown, path[1:]))
-        self.decoder.ca = nn.ModuleList(_ECA() for _ in path[1:])  # built upstream, never used
+        self.decoder.ca = nn.ModuleList(_ECA() for _ in path[1:]).requires_grad_(False)  # built upstream, never used
         self.decoder.final = nn.Linear(path[-1], num_classes)
 
     def forward(
