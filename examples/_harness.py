@@ -20,6 +20,20 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 
+class Pairs(Dataset):
+    """A dataset of dict items (medkernels.data's) as ``(item[x], item[y])`` pairs for the loop."""
+
+    def __init__(self, dataset: Dataset, x: str, y: str) -> None:
+        self.dataset, self.x, self.y = dataset, x, y
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        return item[self.x], item[self.y]
+
+
 def add_arguments(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, out: str) -> None:
     """The options every example has."""
     p.add_argument("--steps", type=int, default=steps)

