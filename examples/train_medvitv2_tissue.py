@@ -50,19 +50,9 @@ def train(args: argparse.Namespace) -> tuple[dict, torch.nn.Module]:
     torch.manual_seed(args.seed)
     model = create_model(f"medvitv2_{args.variant}", num_classes=3)
 
-    classes = labels.unique().tolist()
-
-    def balanced(pred):  # the mean over the classes of the fraction of each class found
-        return sum((pred[labels == c] == c).float().mean().item() for c in classes) / len(classes)
-
     def evaluate(model, device):
         pred = torch.cat([model(images[i : i + 64].to(device)).argmax(1).cpu() for i in range(0, len(images), 64)])
-        return {
-            "balanced_accuracy": balanced(pred),
-            "accuracy": (pred == labels).float().mean().item(),
-            "baseline_balanced_accuracy": balanced(torch.full_like(labels, majority)),
-            "baseline_accuracy": (labels == majority).float().mean().item(),
-        }
+        return _harness.classification_metrics(pred, labels, majority)
 
     def draw(model, device):
         pred = model(images[:8].to(device)).argmax(1).cpu()

@@ -428,3 +428,37 @@ def test_documented_example_runs(capsys):
     exec(compile(code, str(doc), "exec"), namespace)
     assert namespace["batch"]["image"].shape == (2, 1, 32, 32, 32)
     assert namespace["tiles"][0]["image"].shape == (3, 32, 32)
+
+
+def test_histology_tiles_label_rule_and_split():
+    """HistologyTiles: the label is the stated rule recomputed here (Ruifrok-Johnston deconvolution, the median
+    tile density at stride 8 over the whole image), train and val never overlap, both classes in both splits."""
+    pytest.importorskip("PIL")
+    if importlib.util.find_spec("stardist") is None:
+        pytest.skip("stardist (data) not installed: pip install --no-deps stardist")
+    import numpy as np
+    from PIL import Image
+
+    from medkernels.data import HistologyTiles, stardist_histology_file
+
+    train, val = HistologyTiles(32, "train", stride=16), HistologyTiles(32, "val")
+    rgb = np.asarray(Image.open(stardist_histology_file()).convert("RGB")).astype(np.float64)
+    od = -np.log10((rgb + 1) / 256)
+    m = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
+    h = (od.reshape(-1, 3) @ np.linalg.inv(m / np.linalg.norm(m, axis=1, keepdims=True)))[:, 0].reshape(rgb.shape[:2])
+    H, W = h.shape
+    means = [h[y : y + 32, x : x + 32].mean() for y in range(0, H - 31, 8) for x in range(0, W - 31, 8)]
+    assert train.threshold == pytest.approx(float(np.median(means)), rel=1e-9)
+    for ds in (train, val):
+        for i in (0, len(ds) // 2, len(ds) - 1):
+            item = ds[i]
+            y, x = ds.starts[i]
+            assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+            want = torch.from_numpy(rgb[y : y + 32, x : x + 32].transpose(2, 0, 1)).float() / 255
+            assert torch.equal(item["image"], want)
+            assert int(item["label"]) == int(h[y : y + 32, x : x + 32].mean() > train.threshold)
+        assert min(ds.class_counts()) > 0
+    cut = round(W * 0.75)
+    assert max(x for _, x in train.starts) + 32 <= cut <= min(x for _, x in val.starts)
+    with pytest.raises(ValueError, match="split must be"):
+        HistologyTiles(32, "test")

