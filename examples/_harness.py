@@ -51,6 +51,52 @@ def classification_metrics(pred: torch.Tensor, labels: torch.Tensor, majority: i
     }
 
 
+def classification_callbacks(
+    val: list[dict], num_classes: int, picture: Callable[[torch.Tensor], tuple]
+) -> tuple[Callable, Callable]:
+    """``evaluate`` and ``draw`` for :func:`run` of an image classifier on validation items ``{"image", "label"}``:
+    balanced accuracy against the majority class, and a strip of 8 images (``picture(images) -> (array, cmap)``)
+    titled with their labels and predictions."""
+    images = torch.stack([v["image"] for v in val])
+    labels = torch.stack([torch.as_tensor(v["label"]) for v in val])
+    majority = int(torch.bincount(labels, minlength=num_classes).argmax())
+
+    def evaluate(model, device):
+        pred = torch.cat([model(images[i : i + 64].to(device)).argmax(1).cpu() for i in range(0, len(images), 64)])
+        return classification_metrics(pred, labels, majority)
+
+    def draw(model, device):
+        pred = model(images[:8].to(device)).argmax(1).cpu()
+        array, cmap = picture(images[:8])
+
+        def panels(fig, row, cols):
+            ax = fig.add_subplot(row, cols, 2)
+            ax.imshow(array, cmap=cmap)
+            ax.set_title(f"labels {' '.join(map(str, labels[:8].tolist()))} / predicted "
+                         f"{' '.join(map(str, pred.tolist()))}", fontsize=8)  # fmt: skip
+            ax.set_axis_off()
+
+        return panels
+
+    return evaluate, draw
+
+
+def every_nth(dataset: Dataset, count: int) -> list:
+    """About ``count`` items spread evenly over ``dataset`` (a fixed validation subset)."""
+    step = max(1, len(dataset) // count)
+    return [dataset[i] for i in range(0, len(dataset), step)][:count]
+
+
+def main(parse_args: Callable, train: Callable, argv: list[str] | None = None) -> None:
+    """An example's entry point: parse, train, and leave the process group."""
+    args = parse_args(argv)
+    try:
+        train(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def add_arguments(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, out: str) -> None:
     """The options every example has."""
     p.add_argument("--steps", type=int, default=steps)

@@ -93,14 +93,5 @@ def train(args: argparse.Namespace) -> tuple[dict, torch.nn.Module]:
     return _harness.run(args, model, pairs, F.cross_entropy, evaluate, "dice", draw)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        train(args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    _harness.main(parse_args, train)

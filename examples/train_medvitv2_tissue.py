@@ -42,42 +42,14 @@ def train(args: argparse.Namespace) -> tuple[dict, torch.nn.Module]:
 
     train_set = TissuePatches2D(args.size, "train", args.steps * args.batch_size, channels=3, seed=args.seed)
     val_set = TissuePatches2D(args.size, "val", channels=3, seed=args.seed)
-    step = max(1, len(val_set) // args.val_samples)
-    val = [val_set[i] for i in range(0, len(val_set), step)][: args.val_samples]
-    images = torch.stack([v["image"] for v in val])
-    labels = torch.stack([torch.as_tensor(v["label"]) for v in val])
-    majority = int(torch.bincount(labels, minlength=3).argmax())
     torch.manual_seed(args.seed)
     model = create_model(f"medvitv2_{args.variant}", num_classes=3)
-
-    def evaluate(model, device):
-        pred = torch.cat([model(images[i : i + 64].to(device)).argmax(1).cpu() for i in range(0, len(images), 64)])
-        return _harness.classification_metrics(pred, labels, majority)
-
-    def draw(model, device):
-        pred = model(images[:8].to(device)).argmax(1).cpu()
-
-        def panels(fig, row, cols):
-            ax = fig.add_subplot(row, cols, 2)
-            ax.imshow(torch.cat(list(images[:8, 0]), 1).numpy(), cmap="gray")
-            ax.set_title("labels " + " ".join(map(str, labels[:8].tolist())) + " / predicted "
-                         + " ".join(map(str, pred.tolist())), fontsize=8)  # fmt: skip
-            ax.set_axis_off()
-
-        return panels
-
+    evaluate, draw = _harness.classification_callbacks(
+        _harness.every_nth(val_set, args.val_samples), 3, lambda x: (torch.cat(list(x[:, 0]), 1).numpy(), "gray")
+    )
     pairs = _harness.Pairs(train_set, "image", "label")
     return _harness.run(args, model, pairs, F.cross_entropy, evaluate, "balanced_accuracy", draw)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        train(args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    _harness.main(parse_args, train)

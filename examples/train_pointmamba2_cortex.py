@@ -125,14 +125,5 @@ def train(
     return _harness.run(args, model, train_set, loss_fn, evaluate, "miou", draw)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        train(args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    _harness.main(parse_args, train)
