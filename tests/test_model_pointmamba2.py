@@ -202,7 +202,6 @@ def test_equals_the_official_forward_in_float64(kind):
     """Our model (CPU kernels) with the same weights as the restated official forward, outputs and every
     parameter's gradient, in float64 (no ties in the kNN/FPS choices)."""
     model = (_cls if kind == "cls" else _seg)().double()
-    model.encoder.backend = None
     xyz = _cloud()
     out = model(xyz)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -216,6 +215,17 @@ def test_equals_the_official_forward_in_float64(kind):
     floor = 1e-13 * max(b.abs().max().item() for b in wgrads if b is not None)
     for n, a, b in zip(names, grads, wgrads):
         close(a, b, rtol=1e-9, atol=max(1e-9 * b.abs().max().item(), floor), what=f"d{n}")
+
+
+def test_backend_property_reaches_every_kernel_module():
+    from medkernels.nn import Mamba
+
+    model = _seg()
+    assert model.backend is None and model.encoder.backend is None
+    model.backend = "reference"
+    kernels = [m for m in model.modules() if isinstance(m, (Mamba, PointSSMGroupBlock))]
+    assert kernels and all(m.backend == "reference" for m in kernels)
+    assert model.encoder.backend == "reference"  # what its FPS and kNN run on
 
 
 def test_cpu_kernels_match_the_reference_ops():

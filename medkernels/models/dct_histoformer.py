@@ -35,6 +35,7 @@ from medkernels._typing import Backend, Device, DType
 from medkernels.nn.dct_attention import DCTAttention
 from medkernels.nn.dct_conv import FUSIONS, NORMS, DCTConvBlock, MobileConv, check_act, make_act, make_norm2d
 
+from ._backend import KernelBackend
 from ._flops import forward_flops
 from ._registry import register_model
 
@@ -64,7 +65,7 @@ class _Stage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class DCTHistoTransformer(nn.Module):
+class DCTHistoTransformer(KernelBackend, nn.Module):
     """DCT-HistoTransformer (see the module docstring for the architecture and what is our choice).
 
     Args:
@@ -96,6 +97,8 @@ class DCTHistoTransformer(nn.Module):
         ``[B, in_chans, H, W] -> [B, num_classes]``; any H, W >= 1 with fractional ``keep`` (maps are
         ``ceil``-halved five times). Train with batches of at least 2 with BatchNorm.
     """
+
+    _kernel_types = (DCTAttention,)  # their backend is the model's (KernelBackend)
 
     def __init__(
         self,
@@ -211,20 +214,6 @@ class DCTHistoTransformer(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    # --- the kernels' backend -------------------------------------------------------------------------
-
-    @property
-    def backend(self) -> Backend:
-        """The medkernels backend of every DCT attention (None = automatic); setting it sets theirs."""
-        layers = [m for m in self.modules() if isinstance(m, DCTAttention)]
-        return layers[0].backend if layers else None
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        for m in self.modules():
-            if isinstance(m, DCTAttention):
-                m.backend = value
 
     # --- forward --------------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from medkernels._typing import Device, DType
 from medkernels.nn import DFormerBlock, DilatedAttention3d
 from medkernels.nn.dformer import official_global_intervals
 
+from ._backend import KernelBackend
 from ._registry import register_model
 
 __all__ = ["DFormer", "dformer"]
@@ -459,7 +460,7 @@ class _SegHead(nn.Module):
         )
 
 
-class DFormer(nn.Module):
+class DFormer(KernelBackend, nn.Module):
     """D-Former (Wu et al., arXiv 2201.00462) for 3D segmentation: the official ``SegNetwork`` on medkernels'
     dilated attention, any input size (see the module docstring for what differs from the official code).
 
@@ -489,6 +490,8 @@ class DFormer(nn.Module):
         input ``[B, in_channels, D, H, W]``, any size; output ``[B, num_classes, D, H, W]`` (and with deep
         supervision ``[B, num_classes, ceil(D/2), ceil(H/2), ceil(W/2)]``).
     """
+
+    _kernel_types = (DilatedAttention3d,)  # their backend is the model's (KernelBackend)
 
     def __init__(
         self,
@@ -559,17 +562,6 @@ class DFormer(nn.Module):
         self.final = nn.ModuleList(
             _SegHead(embed_dim * 2**i, num_classes, self.patch_size, **factory) for i in range(L - 1)
         )
-
-    @property
-    def backend(self) -> str | None:
-        """The medkernels backend of every attention (None = automatic); settable."""
-        return next(m.backend for m in self.modules() if isinstance(m, DilatedAttention3d))
-
-    @backend.setter
-    def backend(self, name: str | None) -> None:
-        for m in self.modules():
-            if isinstance(m, DilatedAttention3d):
-                m.backend = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Segment a batch of volumes.

@@ -67,6 +67,7 @@ from medkernels.nn.medvit import (
     LFPBlock,
 )
 
+from ._backend import KernelBackend
 from ._flops import forward_flops
 from ._registry import register_model
 
@@ -75,7 +76,7 @@ __all__ = ["MedViTV2", "medvitv2_tiny", "medvitv2_small", "medvitv2_base", "medv
 PAPER_DILATIONS = (8, 4, 2, 1)
 
 
-class MedViTV2(nn.Module):
+class MedViTV2(KernelBackend, nn.Module):
     """MedViTV2 (see the module docstring for the architecture and the two layouts).
 
     Args:
@@ -108,6 +109,8 @@ class MedViTV2(nn.Module):
         ``[B, in_chans, H, W] -> [B, num_classes]``. Use batches of at least 2 in training (BatchNorm over a
         single value raises at small maps, as in the official code).
     """
+
+    _kernel_types = (FittedNeighborhoodAttention2D, FasterKANLayer)  # their backend is the model's (KernelBackend)
 
     def __init__(
         self,
@@ -216,22 +219,6 @@ class MedViTV2(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    # --- the kernels' backend -------------------------------------------------------------------------
-
-    @property
-    def backend(self) -> Backend:
-        """The medkernels backend of every attention and KAN layer (None = automatic); setting it sets theirs."""
-        layers = self._kernel_layers()
-        return layers[0].backend if layers else None
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        for m in self._kernel_layers():
-            m.backend = value
-
-    def _kernel_layers(self) -> list[nn.Module]:
-        return [m for m in self.modules() if isinstance(m, (FittedNeighborhoodAttention2D, FasterKANLayer))]
 
     # --- forward --------------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from medkernels import ops
 from medkernels._typing import Backend
 from medkernels.nn import Mamba, PointSSMBlock, PointSSMGroupBlock, point_scan_orders
 
+from ._backend import KernelBackend
 from ._flops import forward_flops
 from ._registry import register_model
 
@@ -176,7 +177,7 @@ def _check_points(name: str, xyz: torch.Tensor, features, lengths, in_features: 
         raise ValueError(f"{name}: lengths must be a ({xyz.shape[0]},) integer tensor")
 
 
-class PointMamba2Encoder(nn.Module):
+class PointMamba2Encoder(KernelBackend, nn.Module):
     """PointMamba2's encoder (see the module docstring).
 
     Args:
@@ -190,7 +191,7 @@ class PointMamba2Encoder(nn.Module):
         num_groups: GroupNorm groups (8).
         negative_slope: of every LeakyReLU (0.01).
         apply_channel_attention: apply the per-level ECA (False: the official forward, which discards it).
-        backend: forced backend of the kernels (None: automatic).
+        backend: forced backend of the kernels (None: automatic); ``encoder.backend`` reads and sets it later.
 
     Shapes:
         forward(xyz (B, N, 3), features (B, N, in_features) or None, lengths (B,) or None) -> a dict with
@@ -198,6 +199,8 @@ class PointMamba2Encoder(nn.Module):
         (B, M_1, C_1), ...]) and ``xyz`` ([(B, N, 3), (B, M_1, 3), ...]). With ``lengths``, cloud b is
         ``xyz[b, :lengths[b]]`` (each at least ``num_points[0]``); the levels after the first have no padding.
     """
+
+    _kernel_types = (Mamba, PointSSMGroupBlock)  # their backend is the model's, and FPS's and kNN's
 
     def __init__(
         self,
@@ -237,7 +240,6 @@ class PointMamba2Encoder(nn.Module):
         self.in_features = in_features
         self.num_points, self.channels, self.neighbors = tuple(num_points), tuple(channels), tuple(neighbors)
         self.negative_slope = negative_slope
-        self.backend = backend
 
         def vanilla(cin: int, cout: int) -> PointSSMBlock:
             return PointSSMBlock(
@@ -332,7 +334,9 @@ class PointMamba2Encoder(nn.Module):
         return {"global": g, "features": feats, "xyz": xyzs}
 
 
-class _Model(nn.Module):
+class _Model(KernelBackend, nn.Module):
+    _kernel_types = (Mamba, PointSSMGroupBlock)  # the encoder's and the decoder's (KernelBackend)
+
     default_points = 2048
 
     def num_params(self, trainable_only: bool = False) -> int:

@@ -41,8 +41,9 @@ import torch
 from torch import nn
 
 from medkernels._typing import Backend, Device, DType
-from medkernels.nn import TriOrientedMambaLayer
+from medkernels.nn import TriOrientedMamba, TriOrientedMambaLayer
 
+from ._backend import KernelBackend
 from ._registry import register_model
 
 __all__ = ["SegMamba", "segmamba"]
@@ -230,7 +231,7 @@ def _ints(name: str, value, n: int) -> tuple[int, ...]:
     raise ValueError(f"SegMamba: {name} must be {n} positive ints, got {value!r}")
 
 
-class SegMamba(nn.Module):
+class SegMamba(KernelBackend, nn.Module):
     """SegMamba (the official ``SegMamba`` class, its argument names and defaults).
 
     Args:
@@ -252,6 +253,8 @@ class SegMamba(nn.Module):
         forward(x [B, in_chans, D, H, W]) -> logits [B, out_chans, D, H, W]; D, H, W multiples of 16 and
         the voxels of stage i (D H W / 8^(i+1)) multiples of ``num_slices[i]``.
     """
+
+    _kernel_types = (TriOrientedMamba,)  # their backend is the model's (KernelBackend)
 
     def __init__(
         self,

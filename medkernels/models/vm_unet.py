@@ -54,6 +54,7 @@ from torch import nn
 from medkernels._typing import Backend, Device, DType
 from medkernels.nn.ss2d import SS2D, VSSBlock
 
+from ._backend import KernelBackend
 from ._flops import forward_flops
 from ._registry import register_model
 
@@ -335,7 +336,7 @@ class VSSM(nn.Module):
         return self.final_conv(self.final_up(x).permute(0, 3, 1, 2))
 
 
-class VMUNet(nn.Module):
+class VMUNet(KernelBackend, nn.Module):
     """VM-UNet (official ``VMUNet``, whose single child ``vmunet`` is the :class:`VSSM`).
 
     Args:
@@ -352,6 +353,8 @@ class VMUNet(nn.Module):
     Shapes:
         forward(x (B, input_channels or 1, H, W)) -> (B, num_classes, H, W); H and W multiples of 32.
     """
+
+    _kernel_types = (SS2D,)  # their backend is the model's (KernelBackend)
 
     def __init__(
         self,
@@ -378,17 +381,6 @@ class VMUNet(nn.Module):
             dtype=dtype,
             **kwargs,
         )
-
-    @property
-    def backend(self) -> Backend:
-        """The scan backend of the SS2D modules (settable: sets all of them)."""
-        return next((m.backend for m in self.modules() if isinstance(m, SS2D)), None)
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        for m in self.modules():
-            if isinstance(m, SS2D):
-                m.backend = value
 
     def extra_repr(self) -> str:
         v = self.vmunet

@@ -22,12 +22,6 @@ import torch.nn.functional as F
 from .base import Case, Peer, Target
 
 
-def _set_backend(model: torch.nn.Module, backend: str) -> None:
-    for m in model.modules():  # every module that forwards a backend to the ops
-        if "backend" in vars(m) or isinstance(getattr(type(m), "backend", None), property):
-            m.backend = backend
-
-
 def _model_inputs(name: str, kwargs: dict, make_batch: Callable[[torch.Generator], tuple], train: bool):
     def make(device: torch.device, dtype: torch.dtype) -> dict:
         from medkernels.models import create_model
@@ -45,7 +39,7 @@ def _model_inputs(name: str, kwargs: dict, make_batch: Callable[[torch.Generator
 
 def _train_step(backend: str, x: dict, loss: Callable) -> torch.Tensor:
     model = x["model"]
-    _set_backend(model, backend)
+    model.backend = backend
     model.train()
     with torch.enable_grad():  # the runner times single calls under no_grad
         value = loss(model(*x["inputs"]), x["target"])
@@ -56,7 +50,7 @@ def _train_step(backend: str, x: dict, loss: Callable) -> torch.Tensor:
 
 
 def _infer(backend: str, x: dict) -> torch.Tensor:
-    _set_backend(x["model"], backend)
+    x["model"].backend = backend
     x["model"].eval()
     with torch.no_grad():
         return x["model"](*x["inputs"])
