@@ -240,8 +240,9 @@ def test_cpu_kernels_match_the_reference_ops():
         (g,) = torch.autograd.grad(out.square().sum(), feats)
         outs.append((out, g))
     (a, ga), (b, gb) = outs
-    close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item(), what="logits")
-    close(ga, gb, rtol=1e-4, atol=1e-4 * gb.abs().max().item(), what="feature gradients")
+    # measured over 4 seeds: logits within 1.25e-6 of max|logits|, feature gradients within 8.2e-6 of their max
+    close(a, b, rtol=3e-6, atol=3e-6 * b.abs().max().item(), what="logits")
+    close(ga, gb, rtol=2e-5, atol=2e-5 * gb.abs().max().item(), what="feature gradients")
 
 
 @pytest.mark.parametrize("backend", backends("cpu", "triton"))
@@ -260,8 +261,9 @@ def test_blocks_on_each_backend_match_the_reference_ops(backend):
             out = block(xi, *args)
             res.append((out, torch.autograd.grad(out.square().sum(), xi)[0]))
         (a, ga), (b, gb) = res
-        close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item(), what=f"{type(block).__name__} out")
-        close(ga, gb, rtol=1e-5, atol=1e-5 * gb.abs().max().item(), what=f"{type(block).__name__} grad")
+        # measured on the CPU kernels over 4 seeds: within 2.2e-7 (out) and 3.9e-7 (grad) of the max
+        close(a, b, rtol=1e-6, atol=1e-6 * b.abs().max().item(), what=f"{type(block).__name__} out")
+        close(ga, gb, rtol=1e-6, atol=1e-6 * gb.abs().max().item(), what=f"{type(block).__name__} grad")
 
 
 @pytest.mark.parametrize("kind", ["cls", "seg"])
