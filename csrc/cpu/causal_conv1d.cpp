@@ -5,18 +5,14 @@
 //   out[t] = silu(pre[t]) or pre[t];  final_states = the last W-1 extended inputs.
 // Any width. This file is the torch side (checks, allocation, the ordered batch reductions of the
 // weight/bias gradients: deterministic); the loops live in causal_conv1d_kernel.h, per instruction set.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
-#include "common.h"
 #include "medkernels/cpu/causal_conv1d.h"
+#include "common.h"
 #include "medkernels/cpu/isa.h"
+#include "selective_scan_common.h"
 
 namespace medkernels::cpu {
 namespace {
-
-using at::Tensor;
 
 struct ConvShape {
   int64_t batch, dim, seqlen, width;
@@ -24,27 +20,25 @@ struct ConvShape {
 
 ConvShape check(const char* op, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                 const std::optional<Tensor>& seq_idx, const std::optional<Tensor>& initial_states) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got x on ", x.device());
-  TORCH_CHECK(x.dim() == 3, op, ": x must be (batch, dim, seqlen), got ", x.sizes());
+  MK_CHECK(x.device().is_cpu(), op, ": expected CPU tensors, got x on ", x.device());
+  MK_CHECK(x.dim() == 3, op, ": x must be (batch, dim, seqlen), got ", x.sizes());
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": x must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1) && weight.size(1) >= 1, op,
-              ": weight must be (dim, width) with dim=", x.size(1), ", got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == st || weight.scalar_type() == at::kFloat, op,
-              ": weight must have x's dtype or float32");
-  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), op, ": bias must be (dim,)");
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op,
+           ": x must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1) && weight.size(1) >= 1, op,
+           ": weight must be (dim, width) with dim=", x.size(1), ", got ", weight.sizes());
+  MK_CHECK(weight.scalar_type() == st || weight.scalar_type() == kFloat, op, ": weight must have x's dtype or float32");
+  if (bias) MK_CHECK(bias->dim() == 1 && bias->size(0) == x.size(1), op, ": bias must be (dim,)");
   if (seq_idx) {
-    TORCH_CHECK(seq_idx->scalar_type() == at::kInt || seq_idx->scalar_type() == at::kLong, op,
-                ": seq_idx must be int32");
-    TORCH_CHECK(seq_idx->dim() == 2 && seq_idx->size(0) == x.size(0) && seq_idx->size(1) == x.size(2), op,
-                ": seq_idx must be (batch, seqlen)");
-    TORCH_CHECK(!initial_states, op, ": initial_states must be None when seq_idx is given");
+    MK_CHECK(seq_idx->scalar_type() == kInt || seq_idx->scalar_type() == kLong, op, ": seq_idx must be int32");
+    MK_CHECK(seq_idx->dim() == 2 && seq_idx->size(0) == x.size(0) && seq_idx->size(1) == x.size(2), op,
+             ": seq_idx must be (batch, seqlen)");
+    MK_CHECK(!initial_states, op, ": initial_states must be None when seq_idx is given");
   }
   if (initial_states)
-    TORCH_CHECK(initial_states->dim() == 3 && initial_states->size(0) == x.size(0) &&
-                    initial_states->size(1) == x.size(1) && initial_states->size(2) == weight.size(1) - 1,
-                op, ": initial_states must be (batch, dim, width - 1)");
+    MK_CHECK(initial_states->dim() == 3 && initial_states->size(0) == x.size(0) &&
+                 initial_states->size(1) == x.size(1) && initial_states->size(2) == weight.size(1) - 1,
+             op, ": initial_states must be (batch, dim, width - 1)");
   return {x.size(0), x.size(1), x.size(2), weight.size(1)};
 }
 
@@ -57,7 +51,7 @@ struct ConvProblem {
 ConvProblem prepare(const ConvShape& s, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                     const std::optional<Tensor>& seq_idx, const std::optional<Tensor>& initial_states, bool silu,
                     const char* op) {
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const ScalarType acc = x.scalar_type() == kDouble ? kDouble : kFloat;
   ConvProblem pr;
   ConvParams& p = pr.p;
   p.dtype = kind_of(x.scalar_type(), op);
@@ -66,7 +60,7 @@ ConvProblem prepare(const ConvShape& s, const Tensor& x, const Tensor& weight, c
   p.seqlen = s.seqlen;
   p.width = s.width;
   p.silu = silu;
-  TORCH_CHECK(s.seqlen <= 1 || x.stride(2) == 1, op, ": x must have unit stride along seqlen");
+  MK_CHECK(s.seqlen <= 1 || x.stride(2) == 1, op, ": x must have unit stride along seqlen");
   p.x = x.const_data_ptr();
   p.x_batch_stride = x.stride(0);
   p.x_dim_stride = x.stride(1);
@@ -77,7 +71,7 @@ ConvProblem prepare(const ConvShape& s, const Tensor& x, const Tensor& weight, c
     p.bias = pr.b.const_data_ptr();
   }
   if (seq_idx) {
-    pr.seq = seq_idx->to(at::kLong).contiguous();
+    pr.seq = seq_idx->to(kLong).contiguous();
     p.seq_idx = pr.seq.const_data_ptr<int64_t>();
   }
   if (initial_states) {
@@ -93,18 +87,16 @@ std::tuple<Tensor, Tensor> causal_conv1d_fwd_cpu(const Tensor& x, const Tensor& 
                                                  const std::optional<Tensor>& initial_states, bool return_final_states,
                                                  bool silu) {
   const ConvShape s = check("causal_conv1d_fwd", x, weight, bias, seq_idx, initial_states);
-  TORCH_CHECK(!(seq_idx && return_final_states), "causal_conv1d_fwd: final states are not returned with seq_idx");
-  Tensor out = at::empty({s.batch, s.dim, s.seqlen}, x.options());
-  Tensor fin =
-      return_final_states ? at::empty({s.batch, s.dim, s.width - 1}, x.options()) : at::empty({0}, x.options());
+  MK_CHECK(!(seq_idx && return_final_states), "causal_conv1d_fwd: final states are not returned with seq_idx");
+  Tensor out = empty_on(x, {s.batch, s.dim, s.seqlen});
+  Tensor fin = return_final_states ? empty_on(x, {s.batch, s.dim, s.width - 1}) : empty_on(x, {0});
   ConvProblem pr = prepare(s, x, weight, bias, seq_idx, initial_states, silu, "causal_conv1d_fwd");
   pr.p.out = out.data_ptr();
   pr.p.final_states = return_final_states ? fin.data_ptr() : nullptr;
   const CausalConv1dKernelTable& kern = causal_conv1d_kernels();
   if (s.batch * s.dim > 0) {
     Scratch scratch(kern.scratch_bytes(pr.p));
-    at::parallel_for(0, s.batch * s.dim, 8,
-                     [&](int64_t r0, int64_t r1) { kern.fwd(pr.p, r0, r1, scratch.for_thread()); });
+    parallel_for(0, s.batch * s.dim, 8, [&](int64_t r0, int64_t r1) { kern.fwd(pr.p, r0, r1, scratch.for_thread()); });
   }
   return {out, fin};
 }
@@ -115,16 +107,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(
     bool silu) {
   constexpr const char* op = "causal_conv1d_bwd";
   const ConvShape s = check(op, x, weight, bias, seq_idx, initial_states);
-  TORCH_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(), op, ": dout must match x");
+  MK_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(), op, ": dout must match x");
   if (dfinal_states)
-    TORCH_CHECK(dfinal_states->sizes() == at::IntArrayRef({s.batch, s.dim, s.width - 1}), op,
-                ": dfinal_states must be (batch, dim, width - 1)");
-  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(s.seqlen <= 1 || dout.stride(2) == 1, op, ": dout must have unit stride along seqlen");
-  Tensor dx = at::empty({s.batch, s.dim, s.seqlen}, x.options());
-  Tensor dinit = initial_states ? at::empty({s.batch, s.dim, s.width - 1}, x.options()) : at::empty({0}, x.options());
-  Tensor dw_part = at::empty({s.batch, s.dim, s.width}, x.options().dtype(acc));
-  Tensor db_part = at::empty({s.batch, s.dim}, x.options().dtype(acc));
+    MK_CHECK(dfinal_states->sizes() == Shape({s.batch, s.dim, s.width - 1}), op,
+             ": dfinal_states must be (batch, dim, width - 1)");
+  const ScalarType acc = x.scalar_type() == kDouble ? kDouble : kFloat;
+  MK_CHECK(s.seqlen <= 1 || dout.stride(2) == 1, op, ": dout must have unit stride along seqlen");
+  Tensor dx = empty_on(x, {s.batch, s.dim, s.seqlen});
+  Tensor dinit = initial_states ? empty_on(x, {s.batch, s.dim, s.width - 1}) : empty_on(x, {0});
+  Tensor dw_part = empty_on(x, {s.batch, s.dim, s.width}, acc);
+  Tensor db_part = empty_on(x, {s.batch, s.dim}, acc);
   ConvProblem pr = prepare(s, x, weight, bias, seq_idx, initial_states, silu, op);
   Tensor dfin = dfinal_states ? dfinal_states->to(acc).contiguous() : Tensor();
   ConvParams& p = pr.p;
@@ -139,23 +131,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_bwd_cpu(
   const CausalConv1dKernelTable& kern = causal_conv1d_kernels();
   if (s.batch * s.dim > 0) {
     Scratch scratch(kern.scratch_bytes(p));
-    at::parallel_for(0, s.batch * s.dim, 8, [&](int64_t r0, int64_t r1) { kern.bwd(p, r0, r1, scratch.for_thread()); });
+    parallel_for(0, s.batch * s.dim, 8, [&](int64_t r0, int64_t r1) { kern.bwd(p, r0, r1, scratch.for_thread()); });
   }
   // Sums over the batch in batch order.
-  Tensor dw = at::zeros({s.dim, s.width}, x.options().dtype(acc));
-  Tensor db = at::zeros({s.dim}, x.options().dtype(acc));
-  for (int64_t b = 0; b < s.batch; ++b) {
-    dw.add_(dw_part.select(0, b));
-    db.add_(db_part.select(0, b));
-  }
-  return {dx, dw.to(weight.scalar_type()), bias ? db.to(bias->scalar_type()) : at::empty({0}, x.options()), dinit};
+  const Tensor dw = scan::sum_over_batch(dw_part, s.width);
+  const Tensor db = scan::sum_over_batch(db_part.unsqueeze(2), 1).squeeze(1);
+  return {dx, dw.to(weight.scalar_type()), bias ? db.to(bias->scalar_type()) : empty_on(x, {0}), dinit};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("causal_conv1d_fwd", &causal_conv1d_fwd_cpu);
-  m.impl("causal_conv1d_bwd", &causal_conv1d_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "causal_conv1d_fwd", causal_conv1d_fwd_cpu);
+  MK_IMPL(m, "causal_conv1d_bwd", causal_conv1d_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

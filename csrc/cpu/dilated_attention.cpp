@@ -4,28 +4,23 @@
 // This file is the torch side: last-guard checks, the per-axis group geometry (group sizes clamped to
 // the axis, padding to whole groups, local or dilated membership) and allocation. q/k/v/out/grad_out
 // are read in place through their strides; the loops live in dilated_attention_kernel.h.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
-#include "common.h"
 #include "medkernels/cpu/dilated_attention.h"
+#include "common.h"
 #include "medkernels/cpu/isa.h"
 
 namespace medkernels::cpu {
 namespace {
 
-using at::Tensor;
-
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
   const auto st = q.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": query must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(q.dim() == 6, op, ": query must be (batch, D, H, W, heads, head_dim), got ", q.sizes());
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op,
+           ": query must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(q.dim() == 6, op, ": query must be (batch, D, H, W, heads, head_dim), got ", q.sizes());
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"query", q}, {"key", k}, {"value", v}}) {
-    TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
-    TORCH_CHECK(t.sizes() == q.sizes() && t.scalar_type() == st, op, ": ", name, " must match query's shape ",
-                q.sizes(), " and dtype ", st, ", got ", t.sizes(), " ", t.scalar_type());
+    MK_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
+    MK_CHECK(t.sizes() == q.sizes() && t.scalar_type() == st, op, ": ", name, " must match query's shape ", q.sizes(),
+             " and dtype ", st, ", got ", t.sizes(), " ", t.scalar_type());
   }
 }
 
@@ -41,9 +36,8 @@ DaView view_of(const Tensor& t) {
 // Reads in place when the head dim is contiguous; otherwise one contiguous copy.
 Tensor unit_last(const Tensor& t) { return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous(); }
 
-DaParams problem(const char* op, const Tensor& q, at::IntArrayRef group_size, bool global_scope, double scale,
-                 int vector_bytes) {
-  TORCH_CHECK(group_size.size() == 3, op, ": group_size must have 3 entries, got ", group_size.size());
+DaParams problem(const char* op, const Tensor& q, Shape group_size, bool global_scope, double scale, int vector_bytes) {
+  MK_CHECK(group_size.size() == 3, op, ": group_size must have 3 entries, got ", group_size.size());
   DaParams p;
   p.dtype = kind_of(q.scalar_type(), op);
   p.acc = p.dtype == ScalarKind::Float64 ? ScalarKind::Float64 : ScalarKind::Float32;
@@ -54,7 +48,7 @@ DaParams problem(const char* op, const Tensor& q, at::IntArrayRef group_size, bo
   p.dpad = (p.dim + lanes - 1) / lanes * lanes;
   p.scale = scale;
   for (int a = 0; a < 3; ++a) {
-    TORCH_CHECK(group_size[a] >= 1, op, ": group_size entries must be >= 1, got ", group_size);
+    MK_CHECK(group_size[a] >= 1, op, ": group_size entries must be >= 1, got ", group_size);
     const int64_t n = q.size(1 + a), g = std::min<int64_t>(group_size[a], std::max<int64_t>(n, 1));
     const int64_t ng = (n + g - 1) / g;  // groups along the axis after padding to a multiple of g
     p.size[a] = n;
@@ -69,13 +63,13 @@ DaParams problem(const char* op, const Tensor& q, at::IntArrayRef group_size, bo
 void run(int64_t tasks, const DaParams& p, void (*fn)(const DaParams&, int64_t, int64_t, void*), int64_t bytes) {
   if (tasks <= 0) return;
   Scratch scratch(bytes);
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, t0, t1, scratch.for_thread()); });
+  parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, t0, t1, scratch.for_thread()); });
 }
 
 int64_t tasks_of(const DaParams& p) { return p.batch * p.ngroups[0] * p.ngroups[1] * p.ngroups[2] * p.heads; }
 
-std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, const Tensor& value,
-                                      at::IntArrayRef group_size, bool global_scope, double scale) {
+std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, const Tensor& value, Shape group_size,
+                                      bool global_scope, double scale) {
   constexpr const char* op = "dilated_attention3d_fwd";
   check_qkv(op, query, key, value);
   const DilatedAttentionKernelTable& kern = dilated_attention_kernels();
@@ -84,9 +78,8 @@ std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, co
   p.q = view_of(q);
   p.k = view_of(k);
   p.v = view_of(v);
-  Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  Tensor lse =
-      at::empty(q.sizes().slice(0, 5), q.options().dtype(p.acc == ScalarKind::Float64 ? at::kDouble : at::kFloat));
+  Tensor out = alloc(q.sizes(), Opts{q});
+  Tensor lse = alloc(q.sizes().slice(0, 5), Opts{q, p.acc == ScalarKind::Float64 ? kDouble : kFloat});
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   run(tasks_of(p), p, kern.fwd, kern.scratch_bytes(p, false));
@@ -95,22 +88,22 @@ std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, co
 
 std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std::optional<Tensor>& grad_lse,
                                               const Tensor& query, const Tensor& key, const Tensor& value,
-                                              const Tensor& out, const Tensor& lse, at::IntArrayRef group_size,
-                                              bool global_scope, double scale) {
+                                              const Tensor& out, const Tensor& lse, Shape group_size, bool global_scope,
+                                              double scale) {
   constexpr const char* op = "dilated_attention3d_bwd";
   check_qkv(op, query, key, value);
-  TORCH_CHECK(grad_out.sizes() == query.sizes() && out.sizes() == query.sizes(), op,
-              ": grad_out and out must have query's shape ", query.sizes());
-  TORCH_CHECK(lse.sizes() == query.sizes().slice(0, 5), op, ": lse must be (batch, D, H, W, heads), got ", lse.sizes());
+  MK_CHECK(grad_out.sizes() == query.sizes() && out.sizes() == query.sizes(), op,
+           ": grad_out and out must have query's shape ", query.sizes());
+  MK_CHECK(lse.sizes() == query.sizes().slice(0, 5), op, ": lse must be (batch, D, H, W, heads), got ", lse.sizes());
   const DilatedAttentionKernelTable& kern = dilated_attention_kernels();
   const Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
   DaParams p = problem(op, q, group_size, global_scope, scale, kern.vector_bytes);
-  const at::ScalarType acc = p.acc == ScalarKind::Float64 ? at::kDouble : at::kFloat;
+  const ScalarType acc = p.acc == ScalarKind::Float64 ? kDouble : kFloat;
   const Tensor go = unit_last(grad_out.to(q.scalar_type())), o = unit_last(out.to(q.scalar_type()));
   const Tensor lse_c = lse.to(acc).contiguous();
   Tensor glse;
   if (grad_lse) {
-    TORCH_CHECK(grad_lse->sizes() == lse.sizes(), op, ": grad_lse must be (batch, D, H, W, heads)");
+    MK_CHECK(grad_lse->sizes() == lse.sizes(), op, ": grad_lse must be (batch, D, H, W, heads)");
     glse = grad_lse->to(acc).contiguous();
   }
   p.q = view_of(q);
@@ -120,8 +113,8 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
   p.o = view_of(o);
   p.lse_in = lse_c.const_data_ptr();
   p.grad_lse = grad_lse ? glse.const_data_ptr() : nullptr;
-  const auto opts = q.options().memory_format(at::MemoryFormat::Contiguous);
-  Tensor dq = at::empty(q.sizes(), opts), dk = at::empty(q.sizes(), opts), dv = at::empty(q.sizes(), opts);
+  const Opts opts = Opts{q};
+  Tensor dq = alloc(q.sizes(), opts), dk = alloc(q.sizes(), opts), dv = alloc(q.sizes(), opts);
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();
@@ -131,9 +124,9 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("dilated_attention3d_fwd", &da_fwd_cpu);
-  m.impl("dilated_attention3d_bwd", &da_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "dilated_attention3d_fwd", da_fwd_cpu);
+  MK_IMPL(m, "dilated_attention3d_bwd", da_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

@@ -2,9 +2,6 @@
 // medkernels::multi_order_selective_scan_fwd / _bwd: K scans of one sequence along K orderings, summed in
 // the original order. The torch side; the kernels are the selective scan's (selective_scan_kernel.h), which
 // walk each ordering through its index.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
@@ -18,7 +15,6 @@
 namespace medkernels::cpu {
 namespace {
 
-using at::Tensor;
 using scan::check_param;
 using scan::check_seq;
 using scan::sum_over_batch;
@@ -29,7 +25,7 @@ using scan::sum_over_batch;
 
 struct MultiProblem {
   SelectiveScanFwdParams p;
-  at::ScalarType acc;
+  ScalarType acc;
   int64_t channels = 0;
   Tensor A_pad, D_acc, bias_acc, orders, delta3, B, C, Bt, Ct;
 };
@@ -37,30 +33,30 @@ struct MultiProblem {
 MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                            const Tensor& C, const std::optional<Tensor>& D, const std::optional<Tensor>& delta_bias,
                            const Tensor& orders, bool delta_softplus, int64_t chunk_size, int vector_bytes) {
-  TORCH_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
-  TORCH_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
-  const at::ScalarType st = u.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": u must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(chunk_size >= 1, op, ": chunk_size must be >= 1, got ", chunk_size);
-  const at::ScalarType acc = st == at::kDouble ? at::kDouble : at::kFloat;
+  MK_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
+  MK_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
+  const ScalarType st = u.scalar_type();
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op,
+           ": u must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(chunk_size >= 1, op, ": chunk_size must be >= 1, got ", chunk_size);
+  const ScalarType acc = st == kDouble ? kDouble : kFloat;
   const int64_t batch = u.size(0), ch = u.size(1), L = u.size(2);
-  TORCH_CHECK(orders.device() == u.device(), op, ": orders must be on ", u.device(), ", got ", orders.device());
-  TORCH_CHECK(orders.scalar_type() == at::kLong, op, ": orders must be int64, got ", orders.scalar_type());
-  TORCH_CHECK(orders.dim() == 3 && orders.size(0) == batch && orders.size(1) >= 1 && orders.size(2) == L, op,
-              ": orders must have shape (batch, K, seqlen) with batch=", batch, ", K >= 1, seqlen=", L, ", got ",
-              orders.sizes());
+  MK_CHECK(orders.device() == u.device(), op, ": orders must be on ", u.device(), ", got ", orders.device());
+  MK_CHECK(orders.scalar_type() == kLong, op, ": orders must be int64, got ", orders.scalar_type());
+  MK_CHECK(orders.dim() == 3 && orders.size(0) == batch && orders.size(1) >= 1 && orders.size(2) == L, op,
+           ": orders must have shape (batch, K, seqlen) with batch=", batch, ", K >= 1, seqlen=", L, ", got ",
+           orders.sizes());
   const int64_t K = orders.size(1);
-  TORCH_CHECK(A.dim() == 3 && A.size(0) == K && A.size(1) == ch && A.size(2) >= 1, op,
-              ": A must have shape (K, dim, dstate) = (", K, ", ", ch, ", dstate), got ", A.sizes());
+  MK_CHECK(A.dim() == 3 && A.size(0) == K && A.size(1) == ch && A.size(2) >= 1, op,
+           ": A must have shape (K, dim, dstate) = (", K, ", ", ch, ", dstate), got ", A.sizes());
   const int64_t N = A.size(2);
   check_param(op, "A", A, {K, ch, N}, acc, u);
   for (auto [name, t] : {std::pair<const char*, const Tensor*>{"delta", &delta}, {"B", &B}, {"C", &C}}) {
     const int64_t mid = t == &delta ? ch : N;
-    TORCH_CHECK(t->device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t->device());
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(1) == K && t->size(2) == mid && t->size(3) == L, op,
-                ": ", name, " must have shape (", batch, ", ", K, ", ", mid, ", ", L, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == st, op, ": ", name, " must have dtype ", st, ", got ", t->scalar_type());
+    MK_CHECK(t->device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t->device());
+    MK_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(1) == K && t->size(2) == mid && t->size(3) == L, op, ": ",
+             name, " must have shape (", batch, ", ", K, ", ", mid, ", ", L, "), got ", t->sizes());
+    MK_CHECK(t->scalar_type() == st, op, ": ", name, " must have dtype ", st, ", got ", t->scalar_type());
   }
   if (D) check_param(op, "D", *D, {K, ch}, acc, u);
   if (delta_bias) check_param(op, "delta_bias", *delta_bias, {K, ch}, acc, u);
@@ -73,7 +69,7 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
   {
     const int64_t* o = pr.orders.const_data_ptr<int64_t>();
     std::atomic<int64_t> bad{-1};
-    at::parallel_for(0, batch * K, 1, [&](int64_t r0, int64_t r1) {
+    parallel_for(0, batch * K, 1, [&](int64_t r0, int64_t r1) {
       std::vector<uint8_t> seen(L);
       for (int64_t r = r0; r < r1; ++r) {
         std::fill(seen.begin(), seen.end(), uint8_t(0));
@@ -88,11 +84,11 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
       }
     });
     const int64_t r = bad.load();
-    TORCH_CHECK_VALUE(r < 0, op, ": orders[", r / std::max<int64_t>(K, 1), ", ", r % std::max<int64_t>(K, 1),
-                      "] is not a permutation of 0..", L - 1);
+    MK_CHECK(r < 0, op, ": orders[", r / std::max<int64_t>(K, 1), ", ", r % std::max<int64_t>(K, 1),
+             "] is not a permutation of 0..", L - 1);
   }
 
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(acc));
+  const int64_t lanes = vector_bytes / int64_t(element_size(acc));
   const int64_t Np = (N + lanes - 1) / lanes * lanes;
   SelectiveScanFwdParams& p = pr.p;
   p.batch = batch;
@@ -108,7 +104,7 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
   p.order = pr.orders.const_data_ptr<int64_t>();
   p.n_orders = K;
 
-  pr.A_pad = at::zeros({K * ch, Np}, u.options().dtype(acc));
+  pr.A_pad = zeros_on(u, {K * ch, Np}, acc);
   pr.A_pad.narrow(1, 0, N).copy_(A.reshape({K * ch, N}));
   if (D) pr.D_acc = D->contiguous();
   if (delta_bias) pr.bias_acc = delta_bias->contiguous();
@@ -118,8 +114,8 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
   pr.B = B.contiguous();
   pr.C = C.contiguous();
   // One ordering of B and C at a time, in its token order, zero padded to Np.
-  pr.Bt = at::zeros({batch, L, Np}, u.options().dtype(acc));
-  pr.Ct = at::zeros({batch, L, Np}, u.options().dtype(acc));
+  pr.Bt = zeros_on(u, {batch, L, Np}, acc);
+  pr.Ct = zeros_on(u, {batch, L, Np}, acc);
 
   p.u = u.const_data_ptr();
   p.u_batch_stride = u.stride(0);
@@ -139,10 +135,12 @@ MultiProblem prepare_multi(const char* op, const Tensor& u, const Tensor& delta,
 // dst (batch, L, Np) with zero padding.
 void gather_in_order(const Tensor& src, const Tensor& orders, int64_t k, Tensor& dst) {
   const int64_t batch = src.size(0), K = src.size(1), N = src.size(2), L = src.size(3), Np = dst.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "multi_order_scan_gather", [&] {
+  dispatch_floating<true>(src.scalar_type(), "multi_order_scan_gather", [&](auto tag_) {
+    using scalar_t = decltype(tag_);
     using src_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "multi_order_scan_gather_acc", [&] {
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    dispatch_floating(dst.scalar_type(), "multi_order_scan_gather_acc", [&](auto tag_) {
+      using scalar_t = decltype(tag_);
+      parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const src_t* s = src.const_data_ptr<src_t>() + (b * K + k) * N * L;
           const int64_t* o = orders.const_data_ptr<int64_t>() + (b * K + k) * L;
@@ -160,10 +158,12 @@ void gather_in_order(const Tensor& src, const Tensor& orders, int64_t k, Tensor&
 void scatter_from_order(const Tensor& part, const Tensor& orders, int64_t k, Tensor& dst) {
   const int64_t batch = part.size(0), n_blocks = part.size(1), L = part.size(2), Np = part.size(3);
   const int64_t K = dst.size(1), N = dst.size(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "multi_order_scan_scatter", [&] {
+  dispatch_floating<true>(dst.scalar_type(), "multi_order_scan_scatter", [&](auto tag_) {
+    using scalar_t = decltype(tag_);
     using dst_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "multi_order_scan_scatter_acc", [&] {
-      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    dispatch_floating(part.scalar_type(), "multi_order_scan_scatter_acc", [&](auto tag_) {
+      using scalar_t = decltype(tag_);
+      parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
         std::vector<scalar_t> acc(Np);
         for (int64_t b = b0; b < b1; ++b) {
           const scalar_t* s = part.const_data_ptr<scalar_t>() + b * n_blocks * L * Np;
@@ -186,8 +186,8 @@ void scatter_from_order(const Tensor& part, const Tensor& orders, int64_t k, Ten
 
 // The acc rows (batch, channels, seqlen) the kernels add the orderings into: `dst` itself when it
 // is acc, else a new acc tensor that the caller copies over.
-Tensor sum_rows_for(const Tensor& dst, at::ScalarType acc) {
-  return dst.scalar_type() == acc ? dst.zero_() : at::zeros(dst.sizes(), dst.options().dtype(acc));
+Tensor sum_rows_for(const Tensor& dst, ScalarType acc) {
+  return dst.scalar_type() == acc ? dst.zero_() : zeros_on(dst, dst.sizes(), acc);
 }
 
 std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
@@ -200,8 +200,8 @@ std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, c
   MultiProblem pr = prepare_multi("multi_order_selective_scan_fwd", u, delta, A, B, C, D, delta_bias, orders,
                                   delta_softplus, chunk_size, kern.vector_bytes);
   SelectiveScanFwdParams& p = pr.p;
-  Tensor out = at::empty({p.batch, pr.channels, p.seqlen}, u.options());
-  Tensor ckpt = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, u.options().dtype(pr.acc));
+  Tensor out = empty_on(u, {p.batch, pr.channels, p.seqlen});
+  Tensor ckpt = empty_on(u, {p.batch, p.dim, p.n_chunks, p.dstate}, pr.acc);
   p.checkpoints = ckpt.data_ptr();
   if (out.numel() == 0) return {out, ckpt};
   Scratch scratch(kern.fwd_scratch_bytes(p));
@@ -210,8 +210,8 @@ std::tuple<Tensor, Tensor> multi_order_selective_scan_fwd_cpu(const Tensor& u, c
   for (int64_t k = 0; k < p.n_orders; ++k) {  // in order: the sum's bits do not depend on threads
     gather_in_order(pr.B, pr.orders, k, pr.Bt);
     gather_in_order(pr.C, pr.orders, k, pr.Ct);
-    at::parallel_for(0, p.batch * pr.channels, 1,
-                     [&](int64_t r0, int64_t r1) { kern.fwd_multi(p, k, r0, r1, scratch.for_thread()); });
+    parallel_for(0, p.batch * pr.channels, 1,
+                 [&](int64_t r0, int64_t r1) { kern.fwd_multi(p, k, r0, r1, scratch.for_thread()); });
   }
   if (!sum.is_same(out)) out.copy_(sum);
   return {out, ckpt};
@@ -241,7 +241,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.fwd = pr.p;
   SelectiveScanFwdParams& p = q.fwd;
   const int64_t K = p.n_orders, ch = pr.channels, N = p.dstate, Np = p.dstate_pad, L = p.seqlen;
-  const auto acc_opts = u.options().dtype(pr.acc);
+  const Opts acc_opts = Opts{u, pr.acc};
   check_seq(op, "grad_out", grad_out, u);
   check_param(op, "checkpoints", checkpoints, {p.batch, p.dim, p.n_chunks, N}, pr.acc, u);
   const Tensor ckpt = checkpoints.contiguous();
@@ -250,15 +250,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.grad_out_batch_stride = grad_out.stride(0);
   q.grad_out_dim_stride = grad_out.stride(1);
 
-  auto empty = [&] { return at::empty({0}, acc_opts); };
-  Tensor du = at::empty({p.batch, ch, L}, u.options());
-  Tensor ddelta = at::empty({p.batch, K, ch, L}, u.options());
-  Tensor dB = at::empty({p.batch, K, N, L}, B.options());
-  Tensor dC = at::empty({p.batch, K, N, L}, C.options());
+  auto empty = [&] { return alloc({0}, acc_opts); };
+  Tensor du = empty_on(u, {p.batch, ch, L});
+  Tensor ddelta = empty_on(u, {p.batch, K, ch, L});
+  Tensor dB = empty_on(B, {p.batch, K, N, L});
+  Tensor dC = empty_on(C, {p.batch, K, N, L});
   q.grad_delta = ddelta.data_ptr();
-  Tensor part_A = at::zeros({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_D = D ? at::zeros({p.batch, p.dim}, acc_opts) : empty();
-  Tensor part_bias = delta_bias ? at::zeros({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_A = alloc_zeros({p.batch, p.dim, Np}, acc_opts);
+  Tensor part_D = D ? alloc_zeros({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_bias = delta_bias ? alloc_zeros({p.batch, p.dim}, acc_opts) : empty();
   q.part_A = part_A.data_ptr();
   q.part_D = D ? part_D.data_ptr() : nullptr;
   q.part_bias = delta_bias ? part_bias.data_ptr() : nullptr;
@@ -267,8 +267,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.n_blocks = int64_t(starts.size()) - 1;
   q.block_start = starts.data();
   if (p.batch * ch * L > 0) {
-    Tensor part_B = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
-    Tensor part_C = at::empty({p.batch, q.n_blocks, L, Np}, acc_opts);
+    Tensor part_B = alloc({p.batch, q.n_blocks, L, Np}, acc_opts);
+    Tensor part_C = alloc({p.batch, q.n_blocks, L, Np}, acc_opts);
     q.part_B_var = part_B.data_ptr();
     q.part_C_var = part_C.data_ptr();
     Scratch scratch(kern.bwd_scratch_bytes(q));
@@ -277,8 +277,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
     for (int64_t k = 0; k < K; ++k) {  // in order: grad_u's bits do not depend on threads
       gather_in_order(pr.B, pr.orders, k, pr.Bt);
       gather_in_order(pr.C, pr.orders, k, pr.Ct);
-      at::parallel_for(0, p.batch * q.n_blocks, 1,
-                       [&](int64_t t0, int64_t t1) { kern.bwd_multi(q, k, t0, t1, scratch.for_thread()); });
+      parallel_for(0, p.batch * q.n_blocks, 1,
+                   [&](int64_t t0, int64_t t1) { kern.bwd_multi(q, k, t0, t1, scratch.for_thread()); });
       scatter_from_order(part_B, pr.orders, k, dB);
       scatter_from_order(part_C, pr.orders, k, dC);
     }
@@ -297,9 +297,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("multi_order_selective_scan_fwd", &multi_order_selective_scan_fwd_cpu);
-  m.impl("multi_order_selective_scan_bwd", &multi_order_selective_scan_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "multi_order_selective_scan_fwd", multi_order_selective_scan_fwd_cpu);
+  MK_IMPL(m, "multi_order_selective_scan_bwd", multi_order_selective_scan_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

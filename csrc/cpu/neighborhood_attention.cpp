@@ -4,9 +4,6 @@
 // This file is the torch side: last-guard checks, the per-axis window tables (natten's rules: shifted
 // borders, even kernels, stride leaders, uneven dilation groups, per-axis causal), canonical padded
 // copies of q/k/v, and the ordered reductions of per-task partial gradients.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -18,7 +15,6 @@
 namespace medkernels::cpu {
 namespace {
 
-using at::Tensor;
 constexpr int64_t kTile = 64;
 
 // Window tables of one axis (see NaAxis).
@@ -67,17 +63,17 @@ struct Problem {
   NaParams p;
   std::vector<AxisTables> tables;  // keeps the tables alive
   std::vector<int64_t> spatial;    // the caller's spatial sizes
-  at::ScalarType acc = at::kFloat;
+  ScalarType acc = kFloat;
 };
 
 // Fills the three axes (leading missing axes are length 1, kernel 1) and checks natten's rules.
-void set_axes(Problem& pr, const char* op, at::IntArrayRef spatial, at::IntArrayRef kernel, at::IntArrayRef stride,
-              at::IntArrayRef dilation, const c10::List<bool>& causal) {
+void set_axes(Problem& pr, const char* op, Shape spatial, Shape kernel, Shape stride, Shape dilation,
+              const std::vector<bool>& causal) {
   const int64_t n = int64_t(spatial.size());
-  TORCH_CHECK(n >= 1 && n <= 3, op, ": 1 to 3 spatial dims expected, got ", n);
-  TORCH_CHECK(int64_t(kernel.size()) == n && int64_t(stride.size()) == n && int64_t(dilation.size()) == n &&
-                  int64_t(causal.size()) == n,
-              op, ": kernel_size, stride, dilation and is_causal need one entry per spatial dim (", n, ")");
+  MK_CHECK(n >= 1 && n <= 3, op, ": 1 to 3 spatial dims expected, got ", n);
+  MK_CHECK(int64_t(kernel.size()) == n && int64_t(stride.size()) == n && int64_t(dilation.size()) == n &&
+               int64_t(causal.size()) == n,
+           op, ": kernel_size, stride, dilation and is_causal need one entry per spatial dim (", n, ")");
   pr.spatial.assign(spatial.begin(), spatial.end());
   pr.tables.resize(3);
   int64_t kprod = 1;
@@ -85,13 +81,12 @@ void set_axes(Problem& pr, const char* op, at::IntArrayRef spatial, at::IntArray
     const int64_t src = a - (3 - n);
     const int64_t L = src >= 0 ? spatial[src] : 1, K = src >= 0 ? kernel[src] : 1;
     const int64_t s = src >= 0 ? stride[src] : 1, d = src >= 0 ? dilation[src] : 1;
-    const bool c = src >= 0 ? causal.get(src) : false;
+    const bool c = src >= 0 ? causal[src] : false;
     if (src >= 0) {
-      TORCH_CHECK(K >= 2, op, ": kernel_size must be >= 2, got ", K);
-      TORCH_CHECK(s >= 1 && s <= K, op, ": stride must be in [1, kernel_size], got ", s);
-      TORCH_CHECK(d >= 1, op, ": dilation must be >= 1, got ", d);
-      TORCH_CHECK(K * d <= L, op, ": kernel_size * dilation must not exceed the axis size (", K, " * ", d, " > ", L,
-                  ")");
+      MK_CHECK(K >= 2, op, ": kernel_size must be >= 2, got ", K);
+      MK_CHECK(s >= 1 && s <= K, op, ": stride must be in [1, kernel_size], got ", s);
+      MK_CHECK(d >= 1, op, ": dilation must be >= 1, got ", d);
+      MK_CHECK(K * d <= L, op, ": kernel_size * dilation must not exceed the axis size (", K, " * ", d, " > ", L, ")");
     }
     pr.tables[a] = axis_tables(L, K, s, d, c);
     NaAxis& ax = pr.p.axis[a];
@@ -113,55 +108,55 @@ void set_axes(Problem& pr, const char* op, at::IntArrayRef spatial, at::IntArray
 int64_t padded(int64_t d, int64_t lanes) { return (d + lanes - 1) / lanes * lanes; }
 
 // (batch, tokens, heads, dim) view of a heads-last tensor -> canonical (batch, heads, tokens, dpad) acc copy.
-Tensor canon_heads_last(const Tensor& x, int64_t batch, int64_t tokens, int64_t dpad, at::ScalarType acc,
+Tensor canon_heads_last(const Tensor& x, int64_t batch, int64_t tokens, int64_t dpad, ScalarType acc,
                         double scale = 1.0) {
   const int64_t heads = x.size(-2), dim = x.size(-1);
   const Tensor src = x.reshape({batch, tokens, heads, dim}).permute({0, 2, 1, 3});
-  Tensor out = dpad == dim ? at::empty({batch, heads, tokens, dpad}, x.options().dtype(acc))
-                           : at::zeros({batch, heads, tokens, dpad}, x.options().dtype(acc));
+  Tensor out =
+      dpad == dim ? empty_on(x, {batch, heads, tokens, dpad}, acc) : zeros_on(x, {batch, heads, tokens, dpad}, acc);
   out.narrow(3, 0, dim).copy_(src);
   if (scale != 1.0) out.mul_(scale);
   return out;
 }
 
 // Heads-first (batch, heads, *spatial, dim) -> canonical (batch, heads, tokens, dpad) acc copy.
-Tensor canon_heads_first(const Tensor& x, int64_t tokens, int64_t dpad, at::ScalarType acc) {
+Tensor canon_heads_first(const Tensor& x, int64_t tokens, int64_t dpad, ScalarType acc) {
   const int64_t batch = x.size(0), heads = x.size(1), dim = x.size(-1);
   const Tensor src = x.reshape({batch, heads, tokens, dim});
   if (dpad == dim && src.scalar_type() == acc && src.is_contiguous()) return src.contiguous();
-  Tensor out = dpad == dim ? at::empty({batch, heads, tokens, dpad}, x.options().dtype(acc))
-                           : at::zeros({batch, heads, tokens, dpad}, x.options().dtype(acc));
+  Tensor out =
+      dpad == dim ? empty_on(x, {batch, heads, tokens, dpad}, acc) : zeros_on(x, {batch, heads, tokens, dpad}, acc);
   out.narrow(3, 0, dim).copy_(src);
   return out;
 }
 
 // Canonical (batch, heads, tokens, dpad) -> heads-last (batch, *spatial, heads, dim) in `dtype`.
-Tensor to_heads_last(const Tensor& c, const std::vector<int64_t>& spatial, int64_t dim, at::ScalarType dtype) {
+Tensor to_heads_last(const Tensor& c, const std::vector<int64_t>& spatial, int64_t dim, ScalarType dtype) {
   const int64_t batch = c.size(0), heads = c.size(1), tokens = c.size(2);
   std::vector<int64_t> shape{batch};
   shape.insert(shape.end(), spatial.begin(), spatial.end());
   shape.push_back(heads);
   shape.push_back(dim);
-  Tensor out = at::empty(shape, c.options().dtype(dtype));
+  Tensor out = empty_on(c, shape, dtype);
   out.view({batch, tokens, heads, dim}).copy_(c.narrow(3, 0, dim).permute({0, 2, 1, 3}));
   return out;
 }
 
 // Canonical (batch, heads, tokens, dpad) -> heads-first (batch, heads, *spatial, dim) in `dtype`.
-Tensor to_heads_first(const Tensor& c, const std::vector<int64_t>& spatial, int64_t dim, at::ScalarType dtype) {
+Tensor to_heads_first(const Tensor& c, const std::vector<int64_t>& spatial, int64_t dim, ScalarType dtype) {
   std::vector<int64_t> shape{c.size(0), c.size(1)};
   shape.insert(shape.end(), spatial.begin(), spatial.end());
   shape.push_back(dim);
-  Tensor out = at::empty(shape, c.options().dtype(dtype));
+  Tensor out = empty_on(c, shape, dtype);
   out.view({c.size(0), c.size(1), c.size(2), dim}).copy_(c.narrow(3, 0, dim));
   return out;
 }
 
 void check_float(const char* op, const char* name, const Tensor& t) {
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op, ": ", name,
-              " must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op, ": ", name,
+           " must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
 }
 
 // The canonical relative-position bias (heads, R0, R1, R2) in acc precision.
@@ -170,15 +165,15 @@ Tensor canon_rpb(const char* op, const Tensor& rpb, const Problem& pr, int64_t h
   const int64_t n = int64_t(pr.spatial.size());
   std::vector<int64_t> want{heads};
   for (int64_t a = 3 - n; a < 3; ++a) want.push_back(pr.p.axis[a].R);
-  TORCH_CHECK(rpb.sizes().vec() == want, op, ": rpb must have shape ", at::IntArrayRef(want),
-              " (heads, 2K-1 per axis), got ", rpb.sizes());
+  MK_CHECK(rpb.sizes().vec() == want, op, ": rpb must have shape ", Shape(want), " (heads, 2K-1 per axis), got ",
+           rpb.sizes());
   return rpb.to(pr.acc).contiguous();
 }
 
 void run(int64_t tasks, const NaParams& p, void (*fn)(const NaParams&, int64_t, int64_t, void*), int64_t bytes) {
   if (tasks <= 0) return;
   Scratch scratch(bytes);
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, t0, t1, scratch.for_thread()); });
+  parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, t0, t1, scratch.for_thread()); });
 }
 
 int64_t query_tasks(const NaParams& p) { return p.batch * p.heads * ((p.tokens + p.tile - 1) / p.tile); }
@@ -187,25 +182,32 @@ int64_t key_tasks(const NaParams& p) { return p.batch * p.kv_heads * ((p.tokens 
 // drpb[h] = sum over the query tasks of head h of their partials, in task order.
 Tensor reduce_rpb(const Tensor& part, const NaParams& p, const Tensor& rpb) {
   const int64_t tiles = (p.tokens + p.tile - 1) / p.tile, rprod = part.size(1);
-  Tensor out = at::zeros({p.heads, rprod}, part.options());
-  for (int64_t task = 0; task < part.size(0); ++task) out[(task / tiles) % p.heads].add_(part[task]);
+  Tensor out = zeros_on(part, {p.heads, rprod});
+  dispatch_floating(part.scalar_type(), "na_bwd", [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t* src = part.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t task = 0; task < part.size(0); ++task) {
+      scalar_t* o = dst + (task / tiles) % p.heads * rprod;
+      for (int64_t i = 0; i < rprod; ++i) o[i] += src[task * rprod + i];
+    }
+  });
   return out.view(rpb.sizes()).to(rpb.scalar_type());
 }
 
-struct Shape {
+struct Dims {
   int64_t batch, heads, kv_heads, dim, dim_v;
 };
 
 // The problem's axes, accumulation type and padded head dims (a multiple of the vector lanes).
-Problem make_problem(const char* op, at::IntArrayRef spatial, at::IntArrayRef kernel, at::IntArrayRef stride,
-                     at::IntArrayRef dilation, const c10::List<bool>& causal, at::ScalarType dtype, int vector_bytes,
-                     const Shape& sh) {
+Problem make_problem(const char* op, Shape spatial, Shape kernel, Shape stride, Shape dilation,
+                     const std::vector<bool>& causal, ScalarType dtype, int vector_bytes, const Dims& sh) {
   Problem pr;
   set_axes(pr, op, spatial, kernel, stride, dilation, causal);
-  pr.acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  pr.acc = dtype == kDouble ? kDouble : kFloat;
   NaParams& p = pr.p;
-  p.acc = pr.acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(pr.acc));
+  p.acc = pr.acc == kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  const int64_t lanes = vector_bytes / int64_t(element_size(pr.acc));
   p.batch = sh.batch;
   p.heads = sh.heads;
   p.kv_heads = sh.kv_heads;
@@ -216,21 +218,20 @@ Problem make_problem(const char* op, at::IntArrayRef spatial, at::IntArrayRef ke
 }
 
 // Fused problem from heads-last q/k/v.
-Problem fused_problem(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, at::IntArrayRef kernel,
-                      at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal,
-                      int vector_bytes) {
+Problem fused_problem(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, Shape kernel, Shape stride,
+                      Shape dilation, const std::vector<bool>& causal, int vector_bytes) {
   check_float(op, "query", q);
-  TORCH_CHECK(q.dim() >= 4 && q.dim() <= 6, op,
-              ": query must be (batch, *spatial, heads, head_dim) with 1-3 spatial dims");
+  MK_CHECK(q.dim() >= 4 && q.dim() <= 6, op,
+           ": query must be (batch, *spatial, heads, head_dim) with 1-3 spatial dims");
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"key", k}, {"value", v}}) {
-    TORCH_CHECK(t.scalar_type() == q.scalar_type(), op, ": ", name, " must have dtype ", q.scalar_type());
-    TORCH_CHECK(t.device() == q.device(), op, ": ", name, " must be on ", q.device());
-    TORCH_CHECK(t.dim() == q.dim() && t.sizes().slice(0, q.dim() - 2) == q.sizes().slice(0, q.dim() - 2), op, ": ",
-                name, " must match query in batch and spatial dims");
+    MK_CHECK(t.scalar_type() == q.scalar_type(), op, ": ", name, " must have dtype ", q.scalar_type());
+    MK_CHECK(t.device() == q.device(), op, ": ", name, " must be on ", q.device());
+    MK_CHECK(t.dim() == q.dim() && t.sizes().slice(0, q.dim() - 2) == q.sizes().slice(0, q.dim() - 2), op, ": ", name,
+             " must match query in batch and spatial dims");
   }
-  TORCH_CHECK(k.size(-1) == q.size(-1), op, ": key head_dim must equal query head_dim");
-  TORCH_CHECK(v.size(-2) == k.size(-2), op, ": value heads must equal key heads");
-  TORCH_CHECK(k.size(-2) >= 1 && q.size(-2) % k.size(-2) == 0, op, ": query heads must be a multiple of key heads");
+  MK_CHECK(k.size(-1) == q.size(-1), op, ": key head_dim must equal query head_dim");
+  MK_CHECK(v.size(-2) == k.size(-2), op, ": value heads must equal key heads");
+  MK_CHECK(k.size(-2) >= 1 && q.size(-2) % k.size(-2) == 0, op, ": query heads must be a multiple of key heads");
   return make_problem(op, q.sizes().slice(1, q.dim() - 3), kernel, stride, dilation, causal, q.scalar_type(),
                       vector_bytes, {q.size(0), q.size(-2), k.size(-2), q.size(-1), v.size(-1)});
 }
@@ -241,16 +242,16 @@ struct Additional {
 
 Additional canon_additional(const char* op, const Problem& pr, const Tensor& q, const Tensor& k, const Tensor& v,
                             const std::optional<Tensor>& ak, const std::optional<Tensor>& av) {
-  TORCH_CHECK(ak.has_value() == av.has_value(), op, ": additional_keys and additional_values go together");
+  MK_CHECK(ak.has_value() == av.has_value(), op, ": additional_keys and additional_values go together");
   if (!ak) return {};
   for (const auto& [name, t, ref] : {std::tuple<const char*, const Tensor&, const Tensor&>{"additional_keys", *ak, k},
                                      {"additional_values", *av, v}}) {
-    TORCH_CHECK(t.dim() == 4 && t.size(0) == q.size(0) && t.size(2) == ref.size(-2) && t.size(3) == ref.size(-1), op,
-                ": ", name, " must be (batch, n_add, kv_heads, head_dim), got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == q.scalar_type() && t.device() == q.device(), op, ": ", name,
-                " must match query in dtype and device");
+    MK_CHECK(t.dim() == 4 && t.size(0) == q.size(0) && t.size(2) == ref.size(-2) && t.size(3) == ref.size(-1), op, ": ",
+             name, " must be (batch, n_add, kv_heads, head_dim), got ", t.sizes());
+    MK_CHECK(t.scalar_type() == q.scalar_type() && t.device() == q.device(), op, ": ", name,
+             " must match query in dtype and device");
   }
-  TORCH_CHECK(ak->size(1) == av->size(1), op, ": additional_keys and additional_values need the same count");
+  MK_CHECK(ak->size(1) == av->size(1), op, ": additional_keys and additional_values need the same count");
   const NaParams& p = pr.p;
   return {canon_heads_last(*ak, p.batch, ak->size(1), p.dpad, pr.acc),
           canon_heads_last(*av, p.batch, av->size(1), p.dvpad, pr.acc)};
@@ -258,10 +259,10 @@ Additional canon_additional(const char* op, const Problem& pr, const Tensor& q, 
 
 // ---- fused ------------------------------------------------------------------------------------
 
-std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Tensor& v, at::IntArrayRef kernel,
-                                      at::IntArrayRef stride, at::IntArrayRef dilation, const c10::List<bool>& causal,
-                                      double scale, const std::optional<Tensor>& rpb,
-                                      const std::optional<Tensor>& add_k, const std::optional<Tensor>& add_v) {
+std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Tensor& v, Shape kernel, Shape stride,
+                                      Shape dilation, const std::vector<bool>& causal, double scale,
+                                      const std::optional<Tensor>& rpb, const std::optional<Tensor>& add_k,
+                                      const std::optional<Tensor>& add_v) {
   constexpr const char* op = "na_fwd";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = fused_problem(op, q, k, v, kernel, stride, dilation, causal, kern.vector_bytes);
@@ -279,8 +280,8 @@ std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Te
   p.n_add = add_k ? add_k->size(1) : 0;
   p.add_k = add_k ? add.k.const_data_ptr() : nullptr;
   p.add_v = add_k ? add.v.const_data_ptr() : nullptr;
-  Tensor oc = at::empty({p.batch, p.heads, p.tokens, p.dvpad}, qc.options());
-  Tensor lc = at::empty({p.batch, p.heads, p.tokens}, qc.options());
+  Tensor oc = empty_on(qc, {p.batch, p.heads, p.tokens, p.dvpad});
+  Tensor lc = empty_on(qc, {p.batch, p.heads, p.tokens});
   p.out = oc.data_ptr();
   p.lse = lc.data_ptr();
   run(query_tasks(p), p, kern.fwd, kern.scratch_bytes(p));
@@ -288,24 +289,24 @@ std::tuple<Tensor, Tensor> na_fwd_cpu(const Tensor& q, const Tensor& k, const Te
   std::vector<int64_t> lshape{p.batch};
   lshape.insert(lshape.end(), pr.spatial.begin(), pr.spatial.end());
   lshape.push_back(p.heads);
-  Tensor lse = at::empty(lshape, qc.options().dtype(pr.acc));
+  Tensor lse = empty_on(qc, lshape, pr.acc);
   lse.view({p.batch, p.tokens, p.heads}).copy_(lc.permute({0, 2, 1}));
   return {out, lse};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
     const Tensor& grad_out, const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v,
-    const Tensor& out, const Tensor& lse, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const c10::List<bool>& causal, double scale, const std::optional<Tensor>& rpb, const std::optional<Tensor>& add_k,
+    const Tensor& out, const Tensor& lse, Shape kernel, Shape stride, Shape dilation, const std::vector<bool>& causal,
+    double scale, const std::optional<Tensor>& rpb, const std::optional<Tensor>& add_k,
     const std::optional<Tensor>& add_v) {
   constexpr const char* op = "na_bwd";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = fused_problem(op, q, k, v, kernel, stride, dilation, causal, kern.vector_bytes);
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_out.sizes() == out.sizes() &&
-                  out.sizes().slice(0, out.dim() - 1) == q.sizes().slice(0, q.dim() - 1) && out.size(-1) == v.size(-1),
-              op, ": grad_out and out must be (batch, *spatial, heads, value_dim)");
-  TORCH_CHECK(lse.numel() == p.batch * p.tokens * p.heads, op, ": lse must be (batch, *spatial, heads)");
+  MK_CHECK(grad_out.sizes() == out.sizes() && out.sizes().slice(0, out.dim() - 1) == q.sizes().slice(0, q.dim() - 1) &&
+               out.size(-1) == v.size(-1),
+           op, ": grad_out and out must be (batch, *spatial, heads, value_dim)");
+  MK_CHECK(lse.numel() == p.batch * p.tokens * p.heads, op, ": lse must be (batch, *spatial, heads)");
   const Tensor qc = canon_heads_last(q, p.batch, p.tokens, p.dpad, pr.acc, scale);
   const Tensor kc = canon_heads_last(k, p.batch, p.tokens, p.dpad, pr.acc);
   const Tensor vc = canon_heads_last(v, p.batch, p.tokens, p.dvpad, pr.acc);
@@ -315,7 +316,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
   // delta = <dO, O> per query; a gradient on lse adds grad_lse * P to dS, i.e. subtracts from delta.
   Tensor drow = (doc * oc).sum(-1);
   if (grad_lse) {
-    TORCH_CHECK(grad_lse->numel() == p.batch * p.tokens * p.heads, op, ": grad_lse must be (batch, *spatial, heads)");
+    MK_CHECK(grad_lse->numel() == p.batch * p.tokens * p.heads, op, ": grad_lse must be (batch, *spatial, heads)");
     drow = drow - grad_lse->reshape({p.batch, p.tokens, p.heads}).permute({0, 2, 1}).to(pr.acc);
   }
   drow = drow.contiguous();
@@ -333,14 +334,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
   p.add_k = add_k ? add.k.const_data_ptr() : nullptr;
   p.add_v = add_k ? add.v.const_data_ptr() : nullptr;
 
-  const auto opts = qc.options();
-  Tensor dqc = at::empty({p.batch, p.heads, p.tokens, p.dpad}, opts);
-  Tensor dkc = at::empty({p.batch, p.kv_heads, p.tokens, p.dpad}, opts);
-  Tensor dvc = at::empty({p.batch, p.kv_heads, p.tokens, p.dvpad}, opts);
+  const Opts opts = Opts{qc};
+  Tensor dqc = alloc({p.batch, p.heads, p.tokens, p.dpad}, opts);
+  Tensor dkc = alloc({p.batch, p.kv_heads, p.tokens, p.dpad}, opts);
+  Tensor dvc = alloc({p.batch, p.kv_heads, p.tokens, p.dvpad}, opts);
   const int64_t qtasks = query_tasks(p), rprod = p.axis[0].R * p.axis[1].R * p.axis[2].R;
-  Tensor drpb_part = rpb ? at::empty({qtasks, rprod}, opts) : Tensor();
-  Tensor dak_part = add_k ? at::empty({qtasks, p.n_add, p.dpad}, opts) : Tensor();
-  Tensor dav_part = add_k ? at::empty({qtasks, p.n_add, p.dvpad}, opts) : Tensor();
+  Tensor drpb_part = rpb ? alloc({qtasks, rprod}, opts) : Tensor();
+  Tensor dak_part = add_k ? alloc({qtasks, p.n_add, p.dpad}, opts) : Tensor();
+  Tensor dav_part = add_k ? alloc({qtasks, p.n_add, p.dvpad}, opts) : Tensor();
   p.dq = dqc.data_ptr();
   p.dk = dkc.data_ptr();
   p.dv = dvc.data_ptr();
@@ -355,18 +356,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
   Tensor dq = to_heads_last(dqc, pr.spatial, q.size(-1), dtype);
   Tensor dk = to_heads_last(dkc, pr.spatial, k.size(-1), dtype);
   Tensor dv = to_heads_last(dvc, pr.spatial, v.size(-1), dtype);
-  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : at::empty({0}, opts);
-  Tensor dak = at::empty({0}, opts), dav = at::empty({0}, opts);
+  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : alloc({0}, opts);
+  Tensor dak = alloc({0}, opts), dav = alloc({0}, opts);
   if (add_k) {
     // per (batch, kv head): the query tasks of its batch and head group, in task order
     const int64_t tiles = (p.tokens + p.tile - 1) / p.tile, group = p.heads / p.kv_heads;
-    Tensor sk = at::zeros({p.batch, p.kv_heads, p.n_add, p.dpad}, opts);
-    Tensor sv = at::zeros({p.batch, p.kv_heads, p.n_add, p.dvpad}, opts);
-    for (int64_t task = 0; task < qtasks; ++task) {
-      const int64_t bh = task / tiles, b = bh / p.heads, hk = (bh % p.heads) / group;
-      sk[b][hk].add_(dak_part[task]);
-      sv[b][hk].add_(dav_part[task]);
-    }
+    Tensor sk = alloc_zeros({p.batch, p.kv_heads, p.n_add, p.dpad}, opts);
+    Tensor sv = alloc_zeros({p.batch, p.kv_heads, p.n_add, p.dvpad}, opts);
+    const int64_t nk = p.n_add * p.dpad, nv = p.n_add * p.dvpad;
+    dispatch_floating(sk.scalar_type(), "na_bwd", [&](auto tag_) {
+      using scalar_t = decltype(tag_);
+      for (int64_t task = 0; task < qtasks; ++task) {
+        const int64_t bh = task / tiles, b = bh / p.heads, hk = (bh % p.heads) / group;
+        scalar_t* ok = sk.data_ptr<scalar_t>() + (b * p.kv_heads + hk) * nk;
+        scalar_t* ov = sv.data_ptr<scalar_t>() + (b * p.kv_heads + hk) * nv;
+        const scalar_t* ik = dak_part.const_data_ptr<scalar_t>() + task * nk;
+        const scalar_t* iv = dav_part.const_data_ptr<scalar_t>() + task * nv;
+        for (int64_t i = 0; i < nk; ++i) ok[i] += ik[i];
+        for (int64_t i = 0; i < nv; ++i) ov[i] += iv[i];
+      }
+    });
     dak = to_heads_last(sk, {p.n_add}, k.size(-1), dtype);
     dav = to_heads_last(sv, {p.n_add}, v.size(-1), dtype);
   }
@@ -375,27 +384,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
 
 // ---- unfused ----------------------------------------------------------------------------------
 
-Problem unfused_problem(const char* op, const Tensor& a, const Tensor& b, at::IntArrayRef kernel,
-                        at::IntArrayRef dilation, const c10::List<bool>& causal, int vector_bytes, int64_t b_dim) {
+Problem unfused_problem(const char* op, const Tensor& a, const Tensor& b, Shape kernel, Shape dilation,
+                        const std::vector<bool>& causal, int vector_bytes, int64_t b_dim) {
   check_float(op, "first input", a);
-  TORCH_CHECK(a.dim() >= 4 && a.dim() <= 6, op, ": inputs must be (batch, heads, *spatial, dim) with 1-3 spatial dims");
-  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), op,
-              ": inputs must share dtype and device");
-  TORCH_CHECK(b.dim() == a.dim() && b.size(0) == a.size(0) &&
-                  b.sizes().slice(2, a.dim() - 3) == a.sizes().slice(2, a.dim() - 3),
-              op, ": inputs must match in batch and spatial dims");
-  TORCH_CHECK(b.size(1) >= 1 && a.size(1) % b.size(1) == 0, op, ": heads must be a multiple of the key/value heads");
+  MK_CHECK(a.dim() >= 4 && a.dim() <= 6, op, ": inputs must be (batch, heads, *spatial, dim) with 1-3 spatial dims");
+  MK_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), op, ": inputs must share dtype and device");
+  MK_CHECK(b.dim() == a.dim() && b.size(0) == a.size(0) &&
+               b.sizes().slice(2, a.dim() - 3) == a.sizes().slice(2, a.dim() - 3),
+           op, ": inputs must match in batch and spatial dims");
+  MK_CHECK(b.size(1) >= 1 && a.size(1) % b.size(1) == 0, op, ": heads must be a multiple of the key/value heads");
   const std::vector<int64_t> ones(kernel.size(), 1);
   return make_problem(op, a.sizes().slice(2, a.dim() - 3), kernel, ones, dilation, causal, a.scalar_type(),
                       vector_bytes, {a.size(0), a.size(1), b.size(1), b_dim, b_dim});
 }
 
-Tensor na_qk_cpu(const Tensor& q, const Tensor& k, at::IntArrayRef kernel, at::IntArrayRef dilation,
-                 const c10::List<bool>& causal, const std::optional<Tensor>& rpb) {
+Tensor na_qk_cpu(const Tensor& q, const Tensor& k, Shape kernel, Shape dilation, const std::vector<bool>& causal,
+                 const std::optional<Tensor>& rpb) {
   constexpr const char* op = "na_qk";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
-  TORCH_CHECK(q.dim() >= 4 && k.dim() == q.dim() && k.size(-1) == q.size(-1), op,
-              ": query and key must be (batch, heads, *spatial, head_dim)");
+  MK_CHECK(q.dim() >= 4 && k.dim() == q.dim() && k.size(-1) == q.size(-1), op,
+           ": query and key must be (batch, heads, *spatial, head_dim)");
   Problem pr = unfused_problem(op, q, k, kernel, dilation, causal, kern.vector_bytes, q.size(-1));
   NaParams& p = pr.p;
   const Tensor qc = canon_heads_first(q, p.tokens, p.dpad, pr.acc), kc = canon_heads_first(k, p.tokens, p.dpad, pr.acc);
@@ -403,21 +411,21 @@ Tensor na_qk_cpu(const Tensor& q, const Tensor& k, at::IntArrayRef kernel, at::I
   p.q = qc.const_data_ptr();
   p.k = kc.const_data_ptr();
   p.rpb = rpb ? rc.const_data_ptr() : nullptr;
-  Tensor attn = at::empty({p.batch, p.heads, p.tokens, p.kprod}, qc.options());
+  Tensor attn = empty_on(qc, {p.batch, p.heads, p.tokens, p.kprod});
   p.attn_out = attn.data_ptr();
   run(query_tasks(p), p, kern.qk, kern.scratch_bytes(p));
   return to_heads_first(attn, pr.spatial, p.kprod, q.scalar_type());
 }
 
 std::tuple<Tensor, Tensor, Tensor> na_qk_bwd_cpu(const Tensor& grad_attn, const Tensor& q, const Tensor& k,
-                                                 at::IntArrayRef kernel, at::IntArrayRef dilation,
-                                                 const c10::List<bool>& causal, const std::optional<Tensor>& rpb) {
+                                                 Shape kernel, Shape dilation, const std::vector<bool>& causal,
+                                                 const std::optional<Tensor>& rpb) {
   constexpr const char* op = "na_qk_bwd";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, q, k, kernel, dilation, causal, kern.vector_bytes, q.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_attn.numel() == p.batch * p.heads * p.tokens * p.kprod, op,
-              ": grad_attn must be (batch, heads, *spatial, kernel volume)");
+  MK_CHECK(grad_attn.numel() == p.batch * p.heads * p.tokens * p.kprod, op,
+           ": grad_attn must be (batch, heads, *spatial, kernel volume)");
   const Tensor qc = canon_heads_first(q, p.tokens, p.dpad, pr.acc), kc = canon_heads_first(k, p.tokens, p.dpad, pr.acc);
   const Tensor gc = grad_attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor rc = rpb ? canon_rpb(op, *rpb, pr, p.heads) : Tensor();
@@ -425,55 +433,53 @@ std::tuple<Tensor, Tensor, Tensor> na_qk_bwd_cpu(const Tensor& grad_attn, const 
   p.k = kc.const_data_ptr();
   p.rpb = rpb ? rc.const_data_ptr() : nullptr;
   p.dattn = gc.const_data_ptr();
-  Tensor dqc = at::empty_like(qc), dkc = at::empty_like(kc);
+  Tensor dqc = empty_as(qc), dkc = empty_as(kc);
   const int64_t qtasks = query_tasks(p), rprod = p.axis[0].R * p.axis[1].R * p.axis[2].R;
-  Tensor drpb_part = rpb ? at::empty({qtasks, rprod}, qc.options()) : Tensor();
+  Tensor drpb_part = rpb ? empty_on(qc, {qtasks, rprod}) : Tensor();
   p.dq = dqc.data_ptr();
   p.dk = dkc.data_ptr();
   p.drpb_part = rpb ? drpb_part.data_ptr() : nullptr;
   const int64_t bytes = kern.scratch_bytes(p);
   run(qtasks, p, kern.qk_bwd_query, bytes);
   run(key_tasks(p), p, kern.qk_bwd_key, bytes);
-  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : at::empty({0}, qc.options());
+  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : empty_on(qc, {0});
   return {to_heads_first(dqc, pr.spatial, q.size(-1), q.scalar_type()),
           to_heads_first(dkc, pr.spatial, k.size(-1), k.scalar_type()), drpb};
 }
 
-Tensor na_av_cpu(const Tensor& attn, const Tensor& v, at::IntArrayRef kernel, at::IntArrayRef dilation,
-                 const c10::List<bool>& causal) {
+Tensor na_av_cpu(const Tensor& attn, const Tensor& v, Shape kernel, Shape dilation, const std::vector<bool>& causal) {
   constexpr const char* op = "na_av";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, attn, v, kernel, dilation, causal, kern.vector_bytes, v.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(attn.size(-1) == p.kprod, op, ": attn's last dim must be the kernel volume ", p.kprod, ", got ",
-              attn.size(-1));
+  MK_CHECK(attn.size(-1) == p.kprod, op, ": attn's last dim must be the kernel volume ", p.kprod, ", got ",
+           attn.size(-1));
   const Tensor ac = attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor vc = canon_heads_first(v, p.tokens, p.dvpad, pr.acc);
   p.attn = ac.const_data_ptr();
   p.v = vc.const_data_ptr();
-  Tensor oc = at::empty({p.batch, p.heads, p.tokens, p.dvpad}, vc.options());
+  Tensor oc = empty_on(vc, {p.batch, p.heads, p.tokens, p.dvpad});
   p.out = oc.data_ptr();
   run(query_tasks(p), p, kern.av, kern.scratch_bytes(p));
   return to_heads_first(oc, pr.spatial, v.size(-1), v.scalar_type());
 }
 
-std::tuple<Tensor, Tensor> na_av_bwd_cpu(const Tensor& grad_out, const Tensor& attn, const Tensor& v,
-                                         at::IntArrayRef kernel, at::IntArrayRef dilation,
-                                         const c10::List<bool>& causal) {
+std::tuple<Tensor, Tensor> na_av_bwd_cpu(const Tensor& grad_out, const Tensor& attn, const Tensor& v, Shape kernel,
+                                         Shape dilation, const std::vector<bool>& causal) {
   constexpr const char* op = "na_av_bwd";
   const NeighborhoodAttentionKernelTable& kern = neighborhood_attention_kernels();
   Problem pr = unfused_problem(op, attn, v, kernel, dilation, causal, kern.vector_bytes, v.size(-1));
   NaParams& p = pr.p;
-  TORCH_CHECK(grad_out.numel() == p.batch * p.heads * p.tokens * v.size(-1), op,
-              ": grad_out must be (batch, heads, *spatial, value_dim)");
+  MK_CHECK(grad_out.numel() == p.batch * p.heads * p.tokens * v.size(-1), op,
+           ": grad_out must be (batch, heads, *spatial, value_dim)");
   const Tensor ac = attn.reshape({p.batch, p.heads, p.tokens, p.kprod}).to(pr.acc).contiguous();
   const Tensor vc = canon_heads_first(v, p.tokens, p.dvpad, pr.acc);
   const Tensor doc = canon_heads_first(grad_out, p.tokens, p.dvpad, pr.acc);
   p.attn = ac.const_data_ptr();
   p.v = vc.const_data_ptr();
   p.dout = doc.const_data_ptr();
-  Tensor dattn = at::empty({p.batch, p.heads, p.tokens, p.kprod}, vc.options());
-  Tensor dvc = at::empty_like(vc);
+  Tensor dattn = empty_on(vc, {p.batch, p.heads, p.tokens, p.kprod});
+  Tensor dvc = empty_as(vc);
   p.dattn_out = dattn.data_ptr();
   p.dv = dvc.data_ptr();
   const int64_t bytes = kern.scratch_bytes(p);
@@ -485,13 +491,13 @@ std::tuple<Tensor, Tensor> na_av_bwd_cpu(const Tensor& grad_out, const Tensor& a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("na_fwd", &na_fwd_cpu);
-  m.impl("na_bwd", &na_bwd_cpu);
-  m.impl("na_qk", &na_qk_cpu);
-  m.impl("na_qk_bwd", &na_qk_bwd_cpu);
-  m.impl("na_av", &na_av_cpu);
-  m.impl("na_av_bwd", &na_av_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "na_fwd", na_fwd_cpu);
+  MK_IMPL(m, "na_bwd", na_bwd_cpu);
+  MK_IMPL(m, "na_qk", na_qk_cpu);
+  MK_IMPL(m, "na_qk_bwd", na_qk_bwd_cpu);
+  MK_IMPL(m, "na_av", na_av_cpu);
+  MK_IMPL(m, "na_av_bwd", na_av_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

@@ -11,9 +11,6 @@
 // (whole channels per tile: no accumulation) and the grid and inv_den row partials; dweight's columns of the chunk are
 // grad_out^T @ phi of the tile. The (tokens, in * G) basis never exists: scratch is one or two tiles of about 2M
 // elements.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
@@ -23,8 +20,6 @@
 
 namespace medkernels::cpu {
 namespace {
-
-using at::Tensor;
 
 // The basis is formed in tiles of `rows` tokens x `chans` channels (the whole token range when it fits,
 // so each product streams the weight once): chunks of about 512 basis columns, tiles of about 2^21
@@ -41,29 +36,29 @@ Tiling tiling(int64_t tokens, int64_t in, int64_t G) {
 struct Problem {
   KanParams p;
   int64_t tokens = 0, out = 0;
-  at::ScalarType acc;
+  ScalarType acc;
   Tensor x2, w_acc, grid_rep;  // keep-alives
 };
 
 Problem setup(const char* op, const Tensor& x, const Tensor& grid, const Tensor& inv_den, const Tensor& weight) {
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": x must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(x.dim() >= 1, op, ": x must be (..., in), got a 0-dim tensor");
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op,
+           ": x must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(x.dim() >= 1, op, ": x must be (..., in), got a 0-dim tensor");
   for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"x", x},
                                 {"grid", grid},
                                 {"inv_denominator", inv_den},
                                 {"weight", weight}})
-    TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
-  const auto acc = st == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op,
-              ": grid must be (G,) with G >= 1 in ", acc, ", got ", grid.sizes(), " ", grid.scalar_type());
-  TORCH_CHECK(inv_den.dim() == 0 && inv_den.scalar_type() == acc, op, ": inv_denominator must be a 0-dim ", acc,
-              " tensor, got ", inv_den.sizes(), " ", inv_den.scalar_type());
+    MK_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", name, " on ", t.device());
+  const auto acc = st == kDouble ? kDouble : kFloat;
+  MK_CHECK(grid.dim() == 1 && grid.size(0) >= 1 && grid.scalar_type() == acc, op, ": grid must be (G,) with G >= 1 in ",
+           acc, ", got ", grid.sizes(), " ", grid.scalar_type());
+  MK_CHECK(inv_den.dim() == 0 && inv_den.scalar_type() == acc, op, ": inv_denominator must be a 0-dim ", acc,
+           " tensor, got ", inv_den.sizes(), " ", inv_den.scalar_type());
   const int64_t in = x.size(-1), G = grid.size(0);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == in * G && weight.scalar_type() == st, op,
-              ": weight must be (out, in * G) = (out, ", in * G, ") in ", st, ", got ", weight.sizes(), " ",
-              weight.scalar_type());
+  MK_CHECK(weight.dim() == 2 && weight.size(1) == in * G && weight.scalar_type() == st, op,
+           ": weight must be (out, in * G) = (out, ", in * G, ") in ", st, ", got ", weight.sizes(), " ",
+           weight.scalar_type());
   Problem pr;
   pr.acc = acc;
   pr.tokens = 1;
@@ -74,11 +69,11 @@ Problem setup(const char* op, const Tensor& x, const Tensor& grid, const Tensor&
   pr.grid_rep = grid.contiguous().repeat({in});
   KanParams& p = pr.p;
   p.dtype = kind_of(st, op);
-  p.acc = acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  p.acc = acc == kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
   p.in = in;
   p.grids = G;
   p.k = in * G;
-  p.inv_den = inv_den.item<double>();
+  p.inv_den = item_double(inv_den);
   p.x = pr.x2.const_data_ptr();
   p.grid_rep = pr.grid_rep.const_data_ptr();
   return pr;
@@ -92,33 +87,32 @@ std::vector<int64_t> out_shape(const Tensor& x, int64_t last) {
 
 template <class F>
 void rows_parallel(int64_t n, F&& f) {
-  at::parallel_for(0, n, 8, f);
+  parallel_for(0, n, 8, f);
 }
 
 // C (m x n) = A (m x k) B (k x n) (+ C with accumulate) on the kernels' packed GEMM: B packed once,
 // then independent tiles of C over the threads. A, B, C are acc-typed views given by their strides.
-void gemm(const GemmKernels& kern, at::ScalarType acc, int64_t m, int64_t n, int64_t k, const Tensor& a,
-          const Tensor& b, Tensor& c, bool accumulate) {
+void gemm(const GemmKernels& kern, ScalarType acc, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
+          Tensor& c, bool accumulate) {
   GemmArgs g;
-  g.acc = acc == at::kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
+  g.acc = acc == kDouble ? ScalarKind::Float64 : ScalarKind::Float32;
   g.m = m, g.n = n, g.k = k;
   g.a = a.const_data_ptr(), g.a_rs = a.stride(0), g.a_ks = a.stride(1);
   g.b = b.const_data_ptr(), g.b_ks = b.stride(0), g.b_ns = b.stride(1);
   g.c = c.data_ptr(), g.ldc = c.stride(0);
   g.accumulate = accumulate;
-  TORCH_CHECK(c.stride(1) == 1 && (g.a_ks == 1 || g.a_rs == 1) && (g.b_ns == 1 || g.b_ks == 1),
-              "rswaf_kan: internal error: unsupported GEMM strides");
+  MK_CHECK(c.stride(1) == 1 && (g.a_ks == 1 || g.a_rs == 1) && (g.b_ns == 1 || g.b_ks == 1),
+           "rswaf_kan: internal error: unsupported GEMM strides");
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (!accumulate) c.zero_();
     return;
   }
-  Tensor packed = at::empty({kern.packed_b_bytes(g) + 64}, at::TensorOptions().dtype(at::kByte));
+  Tensor packed = cpu_bytes(kern.packed_b_bytes(g) + 64);
   g.packed_b = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) & ~uintptr_t(63));
-  at::parallel_for(0, kern.b_panel_count(g), 1, [&](int64_t p0, int64_t p1) { kern.pack_b(g, p0, p1); });
+  parallel_for(0, kern.b_panel_count(g), 1, [&](int64_t p0, int64_t p1) { kern.pack_b(g, p0, p1); });
   Scratch scratch(kern.scratch_bytes(g));
-  at::parallel_for(0, gemm_tile_count(g), 1,
-                   [&](int64_t t0, int64_t t1) { kern.tiles(g, t0, t1, scratch.for_thread()); });
+  parallel_for(0, gemm_tile_count(g), 1, [&](int64_t t0, int64_t t1) { kern.tiles(g, t0, t1, scratch.for_thread()); });
 }
 
 Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_den, const Tensor& weight) {
@@ -126,13 +120,13 @@ Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_
   Problem pr = setup(op, x, grid, inv_den, weight);
   const KanParams& p = pr.p;
   const RswafKanKernelTable& kern = rswaf_kan_kernels();
-  Tensor out_acc = at::empty({pr.tokens, pr.out}, x.options().dtype(pr.acc));
+  Tensor out_acc = empty_on(x, {pr.tokens, pr.out}, pr.acc);
   if (pr.tokens > 0 && pr.out > 0) {
     if (p.k == 0) {
       out_acc.zero_();
     } else {
       const Tiling tl = tiling(pr.tokens, p.in, p.grids);
-      Tensor phi = at::empty({tl.rows * tl.chans * p.grids}, x.options().dtype(pr.acc));
+      Tensor phi = empty_on(x, {tl.rows * tl.chans * p.grids}, pr.acc);
       Scratch scratch(kern.scratch_bytes(p));
       const int64_t esize = int64_t(phi.element_size());
       for (int64_t b0 = 0; b0 < pr.tokens; b0 += tl.rows) {
@@ -157,24 +151,24 @@ Tensor rswaf_kan_fwd_cpu(const Tensor& x, const Tensor& grid, const Tensor& inv_
 // output_mask: (x, grid, inv_denominator, weight). Absent gradients are empty tensors.
 std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_out, const Tensor& x,
                                                              const Tensor& grid, const Tensor& inv_den,
-                                                             const Tensor& weight, const c10::List<bool>& output_mask) {
+                                                             const Tensor& weight,
+                                                             const std::vector<bool>& output_mask) {
   constexpr const char* op = "rswaf_kan_bwd";
   Problem pr = setup(op, x, grid, inv_den, weight);
-  TORCH_CHECK(output_mask.size() == 4, op, ": output_mask must have 4 entries, got ", output_mask.size());
+  MK_CHECK(output_mask.size() == 4, op, ": output_mask must have 4 entries, got ", output_mask.size());
   const bool need_x = output_mask[0], need_grid = output_mask[1], need_inv = output_mask[2], need_w = output_mask[3];
-  TORCH_CHECK(grad_out.device().is_cpu(), op, ": expected CPU tensors, got grad_out on ", grad_out.device());
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape(x, pr.out)), op, ": grad_out must be ",
-              at::IntArrayRef(out_shape(x, pr.out)), ", got ", grad_out.sizes());
+  MK_CHECK(grad_out.device().is_cpu(), op, ": expected CPU tensors, got grad_out on ", grad_out.device());
+  MK_CHECK(grad_out.sizes() == Shape(out_shape(x, pr.out)), op, ": grad_out must be ", Shape(out_shape(x, pr.out)),
+           ", got ", grad_out.sizes());
   KanParams& p = pr.p;
   const RswafKanKernelTable& kern = rswaf_kan_kernels();
-  const auto acc_opts = x.options().dtype(pr.acc);
+  const Opts acc_opts = Opts{x, pr.acc};
   const bool need_da = need_x || need_grid || need_inv;
   const bool work = pr.tokens > 0 && pr.out > 0 && p.k > 0;
-  Tensor dx = need_x ? (work ? at::empty({pr.tokens, p.in}, x.options()) : at::zeros({pr.tokens, p.in}, x.options()))
-                     : at::empty({0}, x.options());
-  Tensor dgrid_rows = need_grid ? at::zeros({pr.tokens, p.grids}, acc_opts) : Tensor();
-  Tensor dinv_rows = need_inv ? at::zeros({pr.tokens}, acc_opts) : Tensor();
-  Tensor dw_acc = need_w ? (work ? at::empty({pr.out, p.k}, acc_opts) : at::zeros({pr.out, p.k}, acc_opts)) : Tensor();
+  Tensor dx = need_x ? (work ? empty_on(x, {pr.tokens, p.in}) : zeros_on(x, {pr.tokens, p.in})) : empty_on(x, {0});
+  Tensor dgrid_rows = need_grid ? alloc_zeros({pr.tokens, p.grids}, acc_opts) : Tensor();
+  Tensor dinv_rows = need_inv ? alloc_zeros({pr.tokens}, acc_opts) : Tensor();
+  Tensor dw_acc = need_w ? (work ? alloc({pr.out, p.k}, acc_opts) : alloc_zeros({pr.out, p.k}, acc_opts)) : Tensor();
   if (work && (need_da || need_w)) {
     p.dx = need_x ? dx.data_ptr() : nullptr;
     p.dgrid_rows = need_grid ? dgrid_rows.data_ptr() : nullptr;
@@ -182,10 +176,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
     const Tensor g2 = grad_out.reshape({pr.tokens, pr.out}).to(pr.acc).contiguous();
     const Tiling tl = tiling(pr.tokens, p.in, p.grids);
     const int64_t tile = tl.rows * tl.chans * p.grids;
-    Tensor dphi = need_da ? at::empty({tile}, acc_opts) : Tensor();
-    Tensor phi = need_w ? at::empty({tile}, acc_opts) : Tensor();
+    Tensor dphi = need_da ? alloc({tile}, acc_opts) : Tensor();
+    Tensor phi = need_w ? alloc({tile}, acc_opts) : Tensor();
     Scratch scratch(kern.scratch_bytes(p));
-    const int64_t esize = int64_t(at::elementSize(pr.acc));
+    const int64_t esize = int64_t(element_size(pr.acc));
     for (int64_t b0 = 0; b0 < pr.tokens; b0 += tl.rows) {
       const int64_t n = std::min(tl.rows, pr.tokens - b0);
       const Tensor gb = g2.narrow(0, b0, n);
@@ -214,9 +208,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
     }
   }
   // Row partials summed in a fixed order (deterministic for any thread count).
-  Tensor dgrid = need_grid ? at::zeros({p.grids}, acc_opts) : at::empty({0}, grid.options());
-  Tensor dinv = need_inv ? at::zeros({}, acc_opts) : at::empty({0}, inv_den.options());
-  AT_DISPATCH_FLOATING_TYPES(pr.acc, "rswaf_kan_bwd_reduce", [&] {
+  Tensor dgrid = need_grid ? alloc_zeros({p.grids}, acc_opts) : empty_on(grid, {0});
+  Tensor dinv = need_inv ? alloc_zeros({}, acc_opts) : empty_on(inv_den, {0});
+  dispatch_floating(pr.acc, "rswaf_kan_bwd_reduce", [&](auto tag_) {
+    using scalar_t = decltype(tag_);
     if (need_grid) {
       const scalar_t* rows = dgrid_rows.const_data_ptr<scalar_t>();
       scalar_t* d = dgrid.data_ptr<scalar_t>();
@@ -231,7 +226,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
       dinv.fill_(s);
     }
   });
-  Tensor dw = !need_w ? at::empty({0}, weight.options())
+  Tensor dw = !need_w ? empty_on(weight, {0})
                       : (dw_acc.scalar_type() == weight.scalar_type() ? dw_acc : dw_acc.to(weight.scalar_type()));
   if (need_x) dx = dx.reshape(x.sizes());
   return {dx, dgrid, dinv, dw};
@@ -239,9 +234,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("rswaf_kan_fwd", &rswaf_kan_fwd_cpu);
-  m.impl("rswaf_kan_bwd", &rswaf_kan_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "rswaf_kan_fwd", rswaf_kan_fwd_cpu);
+  MK_IMPL(m, "rswaf_kan_bwd", rswaf_kan_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

@@ -3,9 +3,6 @@
 // This file is the torch side: the last-guard checks, output allocation, padded fp32 copies of the
 // small operands (A, B, C) and the reductions of per-row partial gradients. The arithmetic lives in
 // selective_scan_kernel.h, compiled per instruction set.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,7 +17,6 @@
 namespace medkernels::cpu {
 namespace {
 
-using at::Tensor;
 using scan::check_param;
 using scan::check_seq;
 using scan::sum_over_batch;
@@ -28,32 +24,31 @@ using scan::sum_over_batch;
 // The problem, checked, with the padded acc copies the kernels read.
 struct Problem {
   SelectiveScanFwdParams p;
-  at::ScalarType acc;
+  ScalarType acc;
   Tensor A_pad, B_pad, C_pad, D_acc, bias_acc, init_acc;
 };
 
 // Fixed (dim, N) or variable (batch, N, L) / (batch, G, N, L) B or C -> padded acc copy.
 Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t batch, int64_t dim, int64_t N, int64_t L,
-                  int64_t Np, at::ScalarType acc, const Tensor& u, int64_t& groups) {
-  TORCH_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
+                  int64_t Np, ScalarType acc, const Tensor& u, int64_t& groups) {
+  MK_CHECK(t.device() == u.device(), op, ": ", name, " must be on ", u.device(), ", got ", t.device());
   if (t.dim() == 2) {
     check_param(op, name, t, {dim, N}, acc, u);
     groups = 0;
-    Tensor out = at::zeros({dim, Np}, u.options().dtype(acc));
+    Tensor out = zeros_on(u, {dim, Np}, acc);
     out.narrow(1, 0, N).copy_(t);
     return out;
   }
-  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, op, ": ", name, " must have 2, 3 or 4 dims, got ", t.dim());
-  TORCH_CHECK(t.scalar_type() == u.scalar_type(), op, ": variable ", name, " must have dtype ", u.scalar_type(),
-              ", got ", t.scalar_type());
+  MK_CHECK(t.dim() == 3 || t.dim() == 4, op, ": ", name, " must have 2, 3 or 4 dims, got ", t.dim());
+  MK_CHECK(t.scalar_type() == u.scalar_type(), op, ": variable ", name, " must have dtype ", u.scalar_type(), ", got ",
+           t.scalar_type());
   const Tensor t4 = t.dim() == 3 ? t.unsqueeze(1) : t;
   groups = t4.size(1);
-  TORCH_CHECK(groups >= 1 && dim % groups == 0, op, ": ", name, " has ", groups,
-              " groups, which must divide dim=", dim);
-  TORCH_CHECK(t4.size(0) == batch && t4.size(2) == N && t4.size(3) == L, op, ": ", name,
-              " must have shape (batch, [groups,] dstate, seqlen) = (", batch, ", ", groups, ", ", N, ", ", L,
-              "), got ", t.sizes());
-  Tensor out = at::zeros({batch, groups, L, Np}, u.options().dtype(acc));
+  MK_CHECK(groups >= 1 && dim % groups == 0, op, ": ", name, " has ", groups, " groups, which must divide dim=", dim);
+  MK_CHECK(t4.size(0) == batch && t4.size(2) == N && t4.size(3) == L, op, ": ", name,
+           " must have shape (batch, [groups,] dstate, seqlen) = (", batch, ", ", groups, ", ", N, ", ", L, "), got ",
+           t.sizes());
+  Tensor out = zeros_on(u, {batch, groups, L, Np}, acc);
   out.narrow(3, 0, N).copy_(t4.transpose(2, 3));
   return out;
 }
@@ -61,26 +56,26 @@ Tensor prepare_BC(const char* op, const char* name, const Tensor& t, int64_t bat
 Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                 const std::optional<Tensor>& D, const std::optional<Tensor>& z, const std::optional<Tensor>& delta_bias,
                 const std::optional<Tensor>& initial_state, bool delta_softplus, int64_t chunk_size, int vector_bytes) {
-  TORCH_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
-  TORCH_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
-  const at::ScalarType st = u.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": u must be float32, float16, bfloat16 or float64, got ", st);
-  TORCH_CHECK(!A.is_complex(), op, ": complex A is not supported");
-  TORCH_CHECK(chunk_size >= 1, op, ": chunk_size must be >= 1, got ", chunk_size);
-  const at::ScalarType acc = st == at::kDouble ? at::kDouble : at::kFloat;
+  MK_CHECK(u.device().is_cpu(), op, ": expected CPU tensors, got u on ", u.device());
+  MK_CHECK(u.dim() == 3, op, ": u must have shape (batch, dim, seqlen), got ", u.sizes());
+  const ScalarType st = u.scalar_type();
+  MK_CHECK(st == kFloat || st == kDouble || st == kHalf || st == kBFloat16, op,
+           ": u must be float32, float16, bfloat16 or float64, got ", st);
+  MK_CHECK(!A.is_complex(), op, ": complex A is not supported");
+  MK_CHECK(chunk_size >= 1, op, ": chunk_size must be >= 1, got ", chunk_size);
+  const ScalarType acc = st == kDouble ? kDouble : kFloat;
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
   check_seq(op, "delta", delta, u);
   if (z) check_seq(op, "z", *z, u);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1, op,
-              ": A must have shape (dim, dstate) with dim=", dim, ", got ", A.sizes());
+  MK_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) >= 1, op, ": A must have shape (dim, dstate) with dim=", dim,
+           ", got ", A.sizes());
   const int64_t N = A.size(1);
   check_param(op, "A", A, {dim, N}, acc, u);
   if (D) check_param(op, "D", *D, {dim}, acc, u);
   if (delta_bias) check_param(op, "delta_bias", *delta_bias, {dim}, acc, u);
   if (initial_state) check_param(op, "initial_state", *initial_state, {batch, dim, N}, acc, u);
 
-  const int64_t lanes = vector_bytes / int64_t(at::elementSize(acc));
+  const int64_t lanes = vector_bytes / int64_t(element_size(acc));
   const int64_t Np = (N + lanes - 1) / lanes * lanes;
 
   Problem pr;
@@ -96,7 +91,7 @@ Problem prepare(const char* op, const Tensor& u, const Tensor& delta, const Tens
   p.dtype = kind_of(st, op);
   p.delta_softplus = delta_softplus;
 
-  pr.A_pad = at::zeros({dim, Np}, u.options().dtype(acc));
+  pr.A_pad = zeros_on(u, {dim, Np}, acc);
   pr.A_pad.narrow(1, 0, N).copy_(A);
   pr.B_pad = prepare_BC(op, "B", B, batch, dim, N, L, Np, acc, u, p.groups_B);
   pr.C_pad = prepare_BC(op, "C", C, batch, dim, N, L, Np, acc, u, p.groups_C);
@@ -132,17 +127,17 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(
   Problem pr = prepare("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                        chunk_size, kern.vector_bytes);
   SelectiveScanFwdParams& p = pr.p;
-  const auto acc_opts = u.options().dtype(pr.acc);
-  Tensor out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
-  Tensor last = at::empty({p.batch, p.dim, p.dstate}, acc_opts);
-  Tensor ckpt = at::empty({p.batch, p.dim, p.n_chunks, p.dstate}, acc_opts);
+  const Opts acc_opts = Opts{u, pr.acc};
+  Tensor out = empty_on(u, {p.batch, p.dim, p.seqlen});
+  Tensor last = alloc({p.batch, p.dim, p.dstate}, acc_opts);
+  Tensor ckpt = alloc({p.batch, p.dim, p.n_chunks, p.dstate}, acc_opts);
   p.out = out.data_ptr();
   p.last_state = last.data_ptr();
   p.checkpoints = ckpt.data_ptr();
   if (p.batch * p.dim == 0) return {out, last, ckpt};
 
   Scratch scratch(kern.fwd_scratch_bytes(p));
-  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) { kern.fwd(p, r0, r1, scratch.for_thread()); });
+  parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) { kern.fwd(p, r0, r1, scratch.for_thread()); });
   return {out, last, ckpt};
 }
 
@@ -170,16 +165,17 @@ std::vector<int64_t> channel_blocks(int64_t batch, int64_t dim, int64_t groups_B
 // grad[b, g, n, t] = sum over the blocks of group g of part[b, blk, t, n], in block order.
 Tensor sum_blocks(const Tensor& part, const std::vector<int64_t>& starts, int64_t dim, int64_t groups, int64_t N) {
   const int64_t batch = part.size(0), n_blocks = part.size(1), L = part.size(2), Np = part.size(3);
-  Tensor out = at::empty({batch, groups, N, L}, part.options());
+  Tensor out = empty_on(part, {batch, groups, N, L});
   const int64_t per_group = dim / groups;
   std::vector<int64_t> first(groups + 1, n_blocks);
   for (int64_t k = n_blocks - 1; k >= 0; --k) first[starts[k] / per_group] = k;
-  AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "selective_scan_bwd_reduce_blocks", [&] {
+  dispatch_floating(part.scalar_type(), "selective_scan_bwd_reduce_blocks", [&](auto tag_) {
+    using scalar_t = decltype(tag_);
     const scalar_t* src = part.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     constexpr int64_t kTile = 64;
     const int64_t tiles = (L + kTile - 1) / kTile;
-    at::parallel_for(0, batch * groups * tiles, 1, [&](int64_t w0, int64_t w1) {
+    parallel_for(0, batch * groups * tiles, 1, [&](int64_t w0, int64_t w1) {
       std::vector<scalar_t> acc(kTile * Np);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t bg = w / tiles, tile = w % tiles, b = bg / groups, g = bg % groups;
@@ -202,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& grad_out, const std::optional<Tensor>& grad_last_state, const Tensor& u, const Tensor& delta,
     const Tensor& A, const Tensor& B, const Tensor& C, const std::optional<Tensor>& D, const std::optional<Tensor>& z,
     const std::optional<Tensor>& delta_bias, const std::optional<Tensor>& initial_state, const Tensor& checkpoints,
-    bool delta_softplus, int64_t chunk_size) {
+    bool delta_softplus, int64_t chunk_size, bool /*deterministic: the CPU backward always is*/) {
   constexpr const char* op = "selective_scan_bwd";
   const SelectiveScanKernelTable& kern = selective_scan_kernels();
   Problem pr =
@@ -210,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   SelectiveScanBwdParams q;
   q.fwd = pr.p;
   SelectiveScanFwdParams& p = q.fwd;
-  const auto acc_opts = u.options().dtype(pr.acc);
+  const Opts acc_opts = Opts{u, pr.acc};
   check_seq(op, "grad_out", grad_out, u);
   check_param(op, "checkpoints", checkpoints, {p.batch, p.dim, p.n_chunks, p.dstate}, pr.acc, u);
   const Tensor ckpt = checkpoints.contiguous();
@@ -226,22 +222,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   q.grad_out_dim_stride = grad_out.stride(1);
 
   // The gradient of an absent input is an empty tensor, a distinct one each (outputs must not alias).
-  auto empty = [&] { return at::empty({0}, acc_opts); };
-  Tensor du = at::empty({p.batch, p.dim, p.seqlen}, u.options());
-  Tensor ddelta = at::empty({p.batch, p.dim, p.seqlen}, u.options());
-  Tensor dz = z ? at::empty({p.batch, p.dim, p.seqlen}, u.options()) : empty();
-  Tensor dinit = initial_state ? at::empty({p.batch, p.dim, p.dstate}, acc_opts) : empty();
+  auto empty = [&] { return alloc({0}, acc_opts); };
+  Tensor du = empty_on(u, {p.batch, p.dim, p.seqlen});
+  Tensor ddelta = empty_on(u, {p.batch, p.dim, p.seqlen});
+  Tensor dz = z ? empty_on(u, {p.batch, p.dim, p.seqlen}) : empty();
+  Tensor dinit = initial_state ? alloc({p.batch, p.dim, p.dstate}, acc_opts) : empty();
   q.grad_u = du.data_ptr();
   q.grad_delta = ddelta.data_ptr();
   q.grad_z = z ? dz.data_ptr() : nullptr;
   q.grad_initial_state = initial_state ? dinit.data_ptr() : nullptr;
 
   const int64_t Np = p.dstate_pad;
-  Tensor part_A = at::empty({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_Bf = p.groups_B ? empty() : at::empty({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_Cf = p.groups_C ? empty() : at::empty({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_D = D ? at::empty({p.batch, p.dim}, acc_opts) : empty();
-  Tensor part_bias = delta_bias ? at::empty({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_A = alloc({p.batch, p.dim, Np}, acc_opts);
+  Tensor part_Bf = p.groups_B ? empty() : alloc({p.batch, p.dim, Np}, acc_opts);
+  Tensor part_Cf = p.groups_C ? empty() : alloc({p.batch, p.dim, Np}, acc_opts);
+  Tensor part_D = D ? alloc({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_bias = delta_bias ? alloc({p.batch, p.dim}, acc_opts) : empty();
   q.part_A = part_A.data_ptr();
   q.part_B_fixed = p.groups_B ? nullptr : part_Bf.data_ptr();
   q.part_C_fixed = p.groups_C ? nullptr : part_Cf.data_ptr();
@@ -251,15 +247,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const std::vector<int64_t> starts = channel_blocks(p.batch, p.dim, p.groups_B, p.groups_C);
   q.n_blocks = int64_t(starts.size()) - 1;
   q.block_start = starts.data();
-  Tensor part_Bv = p.groups_B ? at::empty({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
-  Tensor part_Cv = p.groups_C ? at::empty({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
+  Tensor part_Bv = p.groups_B ? alloc({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
+  Tensor part_Cv = p.groups_C ? alloc({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
   q.part_B_var = p.groups_B ? part_Bv.data_ptr() : nullptr;
   q.part_C_var = p.groups_C ? part_Cv.data_ptr() : nullptr;
 
   if (p.batch * p.dim > 0) {
     Scratch scratch(kern.bwd_scratch_bytes(q));
-    at::parallel_for(0, p.batch * q.n_blocks, 1,
-                     [&](int64_t t0, int64_t t1) { kern.bwd(q, t0, t1, scratch.for_thread()); });
+    parallel_for(0, p.batch * q.n_blocks, 1,
+                 [&](int64_t t0, int64_t t1) { kern.bwd(q, t0, t1, scratch.for_thread()); });
   } else {
     part_A.zero_();
     part_Bf.zero_();
@@ -282,9 +278,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
-  m.impl("selective_scan_fwd", &selective_scan_fwd_cpu);
-  m.impl("selective_scan_bwd", &selective_scan_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
+  MK_IMPL(m, "selective_scan_fwd", selective_scan_fwd_cpu);
+  MK_IMPL(m, "selective_scan_bwd", selective_scan_bwd_cpu);
 }
 
 }  // namespace medkernels::cpu

@@ -219,7 +219,7 @@ def _fell_back(op: str, args: tuple, skipped: list[str]) -> None:
     if device == "cpu" and not _library.HAS_C:
         raise BackendUnavailableError(
             f"{op}: the compiled medkernels kernels did not load ({_library.LOAD_ERROR}), so there is no CPU "
-            "kernel to run; rebuild with `pip install --no-build-isolation .` against the installed torch, or ask "
+            "kernel to run; install a medkernels build for the installed torch (`pip install .`), or ask "
             "for the slow pure-PyTorch reference explicitly with backend='reference' (or MEDKERNELS_BACKEND)"
         )
     key = (op, device, tuple(skipped))

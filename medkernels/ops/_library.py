@@ -14,18 +14,49 @@ import warnings
 
 import torch  # noqa: F401  (load torch's libraries before the extension that links them)
 
-try:
-    from .. import _C  # type: ignore[attr-defined]
 
-    LOAD_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-    _C = None
-    LOAD_ERROR = str(exc)
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("+")[0].split(".")[:2] if x.isdigit())
+
+
+def _unsupported_torch() -> str | None:
+    """Why the installed torch cannot load this build of ``_C``, or None. The extension uses torch's stable ABI
+    only, so it loads into every torch from the one it was built with up to the next major version; outside that
+    range (or a CUDA build under a torch of another CUDA major) it is not loaded at all, so that no import can
+    fail on an undefined symbol."""
+    try:
+        from .. import _build_info  # type: ignore[attr-defined]
+    except ImportError:  # a source tree with a hand-copied _C: nothing recorded, nothing to check
+        return None
+    built, have = _version(_build_info.TORCH_BUILD_VERSION), _version(torch.__version__)
+    supported = f"torch >= {_build_info.TORCH_BUILD_VERSION}, < {built[0] + 1}"
+    if have < built or have[0] > built[0]:
+        return (
+            f"this build supports {supported} (LibTorch stable ABI), but torch {torch.__version__} is installed: "
+            f"install a torch in that range, or rebuild medkernels against this one (`pip install .`)"
+        )
+    if _build_info.CUDA_VERSION:
+        want, got = _build_info.CUDA_VERSION.split(".")[0], (torch.version.cuda or "").split(".")[0]
+        if want != got:
+            return (
+                f"this is a CUDA {_build_info.CUDA_VERSION} build, but torch {torch.__version__} has "
+                f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'no CUDA'}: install the CPU wheel or "
+                f"rebuild medkernels against this torch (`pip install .`)"
+            )
+    return None
+
+
+_C = None
+LOAD_ERROR: str | None = _unsupported_torch()
+if LOAD_ERROR is None:
+    try:
+        from .. import _C  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+        LOAD_ERROR = f"{exc}. Rebuild it against the installed torch (`pip install .`)"
+if LOAD_ERROR is not None:
     warnings.warn(
-        "medkernels: the compiled kernels (medkernels._C) could not be loaded: "
-        f"{exc}. Every op on CPU tensors raises until it is rebuilt against the installed torch "
-        "(`pip install --no-build-isolation .`, torch installed first); backend='reference' runs the slow "
-        "pure-PyTorch oracles explicitly.",
+        f"medkernels: the compiled kernels (medkernels._C) are not loaded: {LOAD_ERROR}. Every op on CPU tensors "
+        "raises until then; backend='reference' runs the slow pure-PyTorch oracles explicitly.",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -266,6 +266,7 @@ def _bwd_fake(
     checkpoints,
     delta_softplus,
     chunk_size,
+    deterministic=False,
 ):
     acc = _acc_of(u)
 
@@ -314,6 +315,9 @@ def _backward(ctx, bwd_op, grad_out, grad_last_state, _grad_checkpoints):
         checkpoints,
         ctx.delta_softplus,
         ctx.chunk_size,
+        # torch.use_deterministic_algorithms: the CUDA kernel then sums dB/dC in a fixed order (the CPU kernels
+        # always do); passed in because the stable ABI cannot read torch's global context.
+        torch.are_deterministic_algorithms_enabled(),
     )
     return (
         du,
@@ -387,6 +391,7 @@ if _library.HAS_TRITON:
         checkpoints: torch.Tensor,
         delta_softplus: bool,
         chunk_size: int,
+        deterministic: bool = False,
     ) -> tuple[
         torch.Tensor,
         torch.Tensor,
