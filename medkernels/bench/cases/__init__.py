@@ -208,12 +208,11 @@ SWEEPS: list[Sweep] = [
 _TINY_DFORMER = dict(model_kwargs=dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2)), swin_features=12)
 
 # The report's throughput table: the models group's cases at sizes where a profile's budget allows the reference
-# ("default": about a minute on 2 cores; the paper-size cases are in the full profile).
+# ("default": not yet measured as a whole; PointMamba2's reference training step took over 4 minutes on a loaded
+# machine, so it is left to the full profile with the paper-size cases).
 REPORT_MODELS: dict[str, tuple[Case, ...]] = {
     "quick": (dformer_infer_case(1, (32, 32, 32), (), num_classes=3, **_TINY_DFORMER),),
     "default": (
-        model_train_case("pointmamba2_cls", ()),
-        model_infer_case("pointmamba2_cls", ()),
         model_infer_case("dct_histoformer", ()),
         medvit_infer_case("small", 1, 224, ()),
         dformer_infer_case(1, (32, 64, 64), ()),
