@@ -127,13 +127,35 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def save_checkpoint(out: Path, state: dict, opt, step: int, history: dict) -> None:
-    """The weights as safetensors, the optimizer and step beside them (for --resume), the history as JSON."""
+def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, fsdp: bool) -> dict:
+    """The optimizer's state to checkpoint: under FSDP2 the full (unsharded) state gathered onto rank 0 (a collective:
+    every rank calls it; the others get an empty dict), else ``opt.state_dict()``."""
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, fsdp: bool) -> None:
+    """Restores what :func:`optimizer_state` saved (under FSDP2 every rank reads the full state and keeps its
+    shards)."""
+    if not fsdp:
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(out: Path, state: dict, opt_state: dict, step: int, history: dict) -> None:
+    """The weights as safetensors, the optimizer state (:func:`optimizer_state`) and step beside them (for
+    --resume), the history as JSON."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "model.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "step": step}, out / "trainer.pt")
+    torch.save({"optimizer": opt_state, "step": step}, out / "trainer.pt")
     (out / "history.json").write_text(json.dumps(history))
 
 
@@ -182,25 +204,25 @@ def run(
     torch.manual_seed(args.seed)
     model = model.to(device)
     out = Path(args.out)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=args.lr)
-    step, history = 0, {"step": [], "loss": [], "val_step": [], "val": []}
+    step, history, trainer = 0, {"step": [], "loss": [], "val_step": [], "val": []}, None
     if args.resume and (out / "trainer.pt").exists():
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
-        state = torch.load(out / "trainer.pt", map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        trainer = torch.load(out / "trainer.pt", map_location=device, weights_only=True)
+        step = int(trainer["step"])
         history = json.loads((out / "history.json").read_text())
-    wrapped = model
-    if world > 1:
-        if args.fsdp:
-            from torch.distributed.fsdp import fully_shard
+    wrapped, fsdp = model, args.fsdp and world > 1
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
 
-            fully_shard(model)
-        else:
-            wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        fully_shard(model)  # replaces the parameters by sharded DTensors: the optimizer must be built after it
+    elif world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr) if args.optimizer == "adamw" else torch.optim.SGD(params, lr=args.lr)
+    if trainer is not None:
+        load_optimizer_state(model, opt, trainer["optimizer"], fsdp)
     if args.compile:
         wrapped = torch.compile(wrapped)
     if args.batch_size % world:
@@ -241,6 +263,7 @@ def run(
                     metrics = evaluate(model, device)
                 model.train()
                 state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+                opt_state = optimizer_state(model, opt, fsdp)  # a collective under FSDP too
                 if rank == 0:
                     history["val_step"].append(step)
                     history["val"].append(metrics)
@@ -248,7 +271,7 @@ def run(
                         f"\nstep {step}: loss {value.item():.3f}, val {metric} {metrics[metric]:.3f} (baseline "
                         f"{metrics[f'baseline_{metric}']:.3f}), {time.time() - t0:.0f} s"
                     )
-                    save_checkpoint(out, state, opt, step, history)
+                    save_checkpoint(out, state, opt_state, step, history)
                 if world > 1:
                     dist.barrier()
     if progress is not None:

@@ -5,6 +5,9 @@ library measured in the same run), the effective bandwidth and the peak memory o
 pass and of forward+backward, then checks the case's targets; writes everything as JSON with the
 machine, torch and commit recorded (rewritten after each case, so an interrupted run keeps what it measured).
 
+With ``--report DIR``, sweeps each op along its axes and writes plots and a Markdown report instead
+(:mod:`medkernels.bench.report`).
+
 Exit status: 0 once the run completes, whatever it measured; with ``--check``, 1 when a target is not met
 (or could not be measured) or a backend or peer raised, with the reasons printed. 130 when interrupted.
 """
@@ -210,7 +213,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--backends", default="", help="comma-separated medkernels backends (default: all that run here)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--min-time", type=float, default=0.75, help="seconds of timed calls per measurement (default 0.75)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds of timed calls per measurement (default 0.75; with --report 0.25, 0.02 in the quick profile)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument(
         "--json",
@@ -224,7 +232,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="exit 1 when a target is not met or not measured, or a backend or peer raised "
         "(default: exit 0 whatever was measured)",
     )
-    p.add_argument("--list", action="store_true", help="list the cases of the profile and exit")
+    p.add_argument(
+        "--list", action="store_true", help="list the cases of the profile (or the report's sweeps) and exit"
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="sweep each op along its axes (sequence length, resolution, kernel size, points, batch) and write PNG "
+        "plots, DIR/README.md and DIR/results.json, with the models' throughput table; --ops and --match select "
+        "sweeps (e.g. --match na2d, --ops models)",
+    )
+    p.add_argument("--report-note", default="", help="a paragraph printed under the report's title")
     return p.parse_args(argv)
 
 
@@ -234,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     profile = args.profile or ("gpu" if device.type == "cuda" else "default")
+    if args.report is not None:
+        from .report import main_report
+
+        return main_report(args, device, profile)
+    if args.min_time is None:
+        args.min_time = 0.75
     only_ops = {o for o in args.ops.split(",") if o} or None
     only_backends = {b for b in args.backends.split(",") if b} or None
     cases = [c for c in cases_for(profile, only_ops) if args.match.lower() in c.label.lower()]

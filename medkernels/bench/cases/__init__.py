@@ -5,28 +5,39 @@ targets (speed-up and memory ratios against the reference) that the report check
 family builds its cases (``selective_scan``, ``multi_order_scan``, ``neighborhood_attention``,
 ``dilated_attention``, ``dct``, ``causal_conv1d``, ``blocks``, ``rswaf_kan``, ``point_cloud``; whole models
 in ``models_<name>``; ``base`` has :class:`Case`, :class:`Peer`, :class:`Target` and the profiles);
-:data:`CASES` below lists which shapes each profile runs, in the order they run.
+:data:`CASES` below lists which shapes each profile runs, in the order they run. For ``--report``, each op module
+also declares its scaling sweeps (``SWEEPS``: the op's case rebuilt along one axis), gathered in :data:`SWEEPS`, and
+:data:`REPORT_MODELS` lists the model cases of the report's throughput table.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import PROFILES, Case, Peer, Target
+from .base import PROFILES, Case, Peer, Sweep, Target
+from .blocks import SWEEPS as _BLOCK_SWEEPS
 from .blocks import mamba_case
+from .causal_conv1d import SWEEPS as _CONV_SWEEPS
 from .causal_conv1d import conv_case
+from .dct import SWEEPS as _DCT_SWEEPS
 from .dct import dct_attention_case, dct_case
 from .dilated_attention import DA_TARGETS, da_case, dformer_block_case
+from .dilated_attention import SWEEPS as _DA_SWEEPS
 from .models_dformer import DFORMER_TRAIN_TARGETS, dformer_infer_case, dformer_train_case
 from .models_medvit import MEDVIT_TRAIN_TARGETS, medvit_infer_case, medvit_train_case
 from .models_ssm import POINTMAMBA2_TRAIN_TARGETS, SS2D_TARGETS, model_infer_case, model_train_case, scan_block_case
 from .multi_order_scan import MULTI_SCAN_TARGETS, multi_scan_case
+from .multi_order_scan import SWEEPS as _MULTI_SCAN_SWEEPS
+from .neighborhood_attention import SWEEPS as _NA_SWEEPS
 from .neighborhood_attention import na_case, na_targets
+from .point_cloud import SWEEPS as _POINT_SWEEPS
 from .point_cloud import fps_case, knn_case
 from .rswaf_kan import KAN_TARGETS, kan_case
+from .rswaf_kan import SWEEPS as _KAN_SWEEPS
 from .selective_scan import ISSUE_TARGETS, MAMBA_FORM_TARGETS, scan_case
+from .selective_scan import SWEEPS as _SCAN_SWEEPS
 
-__all__ = ["CASES", "PROFILES", "Case", "Peer", "Target", "cases_for"]
+__all__ = ["CASES", "PROFILES", "REPORT_MODELS", "SWEEPS", "Case", "Peer", "Sweep", "Target", "cases_for", "sweeps_for"]
 
 
 CASES: list[Case] = [
@@ -179,3 +190,36 @@ def cases_for(profile: str, ops_filter: set[str] | None = None) -> list[Case]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     return [c for c in CASES if profile in c.profiles and (not ops_filter or c.op in ops_filter)]
+
+
+# medkernels-bench --report: every op's sweeps (declared beside its cases), in the order the report runs them.
+SWEEPS: list[Sweep] = [
+    *_SCAN_SWEEPS,
+    *_MULTI_SCAN_SWEEPS,
+    *_CONV_SWEEPS,
+    *_BLOCK_SWEEPS,
+    *_NA_SWEEPS,
+    *_DA_SWEEPS,
+    *_DCT_SWEEPS,
+    *_KAN_SWEEPS,
+    *_POINT_SWEEPS,
+]
+
+_TINY_DFORMER = dict(model_kwargs=dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2)), swin_features=12)
+
+# The report's throughput table: the models group's cases at sizes where a profile's budget allows the reference
+# ("default": not yet measured as a whole; PointMamba2's reference training step took over 4 minutes on a loaded
+# machine, so it is left to the full profile with the paper-size cases).
+REPORT_MODELS: dict[str, tuple[Case, ...]] = {
+    "quick": (dformer_infer_case(1, (32, 32, 32), (), num_classes=3, **_TINY_DFORMER),),
+    "default": (
+        model_infer_case("dct_histoformer", ()),
+        medvit_infer_case("small", 1, 224, ()),
+        dformer_infer_case(1, (32, 64, 64), ()),
+    ),
+}
+
+
+def sweeps_for(ops_filter: set[str] | None = None, match: str = "") -> list[Sweep]:
+    """The report's sweeps of some ops (``ops_filter``), whose key (``<op>-<axis>``) contains ``match``."""
+    return [s for s in SWEEPS if (not ops_filter or s.op in ops_filter) and match.lower() in s.key.lower()]

@@ -74,3 +74,29 @@ class Case:
 
     def title(self, dtype: torch.dtype) -> str:
         return f"{self.op}  {self.label}  {str(dtype).replace('torch.', '')}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One axis of an op's scaling sweep for ``medkernels-bench --report``: the op's existing case (its backends,
+    reference and peers) rebuilt at each value of the axis, the other sizes fixed.
+
+    ``build(value, quick)`` returns the case at ``value`` (``quick``: the small fixed sizes of the quick profile);
+    ``values`` maps a profile to the axis values it runs (profiles not listed run ``values["default"]``).
+    """
+
+    op: str
+    name: str  # the axis in file names: "seqlen", "resolution", "kernel", "points", "batch"
+    axis: str  # the axis as the plots and the report print it ("sequence length L")
+    values: dict[str, tuple]
+    build: Callable[[object, bool], Case]
+    loglog: bool = True  # False: a linear x axis (a few kernel sizes), still a log time axis
+
+    @property
+    def key(self) -> str:
+        """``<op>-<name>``: the sweep's id (file names, ``--match``)."""
+        return f"{self.op}-{self.name}"
+
+    def points(self, profile: str) -> tuple:
+        """The axis values ``profile`` runs."""
+        return self.values.get(profile, self.values["default"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Case
+from .base import Case, Sweep
 
 
 def _mamba_inputs(batch, seqlen, d_model, d_state):
@@ -37,3 +37,16 @@ def mamba_case(batch, seqlen, d_model, d_state, profiles, targets=(), dtypes=(to
         parameters=lambda x: list(x["module"].parameters()),
         targets=targets,
     )
+
+
+# medkernels-bench --report: the Mamba block (L=128, d_model=256, d_state=16) over the batch, against the block on
+# the reference ops.
+SWEEPS = (
+    Sweep(
+        "mamba_block",
+        "batch",
+        "batch B",
+        {"quick": (1, 2), "default": (1, 2, 4)},
+        lambda b, quick: mamba_case(b, 16 if quick else 128, 16 if quick else 256, 4 if quick else 16, ()),
+    ),
+)

@@ -6,7 +6,7 @@ import torch
 
 from medkernels import ops
 
-from .base import Case, Peer
+from .base import Case, Peer, Sweep
 
 
 def _conv_inputs(batch, dim, seqlen, width):
@@ -41,3 +41,15 @@ def conv_case(batch, dim, seqlen, width, profiles) -> Case:
         differentiable=("x", "weight", "bias"),
         peers={"torch_conv1d": Peer(_conv_torch)},
     )
+
+
+# medkernels-bench --report: a conv of 256 channels, width 4, over the sequence length.
+SWEEPS = (
+    Sweep(
+        "causal_conv1d",
+        "seqlen",
+        "sequence length L",
+        {"quick": (64, 256), "default": (1024, 4096, 16384)},
+        lambda L, quick: conv_case(1, 16 if quick else 256, L, 4, ()),
+    ),
+)

@@ -9,7 +9,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer
+from .base import Case, Peer, Sweep
 
 
 def dct_attention_case(batch, dim, size, heads, keep, profiles, targets=()) -> Case:
@@ -80,3 +80,24 @@ def _scipy_cpu(device: torch.device) -> str | None:
     if importlib.util.find_spec("scipy") is None:
         return "scipy is not installed (pip install scipy)"
     return None if device.type == "cpu" else "scipy runs on the CPU only"
+
+
+# medkernels-bench --report: dct2d (8 x 64 channels, half the coefficients kept per axis) and DCT attention
+# (2 x 64 channels, 2 heads; full spatial attention, the peer, grows with the square of the pixels) over the
+# resolution.
+SWEEPS = (
+    Sweep(
+        "dct2d",
+        "resolution",
+        "resolution H = W",
+        {"quick": (8, 16), "default": (28, 56, 112, 224)},
+        lambda s, quick: dct_case(1 if quick else 8, 4 if quick else 64, s, s // 2, ()),
+    ),
+    Sweep(
+        "dct_attention",
+        "resolution",
+        "resolution H = W",
+        {"quick": (8, 16), "default": (14, 28, 56)},
+        lambda s, quick: dct_attention_case(1 if quick else 2, 8 if quick else 64, s, 2, 0.25, ()),
+    ),
+)

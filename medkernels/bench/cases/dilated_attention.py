@@ -8,7 +8,7 @@ import torch
 from medkernels import ops, testing
 
 from .. import peers as _peers
-from .base import Case, Peer, Target
+from .base import Case, Peer, Sweep, Target
 from .neighborhood_attention import na_inputs
 
 
@@ -96,3 +96,15 @@ def dformer_block_case(spatial, dim, heads, group, scope, interval, profiles, ta
         targets=targets,
         parameters=lambda x: list(x["block"].parameters()),
     )
+
+
+# medkernels-bench --report: D-Former's global-scope attention (groups 2x8x8, 3 heads of 32) over the cube's edge.
+SWEEPS = (
+    Sweep(
+        "dilated_attention3d",
+        "resolution",
+        "resolution D = H = W",
+        {"quick": (8, 16), "default": (16, 24, 32)},
+        lambda s, quick: da_case((s, s, s), (2, 8, 8), "global", (), heads=2 if quick else 3, dim=16 if quick else 32),
+    ),
+)

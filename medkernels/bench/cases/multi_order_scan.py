@@ -9,7 +9,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer, Target
+from .base import Case, Peer, Sweep, Target
 
 
 def _multi_scan_inputs(batch: int, dim: int, dstate: int, seqlen: int, K: int):
@@ -93,5 +93,20 @@ MULTI_SCAN_TARGETS = (
         "memory",
         0.5,
         against="peer:8_copies",
+    ),
+)
+
+
+# medkernels-bench --report: PointMamba2's level-1 group scan (D=128, N=64, K=8 orderings) over the point count;
+# against the 8-copies path (the reference, K Python loops over L, takes tens of seconds a point: quick profile only).
+SWEEPS = (
+    Sweep(
+        "multi_order_selective_scan",
+        "points",
+        "points L (K orderings each)",
+        {"quick": (16, 64), "default": (256, 1024, 2048)},
+        lambda L, quick: multi_scan_case(
+            1, 8 if quick else 128, 4 if quick else 64, L, 4 if quick else 8, (), with_reference=quick
+        ),
     ),
 )

@@ -11,7 +11,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer, Target
+from .base import Case, Peer, Sweep, Target
 
 
 def na_inputs(spatial: tuple[int, ...], heads: int, dim: int):
@@ -62,9 +62,10 @@ def _flex_call(kernel: int, dilation: int):
 
 
 def na_case(
-    spatial, kernel, dilation, profiles, targets=(), heads=4, dim=32, dtypes=(torch.float32,), flex=True
+    spatial, kernel, dilation, profiles, targets=(), heads=4, dim=32, dtypes=(torch.float32,), flex=True, natten=True
 ) -> Case:
-    """``flex=False`` leaves out the compiled flex peer (seconds of compilation per shape; the quick profile)."""
+    """``flex=False`` leaves out the compiled flex peer (seconds of compilation per shape; the quick profile);
+    ``natten=False`` natten (0.21's CPU forward is uncompiled flex_attention: seconds per call beyond ~2000 tokens)."""
     na_dim = len(spatial)
     peers = {
         "flex_compiled": Peer(
@@ -89,6 +90,8 @@ def na_case(
     }
     if not flex:
         del peers["flex_compiled"]
+    if not natten:
+        del peers["natten"]
     return Case(
         op=f"na{na_dim}d",
         label=f"B=1 {'x'.join(map(str, spatial))} K={kernel} d={dilation} heads={heads} head_dim={dim}",
@@ -113,3 +116,53 @@ def na_targets(three_d: bool) -> tuple[Target, ...]:
         Target("forward >= 5x dense SDPA", "cpu", "fwd", "speedup", 5.0, against="peer:sdpa"),
         Target("forward+backward >= 5x the gather baseline's autograd", "cpu", "fwd+bwd", "speedup", 5.0),
     )
+
+
+# medkernels-bench --report: 2D NA over the resolution (K=7) and the kernel size (32x32), 3D NA over the
+# resolution (K=5); 4 heads of 32. natten (when installed) is the same-result peer up to 32x32 and 12^3 tokens (0.21's
+# CPU forward is flex_attention without compilation, a dense score matrix: 4 s a call at 64x64); the compiled flex
+# peer is left out (seconds of compilation per shape).
+SWEEPS = (
+    Sweep(
+        "na2d",
+        "resolution",
+        "resolution H = W",
+        {"quick": (8, 12), "default": (16, 32, 48, 64)},
+        lambda s, quick: na_case(
+            (s, s),
+            3 if quick else 7,
+            1,
+            (),
+            heads=2 if quick else 4,
+            dim=8 if quick else 32,
+            flex=False,
+            natten=s <= 32,
+        ),  # fmt: skip
+    ),
+    Sweep(
+        "na2d",
+        "kernel",
+        "kernel size K (32 x 32)",
+        {"quick": (3, 5), "default": (3, 7, 11, 15)},
+        lambda k, quick: na_case(
+            (12, 12) if quick else (32, 32), k, 1, (), heads=2 if quick else 4, dim=8 if quick else 32, flex=False
+        ),  # fmt: skip
+        loglog=False,
+    ),
+    Sweep(
+        "na3d",
+        "resolution",
+        "resolution D = H = W",
+        {"quick": (5, 6), "default": (8, 12, 16)},
+        lambda s, quick: na_case(
+            (s, s, s),
+            3 if quick else 5,
+            1,
+            (),
+            heads=2 if quick else 4,
+            dim=8 if quick else 32,
+            flex=False,
+            natten=s <= 12,
+        ),  # fmt: skip
+    ),
+)

@@ -12,7 +12,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer
+from .base import Case, Peer, Sweep
 
 
 def _installed_cpu(module: str, why: str):
@@ -112,3 +112,23 @@ def _knn_peers(k: int, c: int) -> dict[str, Peer]:
             torch_memory=False,
         )
     return peers
+
+
+# medkernels-bench --report: exact FPS (to 2048 points) and kNN (2048 queries, k=32) over the cloud's point count;
+# the references (FPS: the textbook loop; kNN: a full sort per query row) up to 16384 and 4096 points.
+SWEEPS = (
+    Sweep(
+        "furthest_point_sample",
+        "points",
+        "points N",
+        {"quick": (500, 2000), "default": (4096, 16384, 65536)},
+        lambda n, quick: fps_case(1, n, 100 if quick else 2048, 3, (), reference=n <= 16384),
+    ),
+    Sweep(
+        "knn",
+        "points",
+        "points N",
+        {"quick": (256, 1000), "default": (2048, 8192, 32768)},
+        lambda n, quick: knn_case(1, 64 if quick else 2048, n, 8 if quick else 32, 3, (), reference=quick or n <= 4096),
+    ),
+)

@@ -7,7 +7,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer, Target
+from .base import Case, Peer, Sweep, Target
 
 
 def kan_case(tokens, in_dim, out_dim, grids, profiles, targets=(), dtypes=(torch.float32,)) -> Case:
@@ -53,5 +53,17 @@ KAN_TARGETS = (
         "speedup",
         1.0,
         against="peer:unfused",
+    ),
+)
+
+
+# medkernels-bench --report: MedViTV2's last-stage KAN (512 -> 1024, 8 grids) over the batch of 7 x 7 token maps.
+SWEEPS = (
+    Sweep(
+        "rswaf_kan",
+        "batch",
+        "batch (x 49 tokens)",
+        {"quick": (1, 4), "default": (8, 16, 32, 64)},
+        lambda b, quick: kan_case(49 * b, 16 if quick else 512, 16 if quick else 1024, 4 if quick else 8, ()),
     ),
 )

@@ -11,7 +11,7 @@ import torch
 from medkernels import ops
 
 from .. import peers as _peers
-from .base import Case, Peer, Target
+from .base import Case, Peer, Sweep, Target
 
 
 def _scan_inputs(batch: int, dim: int, dstate: int, seqlen: int, bc: str):
@@ -111,4 +111,17 @@ MAMBA_FORM_TARGETS = (
         against="peer:mamba_ssm_ref_form",
     ),
     Target("forward+backward >= 40x the linear-time reference's autograd", "cpu", "fwd+bwd", "speedup", 40.0),
+)
+
+
+# medkernels-bench --report: one Mamba layer's scan (D=256, N=16) over the sequence length; the reference (a Python
+# loop over L) up to L=1024 (seconds per call beyond).
+SWEEPS = (
+    Sweep(
+        "selective_scan",
+        "seqlen",
+        "sequence length L",
+        {"quick": (16, 64), "default": (256, 1024, 4096, 16384)},
+        lambda L, quick: scan_case(1, 16 if quick else 256, 4 if quick else 16, L, "variable", (), reference=L <= 1024),
+    ),
 )
