@@ -19,7 +19,7 @@ CPU_ISAS = ops.cpu_isas()
 
 @pytest.fixture(params=CPU_ISAS)
 def cpu_isa(request):
-    """Runs a test once per compiled CPU instruction set (avx2, base), restoring the default after."""
+    """Runs a test once per compiled CPU instruction set (avx512, avx2, base), restoring the default after."""
     before = ops.cpu_isa()
     ops.set_cpu_isa(request.param)
     yield request.param

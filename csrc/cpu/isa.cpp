@@ -7,8 +7,8 @@
 namespace medkernels::cpu {
 namespace {
 
-enum Isa : int { kBase = 0, kAvx2 = 1, kCount = 2 };
-const char* const kNames[kCount] = {"base", "avx2"};
+enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2, kCount = 3 };
+const char* const kNames[kCount] = {"base", "avx2", "avx512"};
 
 bool cpu_has(Isa isa) {
   switch (isa) {
@@ -16,6 +16,15 @@ bool cpu_has(Isa isa) {
     case kAvx2:
 #if defined(MEDKERNELS_HAVE_AVX2)
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+      return false;
+#endif
+    case kAvx512:
+      // GCC's __builtin_cpu_supports reports the AVX-512 features only when the OS saves the zmm and mask
+      // registers (XCR0 bits 5-7 with 1-2, tested in libgcc's cpuinfo), so no separate XGETBV check.
+#if defined(MEDKERNELS_HAVE_AVX512)
+      return cpu_has(kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #else
       return false;
 #endif
@@ -37,7 +46,8 @@ int parse(const std::string& name) {
                                     "' is not supported by this CPU or this build");
       return i;
     }
-  throw std::invalid_argument("medkernels: unknown CPU instruction set '" + name + "' (expected 'base' or 'avx2')");
+  throw std::invalid_argument("medkernels: unknown CPU instruction set '" + name +
+                              "' (expected 'base', 'avx2' or 'avx512')");
 }
 
 int initial() {
@@ -68,14 +78,25 @@ std::string active_isa() { return kNames[current().load()]; }
 
 void set_isa(const std::string& name) { current().store(parse(name)); }
 
-// Each family's kernel table for the instruction set in use (medkernels/cpu/families.def).
-#if defined(MEDKERNELS_HAVE_AVX2)
-#define MK_PICK(family) (current().load() == kAvx2 ? family##_avx2() : family##_base())
+// Each family's kernel table for the instruction set in use (medkernels/cpu/families.def), read once per
+// call. A family's avx512 table is its avx2 one where AVX-512 did not measure faster
+// (MEDKERNELS_AVX512_FAMILIES, CMakeLists.txt; numbers in csrc/README.md).
+#if defined(MEDKERNELS_HAVE_AVX512)
+#define MK_PICK(get)                         \
+  if (isa == kAvx512) return get##_avx512(); \
+  if (isa == kAvx2) return get##_avx2();
+#elif defined(MEDKERNELS_HAVE_AVX2)
+#define MK_PICK(get) \
+  if (isa == kAvx2) return get##_avx2();
 #else
-#define MK_PICK(family) family##_base()
+#define MK_PICK(get)
 #endif
-#define MK_FAMILY(family, Type) \
-  const Type##KernelTable& family##_kernels() { return MK_PICK(family##_kernels); }
+#define MK_FAMILY(family, Type)                        \
+  const Type##KernelTable& family##_kernels() {        \
+    [[maybe_unused]] const int isa = current().load(); \
+    MK_PICK(family##_kernels)                          \
+    return family##_kernels_base();                    \
+  }
 #include "medkernels/cpu/families.def"
 #undef MK_FAMILY
 #undef MK_PICK

@@ -139,7 +139,7 @@ std::tuple<Tensor, Tensor> knn_cpu(const Tensor& query, const Tensor& points, in
     // Low-dimensional clouds with enough work: the spatial-block search, its blocks built by the kernel
     // (points in Morton order, cells of kKnnCell with their boxes, each query's starting cell).
     p.npad = (n + kKnnCell - 1) / kKnnCell * kKnnCell;
-    const int64_t nbpad = (p.npad / kKnnCell + 7) / 8 * 8;
+    const int64_t nbpad = (p.npad / kKnnCell + kKnnBoxPad - 1) / kKnnBoxPad * kKnnBoxPad;
     const Tensor pc = points.to(acc).contiguous();
     planes = empty_on(pc, {batch, c, p.npad});
     order = empty_on(pc, {batch, p.npad}, kLong);

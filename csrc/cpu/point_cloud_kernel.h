@@ -34,7 +34,12 @@ struct LaneInt<double> {
 // Bit l set when lane l of the comparison mask m is true.
 template <class T>
 inline unsigned lane_bits(ivec<T> m) {
-#if defined(__AVX__) && MK_VEC_BYTES == 32
+#if defined(__AVX512DQ__) && MK_VEC_BYTES == 64
+  if constexpr (__is_same(T, float))
+    return unsigned(_mm512_movepi32_mask(reinterpret_cast<__m512i&>(m)));
+  else
+    return unsigned(_mm512_movepi64_mask(reinterpret_cast<__m512i&>(m)));
+#elif defined(__AVX__) && MK_VEC_BYTES == 32
   if constexpr (__is_same(T, float))
     return unsigned(__builtin_ia32_movmskps256(reinterpret_cast<vf32&>(m)));
   else
@@ -755,7 +760,7 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
         return acc == acc;
       }();
       if (p.order && p.finite[b] && finite_q) {
-        const int64_t nbpad = round_up(p.npad / kKnnCell, 8);
+        const int64_t nbpad = round_up(p.npad / kKnnCell, kKnnBoxPad);
         knn_query_collect<T, CC>(p, pl, p.order + b * p.npad, static_cast<const T*>(p.box_lo) + b * p.c * nbpad,
                                  static_cast<const T*>(p.box_hi) + b * p.c * nbpad, nbpad, p.seed[b * p.m + m], q, near,
                                  cand, keys);
@@ -763,7 +768,7 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
         continue;
       }
       if (p.order) {
-        const int64_t nbpad = round_up(p.npad / kKnnCell, 8);
+        const int64_t nbpad = round_up(p.npad / kKnnCell, kKnnBoxPad);
         knn_query_blocks<T, CC>(p, pl, p.order + b * p.npad, static_cast<const T*>(p.box_lo) + b * p.c * nbpad,
                                 static_cast<const T*>(p.box_hi) + b * p.c * nbpad, nbpad, p.seed[b * p.m + m], q, top);
       } else {
@@ -778,7 +783,7 @@ void knn_t(const KnnParams& p, int64_t t0, int64_t t1, void* scratch) {
 
 template <class T>
 void knn_build_t(const KnnParams& p, const KnnBlockBuild& o, int64_t b0, int64_t b1, void* scratch) {
-  const int64_t c = p.c, nb = p.npad / kKnnCell, nbpad = round_up(nb, 8);
+  const int64_t c = p.c, nb = p.npad / kKnnCell, nbpad = round_up(nb, kKnnBoxPad);
   Carver cv{reinterpret_cast<uintptr_t>(scratch)};
   uint32_t* key_a = cv.take<uint32_t>(p.n);
   uint32_t* key_b = cv.take<uint32_t>(p.n);

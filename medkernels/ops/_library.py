@@ -154,7 +154,7 @@ def cpu_isa() -> str | None:
 
 
 def set_cpu_isa(name: str) -> None:
-    """Select the CPU kernel bodies ("avx2", "base"); the default is the widest this CPU runs.
+    """Select the CPU kernel bodies ("avx512", "avx2", "base"); the default is the widest this CPU runs.
 
     Also settable with the environment variable ``MEDKERNELS_CPU_ISA`` before import.
 

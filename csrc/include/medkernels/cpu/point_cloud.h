@@ -50,10 +50,13 @@ struct KnnParams {
   const uint8_t* finite = nullptr;  // (batch,): 1 when every coordinate of the cloud's points is finite
 };
 inline constexpr int64_t kKnnCell = 32;
+// The block boxes are padded to a multiple of kKnnBoxPad: whole vectors of boxes for every instruction
+// set (16 float32 lanes with AVX-512).
+inline constexpr int64_t kKnnBoxPad = 16;
 
 // What knn_build writes, per cloud (the KnnParams spatial-block fields, owned by the caller): planes
 // (batch, c, npad) and order (batch, npad) in Morton order (padding +inf / -1), box_lo/box_hi
-// (batch, c, round_up(npad / kKnnCell, 8)) (padding boxes +inf), seed (batch, m), finite (batch).
+// (batch, c, round_up(npad / kKnnCell, kKnnBoxPad)) (padding boxes +inf), seed (batch, m), finite (batch).
 struct KnnBlockBuild {
   const void* points = nullptr;  // (batch, n, c) contiguous, in the acc type
   void* planes = nullptr;

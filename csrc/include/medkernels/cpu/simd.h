@@ -4,7 +4,7 @@
 // Included ONLY by the per-instruction-set kernel files (generated per ISA from csrc/cpu/isa_kernels.cpp.in), which
 // define
 //   MK_ISA        the namespace of this compilation (base, avx2, ...)
-//   MK_VEC_BYTES  the vector width in bytes (16 = SSE2/NEON, 32 = AVX2)
+//   MK_VEC_BYTES  the vector width in bytes (16 = SSE2/NEON, 32 = AVX2, 64 = AVX-512)
 // Everything lives in an unnamed namespace, so no symbol compiled with wide instructions can be
 // merged by the linker into code that runs on a machine without them.
 #pragma once
@@ -65,7 +65,12 @@ inline void vstore(T* p, vec<T> v) {
 // a zeroed vector costs inserts.)
 template <class T>
 inline vec<T> vsplat(T s) {
-#if defined(__AVX__) && MK_VEC_BYTES == 32
+#if defined(__AVX512F__) && MK_VEC_BYTES == 64
+  if constexpr (__is_same(T, float))
+    return _mm512_set1_ps(s);
+  else
+    return _mm512_set1_pd(s);
+#elif defined(__AVX__) && MK_VEC_BYTES == 32
   if constexpr (__is_same(T, float))
     return _mm256_set1_ps(s);
   else
@@ -79,12 +84,25 @@ inline vec<T> vsplat(T s) {
   return vec<T>{} + s;
 #endif
 }
-// Lane sum in a fixed order (deterministic).
+// Lane sum in a fixed order (deterministic). 64-byte vectors fold in halves down to 16 bytes first (two
+// vector adds), then add those lanes pairwise: 4 dependent adds instead of a chain of 15 for float.
 template <class T>
 inline T hsum(vec<T> v) {
+#if defined(__AVX512DQ__) && MK_VEC_BYTES == 64
+  if constexpr (__is_same(T, float)) {
+    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    return (b[0] + b[1]) + (b[2] + b[3]);
+  } else {
+    const __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return b[0] + b[1];
+  }
+#else
   T s = v[0];
   for (int i = 1; i < lanes<T>; ++i) s += v[i];
   return s;
+#endif
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -116,20 +134,29 @@ struct Carver {
 };
 
 // y[i] = lane sum of the vector stored at P + i * lanes, for i < n. Deferring the horizontal sums
-// of a chunk to here lets the AVX2 path reduce eight vectors with one transpose-add.
+// of a chunk to here lets the AVX2 and AVX-512 paths reduce eight vectors with one transpose-add.
 // With `every` > 1 the vectors sit every `every` vectors apart (interleaved buffers).
 template <class T>
 inline void reduce_lanes_strided(const T* P, T* y, int64_t n, int64_t every) {
   const int64_t st = every * lanes<T>;
   int64_t i = 0;
-#if defined(__AVX2__) && MK_VEC_BYTES == 32
+#if defined(__AVX2__) && (MK_VEC_BYTES == 32 || (MK_VEC_BYTES == 64 && defined(__AVX512DQ__)))
   if constexpr (__is_same(T, float)) {
+#if MK_VEC_BYTES == 64
+    // 16 lanes: the two halves added first, then the 8-lane transpose-add.
+    const auto ld = [](const float* q) {
+      const __m512 v = _mm512_loadu_ps(q);
+      return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    };
+#else
+    const auto ld = [](const float* q) { return _mm256_loadu_ps(q); };
+#endif
     for (; i + 8 <= n; i += 8) {
       const float* r = P + i * st;
-      const __m256 a = _mm256_hadd_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + st));
-      const __m256 b = _mm256_hadd_ps(_mm256_loadu_ps(r + 2 * st), _mm256_loadu_ps(r + 3 * st));
-      const __m256 c = _mm256_hadd_ps(_mm256_loadu_ps(r + 4 * st), _mm256_loadu_ps(r + 5 * st));
-      const __m256 d = _mm256_hadd_ps(_mm256_loadu_ps(r + 6 * st), _mm256_loadu_ps(r + 7 * st));
+      const __m256 a = _mm256_hadd_ps(ld(r), ld(r + st));
+      const __m256 b = _mm256_hadd_ps(ld(r + 2 * st), ld(r + 3 * st));
+      const __m256 c = _mm256_hadd_ps(ld(r + 4 * st), ld(r + 5 * st));
+      const __m256 d = _mm256_hadd_ps(ld(r + 6 * st), ld(r + 7 * st));
       const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
       _mm256_storeu_ps(y + i,
                        _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31)));
@@ -147,7 +174,9 @@ inline void reduce_lanes(const T* P, T* y, int64_t n) {
 
 // max(lo, x) and min(hi, x) that keep a NaN x (the x86 instructions return their second operand then).
 inline vf32 vmax_nan(vf32 lo, vf32 x) {
-#if defined(__AVX__) && MK_VEC_BYTES == 32
+#if defined(__AVX512F__) && MK_VEC_BYTES == 64
+  return _mm512_max_ps(lo, x);
+#elif defined(__AVX__) && MK_VEC_BYTES == 32
   return __builtin_ia32_maxps256(lo, x);
 #elif defined(__SSE__) && MK_VEC_BYTES == 16
   return __builtin_ia32_maxps(lo, x);
@@ -156,7 +185,9 @@ inline vf32 vmax_nan(vf32 lo, vf32 x) {
 #endif
 }
 inline vf32 vmin_nan(vf32 hi, vf32 x) {
-#if defined(__AVX__) && MK_VEC_BYTES == 32
+#if defined(__AVX512F__) && MK_VEC_BYTES == 64
+  return _mm512_min_ps(hi, x);
+#elif defined(__AVX__) && MK_VEC_BYTES == 32
   return __builtin_ia32_minps256(hi, x);
 #elif defined(__SSE__) && MK_VEC_BYTES == 16
   return __builtin_ia32_minps(hi, x);
