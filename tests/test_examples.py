@@ -89,16 +89,23 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     """2 gloo processes x 2 clouds under DistributedDataParallel == 1 process x 4 clouds: same losses, same weights
     (to float32 rounding of the gradient average; SGD), identical weights on both ranks."""
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # measured: losses within 2.4e-7, weights within 4.1e-6 of each tensor's max|w|
+    _assert_ranks_equal_one_process(tmp_path)
+
+
+def _assert_ranks_equal_one_process(tmp_path) -> dict:
+    """Both ranks' saved weights are identical, and equal one process's (same global batches, SGD) to float32
+    rounding of the gradient average: losses to 1e-6 relative, weights to 1e-5 of each tensor's max|w|."""
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k
     mod = _example("train_pointmamba2_cortex")
     torch.set_num_threads(1)
     history, model = mod.train(_args(mod, tmp_path / "single", *_SGD), _Octants(8), _Octants(2, seed=1))
-    # measured: losses within 2.4e-7, weights within 4.1e-6 of each tensor's max|w|
     close(torch.tensor(r0["loss"]), torch.tensor(history["loss"]), rtol=1e-6, atol=0, what="losses")
     for k, v in model.state_dict().items():
         close(r0["state"][k], v, rtol=0, atol=1e-5 * v.abs().max().item(), what=k)
+    return r0
 
 
 @pytest.mark.parametrize(
@@ -146,17 +153,9 @@ def test_fsdp2_two_processes_equal_one_process(tmp_path):
     """2 gloo processes under FSDP2 (fully_shard) == 1 process with the same global batch: same losses, same
     weights (SGD), and the gathered full weights identical on both ranks."""
     mp.spawn(_fsdp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    assert r0["sharded"] > 0, "fully_shard left no parameter sharded"
-    for k, v in r0["state"].items():
-        assert torch.equal(v, r1["state"][k]), k
-    mod = _example("train_pointmamba2_cortex")
-    torch.set_num_threads(1)
-    history, model = mod.train(_args(mod, tmp_path / "single", *_SGD), _Octants(8), _Octants(2, seed=1))
     # measured: losses within 1.1e-7, weights within 4.1e-6 of each tensor's max|w| (as under DDP)
-    close(torch.tensor(r0["loss"]), torch.tensor(history["loss"]), rtol=1e-6, atol=0, what="losses")
-    for k, v in model.state_dict().items():
-        close(r0["state"][k], v, rtol=0, atol=1e-5 * v.abs().max().item(), what=k)
+    r0 = _assert_ranks_equal_one_process(tmp_path)
+    assert r0["sharded"] > 0, "fully_shard left no parameter sharded"
 
 
 class _CheckpointedMamba(torch.nn.Module):
