@@ -166,8 +166,7 @@ def test_the_installed_build_records_what_it_supports():
     from medkernels.ops import _library
 
     assert _library.HAS_C and _library.LOAD_ERROR is None
-    built = tuple(int(x) for x in _build_info.TORCH_BUILD_VERSION.split(".")[:2])
-    have = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    built, have = _library._version(_build_info.TORCH_BUILD_VERSION), _library._version(torch.__version__)
     assert built <= have and have[0] == built[0]
     assert _build_info.TORCH_TARGET_VERSION == "2.10"
 
@@ -222,8 +221,11 @@ def test_the_shared_rules(monkeypatch):
         torch.use_deterministic_algorithms(prev)
 
 
-def test_dilated_attention_dropout_runs_on_the_reference():
+def test_dilated_attention_dropout_runs_on_the_reference(monkeypatch):
     from medkernels import ops
+    from medkernels.ops import _backend
+
+    monkeypatch.setattr(_backend, "_WARNED", set())  # the fall-back warns once per process: not already, here
 
     q, k, v = (torch.randn(1, 2, 4, 4, 2, 8) for _ in range(3))
     assert ops.why_not("dilated_attention3d", "cpu", q, 0.1) == (
