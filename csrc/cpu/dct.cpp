@@ -35,7 +35,7 @@ Tensor separable2d_cpu(const Tensor& x, const Tensor& mh, const Tensor& mw) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape[shape.size() - 2] = p.oh;
   shape[shape.size() - 1] = p.ow;
-  Tensor out = alloc(shape, Opts{x});
+  Tensor out = empty_on(x, shape);
   p.images = h * w == 0 ? 0 : x.numel() / (h * w);
   if (out.numel() == 0 || p.images == 0) return out.zero_();
   const Tensor xc = x.contiguous(), mhc = mh.contiguous();

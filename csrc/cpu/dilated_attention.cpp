@@ -78,8 +78,8 @@ std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, co
   p.q = view_of(q);
   p.k = view_of(k);
   p.v = view_of(v);
-  Tensor out = alloc(q.sizes(), Opts{q});
-  Tensor lse = alloc(q.sizes().slice(0, 5), Opts{q, p.acc == ScalarKind::Float64 ? kDouble : kFloat});
+  Tensor out = empty_on(q, q.sizes());
+  Tensor lse = empty_on(q, q.sizes().slice(0, 5), p.acc == ScalarKind::Float64 ? kDouble : kFloat);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   run(tasks_of(p), p, kern.fwd, kern.scratch_bytes(p, false));
@@ -113,8 +113,7 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
   p.o = view_of(o);
   p.lse_in = lse_c.const_data_ptr();
   p.grad_lse = grad_lse ? glse.const_data_ptr() : nullptr;
-  const Opts opts = Opts{q};
-  Tensor dq = alloc(q.sizes(), opts), dk = alloc(q.sizes(), opts), dv = alloc(q.sizes(), opts);
+  Tensor dq = empty_on(q, q.sizes()), dk = empty_on(q, q.sizes()), dv = empty_on(q, q.sizes());
   p.dq = dq.data_ptr();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();

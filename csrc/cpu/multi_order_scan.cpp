@@ -241,7 +241,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.fwd = pr.p;
   SelectiveScanFwdParams& p = q.fwd;
   const int64_t K = p.n_orders, ch = pr.channels, N = p.dstate, Np = p.dstate_pad, L = p.seqlen;
-  const Opts acc_opts = Opts{u, pr.acc};
   check_seq(op, "grad_out", grad_out, u);
   check_param(op, "checkpoints", checkpoints, {p.batch, p.dim, p.n_chunks, N}, pr.acc, u);
   const Tensor ckpt = checkpoints.contiguous();
@@ -250,15 +249,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.grad_out_batch_stride = grad_out.stride(0);
   q.grad_out_dim_stride = grad_out.stride(1);
 
-  auto empty = [&] { return alloc({0}, acc_opts); };
+  auto empty = [&] { return empty_on(u, {0}, pr.acc); };
   Tensor du = empty_on(u, {p.batch, ch, L});
   Tensor ddelta = empty_on(u, {p.batch, K, ch, L});
   Tensor dB = empty_on(B, {p.batch, K, N, L});
   Tensor dC = empty_on(C, {p.batch, K, N, L});
   q.grad_delta = ddelta.data_ptr();
-  Tensor part_A = alloc_zeros({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_D = D ? alloc_zeros({p.batch, p.dim}, acc_opts) : empty();
-  Tensor part_bias = delta_bias ? alloc_zeros({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_A = zeros_on(u, {p.batch, p.dim, Np}, pr.acc);
+  Tensor part_D = D ? zeros_on(u, {p.batch, p.dim}, pr.acc) : empty();
+  Tensor part_bias = delta_bias ? zeros_on(u, {p.batch, p.dim}, pr.acc) : empty();
   q.part_A = part_A.data_ptr();
   q.part_D = D ? part_D.data_ptr() : nullptr;
   q.part_bias = delta_bias ? part_bias.data_ptr() : nullptr;
@@ -267,8 +266,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> multi_order_s
   q.n_blocks = int64_t(starts.size()) - 1;
   q.block_start = starts.data();
   if (p.batch * ch * L > 0) {
-    Tensor part_B = alloc({p.batch, q.n_blocks, L, Np}, acc_opts);
-    Tensor part_C = alloc({p.batch, q.n_blocks, L, Np}, acc_opts);
+    Tensor part_B = empty_on(u, {p.batch, q.n_blocks, L, Np}, pr.acc);
+    Tensor part_C = empty_on(u, {p.batch, q.n_blocks, L, Np}, pr.acc);
     q.part_B_var = part_B.data_ptr();
     q.part_C_var = part_C.data_ptr();
     Scratch scratch(kern.bwd_scratch_bytes(q));

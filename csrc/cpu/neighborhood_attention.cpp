@@ -333,15 +333,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
   p.n_add = add_k ? add_k->size(1) : 0;
   p.add_k = add_k ? add.k.const_data_ptr() : nullptr;
   p.add_v = add_k ? add.v.const_data_ptr() : nullptr;
-
-  const Opts opts = Opts{qc};
-  Tensor dqc = alloc({p.batch, p.heads, p.tokens, p.dpad}, opts);
-  Tensor dkc = alloc({p.batch, p.kv_heads, p.tokens, p.dpad}, opts);
-  Tensor dvc = alloc({p.batch, p.kv_heads, p.tokens, p.dvpad}, opts);
+  Tensor dqc = empty_on(qc, {p.batch, p.heads, p.tokens, p.dpad});
+  Tensor dkc = empty_on(qc, {p.batch, p.kv_heads, p.tokens, p.dpad});
+  Tensor dvc = empty_on(qc, {p.batch, p.kv_heads, p.tokens, p.dvpad});
   const int64_t qtasks = query_tasks(p), rprod = p.axis[0].R * p.axis[1].R * p.axis[2].R;
-  Tensor drpb_part = rpb ? alloc({qtasks, rprod}, opts) : Tensor();
-  Tensor dak_part = add_k ? alloc({qtasks, p.n_add, p.dpad}, opts) : Tensor();
-  Tensor dav_part = add_k ? alloc({qtasks, p.n_add, p.dvpad}, opts) : Tensor();
+  Tensor drpb_part = rpb ? empty_on(qc, {qtasks, rprod}) : Tensor();
+  Tensor dak_part = add_k ? empty_on(qc, {qtasks, p.n_add, p.dpad}) : Tensor();
+  Tensor dav_part = add_k ? empty_on(qc, {qtasks, p.n_add, p.dvpad}) : Tensor();
   p.dq = dqc.data_ptr();
   p.dk = dkc.data_ptr();
   p.dv = dvc.data_ptr();
@@ -356,13 +354,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> na_bwd_cpu(
   Tensor dq = to_heads_last(dqc, pr.spatial, q.size(-1), dtype);
   Tensor dk = to_heads_last(dkc, pr.spatial, k.size(-1), dtype);
   Tensor dv = to_heads_last(dvc, pr.spatial, v.size(-1), dtype);
-  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : alloc({0}, opts);
-  Tensor dak = alloc({0}, opts), dav = alloc({0}, opts);
+  Tensor drpb = rpb ? reduce_rpb(drpb_part, p, *rpb) : empty_on(qc, {0});
+  Tensor dak = empty_on(qc, {0}), dav = empty_on(qc, {0});
   if (add_k) {
     // per (batch, kv head): the query tasks of its batch and head group, in task order
     const int64_t tiles = (p.tokens + p.tile - 1) / p.tile, group = p.heads / p.kv_heads;
-    Tensor sk = alloc_zeros({p.batch, p.kv_heads, p.n_add, p.dpad}, opts);
-    Tensor sv = alloc_zeros({p.batch, p.kv_heads, p.n_add, p.dvpad}, opts);
+    Tensor sk = zeros_on(qc, {p.batch, p.kv_heads, p.n_add, p.dpad});
+    Tensor sv = zeros_on(qc, {p.batch, p.kv_heads, p.n_add, p.dvpad});
     const int64_t nk = p.n_add * p.dpad, nv = p.n_add * p.dvpad;
     dispatch_floating(sk.scalar_type(), "na_bwd", [&](auto tag_) {
       using scalar_t = decltype(tag_);

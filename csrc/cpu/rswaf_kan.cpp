@@ -162,13 +162,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
            ", got ", grad_out.sizes());
   KanParams& p = pr.p;
   const RswafKanKernelTable& kern = rswaf_kan_kernels();
-  const Opts acc_opts = Opts{x, pr.acc};
   const bool need_da = need_x || need_grid || need_inv;
   const bool work = pr.tokens > 0 && pr.out > 0 && p.k > 0;
   Tensor dx = need_x ? (work ? empty_on(x, {pr.tokens, p.in}) : zeros_on(x, {pr.tokens, p.in})) : empty_on(x, {0});
-  Tensor dgrid_rows = need_grid ? alloc_zeros({pr.tokens, p.grids}, acc_opts) : Tensor();
-  Tensor dinv_rows = need_inv ? alloc_zeros({pr.tokens}, acc_opts) : Tensor();
-  Tensor dw_acc = need_w ? (work ? alloc({pr.out, p.k}, acc_opts) : alloc_zeros({pr.out, p.k}, acc_opts)) : Tensor();
+  Tensor dgrid_rows = need_grid ? zeros_on(x, {pr.tokens, p.grids}, pr.acc) : Tensor();
+  Tensor dinv_rows = need_inv ? zeros_on(x, {pr.tokens}, pr.acc) : Tensor();
+  Tensor dw_acc = need_w ? (work ? empty_on(x, {pr.out, p.k}, pr.acc) : zeros_on(x, {pr.out, p.k}, pr.acc)) : Tensor();
   if (work && (need_da || need_w)) {
     p.dx = need_x ? dx.data_ptr() : nullptr;
     p.dgrid_rows = need_grid ? dgrid_rows.data_ptr() : nullptr;
@@ -176,8 +175,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
     const Tensor g2 = grad_out.reshape({pr.tokens, pr.out}).to(pr.acc).contiguous();
     const Tiling tl = tiling(pr.tokens, p.in, p.grids);
     const int64_t tile = tl.rows * tl.chans * p.grids;
-    Tensor dphi = need_da ? alloc({tile}, acc_opts) : Tensor();
-    Tensor phi = need_w ? alloc({tile}, acc_opts) : Tensor();
+    Tensor dphi = need_da ? empty_on(x, {tile}, pr.acc) : Tensor();
+    Tensor phi = need_w ? empty_on(x, {tile}, pr.acc) : Tensor();
     Scratch scratch(kern.scratch_bytes(p));
     const int64_t esize = int64_t(element_size(pr.acc));
     for (int64_t b0 = 0; b0 < pr.tokens; b0 += tl.rows) {
@@ -208,8 +207,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rswaf_kan_bwd_cpu(const Tensor& grad_
     }
   }
   // Row partials summed in a fixed order (deterministic for any thread count).
-  Tensor dgrid = need_grid ? alloc_zeros({p.grids}, acc_opts) : empty_on(grid, {0});
-  Tensor dinv = need_inv ? alloc_zeros({}, acc_opts) : empty_on(inv_den, {0});
+  Tensor dgrid = need_grid ? zeros_on(x, {p.grids}, pr.acc) : empty_on(grid, {0});
+  Tensor dinv = need_inv ? zeros_on(x, {}, pr.acc) : empty_on(inv_den, {0});
   dispatch_floating(pr.acc, "rswaf_kan_bwd_reduce", [&](auto tag_) {
     using scalar_t = decltype(tag_);
     if (need_grid) {

@@ -127,10 +127,9 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cpu(
   Problem pr = prepare("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                        chunk_size, kern.vector_bytes);
   SelectiveScanFwdParams& p = pr.p;
-  const Opts acc_opts = Opts{u, pr.acc};
   Tensor out = empty_on(u, {p.batch, p.dim, p.seqlen});
-  Tensor last = alloc({p.batch, p.dim, p.dstate}, acc_opts);
-  Tensor ckpt = alloc({p.batch, p.dim, p.n_chunks, p.dstate}, acc_opts);
+  Tensor last = empty_on(u, {p.batch, p.dim, p.dstate}, pr.acc);
+  Tensor ckpt = empty_on(u, {p.batch, p.dim, p.n_chunks, p.dstate}, pr.acc);
   p.out = out.data_ptr();
   p.last_state = last.data_ptr();
   p.checkpoints = ckpt.data_ptr();
@@ -206,7 +205,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   SelectiveScanBwdParams q;
   q.fwd = pr.p;
   SelectiveScanFwdParams& p = q.fwd;
-  const Opts acc_opts = Opts{u, pr.acc};
   check_seq(op, "grad_out", grad_out, u);
   check_param(op, "checkpoints", checkpoints, {p.batch, p.dim, p.n_chunks, p.dstate}, pr.acc, u);
   const Tensor ckpt = checkpoints.contiguous();
@@ -222,22 +220,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   q.grad_out_dim_stride = grad_out.stride(1);
 
   // The gradient of an absent input is an empty tensor, a distinct one each (outputs must not alias).
-  auto empty = [&] { return alloc({0}, acc_opts); };
+  auto empty = [&] { return empty_on(u, {0}, pr.acc); };
   Tensor du = empty_on(u, {p.batch, p.dim, p.seqlen});
   Tensor ddelta = empty_on(u, {p.batch, p.dim, p.seqlen});
   Tensor dz = z ? empty_on(u, {p.batch, p.dim, p.seqlen}) : empty();
-  Tensor dinit = initial_state ? alloc({p.batch, p.dim, p.dstate}, acc_opts) : empty();
+  Tensor dinit = initial_state ? empty_on(u, {p.batch, p.dim, p.dstate}, pr.acc) : empty();
   q.grad_u = du.data_ptr();
   q.grad_delta = ddelta.data_ptr();
   q.grad_z = z ? dz.data_ptr() : nullptr;
   q.grad_initial_state = initial_state ? dinit.data_ptr() : nullptr;
 
   const int64_t Np = p.dstate_pad;
-  Tensor part_A = alloc({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_Bf = p.groups_B ? empty() : alloc({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_Cf = p.groups_C ? empty() : alloc({p.batch, p.dim, Np}, acc_opts);
-  Tensor part_D = D ? alloc({p.batch, p.dim}, acc_opts) : empty();
-  Tensor part_bias = delta_bias ? alloc({p.batch, p.dim}, acc_opts) : empty();
+  Tensor part_A = empty_on(u, {p.batch, p.dim, Np}, pr.acc);
+  Tensor part_Bf = p.groups_B ? empty() : empty_on(u, {p.batch, p.dim, Np}, pr.acc);
+  Tensor part_Cf = p.groups_C ? empty() : empty_on(u, {p.batch, p.dim, Np}, pr.acc);
+  Tensor part_D = D ? empty_on(u, {p.batch, p.dim}, pr.acc) : empty();
+  Tensor part_bias = delta_bias ? empty_on(u, {p.batch, p.dim}, pr.acc) : empty();
   q.part_A = part_A.data_ptr();
   q.part_B_fixed = p.groups_B ? nullptr : part_Bf.data_ptr();
   q.part_C_fixed = p.groups_C ? nullptr : part_Cf.data_ptr();
@@ -247,8 +245,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const std::vector<int64_t> starts = channel_blocks(p.batch, p.dim, p.groups_B, p.groups_C);
   q.n_blocks = int64_t(starts.size()) - 1;
   q.block_start = starts.data();
-  Tensor part_Bv = p.groups_B ? alloc({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
-  Tensor part_Cv = p.groups_C ? alloc({p.batch, q.n_blocks, p.seqlen, Np}, acc_opts) : empty();
+  Tensor part_Bv = p.groups_B ? empty_on(u, {p.batch, q.n_blocks, p.seqlen, Np}, pr.acc) : empty();
+  Tensor part_Cv = p.groups_C ? empty_on(u, {p.batch, q.n_blocks, p.seqlen, Np}, pr.acc) : empty();
   q.part_B_var = p.groups_B ? part_Bv.data_ptr() : nullptr;
   q.part_C_var = p.groups_C ? part_Cv.data_ptr() : nullptr;
 

@@ -125,10 +125,9 @@ std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor& u, const Tensor& delta, con
   const Tensor init = initial_state ? initial_state->contiguous() : Tensor();
   ScanCudaParams p = prepare(op, u, delta, A, B, C, D, z, delta_bias,
                              initial_state ? std::optional<Tensor>(init) : std::nullopt, softplus, chunk_size);
-  const Opts f32{u, kFloat};
   Tensor out = empty_on(u, {p.batch, p.dim, p.seqlen});
-  Tensor last = alloc({p.batch, p.dim, p.dstate}, f32);
-  Tensor ckpt = alloc({p.batch, p.dim, p.n_chunks, p.dstate}, f32);
+  Tensor last = empty_on(u, {p.batch, p.dim, p.dstate}, kFloat);
+  Tensor ckpt = empty_on(u, {p.batch, p.dim, p.n_chunks, p.dstate}, kFloat);
   p.out = out.data_ptr();
   p.last_state = last.data_ptr<float>();
   p.checkpoints = ckpt.data_ptr<float>();
@@ -149,7 +148,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
            op, ": grad_out must match u, unit stride along seqlen");
   MK_CHECK(checkpoints.scalar_type() == kFloat && checkpoints.sizes() == Shape({p.batch, p.dim, p.n_chunks, p.dstate}),
            op, ": checkpoints must be float32 (batch, dim, ceil(seqlen / ", kScanChunk, "), dstate)");
-  const Opts f32{u, kFloat};
   const Tensor ckpt = checkpoints.contiguous();
   const Tensor glast = grad_last_state ? grad_last_state->to(kFloat).contiguous() : Tensor();
   p.checkpoints = const_cast<float*>(ckpt.const_data_ptr<float>());
@@ -159,8 +157,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   p.grad_last = grad_last_state ? glast.const_data_ptr<float>() : nullptr;
   Tensor du = empty_on(u, {p.batch, p.dim, p.seqlen});
   Tensor ddelta = empty_on(u, {p.batch, p.dim, p.seqlen});
-  Tensor dz = z ? empty_on(u, {p.batch, p.dim, p.seqlen}) : alloc({0}, f32);
-  Tensor dA_part = alloc({p.batch, p.dim, p.dstate}, f32);
+  Tensor dz = z ? empty_on(u, {p.batch, p.dim, p.seqlen}) : empty_on(u, {0}, kFloat);
+  Tensor dA_part = empty_on(u, {p.batch, p.dim, p.dstate}, kFloat);
   // torch.use_deterministic_algorithms(True): blocks of K channels (inside one group of B and of C) own
   // partial dB/dC rows (batch, dim / K, N, L), summed below in order. K: the largest divisor of both
   // group sizes up to 32 (memory: 1/K of a full state tensor, in that mode only).
@@ -177,14 +175,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   }
   const int64_t blocks = deterministic ? p.dim / p.det_channels : 0;
   auto var_grad = [&](int64_t groups) {
-    if (!groups) return alloc({p.batch, p.dim, p.dstate}, f32);
-    return deterministic ? alloc_zeros({p.batch, blocks, p.dstate, p.seqlen}, f32)
-                         : alloc_zeros({p.batch, groups, p.dstate, p.seqlen}, f32);
+    if (!groups) return empty_on(u, {p.batch, p.dim, p.dstate}, kFloat);
+    return deterministic ? zeros_on(u, {p.batch, blocks, p.dstate, p.seqlen}, kFloat)
+                         : zeros_on(u, {p.batch, groups, p.dstate, p.seqlen}, kFloat);
   };
   Tensor dB = var_grad(p.groups_B);
   Tensor dC = var_grad(p.groups_C);
-  Tensor dD_part = alloc({p.batch, p.dim}, f32), dbias_part = alloc({p.batch, p.dim}, f32);
-  Tensor dinit = alloc({p.batch, p.dim, p.dstate}, f32);
+  Tensor dD_part = empty_on(u, {p.batch, p.dim}, kFloat), dbias_part = empty_on(u, {p.batch, p.dim}, kFloat);
+  Tensor dinit = empty_on(u, {p.batch, p.dim, p.dstate}, kFloat);
   p.du = du.data_ptr();
   p.ddelta = ddelta.data_ptr();
   p.dz = z ? dz.data_ptr() : nullptr;
@@ -195,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   p.dbias_part = dbias_part.data_ptr<float>();
   p.dinit = dinit.data_ptr<float>();
   check_launch(op, selective_scan_bwd_cuda(p, current_stream(u)));
-  const auto empty = [&] { return alloc({0}, f32); };
+  const auto empty = [&] { return empty_on(u, {0}, kFloat); };
   auto var_out = [&](const Tensor& g, int64_t groups, const Tensor& like) {
     if (!groups) return g.sum(0);
     const Tensor per_group = deterministic ? g.view({p.batch, groups, blocks / groups, p.dstate, p.seqlen}).sum(2) : g;

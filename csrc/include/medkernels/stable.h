@@ -61,7 +61,6 @@ inline constexpr ScalarType kBFloat16 = ScalarType::BFloat16;
 inline constexpr ScalarType kLong = ScalarType::Long;
 inline constexpr ScalarType kInt = ScalarType::Int;
 inline constexpr ScalarType kByte = ScalarType::Byte;
-inline constexpr ScalarType kBool = ScalarType::Bool;
 
 inline int64_t element_size(ScalarType t) {
   switch (t) {
@@ -103,8 +102,6 @@ struct Shape {
 struct Dev {
   torch::stable::Device d;
   bool is_cpu() const { return d.is_cpu(); }
-  bool is_cuda() const { return d.is_cuda(); }
-  int8_t index() const { return d.index(); }
   bool operator==(const Dev& o) const { return d.type() == o.d.type() && d.index() == o.d.index(); }
   bool operator!=(const Dev& o) const { return !(*this == o); }
   friend std::ostream& operator<<(std::ostream& os, const Dev& x) {
@@ -199,13 +196,6 @@ inline Tensor empty_on(const STensor& like, const Shape& sizes, std::optional<Sc
 inline Tensor zeros_on(const STensor& like, const Shape& sizes, std::optional<ScalarType> dtype = std::nullopt) {
   return torch::stable::new_zeros(like, IntList(sizes.v), dtype);
 }
-// at::TensorOptions' role: the device of `like`, and a dtype (like's when absent).
-struct Opts {
-  STensor like;
-  std::optional<ScalarType> dtype = std::nullopt;
-};
-inline Tensor alloc(const Shape& sizes, const Opts& o) { return empty_on(o.like, sizes, o.dtype); }
-inline Tensor alloc_zeros(const Shape& sizes, const Opts& o) { return zeros_on(o.like, sizes, o.dtype); }
 inline Tensor empty_as(const STensor& t) { return torch::stable::empty_like(t); }
 // A CPU byte buffer (scratch space); through torch's allocator, so memory profilers see it.
 inline Tensor cpu_bytes(int64_t n) {
