@@ -88,6 +88,14 @@ STABLE_TORCH_LIBRARY(medkernels, m) {
   MK_DEF(m,
          "dilated_attention3d_bwd(Tensor grad_out, Tensor? grad_lse, Tensor query, Tensor key, Tensor value, "
          "Tensor out, Tensor lse, int[] group_size, bool global_scope, float scale) -> (Tensor, Tensor, Tensor)");
+  // The same on one packed qkv (batch, D, H, W, 3, heads, head_dim) (views of a qkv projection); the
+  // backward returns the packed gradient dqkv.
+  MK_DEF(m,
+         "dilated_attention3d_qkvpacked_fwd(Tensor qkv, int[] group_size, bool global_scope, float scale) -> "
+         "(Tensor, Tensor)");
+  MK_DEF(m,
+         "dilated_attention3d_qkvpacked_bwd(Tensor grad_out, Tensor? grad_lse, Tensor qkv, Tensor out, Tensor lse, "
+         "int[] group_size, bool global_scope, float scale) -> Tensor");
   // out = mh @ x @ mw^T over the last two axes: x (..., h, w), mh (out_h, h), mw (out_w, w). The DCT
   // ops pass their cosine bases; its gradient is the same op with the bases transposed.
   MK_DEF(m, "separable2d(Tensor x, Tensor mh, Tensor mw) -> Tensor");

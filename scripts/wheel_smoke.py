@@ -119,6 +119,12 @@ def main() -> None:
         lambda *a: ops.dilated_attention3d_ref(*a, (2, 3, 4), "global"),
         g,
     )
+    check(
+        "dilated_attention3d_qkvpacked",
+        lambda t: ops.dilated_attention3d_qkvpacked(t, (2, 3, 4), "local", **cpu),
+        lambda t: ops.dilated_attention3d_ref(*t.unbind(4), (2, 3, 4), "local"),
+        [torch.randn(1, 4, 6, 8, 3, 2, 4, dtype=D)],
+    )
 
     check("dct2d", lambda x: ops.dct2d(x, **cpu), lambda x: ops.dct2d_ref(x), [torch.randn(2, 3, 7, 9, dtype=D)])
 

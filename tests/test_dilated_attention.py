@@ -373,14 +373,125 @@ def opcheck_samples():
         "dilated_attention3d_fwd": [grad(fwd), [q, k, v, [2, 8, 1], False, 0.3]],
         "dilated_attention3d_bwd": [bwd, [bwd[0], None, *bwd[2:]]],
     }
+    packed = torch.stack([q, k, v], 4)
+    pbwd = [bwd[0], bwd[1], packed, out, lse, [2, 3, 2], True, 0.5]
+    samples["dilated_attention3d_qkvpacked_fwd"] = [grad([packed, [2, 3, 2], True, 0.5])]
+    samples["dilated_attention3d_qkvpacked_bwd"] = [pbwd, [pbwd[0], None, *pbwd[2:]]]
     if hasattr(torch.ops.medkernels, "dilated_attention3d_fwd_triton"):  # interpreted: the smallest problem
         tq, tk, tv = make_qkv(dict(spatial=(1, 2, 3), batch=1, heads=1, dim=2, seed=12))
         tout, tlse = torch.ops.medkernels.dilated_attention3d_fwd(tq, tk, tv, [1, 2, 2], True, 0.5)
         samples["dilated_attention3d_fwd_triton"] = [grad([tq, tk, tv, [1, 2, 2], True, 0.5])]
-        samples["dilated_attention3d_bwd_triton"] = [
-            [torch.randn_like(tout), torch.randn_like(tlse), tq, tk, tv, tout, tlse, [1, 2, 2], True, 0.5]
-        ]
+        tbwd = [torch.randn_like(tout), torch.randn_like(tlse), tq, tk, tv, tout, tlse, [1, 2, 2], True, 0.5]
+        samples["dilated_attention3d_bwd_triton"] = [tbwd]
+        tpacked = torch.stack([tq, tk, tv], 4)
+        samples["dilated_attention3d_qkvpacked_fwd_triton"] = [grad([tpacked, [1, 2, 2], True, 0.5])]
+        samples["dilated_attention3d_qkvpacked_bwd_triton"] = [[*tbwd[:2], tpacked, *tbwd[5:]]]
     return samples
+
+
+# --- the packed entry point (one qkv tensor, one packed gradient) ---------------------------------------
+
+
+def _packed_and_unpacked(c, backend, dtype=torch.float32, device="cpu"):
+    """out, lse and d(qkv) of the packed op and of the unpacked op on the same qkv (views of a projection-like
+    [B, D, H, W, 3, heads, dim] tensor)."""
+    g = torch.Generator().manual_seed(c["seed"] + 2000)
+    qkv = torch.randn(c["batch"], *c["spatial"], 3, c["heads"], c["dim"], generator=g).to(device, dtype)
+    results = []
+    for packed in (True, False):
+        leaf = qkv.clone().requires_grad_(True)
+        if packed:
+            out, lse = ops.dilated_attention3d_qkvpacked(leaf, c["group"], c["scope"], return_lse=True, backend=backend)
+        else:
+            out, lse = ops.dilated_attention3d(
+                *leaf.unbind(4), c["group"], c["scope"], return_lse=True, backend=backend
+            )
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(c["seed"])).to(device, dtype)
+        (grad,) = torch.autograd.grad((out * gout).sum() + lse.sum(), leaf)
+        results.append((out, lse, grad))
+    return results
+
+
+@pytest.mark.parametrize("seed", SWEEP[:8])
+def test_qkvpacked_is_the_unpacked_op_bit_for_bit(cpu_isa, seed):
+    """The same kernels: equal outputs and gradients, the packed gradient written whole by the kernel (a
+    missed row would be uninitialised memory, not the unbind path's value)."""
+    c = random_case(seed)
+    (out, lse, grad), (out_u, lse_u, grad_u) = _packed_and_unpacked(c, "cpu")
+    assert torch.equal(out, out_u) and torch.equal(lse, lse_u)
+    assert grad.is_contiguous() and torch.equal(grad, grad_u)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_qkvpacked_dtypes(dtype):
+    c = dict(spatial=(3, 5, 4), group=(2, 2, 3), scope="global", batch=2, heads=2, dim=5, seed=21)
+    (out, lse, grad), (out_u, lse_u, grad_u) = _packed_and_unpacked(c, "cpu", dtype)
+    assert out.dtype == grad.dtype == dtype
+    assert torch.equal(out, out_u) and torch.equal(lse, lse_u) and torch.equal(grad, grad_u)
+
+
+def test_qkvpacked_reference_backend_matches_the_cpu_kernels():
+    c = dict(spatial=(4, 5, 3), group=(2, 4, 2), scope="local", batch=1, heads=2, dim=6, seed=22)
+    (out, lse, grad), _ = _packed_and_unpacked(c, "cpu", torch.float64)
+    (out_r, lse_r, grad_r), _ = _packed_and_unpacked(c, "reference", torch.float64)
+    close(out, out_r, 1e-12, 1e-12, "out")
+    close(lse, lse_r, 1e-12, 1e-12, "lse")
+    close(grad, grad_r, 1e-12, 1e-12, "dqkv")
+
+
+@requires_triton
+def test_qkvpacked_triton_is_the_unpacked_triton_op():
+    c = dict(spatial=(2, 3, 4), group=(2, 2, 2), scope="global", batch=1, heads=1, dim=4, seed=23)
+    (out, lse, grad), (out_u, lse_u, grad_u) = _packed_and_unpacked(c, "triton", device=TEST_DEVICE)
+    assert torch.equal(out, out_u) and torch.equal(lse, lse_u) and torch.equal(grad, grad_u)
+
+
+def test_qkvpacked_gradcheck_float64_and_compile():
+    c = dict(spatial=(3, 2, 5), group=(2, 2, 3), scope="global", batch=1, heads=2, dim=3, seed=24)
+    qkv = torch.randn(1, 3, 2, 5, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: ops.dilated_attention3d_qkvpacked(t, c["group"], "global", return_lse=True, backend="cpu"), [qkv]
+    )
+
+    def f(t):
+        out, lse = ops.dilated_attention3d_qkvpacked(t, (2, 2, 3), "local", return_lse=True)
+        return out.square().sum() + lse.sum()
+
+    x = qkv.detach().float().requires_grad_(True)
+    loss_c = torch.compile(f, fullgraph=True)(x)
+    (g_c,) = torch.autograd.grad(loss_c, x)
+    loss_e = f(x)
+    (g_e,) = torch.autograd.grad(loss_e, x)
+    close(loss_c, loss_e, 1e-6, 0, "loss")  # Inductor may reorder the loss's sums
+    assert torch.equal(g_c, g_e)  # the same backward kernel on the same inputs
+
+
+@pytest.mark.parametrize(
+    "qkv,match",
+    [
+        (torch.zeros(1, 2, 2, 2, 1, 4), r"qkv must be \[batch, D, H, W, 3, heads, head_dim\]"),
+        (torch.zeros(1, 2, 2, 2, 2, 1, 4), r"qkv must be \[batch, D, H, W, 3, heads, head_dim\]"),
+        (torch.zeros(1, 2, 2, 2, 3, 1, 4, dtype=torch.int32), "dilated_attention3d_qkvpacked: query must be float32"),
+    ],
+    ids=["rank", "not-3", "dtype"],
+)
+def test_qkvpacked_bad_input(qkv, match):
+    with pytest.raises(ValueError, match=match):
+        ops.dilated_attention3d_qkvpacked(qkv, 2, "local")
+    with pytest.raises(TypeError, match="qkv must be a torch.Tensor"):
+        ops.dilated_attention3d_qkvpacked([1.0], 2, "local")
+
+
+def test_qkvpacked_cpp_checks_guard_direct_op_calls():
+    bad = _t(1, 2, 2, 2, 2, 1, 4)
+    with pytest.raises(RuntimeError, match=r"dilated_attention3d_qkvpacked_fwd: qkv must be \(batch, D, H, W, 3"):
+        torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd(bad, [2, 2, 2], False, 0.5)
+    qkv = _t(1, 2, 2, 2, 3, 1, 4)
+    with pytest.raises(RuntimeError, match="dilated_attention3d_qkvpacked_fwd: group_size entries must be >= 1"):
+        torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd(qkv, [2, 0, 2], False, 0.5)
+    out, lse = torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd(qkv, [2, 2, 2], False, 0.5)
+    with pytest.raises(RuntimeError, match="dilated_attention3d_qkvpacked_bwd: lse must be"):
+        torch.ops.medkernels.dilated_attention3d_qkvpacked_bwd(out, None, qkv, out, lse[..., :0], [2, 2, 2], False, 0.5)
 
 
 # --- modules -----------------------------------------------------------------------------------------

@@ -68,9 +68,8 @@ void run(int64_t tasks, const DaParams& p, void (*fn)(const DaParams&, int64_t, 
 
 int64_t tasks_of(const DaParams& p) { return p.batch * p.ngroups[0] * p.ngroups[1] * p.ngroups[2] * p.heads; }
 
-std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, const Tensor& value, Shape group_size,
-                                      bool global_scope, double scale) {
-  constexpr const char* op = "dilated_attention3d_fwd";
+std::tuple<Tensor, Tensor> da_fwd(const char* op, const Tensor& query, const Tensor& key, const Tensor& value,
+                                  Shape group_size, bool global_scope, double scale) {
   check_qkv(op, query, key, value);
   const DilatedAttentionKernelTable& kern = dilated_attention_kernels();
   const Tensor q = unit_last(query), k = unit_last(key), v = unit_last(value);
@@ -86,11 +85,15 @@ std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, co
   return {out, lse};
 }
 
-std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std::optional<Tensor>& grad_lse,
-                                              const Tensor& query, const Tensor& key, const Tensor& value,
-                                              const Tensor& out, const Tensor& lse, Shape group_size, bool global_scope,
-                                              double scale) {
-  constexpr const char* op = "dilated_attention3d_bwd";
+std::tuple<Tensor, Tensor> da_fwd_cpu(const Tensor& query, const Tensor& key, const Tensor& value, Shape group_size,
+                                      bool global_scope, double scale) {
+  return da_fwd("dilated_attention3d_fwd", query, key, value, group_size, global_scope, scale);
+}
+
+// The backward into dq/dk/dv rows `grad_tok_stride` elements apart (see DaParams).
+void da_bwd_into(const char* op, const Tensor& grad_out, const std::optional<Tensor>& grad_lse, const Tensor& query,
+                 const Tensor& key, const Tensor& value, const Tensor& out, const Tensor& lse, Shape group_size,
+                 bool global_scope, double scale, void* dq, void* dk, void* dv, int64_t grad_tok_stride) {
   check_qkv(op, query, key, value);
   MK_CHECK(grad_out.sizes() == query.sizes() && out.sizes() == query.sizes(), op,
            ": grad_out and out must have query's shape ", query.sizes());
@@ -113,12 +116,49 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
   p.o = view_of(o);
   p.lse_in = lse_c.const_data_ptr();
   p.grad_lse = grad_lse ? glse.const_data_ptr() : nullptr;
-  Tensor dq = empty_on(q, q.sizes()), dk = empty_on(q, q.sizes()), dv = empty_on(q, q.sizes());
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.grad_tok_stride = grad_tok_stride;
   run(tasks_of(p), p, kern.bwd, kern.scratch_bytes(p, true));
+}
+
+std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std::optional<Tensor>& grad_lse,
+                                              const Tensor& query, const Tensor& key, const Tensor& value,
+                                              const Tensor& out, const Tensor& lse, Shape group_size, bool global_scope,
+                                              double scale) {
+  Tensor dq = empty_on(query, query.sizes()), dk = empty_on(query, query.sizes()), dv = empty_on(query, query.sizes());
+  da_bwd_into("dilated_attention3d_bwd", grad_out, grad_lse, query, key, value, out, lse, group_size, global_scope,
+              scale, dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), query.size(4) * query.size(5));
   return {dq, dk, dv};
+}
+
+// qkv (batch, D, H, W, 3, heads, head_dim): the q, k and v slices, read in place.
+std::tuple<Tensor, Tensor, Tensor> unpack_qkv(const char* op, const Tensor& qkv) {
+  MK_CHECK(qkv.dim() == 7 && qkv.size(4) == 3, op, ": qkv must be (batch, D, H, W, 3, heads, head_dim), got ",
+           qkv.sizes());
+  const auto part = [&](int64_t i) { return qkv.narrow(4, i, 1).squeeze(4); };
+  return {part(0), part(1), part(2)};
+}
+
+std::tuple<Tensor, Tensor> da_fwd_packed_cpu(const Tensor& qkv, Shape group_size, bool global_scope, double scale) {
+  constexpr const char* op = "dilated_attention3d_qkvpacked_fwd";
+  const auto [q, k, v] = unpack_qkv(op, qkv);
+  return da_fwd(op, q, k, v, group_size, global_scope, scale);
+}
+
+// The gradient of qkv in one (batch, D, H, W, 3, heads, head_dim) tensor: the kernel writes dq, dk and dv
+// into its slices, so autograd needs no stack of three gradients.
+Tensor da_bwd_packed_cpu(const Tensor& grad_out, const std::optional<Tensor>& grad_lse, const Tensor& qkv,
+                         const Tensor& out, const Tensor& lse, Shape group_size, bool global_scope, double scale) {
+  constexpr const char* op = "dilated_attention3d_qkvpacked_bwd";
+  const auto [q, k, v] = unpack_qkv(op, qkv);
+  Tensor dqkv = empty_on(qkv, qkv.sizes());
+  const int64_t row = q.size(4) * q.size(5), bytes = row * int64_t(element_size(qkv.scalar_type()));
+  char* base = static_cast<char*>(dqkv.data_ptr());
+  da_bwd_into(op, grad_out, grad_lse, q, k, v, out, lse, group_size, global_scope, scale, base, base + bytes,
+              base + 2 * bytes, 3 * row);
+  return dqkv;
 }
 
 }  // namespace
@@ -126,6 +166,8 @@ std::tuple<Tensor, Tensor, Tensor> da_bwd_cpu(const Tensor& grad_out, const std:
 STABLE_TORCH_LIBRARY_IMPL(medkernels, CPU, m) {
   MK_IMPL(m, "dilated_attention3d_fwd", da_fwd_cpu);
   MK_IMPL(m, "dilated_attention3d_bwd", da_bwd_cpu);
+  MK_IMPL(m, "dilated_attention3d_qkvpacked_fwd", da_fwd_packed_cpu);
+  MK_IMPL(m, "dilated_attention3d_qkvpacked_bwd", da_bwd_packed_cpu);
 }
 
 }  // namespace medkernels::cpu

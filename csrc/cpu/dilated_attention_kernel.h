@@ -100,8 +100,15 @@ inline const S* at_view(const DaView& t, const DaTask& tk, int64_t x0, int64_t x
   return static_cast<const S*>(t.ptr) + tk.b * t.sb + x0 * t.s[0] + x1 * t.s[1] + x2 * t.s[2] + tk.h * t.sh;
 }
 // Row index of a token in the contiguous (batch, X0, X1, X2, heads) outputs.
+inline int64_t tok_index(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2) {
+  return ((tk.b * p.size[0] + x0) * p.size[1] + x1) * p.size[2] + x2;
+}
 inline int64_t out_row(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2) {
-  return (((tk.b * p.size[0] + x0) * p.size[1] + x1) * p.size[2] + x2) * p.heads + tk.h;
+  return tok_index(p, tk, x0, x1, x2) * p.heads + tk.h;
+}
+// Element offset of a token's head row in dq/dk/dv (separate tensors or slices of one packed gradient).
+inline int64_t grad_elem(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2) {
+  return tok_index(p, tk, x0, x1, x2) * p.grad_tok_stride + tk.h * p.dim;
 }
 
 // Brings the rows a task will read (and, with write intent, the output rows it will write) into the
@@ -109,7 +116,7 @@ inline int64_t out_row(const DaParams& p, const DaTask& tk, int64_t x0, int64_t 
 // this the gathers wait on memory one row at a time.
 template <class S, class Acc>
 inline void prefetch_task(const DaParams& p, int64_t task, const DaBufs<Acc>& s, std::initializer_list<DaView> reads,
-                          std::initializer_list<void*> writes) {
+                          std::initializer_list<void*> writes, int64_t write_tok_stride) {
   const DaTask tk = da_task(p, task, s.n0, s.n1, s.n2);
   const int64_t bytes = p.dim * int64_t(sizeof(S));
   for (int64_t j = 0; j < tk.n; ++j) {
@@ -118,9 +125,9 @@ inline void prefetch_task(const DaParams& p, int64_t task, const DaBufs<Acc>& s,
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(a + o, 0, 2);
       __builtin_prefetch(a + bytes - 1, 0, 2);
     }
-    const int64_t r = out_row(p, tk, s.n0[j], s.n1[j], s.n2[j]);
+    const int64_t e = tok_index(p, tk, s.n0[j], s.n1[j], s.n2[j]) * write_tok_stride + tk.h * p.dim;
     for (void* w : writes) {
-      char* a = static_cast<char*>(w) + r * bytes;
+      char* a = static_cast<char*>(w) + e * int64_t(sizeof(S));
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(a + o, 1, 3);
       __builtin_prefetch(a + bytes - 1, 1, 3);
     }
@@ -164,7 +171,7 @@ void fwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
     gather_rows<S>(p, p.k, tk, s, s.v, T, Acc(1));  // k rows, staged in v's buffer
     transpose_rows(s.v, T, dp, tp, s.kt);
     gather_rows<S>(p, p.v, tk, s, s.v, tp, Acc(1));
-    if (task + 1 < task1) prefetch_task<S>(p, task + 1, s, {p.q, p.k, p.v}, {p.out});
+    if (task + 1 < task1) prefetch_task<S>(p, task + 1, s, {p.q, p.k, p.v}, {p.out}, p.heads * p.dim);
     for (int64_t i0 = 0; i0 < T; i0 += bm) {
       const int64_t mb = T - i0 < bm ? T - i0 : bm;
       for (int64_t j0 = 0; j0 < tp; j0 += bn) {
@@ -231,7 +238,8 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
       s.drow[j] = glse ? d - glse[r] : d;
       s.lse[j] = lse_in[r];
     }
-    if (task + 1 < task1) prefetch_task<S>(p, task + 1, s, {p.q, p.k, p.v, p.dout, p.o}, {p.dq, p.dk, p.dv});
+    if (task + 1 < task1)
+      prefetch_task<S>(p, task + 1, s, {p.q, p.k, p.v, p.dout, p.o}, {p.dq, p.dk, p.dv}, p.grad_tok_stride);
     for (int64_t i = 0; i < tp * dp; ++i) s.dk[i] = s.dv[i] = Acc(0);
     for (int64_t i0 = 0; i0 < T; i0 += bm) {
       const int64_t mb = T - i0 < bm ? T - i0 : bm;
@@ -259,16 +267,16 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
       }
       const Acc scale = Acc(p.scale);
       for (int64_t i = 0; i < mb; ++i) {
-        const int64_t t = i0 + i, r = out_row(p, tk, s.c0[t], s.c1[t], s.c2[t]);
+        const int64_t t = i0 + i, e = grad_elem(p, tk, s.c0[t], s.c1[t], s.c2[t]);
         Acc* row = s.dq + i * dp;
         for (int64_t c = 0; c < p.dim; ++c) row[c] *= scale;
-        store_span(static_cast<S*>(p.dq) + r * p.dim, row, p.dim);
+        store_span(static_cast<S*>(p.dq) + e, row, p.dim);
       }
     }
     for (int64_t j = 0; j < T; ++j) {
-      const int64_t r = out_row(p, tk, s.c0[j], s.c1[j], s.c2[j]);
-      store_span(static_cast<S*>(p.dk) + r * p.dim, s.dk + j * dp, p.dim);
-      store_span(static_cast<S*>(p.dv) + r * p.dim, s.dv + j * dp, p.dim);
+      const int64_t e = grad_elem(p, tk, s.c0[j], s.c1[j], s.c2[j]);
+      store_span(static_cast<S*>(p.dk) + e, s.dk + j * dp, p.dim);
+      store_span(static_cast<S*>(p.dv) + e, s.dv + j * dp, p.dim);
     }
   }
 }

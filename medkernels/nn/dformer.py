@@ -1,4 +1,4 @@
-"""D-Former's attention module and transformer block, on :func:`medkernels.ops.dilated_attention3d`.
+"""D-Former's attention module and transformer block, on :func:`medkernels.ops.dilated_attention3d_qkvpacked`.
 
 Wu et al., "D-Former: a U-shaped Dilated Transformer for 3D medical image segmentation", Neural Computing
 and Applications 2023 (arXiv 2201.00462). Blocks alternate local-scope (LS-MSA) and global dilated-scope (GS-MSA) group
@@ -59,15 +59,14 @@ def official_global_intervals(
 
 
 def _attend_residues(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    qkv: torch.Tensor,
     intervals: list[int],
     scale: float,
     dropout_p: float,
     backend: str | None,
 ) -> torch.Tensor:
-    """Attention within the residue classes ``p mod I`` of every axis of ``[B, D, H, W, heads, dim]``.
+    """Attention within the residue classes ``p mod I`` of every axis of a packed qkv ``[B, D, H, W, 3, heads,
+    dim]``; returns ``[B, D, H, W, heads, dim]``.
 
     One op call when every axis' classes are the op's own global groups, i.e. ``ceil(n / g) == I`` for
     ``g = ceil(n / I)`` (the op pads the axis to ``g * I`` and masks the padding). An axis where they are
@@ -76,18 +75,18 @@ def _attend_residues(
     each gathered member-major so that the op's global groups of it are exactly those classes."""
     group = []
     for a in range(3):
-        n, I = q.shape[1 + a], intervals[a]
+        n, I = qkv.shape[1 + a], intervals[a]
         g = -(-n // I)
         if -(-n // g) != I:
             break
         group.append(g)
     else:
-        return ops.dilated_attention3d(q, k, v, group, "global", scale, dropout_p=dropout_p, backend=backend)
+        return ops.dilated_attention3d_qkvpacked(qkv, group, "global", scale, dropout_p=dropout_p, backend=backend)
     a = len(group)
-    n, I = q.shape[1 + a], intervals[a]
+    n, I = qkv.shape[1 + a], intervals[a]
     rows, s = divmod(n, I)  # s > 0 here: with s == 0, g = rows is exact
-    r = torch.arange(I, device=q.device)
-    m = torch.arange(rows + 1, device=q.device)[:, None] * I
+    r = torch.arange(I, device=qkv.device)
+    m = torch.arange(rows + 1, device=qkv.device)[:, None] * I
     parts = [((m + r[:s]).flatten(), s), ((m[:rows] + r[s:]).flatten(), I - s)]  # (member-major index, classes)
     outs, order = [], []
     for idx, classes in parts:
@@ -95,8 +94,7 @@ def _attend_residues(
             continue
         sub = list(intervals)
         sub[a] = classes
-        parts_qkv = (t.index_select(1 + a, idx) for t in (q, k, v))
-        outs.append(_attend_residues(*parts_qkv, sub, scale, dropout_p, backend))
+        outs.append(_attend_residues(qkv.index_select(1 + a, idx), sub, scale, dropout_p, backend))
         order.append(idx)
     out = torch.cat(outs, 1 + a) if len(outs) > 1 else outs[0]
     return out.index_select(1 + a, torch.argsort(torch.cat(order)))
@@ -170,15 +168,16 @@ class DilatedAttention3d(nn.Module):
         if x.dim() != 5 or x.shape[-1] != self.dim:
             raise ValueError(f"{type(self).__name__}: expected [B, D, H, W, {self.dim}], got {tuple(x.shape)}")
         B, D, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, D, H, W, 3, self.num_heads, self.head_dim).unbind(4)  # strided views
+        # q, k, v stay packed (read in place; the fused backward writes one packed gradient)
+        qkv = self.qkv(x).reshape(B, D, H, W, 3, self.num_heads, self.head_dim)
         dropout_p = self.attn_drop.p if self.training else 0.0  # > 0: the reference runs (ops warns once)
         if group_size is None and self.interval is not None:
             iv = official_global_intervals((D, H, W), self.group_size, self.interval)
-            out = _attend_residues(q, k, v, list(iv), self.scale, dropout_p, self.backend)
+            out = _attend_residues(qkv, list(iv), self.scale, dropout_p, self.backend)
         else:
             group = self.group_size if group_size is None else group_size
-            out = ops.dilated_attention3d(
-                q, k, v, group, self.scope, self.scale, dropout_p=dropout_p, backend=self.backend
+            out = ops.dilated_attention3d_qkvpacked(
+                qkv, group, self.scope, self.scale, dropout_p=dropout_p, backend=self.backend
             )
         return self.proj_drop(self.proj(out.reshape(B, D, H, W, C)))
 

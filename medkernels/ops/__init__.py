@@ -12,7 +12,12 @@ from ._backend import BACKENDS, BackendUnavailableError, can_run, choose_backend
 from ._library import cpu_isa, cpu_isas, set_cpu_isa
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 from .dct import dct2d, dct2d_ref, dct_matrix, idct2d, idct2d_ref
-from .dilated_attention import dilated_attention3d, dilated_attention3d_ref, dilated_groups
+from .dilated_attention import (
+    dilated_attention3d,
+    dilated_attention3d_qkvpacked,
+    dilated_attention3d_ref,
+    dilated_groups,
+)
 from .multi_order_scan import multi_order_selective_scan, multi_order_selective_scan_ref
 from .neighborhood_attention import (
     na1d,
@@ -60,6 +65,7 @@ __all__ = [
     "idct2d_ref",
     "dct_matrix",
     "dilated_attention3d",
+    "dilated_attention3d_qkvpacked",
     "dilated_attention3d_ref",
     "dilated_groups",
     "furthest_point_sample",

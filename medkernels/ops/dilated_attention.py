@@ -27,7 +27,7 @@ from . import _library
 from ._backend import Backends
 from .checks import group_size3, softmax_scale
 
-__all__ = ["dilated_attention3d", "dilated_attention3d_ref", "dilated_groups"]
+__all__ = ["dilated_attention3d", "dilated_attention3d_qkvpacked", "dilated_attention3d_ref", "dilated_groups"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SCOPES = ("local", "global")
@@ -145,6 +145,28 @@ def _backward(ctx, bwd_op, grad_out, grad_lse):
     return dq, dk, dv, None, None, None
 
 
+def _packed_fwd_fake(qkv, group_size, global_scope, scale):
+    q = qkv.select(4, 0)
+    return _fwd_fake(q, q, q, group_size, global_scope, scale)
+
+
+def _packed_bwd_fake(grad_out, grad_lse, qkv, out, lse, group_size, global_scope, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _packed_setup(ctx, inputs, output):
+    qkv, group_size, global_scope, scale = inputs
+    ctx.save_for_backward(qkv, output[0], output[1])
+    ctx.args = (group_size, global_scope, scale)
+
+
+def _packed_backward(ctx, bwd_op, grad_out, grad_lse):
+    qkv, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    return bwd_op(grad_out, grad_lse, qkv, out, lse, *ctx.args), None, None, None
+
+
 if _library.HAS_TRITON:
     from typing import Optional
 
@@ -183,6 +205,26 @@ if _library.HAS_TRITON:
         )
         return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
+    @torch.library.custom_op("medkernels::dilated_attention3d_qkvpacked_fwd_triton", mutates_args=())
+    def _packed_fwd_triton(
+        qkv: torch.Tensor, group_size: list[int], global_scope: bool, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _fwd_triton(*qkv.unbind(4), group_size, global_scope, scale)
+
+    @torch.library.custom_op("medkernels::dilated_attention3d_qkvpacked_bwd_triton", mutates_args=())
+    def _packed_bwd_triton(
+        grad_out: torch.Tensor,
+        grad_lse: Optional[torch.Tensor],
+        qkv: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        group_size: list[int],
+        global_scope: bool,
+        scale: float,
+    ) -> torch.Tensor:
+        grads = _bwd_triton(grad_out, grad_lse, *qkv.unbind(4), out, lse, group_size, global_scope, scale)
+        return torch.stack(grads, 4)
+
 
 _library.register_kernel(
     "dilated_attention3d",
@@ -192,6 +234,15 @@ _library.register_kernel(
     bwd_fake=_bwd_fake,
     setup_context=_setup,
     backward=_backward,
+)
+_library.register_kernel(
+    "dilated_attention3d_qkvpacked",
+    ("dilated_attention3d_qkvpacked_fwd", "dilated_attention3d_qkvpacked_bwd"),
+    ("dilated_attention3d_qkvpacked_fwd_triton", "dilated_attention3d_qkvpacked_bwd_triton"),
+    fwd_fake=_packed_fwd_fake,
+    bwd_fake=_packed_bwd_fake,
+    setup_context=_packed_setup,
+    backward=_packed_backward,
 )
 
 
@@ -273,6 +324,63 @@ def dilated_attention3d(
         else torch.ops.medkernels.dilated_attention3d_fwd
     )
     out, lse = op(query, key, value, list(group), scope == "global", scale)
+    return (out, lse) if return_lse else out
+
+
+def _check_packed(fn: str, qkv) -> None:
+    if not isinstance(qkv, torch.Tensor):
+        raise TypeError(f"{fn}: qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 7 or qkv.shape[4] != 3:
+        raise ValueError(
+            f"{fn}: qkv must be [batch, D, H, W, 3, heads, head_dim] (7-D, q/k/v on dim 4), got shape "
+            f"{tuple(qkv.shape)}"
+        )
+
+
+def dilated_attention3d_qkvpacked(
+    qkv: Tensor,
+    group_size: IntOrTuple,
+    scope: str,
+    scale: float | Tensor | None = None,
+    *,
+    return_lse: bool = False,
+    dropout_p: float = 0.0,
+    backend: Backend = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`dilated_attention3d` on one packed qkv tensor (as flash-attn's ``*_qkvpacked_func``).
+
+    The same result as ``dilated_attention3d(*qkv.unbind(4), ...)``; the difference is the backward: the
+    fused kernels write the query, key and value gradients straight into one packed gradient of qkv, where
+    autograd through ``unbind`` would assemble it from three separate gradients with a copy. Use it on
+    the output of a qkv projection (D-Former's ``Attention``: ``qkv(x).reshape(B, D, H, W, 3, heads, dim)``).
+
+    Args:
+        qkv: ``[B, D, H, W, 3, heads, head_dim]``: query, key and value stacked on dim 4; read in place
+            through its strides. Dtypes as :func:`dilated_attention3d`.
+        group_size, scope, scale, return_lse, dropout_p, backend: as :func:`dilated_attention3d`.
+
+    Returns:
+        ``[B, D, H, W, heads, head_dim]`` in qkv's dtype (contiguous), or ``(out, lse)``. Differentiable in
+        qkv; on the fused backends its gradient is one contiguous ``[B, D, H, W, 3, heads, head_dim]`` tensor.
+
+    Raises:
+        TypeError / ValueError: as :func:`dilated_attention3d`, and qkv not 7-D with 3 on dim 4.
+    """
+    fn = "dilated_attention3d_qkvpacked"
+    _check_packed(fn, qkv)
+    q, k, v = qkv.unbind(4)
+    group = _check(fn, q, k, v, group_size, scope)
+    scale = softmax_scale(fn, scale, qkv.shape[-1])
+    dropout_p = _check_dropout(fn, dropout_p)
+    name = BACKENDS.choose(backend, q, dropout_p)
+    if name == "reference":
+        return dilated_attention3d_ref(q, k, v, group, scope, scale, return_lse=return_lse, dropout_p=dropout_p)
+    op = (
+        torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd_triton
+        if name == "triton"
+        else torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd
+    )
+    out, lse = op(qkv, list(group), scope == "global", scale)
     return (out, lse) if return_lse else out
 
 

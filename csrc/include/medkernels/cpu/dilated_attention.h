@@ -32,9 +32,12 @@ struct DaParams {
   DaView dout, o;
   const void* lse_in = nullptr;    // (batch, X0, X1, X2, heads) contiguous, acc dtype
   const void* grad_lse = nullptr;  // optional, same layout
-  void* dq = nullptr;              // contiguous like out
+  void* dq = nullptr;              // (batch, X0, X1, X2, heads, dim), token stride grad_tok_stride
   void* dk = nullptr;
   void* dv = nullptr;
+  // Elements between consecutive tokens of dq/dk/dv: heads * dim when they are separate contiguous
+  // tensors, 3 * heads * dim when they are the slices of one packed (..., 3, heads, dim) gradient.
+  int64_t grad_tok_stride = 0;
 };
 
 struct DilatedAttentionKernelTable {
