@@ -605,6 +605,35 @@ def test_fused_head_and_position_encoding_gradcheck():
     close(_DepthwiseConvIdentity.apply(xx, w, b), want, 1e-12, 1e-12, "position encoding")
 
 
+def test_fused_head_gradients_keep_float32_precision_when_the_expansion_has_a_large_mean():
+    """The head's backward reaches x and E through Gram matrices of the row-centred expansion weights: its
+    float32 gradients stay as close to the float64 truth as the plain float32 autograd's, also when the
+    expanded features' mean is large against their spread (Gram matrices of the uncentred weights would
+    cancel against the mean there: 6x the plain error on dx at |mean| / std = 2.5)."""
+    g = torch.Generator().manual_seed(3)
+    grid, (T, P, C, K) = (1, 2, 4, 4, 2, 2, 2), (32, 8, 48, 5)
+
+    def plain(x, E, gamma, beta, W):
+        y = F.layer_norm((x @ E.t()).view(1, 2, 4, 4, 2, 2, 2, C), (C,), gamma, beta, 1e-5) @ W.t()
+        return y.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(1, K, 4, 8, 8)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    offset = 3 * rand(P, 1, C).expand(P, C, C).reshape(P * C, C)  # a shared row per sub-voxel: a large mean
+    inputs = [rand(T, C), 0.1 * (rand(P * C, C) + offset), 1 + 0.1 * rand(C), 0.1 * rand(C), 0.1 * rand(K, C)]
+    up = rand(1, K, 4, 8, 8)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    truth = torch.autograd.grad((plain(*leaves) * up).sum(), leaves)
+    errors = {}
+    for name, fn in (("fused", lambda *t: _ExpandNormProject.apply(*t, 1e-5, grid)), ("plain", plain)):
+        leaves = [t.float().requires_grad_(True) for t in inputs]
+        grads = torch.autograd.grad((fn(*leaves) * up.float()).sum(), leaves)
+        errors[name] = [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(grads, truth)]
+    for what, ours, plain32 in zip(("dx", "dE", "dgamma", "dbeta", "dW"), errors["fused"], errors["plain"]):
+        assert ours <= 2 * plain32 + 2e-7, f"{what}: {ours:.2e} against plain float32 {plain32:.2e}"
+
+
 # --- the documented example ---------------------------------------------------------------------------------
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "dformer.md"

@@ -89,12 +89,13 @@ class _ExpandNormProject(torch.autograd.Function):
     then ``W`` ``[K, C]`` (no bias). ``grid = (B, D, H, W, pd, ph, pw)`` (T = B*D*H*W tokens, P = pd*ph*pw) lays
     the result out as the logits ``[B, K, D*pd, H*ph, W*pw]``, written in place by the last elementwise step.
 
-    With ``Wg = W * gamma`` the LayerNorm and projection are linear in y up to the row statistics:
-    ``z = (y @ Wg^T - mean * Wg.sum(1)) * rstd + W @ beta``, where ``y @ Wg^T`` and the means are small matmuls
-    of x (``Wg @ E_v`` per sub-voxel). Only the variance needs y: it is formed chunk by chunk (cache-sized),
-    centred in place and reduced; nothing of y's size is kept for the backward. The backward's only full-size
-    work is y recomputed chunk by chunk, centred and scaled per row (the LayerNorm's variance term), and its
-    two matmuls; the rest are small matmuls of x. The [T, P*C] expansion (400 MB at 64x128x128) is never
+    With ``Wg = W * gamma`` and ``Ec_v`` = the sub-voxel's expansion weights ``E_v`` minus their mean row (so
+    ``y_v - mean(y_v) = Ec_v @ x`` exactly, with nothing to cancel against a large mean), the LayerNorm and
+    projection are ``z = (x @ (Wg @ Ec_v)^T) * rstd + W @ beta``: small matmuls of x. Only the variance needs
+    the centred expansion: it is formed chunk by chunk (cache-sized) and reduced; nothing of y's size is kept
+    for the backward. The backward never forms it: the LayerNorm's variance term reaches x and E through the
+    Gram matrices ``Ec_v^T Ec_v`` and the per-row weighted products ``m2 (x) x``, two matmuls of y's size per
+    chunk; the rest are small matmuls of x. The [T, P*C] expansion (400 MB at 64x128x128) is never
     stored, normalised or rearranged, and no [T, P*C] gradient exists. Runs in float32 (float64 for float64)
     whatever the autocast state."""
 
@@ -102,9 +103,9 @@ class _ExpandNormProject(torch.autograd.Function):
     def _setup(E, gamma, W, P):
         K, C = W.shape
         Ev = E.view(P, C, E.shape[1])
-        wg = W * gamma
-        Mk = torch.einsum("kc,vci->vki", wg, Ev)  # [P, K, Ci]: per sub-voxel v, Wg @ E_v
-        return Ev, wg, Mk
+        Ec = Ev - Ev.mean(1, keepdim=True)  # y_v - mean(y_v) = Ec_v @ x exactly: nothing cancels against the mean
+        Mk = torch.einsum("kc,vci->vki", W * gamma, Ec)  # [P, K, Ci]: per sub-voxel v, Wg @ Ec_v
+        return Ec, Mk
 
     @staticmethod
     def forward(ctx, x, E, gamma, beta, W, eps, grid):  # noqa: D102
@@ -116,59 +117,64 @@ class _ExpandNormProject(torch.autograd.Function):
             acc = _acc_dtype(x)
             x, E, gamma, beta, W = (t.to(acc) for t in (x, E, gamma, beta, W))
             T, K, C = x.shape[0], W.shape[0], W.shape[1]
-            Ev, wg, Mk = _ExpandNormProject._setup(E, gamma, W, P)
-            M = torch.cat([Mk, Ev.mean(1, keepdim=True)], 1).reshape(P * (K + 1), -1)  # + the mean rows
-            zm = (x @ M.t()).view(T, P, K + 1)
-            zr, mean = zm[..., :K], zm[..., K]
+            Ec, Mk = _ExpandNormProject._setup(E, gamma, W, P)
+            z = x @ Mk.reshape(P * K, -1).t()  # [T, P*K]: Wg @ (y_v - mean)
+            Ect = Ec.reshape(P * C, -1).t()
             chunks = _chunks(T, P * C)
             y = x.new_empty(chunks[0][1], P, C)
             var = x.new_empty(T, P)
             for a, b in chunks:  # the centred sum of squares, chunk by chunk
                 yc = y[: b - a]
-                torch.mm(x[a:b], E.t(), out=yc.view(b - a, P * C))
-                torch.linalg.vector_norm(yc.sub_(mean[a:b, :, None]), dim=-1, out=var[a:b])
+                torch.mm(x[a:b], Ect, out=yc.view(b - a, P * C))
+                torch.linalg.vector_norm(yc, dim=-1, out=var[a:b])
             rstd = var.square_().div_(C).add_(eps).rsqrt_()
             out = x.new_empty(B, K, D * pd, H * ph, Wd * pw)
             view = out.view(B, K, D, pd, H, ph, Wd, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, D, H, W, pd, ph, pw, K]
-            z = (zr - mean[..., None] * wg.sum(1)).view(view.shape)
+            z = z.view(view.shape)
             if torch.compiler.is_compiling():  # dynamo refuses a non-contiguous out=
                 view.copy_(torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1)))
             else:
                 torch.addcmul(W @ beta, z, rstd.view(*view.shape[:-1], 1), out=view)
         if keep:
-            ctx.save_for_backward(x, E, gamma, beta, W, mean, rstd)
+            ctx.save_for_backward(x, E, gamma, beta, W, rstd)
             ctx.grid, ctx.dtypes = grid, dtypes
         return out if torch.is_autocast_enabled(x.device.type) else out.to(dtypes[0])
 
     @staticmethod
     def backward(ctx, gz):  # noqa: D102
-        x, E, gamma, beta, W, mean, rstd = ctx.saved_tensors
+        x, E, gamma, beta, W, rstd = ctx.saved_tensors
         B, D, H, Wd, pd, ph, pw = ctx.grid
         P = pd * ph * pw
         with torch.autocast(x.device.type, enabled=False):
             T, Ci = x.shape
             K, C = W.shape
-            Ev, wg, Mk = _ExpandNormProject._setup(E, gamma, W, P)
+            Ec, Mk = _ExpandNormProject._setup(E, gamma, W, P)
             Mk = Mk.reshape(P * K, Ci)
-            zr = (x @ Mk.t()).view(T, P, K)
+            zr = (x @ Mk.t()).view(T, P, K)  # Wg @ (y_v - mean), as in the forward
             gz = gz.reshape(B, K, D, pd, H, ph, Wd, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)
             g = x.new_empty(T, P, K)
             g.view(gz.shape).copy_(gz)  # the logits' gradient gathered into [T, P, K]
             gzs = g * rstd[..., None]
-            gs = g @ wg.sum(1)  # [T, P]: sum over channels of d(loss)/d(normalised y) * gamma
-            # LayerNorm backward: dy = gzs @ Wg - rstd * gs / C - (y - mean) * m2
-            m2 = rstd.pow(3) * ((g * zr).sum(-1) - mean * gs) / C
-            c0 = rstd * gs / -C
+            # LayerNorm backward through the centred weights: dy_v - mean(dy_v) = rstd * Wgc^T g - m2 (y - mean),
+            # Wgc = Wg minus its channel mean, and d(y_v) reaches E_v and x only through Ec_v.
+            m2 = rstd.pow(3) * (g * zr).sum(-1) / C
             q = gzs.view(T, P * K).t() @ x  # [P*K, Ci]
-            dx = gzs.view(T, P * K) @ Mk + c0 @ Ev.sum(1)  # the gzs @ Wg and c0 terms, through E
-            dE = torch.einsum("kc,vki->vci", wg, q.view(P, K, Ci)) + (c0.t() @ x)[:, None, :]
-            dE = dE.reshape(P * C, Ci)
-            for a, b in _chunks(T, P * C):  # the (y - mean) * m2 term, y recomputed chunk by chunk
-                yc = (x[a:b] @ E.t()).view(b - a, P, C).sub_(mean[a:b, :, None]).mul_(m2[a:b, :, None].neg())
-                yc = yc.view(b - a, P * C)
-                dx[a:b].addmm_(yc, E)
-                dE.addmm_(yc.t(), x[a:b])
-            a_kc = torch.einsum("vki,vci->kc", q.view(P, K, Ci), Ev) - (gzs * mean[..., None]).sum((0, 1))[:, None]
+            # The m2 (y - mean) term without y: with G_v = Ec_v^T Ec_v, dx -= sum_v m2_v G_v x and
+            # dE_v -= Ec_v Q_v, Q_v = sum over tokens of m2_v x x^T. Both need only xw = m2 (x) x per token: two
+            # matmuls of y's size per chunk (recomputing y and pushing it through E would cost three).
+            dx = gzs.view(T, P * K) @ Mk
+            dE = torch.einsum("kc,vki->vci", W * gamma - (W * gamma).mean(1, keepdim=True), q.view(P, K, Ci))
+            gram = torch.bmm(Ec.transpose(1, 2), Ec).view(P * Ci, Ci)  # [G_1; ...; G_P], each symmetric
+            Q = x.new_zeros(P * Ci, Ci)
+            xw = x.new_empty(_chunks(T, P * Ci)[0][1], P, Ci)
+            for a, b in _chunks(T, P * Ci):
+                xc = xw[: b - a]
+                torch.mul(x[a:b, None, :], m2[a:b, :, None], out=xc)
+                xc = xc.view(b - a, P * Ci)
+                dx[a:b].addmm_(xc, gram, alpha=-1)
+                Q.addmm_(xc.t(), x[a:b])
+            dE = torch.baddbmm(dE, Ec, Q.view(P, Ci, Ci), alpha=-1).reshape(P * C, Ci)
+            a_kc = torch.einsum("vki,vci->kc", q.view(P, K, Ci), Ec)  # sum over tokens of gzs (y - mean)^T
             gsum = g.sum((0, 1))
             dW = a_kc * gamma + gsum[:, None] * beta
             dgamma = (W * a_kc).sum(0)
