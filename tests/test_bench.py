@@ -20,7 +20,7 @@ def test_quick_profile_end_to_end(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["profile"] == "quick"
     assert data["machine"]["torch"] == torch.__version__
-    assert data["machine"]["cpu_isa"] in ("avx512", "avx2", "base")
+    assert data["machine"]["cpu_isa"] in ("avx512bf16", "avx512", "avx2", "base")
     assert "commit" in data["machine"]
     rows = {(r["backend"], r["passname"]): r for r in data["results"] if r["op"] == "selective_scan"}
     assert set(rows) == {("reference", "fwd"), ("reference", "fwd+bwd"), ("cpu", "fwd"), ("cpu", "fwd+bwd")}

@@ -236,6 +236,35 @@ def test_cpu_dtypes(dtype):
 
 
 @pytest.mark.parametrize("scope", ["local", "global"])
+def test_cpu_bf16_on_every_isa(cpu_isa, scope):
+    # bf16 storage on each instruction set (avx512bf16: QK^T and dO V^T as vdpbf16ps products, csrc/README.md);
+    # 312 members (two key blocks, five query blocks) and an odd head dim (a padded bf16 pair)
+    c = dict(spatial=(4, 12, 13), group=(2, 12, 13), scope=scope, batch=1, heads=2, dim=11, seed=5)
+    check_against_oracle(c, "cpu", torch.bfloat16)
+
+
+@pytest.mark.skipif("avx512bf16" not in ops.cpu_isas(), reason="this CPU or build has no AVX-512 BF16")
+def test_avx512bf16_changes_bf16_products_only():
+    # avx512bf16 sums bf16 products in pairs (vdpbf16ps), so its float32 lse differs from avx512's in low bits;
+    # float32 inputs run on the avx512 table, bit for bit
+    before = ops.cpu_isa()
+    lse = {}
+    try:
+        for dtype in (torch.bfloat16, torch.float32):
+            q, k, v = make_qkv(dict(spatial=(4, 8, 8), batch=1, heads=2, dim=32, seed=1), dtype, "cpu")
+            for isa in ("avx512", "avx512bf16"):
+                ops.set_cpu_isa(isa)
+                lse[dtype, isa] = ops.dilated_attention3d(q, k, v, (2, 8, 8), "local", return_lse=True, backend="cpu")[
+                    1
+                ]
+    finally:
+        ops.set_cpu_isa(before)
+    assert not torch.equal(lse[torch.bfloat16, "avx512"], lse[torch.bfloat16, "avx512bf16"])
+    torch.testing.assert_close(lse[torch.bfloat16, "avx512"], lse[torch.bfloat16, "avx512bf16"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(lse[torch.float32, "avx512"], lse[torch.float32, "avx512bf16"])
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
 def test_large_groups_span_several_blocks(scope):
     # 4 x 12 x 13 members: several query blocks and online-softmax key blocks in the CPU kernel
     check_against_oracle(

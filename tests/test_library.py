@@ -38,13 +38,15 @@ def test_cpu_isa_switch():
 
 
 def test_instruction_sets_follow_the_cpu():
-    """x86-64 Linux: avx2 and avx512 are offered exactly when the kernel reports their features (the flags in
-    /proc/cpuinfo are those the OS enabled), and the default is the widest."""
+    """x86-64 Linux: avx2, avx512 and avx512bf16 are offered exactly when the kernel reports their features (the
+    flags in /proc/cpuinfo are those the OS enabled), and the default is the widest."""
     if platform.machine() not in ("x86_64", "AMD64") or not os.path.exists("/proc/cpuinfo"):
         pytest.skip("the x86-64 instruction sets are checked against Linux's /proc/cpuinfo")
     with open("/proc/cpuinfo") as f:
         flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    want = ["avx512"] if {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else []
+    avx512 = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    want = ["avx512bf16"] if avx512 and "avx512_bf16" in flags else []
+    want += ["avx512"] if avx512 else []
     want += ["avx2"] if {"avx2", "fma", "f16c"} <= flags else []
     assert ops.cpu_isas() == [*want, "base"]
 

@@ -8,6 +8,10 @@
 // an online softmax over key blocks on small register-blocked products (gemm.h). Every token
 // belongs to exactly one group, so each task writes its own rows of out/dq/dk/dv: no atomics, and
 // results are identical run to run.
+//
+// Compiled with AVX-512 BF16 (the avx512bf16 instruction set, __AVX512BF16__), bf16 storage computes the two
+// products whose operands are both bf16 inputs, S = Q K^T and dP = dO V^T, with vdpbf16ps on the raw bf16 pairs
+// (exact products, float32 sums; S is scaled afterwards); the products with P or dS stay float32.
 #pragma once
 
 #include <initializer_list>
@@ -29,6 +33,9 @@ struct DaBufs {
   Acc *q, *kt, *v;        // scaled q rows (tpad x dpad), k^T (dpad x tpad), v rows (tpad x dpad)
   Acc *s, *o, *m, *l;     // logits/probabilities (block_m x block_n), out block, running max and sum
   Acc *k, *vt, *dout, *lse, *drow, *dk, *dv, *ds, *dq;  // backward only
+#if defined(__AVX512BF16__)
+  uint32_t *qp, *ktp, *dop, *vtp;  // bf16 pairs: q and dout rows (tpad x dpad/2), k^T and v^T (dpad/2 x tpad)
+#endif
   uintptr_t end;
   DaBufs(uintptr_t base, const DaParams& p, bool backward) {
     const int64_t tmax = da_tmax(p), tpad = round_up(tmax, lanes<Acc>), dp = p.dpad;
@@ -58,6 +65,17 @@ struct DaBufs {
       ds = c.take<Acc>(p.block_m * p.block_n);
       dq = c.take<Acc>(p.block_m * dp);
     }
+#if defined(__AVX512BF16__)
+    qp = ktp = dop = vtp = nullptr;
+    if (p.dtype == ScalarKind::BFloat16) {
+      qp = c.take<uint32_t>(tpad * dp / 2);
+      ktp = c.take<uint32_t>(tpad * dp / 2);
+      if (backward) {
+        dop = c.take<uint32_t>(tpad * dp / 2);
+        vtp = c.take<uint32_t>(tpad * dp / 2);
+      }
+    }
+#endif
     end = c.p;
   }
 };
@@ -157,6 +175,83 @@ inline void transpose_rows(const Acc* rows, int64_t n, int64_t dp, int64_t tpad,
   }
 }
 
+#if defined(__AVX512BF16__)
+// ---- AVX-512 BF16 products (bf16 storage) ------------------------------------------------------------
+template <class S>
+inline constexpr bool kBf16Dot = __is_same(S, bf16);
+
+// dst row j = the bf16 bits of src row j as dpad / 2 pairs (dim values, zero-padded); rows n..rows_to are zeroed.
+template <class S, class Acc>
+inline void gather_pairs(const DaParams& p, const DaView& t, const DaTask& tk, const DaBufs<Acc>& s, uint32_t* dst,
+                         int64_t rows_to) {
+  const int64_t dp = p.dpad;
+  for (int64_t j = 0; j < tk.n; ++j) {
+    uint16_t* row = reinterpret_cast<uint16_t*>(dst + j * (dp / 2));
+    __builtin_memcpy(row, at_view<S>(t, tk, s.c0[j], s.c1[j], s.c2[j]), p.dim * sizeof(uint16_t));
+    for (int64_t c = p.dim; c < dp; ++c) row[c] = 0;
+  }
+  for (int64_t i = tk.n * (dp / 2); i < rows_to * (dp / 2); ++i) dst[i] = 0;
+}
+
+// C[MR x NV*16] = scale * sum over pairs k of A pair (r, k) . B pairs [k, :] (vdpbf16ps: exact bf16 products,
+// float32 sums; its two products per pair enter the sum together).
+template <int MR, int NV>
+inline void dot_block(int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C, int64_t ldc,
+                      float scale) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + k * ldb + v * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(int(A[r * lda + k]));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bv[v]);
+    }
+  }
+  const __m512 sv = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * 16, _mm512_mul_ps(acc[r][v], sv));
+}
+
+template <int NV>
+inline void dot_rows(int64_t M, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb, float* C,
+                     int64_t ldc, float scale) {
+  constexpr int MR = 6;
+  int64_t i = 0;
+  for (; i + MR <= M; i += MR) dot_block<MR, NV>(K2, A + i * lda, lda, B, ldb, C + i * ldc, ldc, scale);
+  const uint32_t* a = A + i * lda;
+  float* c = C + i * ldc;
+  switch (M - i) {
+    case 5: dot_block<5, NV>(K2, a, lda, B, ldb, c, ldc, scale); break;
+    case 4: dot_block<4, NV>(K2, a, lda, B, ldb, c, ldc, scale); break;
+    case 3: dot_block<3, NV>(K2, a, lda, B, ldb, c, ldc, scale); break;
+    case 2: dot_block<2, NV>(K2, a, lda, B, ldb, c, ldc, scale); break;
+    case 1: dot_block<1, NV>(K2, a, lda, B, ldb, c, ldc, scale); break;
+    default: break;
+  }
+}
+
+// C (M x N) = scale * A B over K2 bf16 pairs: A rows of pairs (leading dim lda), B pair rows (leading dim ldb);
+// N a multiple of 16.
+inline void dot_gemm(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t ldb,
+                     float* C, int64_t ldc, float scale) {
+  int64_t j = 0;
+  for (; j + 32 <= N; j += 32) dot_rows<2>(M, K2, A, lda, B + j, ldb, C + j, ldc, scale);
+  if (j < N) dot_rows<1>(M, K2, A, lda, B + j, ldb, C + j, ldc, scale);
+}
+#else
+template <class S>
+inline constexpr bool kBf16Dot = false;
+#endif
+
 // ---- forward --------------------------------------------------------------------------------------
 
 template <class S, class Acc>
@@ -167,16 +262,31 @@ void fwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
   for (int64_t task = task0; task < task1; ++task) {
     const DaTask tk = da_task(p, task, s.c0, s.c1, s.c2);
     const int64_t T = tk.n, tp = round_up(T, W), ls = tp < bn ? tp : bn;  // ls: leading dim of the S blocks
-    gather_rows<S>(p, p.q, tk, s, s.q, T, Acc(p.scale));
-    gather_rows<S>(p, p.k, tk, s, s.v, T, Acc(1));  // k rows, staged in v's buffer
-    transpose_rows(s.v, T, dp, tp, s.kt);
+#if defined(__AVX512BF16__)
+    if constexpr (kBf16Dot<S>) {
+      gather_pairs<S>(p, p.q, tk, s, s.qp, T);
+      uint32_t* kp = reinterpret_cast<uint32_t*>(s.v);  // k pair rows, staged in v's buffer
+      gather_pairs<S>(p, p.k, tk, s, kp, T);
+      transpose_rows(kp, T, dp / 2, tp, s.ktp);
+    } else
+#endif
+    {
+      gather_rows<S>(p, p.q, tk, s, s.q, T, Acc(p.scale));
+      gather_rows<S>(p, p.k, tk, s, s.v, T, Acc(1));  // k rows, staged in v's buffer
+      transpose_rows(s.v, T, dp, tp, s.kt);
+    }
     gather_rows<S>(p, p.v, tk, s, s.v, tp, Acc(1));
     if (task + 1 < task1) prefetch_task<S>(p, task + 1, s, {p.q, p.k, p.v}, {p.out}, p.heads * p.dim);
     for (int64_t i0 = 0; i0 < T; i0 += bm) {
       const int64_t mb = T - i0 < bm ? T - i0 : bm;
       for (int64_t j0 = 0; j0 < tp; j0 += bn) {
         const int64_t nb = tp - j0 < bn ? tp - j0 : bn, valid = T - j0 < nb ? T - j0 : nb;
-        gemm<false>(mb, nb, dp, s.q + i0 * dp, dp, 1, s.kt + j0, tp, s.s, ls);
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<S>)
+          dot_gemm(mb, nb, dp / 2, s.qp + i0 * (dp / 2), dp / 2, s.ktp + j0, tp, s.s, ls, float(p.scale));
+        else
+#endif
+          gemm<false>(mb, nb, dp, s.q + i0 * dp, dp, 1, s.kt + j0, tp, s.s, ls);
         for (int64_t i = 0; i < mb; ++i) {
           Acc* row = s.s + i * ls;
           const Acc mx = row_max(row, valid);
@@ -226,9 +336,22 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
     const int64_t T = tk.n, tp = round_up(T, W), ls = tp < bn ? tp : bn;  // ls: leading dim of the S blocks
     gather_rows<S>(p, p.q, tk, s, s.q, T, Acc(p.scale));
     gather_rows<S>(p, p.k, tk, s, s.k, tp, Acc(1));
-    transpose_rows(s.k, T, dp, tp, s.kt);
-    gather_rows<S>(p, p.v, tk, s, s.dk, T, Acc(1));  // v rows, staged in dk's buffer
-    transpose_rows(s.dk, T, dp, tp, s.vt);
+#if defined(__AVX512BF16__)
+    if constexpr (kBf16Dot<S>) {
+      uint32_t* stage = reinterpret_cast<uint32_t*>(s.dk);  // pair rows, staged in dk's buffer
+      gather_pairs<S>(p, p.q, tk, s, s.qp, T);
+      gather_pairs<S>(p, p.k, tk, s, stage, T);
+      transpose_rows(stage, T, dp / 2, tp, s.ktp);
+      gather_pairs<S>(p, p.v, tk, s, stage, T);
+      transpose_rows(stage, T, dp / 2, tp, s.vtp);
+      gather_pairs<S>(p, p.dout, tk, s, s.dop, T);
+    } else
+#endif
+    {
+      transpose_rows(s.k, T, dp, tp, s.kt);
+      gather_rows<S>(p, p.v, tk, s, s.dk, T, Acc(1));  // v rows, staged in dk's buffer
+      transpose_rows(s.dk, T, dp, tp, s.vt);
+    }
     gather_rows<S>(p, p.dout, tk, s, s.dout, T, Acc(1));
     gather_rows<S>(p, p.o, tk, s, s.dv, T, Acc(1));  // out rows, staged in dv's buffer
     for (int64_t j = 0; j < T; ++j) {
@@ -245,14 +368,24 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
       const int64_t mb = T - i0 < bm ? T - i0 : bm;
       for (int64_t j0 = 0; j0 < tp; j0 += bn) {
         const int64_t nb = tp - j0 < bn ? tp - j0 : bn, valid = T - j0 < nb ? T - j0 : nb;
-        gemm<false>(mb, nb, dp, s.q + i0 * dp, dp, 1, s.kt + j0, tp, s.s, ls);  // S
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<S>)
+          dot_gemm(mb, nb, dp / 2, s.qp + i0 * (dp / 2), dp / 2, s.ktp + j0, tp, s.s, ls, float(p.scale));  // S
+        else
+#endif
+          gemm<false>(mb, nb, dp, s.q + i0 * dp, dp, 1, s.kt + j0, tp, s.s, ls);  // S
         for (int64_t i = 0; i < mb; ++i) {
           Acc* row = s.s + i * ls;
           exp_shift(row, valid, s.lse[i0 + i]);  // P
           for (int64_t j = valid; j < nb; ++j) row[j] = Acc(0);
         }
         gemm<true>(nb, dp, mb, s.s, 1, ls, s.dout + i0 * dp, dp, s.dv + j0 * dp, dp);  // dV += P^T dO
-        gemm<false>(mb, nb, dp, s.dout + i0 * dp, dp, 1, s.vt + j0, tp, s.ds, ls);     // dP = dO V^T
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<S>)
+          dot_gemm(mb, nb, dp / 2, s.dop + i0 * (dp / 2), dp / 2, s.vtp + j0, tp, s.ds, ls, 1.0f);  // dP = dO V^T
+        else
+#endif
+          gemm<false>(mb, nb, dp, s.dout + i0 * dp, dp, 1, s.vt + j0, tp, s.ds, ls);  // dP = dO V^T
         for (int64_t i = 0; i < mb; ++i) {
           const vec<Acc> d = vsplat(s.drow[i0 + i]);
           Acc* ds = s.ds + i * ls;
@@ -282,7 +415,40 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
+#if defined(__AVX512BF16__)
+// The avx512bf16 table runs bf16 storage here and every other dtype on the avx512 slot's table (which is the
+// avx2 one where AVX-512 did not pay), so this instruction set changes bf16 results only.
+}  // namespace
+}  // namespace medkernels::cpu::MK_ISA
+namespace medkernels::cpu {
+const DilatedAttentionKernelTable& dilated_attention_kernels_avx512();
+}  // namespace medkernels::cpu
+namespace medkernels::cpu::MK_ISA {
+namespace {
 
+// p with the head dim padded for the avx512 slot's vectors (the torch side padded it for this table's).
+inline DaParams for_avx512_slot(const DaParams& p) {
+  DaParams d = p;
+  const int64_t lanes = dilated_attention_kernels_avx512().vector_bytes / (p.acc == ScalarKind::Float64 ? 8 : 4);
+  d.dpad = round_up(p.dim, lanes);
+  return d;
+}
+void da_fwd_entry(const DaParams& p, int64_t t0, int64_t t1, void* scratch) {
+  if (p.dtype != ScalarKind::BFloat16)
+    return dilated_attention_kernels_avx512().fwd(for_avx512_slot(p), t0, t1, scratch);
+  fwd_tasks<bf16, float>(p, t0, t1, scratch);
+}
+void da_bwd_entry(const DaParams& p, int64_t t0, int64_t t1, void* scratch) {
+  if (p.dtype != ScalarKind::BFloat16)
+    return dilated_attention_kernels_avx512().bwd(for_avx512_slot(p), t0, t1, scratch);
+  bwd_tasks<bf16, float>(p, t0, t1, scratch);
+}
+int64_t da_scratch_bytes(const DaParams& p, bool backward) {
+  if (p.dtype != ScalarKind::BFloat16)
+    return dilated_attention_kernels_avx512().scratch_bytes(for_avx512_slot(p), backward);
+  return int64_t(DaBufs<float>(0, p, backward).end);
+}
+#else
 void da_fwd_entry(const DaParams& p, int64_t t0, int64_t t1, void* scratch) {
   with_storage(p.dtype, [&](auto st) {
     using S = decltype(st);
@@ -299,6 +465,7 @@ int64_t da_scratch_bytes(const DaParams& p, bool backward) {
   return p.acc == ScalarKind::Float64 ? int64_t(DaBufs<double>(0, p, backward).end)
                                       : int64_t(DaBufs<float>(0, p, backward).end);
 }
+#endif
 
 #define MK_STR2(x) #x
 #define MK_STR(x) MK_STR2(x)

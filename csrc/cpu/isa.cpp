@@ -7,8 +7,8 @@
 namespace medkernels::cpu {
 namespace {
 
-enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2, kCount = 3 };
-const char* const kNames[kCount] = {"base", "avx2", "avx512"};
+enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kCount = 4 };
+const char* const kNames[kCount] = {"base", "avx2", "avx512", "avx512bf16"};
 
 bool cpu_has(Isa isa) {
   switch (isa) {
@@ -25,6 +25,12 @@ bool cpu_has(Isa isa) {
 #if defined(MEDKERNELS_HAVE_AVX512)
       return cpu_has(kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+      return false;
+#endif
+    case kAvx512Bf16:  // AVX-512 plus the BF16 dot products (vdpbf16ps)
+#if defined(MEDKERNELS_HAVE_AVX512BF16)
+      return cpu_has(kAvx512) && __builtin_cpu_supports("avx512bf16");
 #else
       return false;
 #endif
@@ -47,7 +53,7 @@ int parse(const std::string& name) {
       return i;
     }
   throw std::invalid_argument("medkernels: unknown CPU instruction set '" + name +
-                              "' (expected 'base', 'avx2' or 'avx512')");
+                              "' (expected 'base', 'avx2', 'avx512' or 'avx512bf16')");
 }
 
 int initial() {
@@ -80,8 +86,14 @@ void set_isa(const std::string& name) { current().store(parse(name)); }
 
 // Each family's kernel table for the instruction set in use (medkernels/cpu/families.def), read once per
 // call. A family's avx512 table is its avx2 one where AVX-512 did not measure faster
-// (MEDKERNELS_AVX512_FAMILIES, CMakeLists.txt; numbers in csrc/README.md).
-#if defined(MEDKERNELS_HAVE_AVX512)
+// (MEDKERNELS_AVX512_FAMILIES, CMakeLists.txt; numbers in csrc/README.md), and its avx512bf16 table its avx512
+// one unless it has bf16 dot-product kernels (MEDKERNELS_AVX512BF16_FAMILIES).
+#if defined(MEDKERNELS_HAVE_AVX512BF16)
+#define MK_PICK(get)                                 \
+  if (isa == kAvx512Bf16) return get##_avx512bf16(); \
+  if (isa == kAvx512) return get##_avx512();         \
+  if (isa == kAvx2) return get##_avx2();
+#elif defined(MEDKERNELS_HAVE_AVX512)
 #define MK_PICK(get)                         \
   if (isa == kAvx512) return get##_avx512(); \
   if (isa == kAvx2) return get##_avx2();
