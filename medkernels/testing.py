@@ -388,7 +388,7 @@ def kan_unfused(
     diff = (x[..., None] - grid).mul(inv_denominator)
     t = torch.tanh(diff)
     basis = 1 - t * t
-    return F.linear(basis.flatten(-2), weight)
+    return F.linear(basis.flatten(-2).to(weight.dtype), weight)  # the basis in the layer's dtype (float32 grid)
 
 
 # --- mamba_ssm's selective-scan reference ---------------------------------------------------------------
