@@ -309,7 +309,15 @@ def dilated_attention3d(
         TypeError / ValueError: non-tensors, wrong rank, dtype, device or shape mismatches, a bad
             group_size, scope, scale or dropout_p.
     """
-    fn = "dilated_attention3d"
+    return _attend(
+        "dilated_attention3d", (query, key, value), None, group_size, scope, scale, return_lse, dropout_p, backend
+    )
+
+
+def _attend(fn, qkv_views, packed, group_size, scope, scale, return_lse, dropout_p, backend):
+    """Checks, backend choice and the call, for both entry points: ``qkv_views`` = (query, key, value);
+    ``packed`` = the packed qkv tensor they are views of (its ops then run), or None."""
+    query, key, value = qkv_views
     group = _check(fn, query, key, value, group_size, scope)
     scale = softmax_scale(fn, scale, query.shape[-1])
     dropout_p = _check_dropout(fn, dropout_p)
@@ -318,12 +326,14 @@ def dilated_attention3d(
         return dilated_attention3d_ref(
             query, key, value, group, scope, scale, return_lse=return_lse, dropout_p=dropout_p
         )
-    op = (
-        torch.ops.medkernels.dilated_attention3d_fwd_triton
-        if name == "triton"
-        else torch.ops.medkernels.dilated_attention3d_fwd
-    )
-    out, lse = op(query, key, value, list(group), scope == "global", scale)
+    ops = torch.ops.medkernels
+    args = (list(group), scope == "global", scale)
+    if packed is None:
+        op = ops.dilated_attention3d_fwd_triton if name == "triton" else ops.dilated_attention3d_fwd
+        out, lse = op(query, key, value, *args)
+    else:
+        op = ops.dilated_attention3d_qkvpacked_fwd_triton if name == "triton" else ops.dilated_attention3d_qkvpacked_fwd
+        out, lse = op(packed, *args)
     return (out, lse) if return_lse else out
 
 
@@ -368,20 +378,7 @@ def dilated_attention3d_qkvpacked(
     """
     fn = "dilated_attention3d_qkvpacked"
     _check_packed(fn, qkv)
-    q, k, v = qkv.unbind(4)
-    group = _check(fn, q, k, v, group_size, scope)
-    scale = softmax_scale(fn, scale, qkv.shape[-1])
-    dropout_p = _check_dropout(fn, dropout_p)
-    name = BACKENDS.choose(backend, q, dropout_p)
-    if name == "reference":
-        return dilated_attention3d_ref(q, k, v, group, scope, scale, return_lse=return_lse, dropout_p=dropout_p)
-    op = (
-        torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd_triton
-        if name == "triton"
-        else torch.ops.medkernels.dilated_attention3d_qkvpacked_fwd
-    )
-    out, lse = op(qkv, list(group), scope == "global", scale)
-    return (out, lse) if return_lse else out
+    return _attend(fn, qkv.unbind(4), qkv, group_size, scope, scale, return_lse, dropout_p, backend)
 
 
 def dilated_attention3d_ref(
