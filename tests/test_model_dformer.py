@@ -631,7 +631,7 @@ def test_fused_head_gradients_keep_float32_precision_when_the_expansion_has_a_la
         grads = torch.autograd.grad((fn(*leaves) * up.float()).sum(), leaves)
         errors[name] = [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(grads, truth)]
     for what, ours, plain32 in zip(("dx", "dE", "dgamma", "dbeta", "dW"), errors["fused"], errors["plain"]):
-        assert ours <= 2 * plain32 + 2e-7, f"{what}: {ours:.2e} against plain float32 {plain32:.2e}"
+        assert ours <= 2 * plain32, f"{what}: {ours:.2e} against plain float32 {plain32:.2e}"  # measured <= 1.55x
 
 
 # --- the documented example ---------------------------------------------------------------------------------

@@ -124,9 +124,10 @@ inline int64_t tok_index(const DaParams& p, const DaTask& tk, int64_t x0, int64_
 inline int64_t out_row(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2) {
   return tok_index(p, tk, x0, x1, x2) * p.heads + tk.h;
 }
-// Element offset of a token's head row in dq/dk/dv (separate tensors or slices of one packed gradient).
-inline int64_t grad_elem(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2) {
-  return tok_index(p, tk, x0, x1, x2) * p.grad_tok_stride + tk.h * p.dim;
+// Element offset of a token's head row in an output whose tokens are tok_stride elements apart (out:
+// heads * dim; dq/dk/dv: p.grad_tok_stride, separate tensors or slices of one packed gradient).
+inline int64_t row_elem(const DaParams& p, const DaTask& tk, int64_t x0, int64_t x1, int64_t x2, int64_t tok_stride) {
+  return tok_index(p, tk, x0, x1, x2) * tok_stride + tk.h * p.dim;
 }
 
 // Brings the rows a task will read (and, with write intent, the output rows it will write) into the
@@ -143,7 +144,7 @@ inline void prefetch_task(const DaParams& p, int64_t task, const DaBufs<Acc>& s,
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(a + o, 0, 2);
       __builtin_prefetch(a + bytes - 1, 0, 2);
     }
-    const int64_t e = tok_index(p, tk, s.n0[j], s.n1[j], s.n2[j]) * write_tok_stride + tk.h * p.dim;
+    const int64_t e = row_elem(p, tk, s.n0[j], s.n1[j], s.n2[j], write_tok_stride);
     for (void* w : writes) {
       char* a = static_cast<char*>(w) + e * int64_t(sizeof(S));
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(a + o, 1, 3);
@@ -400,14 +401,14 @@ void bwd_tasks(const DaParams& p, int64_t task0, int64_t task1, void* scratch) {
       }
       const Acc scale = Acc(p.scale);
       for (int64_t i = 0; i < mb; ++i) {
-        const int64_t t = i0 + i, e = grad_elem(p, tk, s.c0[t], s.c1[t], s.c2[t]);
+        const int64_t t = i0 + i, e = row_elem(p, tk, s.c0[t], s.c1[t], s.c2[t], p.grad_tok_stride);
         Acc* row = s.dq + i * dp;
         for (int64_t c = 0; c < p.dim; ++c) row[c] *= scale;
         store_span(static_cast<S*>(p.dq) + e, row, p.dim);
       }
     }
     for (int64_t j = 0; j < T; ++j) {
-      const int64_t e = grad_elem(p, tk, s.c0[j], s.c1[j], s.c2[j]);
+      const int64_t e = row_elem(p, tk, s.c0[j], s.c1[j], s.c2[j], p.grad_tok_stride);
       store_span(static_cast<S*>(p.dk) + e, s.dk + j * dp, p.dim);
       store_span(static_cast<S*>(p.dv) + e, s.dv + j * dp, p.dim);
     }

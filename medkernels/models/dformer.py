@@ -163,11 +163,13 @@ class _ExpandNormProject(torch.autograd.Function):
             # dE_v -= Ec_v Q_v, Q_v = sum over tokens of m2_v x x^T. Both need only xw = m2 (x) x per token: two
             # matmuls of y's size per chunk (recomputing y and pushing it through E would cost three).
             dx = gzs.view(T, P * K) @ Mk
-            dE = torch.einsum("kc,vki->vci", W * gamma - (W * gamma).mean(1, keepdim=True), q.view(P, K, Ci))
+            wg = W * gamma
+            dE = torch.einsum("kc,vki->vci", wg - wg.mean(1, keepdim=True), q.view(P, K, Ci))
             gram = torch.bmm(Ec.transpose(1, 2), Ec).view(P * Ci, Ci)  # [G_1; ...; G_P], each symmetric
             Q = x.new_zeros(P * Ci, Ci)
-            xw = x.new_empty(_chunks(T, P * Ci)[0][1], P, Ci)
-            for a, b in _chunks(T, P * Ci):
+            chunks = _chunks(T, P * Ci)
+            xw = x.new_empty(chunks[0][1], P, Ci)
+            for a, b in chunks:
                 xc = xw[: b - a]
                 torch.mul(x[a:b, None, :], m2[a:b, :, None], out=xc)
                 xc = xc.view(b - a, P * Ci)
